@@ -1,0 +1,45 @@
+# Two commands do all the set-up: `make run` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# Pinned so pip takes the local CPU build; an unpinned torch pulls a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+STAMP  := $(VENV)/.stamp-install
+PROMPT ?= What is the capital of France?
+
+.PHONY: install test lint typecheck run pull bench-engine clean
+
+install: $(STAMP)
+
+# Idempotent: re-runs only when the dependency list changes or the venv is missing.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev]" "$(TORCH_SPEC)"
+	touch $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check engine services loadtest tests
+	$(VENV)/bin/ruff format --check engine services loadtest tests
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+test: install lint typecheck
+	$(VENV)/bin/pytest -q
+
+pull: install
+	$(VENV)/bin/tandem models pull
+
+# The local cluster arrives with the disaggregation issue; until then `make run`
+# runs the engine on one prompt with the default model.
+run: pull
+	$(VENV)/bin/tandem generate --prompt "$(PROMPT)"
+
+bench-engine: pull
+	$(PY) -m engine.bench
+
+clean:
+	rm -rf $(VENV) bench-results .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,36 @@
+"""Attention backends behind one small interface, chosen by name."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.attention.base import AttentionBackend, BatchLayout, SeqSlice
+from engine.attention.torch_backend import TorchAttention
+
+__all__ = ["AttentionBackend", "BatchLayout", "SeqSlice", "create_backend", "resolve_backend"]
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """`auto` picks flashinfer on CUDA when it is installed, else the torch reference."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        try:
+            import flashinfer  # noqa: F401
+        except ImportError:
+            return "torch"
+        return "flashinfer"
+    return "torch"
+
+
+def create_backend(
+    name: str, kv_cache: torch.Tensor, block_size: int, scale: float
+) -> AttentionBackend:
+    resolved = resolve_backend(name, kv_cache.device)
+    if resolved == "torch":
+        return TorchAttention(kv_cache, block_size, scale)
+    if resolved == "flashinfer":
+        from engine.attention.flashinfer_backend import FlashInferAttention
+
+        return FlashInferAttention(kv_cache, block_size, scale)
+    raise ValueError(f"unknown attention backend {name!r}; choose auto, torch or flashinfer")

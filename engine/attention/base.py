@@ -1,0 +1,57 @@
+"""The attention interface and the batch layout every backend receives.
+
+A step's tokens are flattened: sequence i owns rows [query_start, query_start+query_len)
+of q/k/v. Its context after this step is `context_len` tokens, of which the last
+`query_len` are new:
+
+    context:  [ cached / computed earlier ............ | new this step ]
+              0                           context_len - query_len      context_len
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, slots=True)
+class SeqSlice:
+    query_start: int
+    query_len: int
+    context_len: int
+    block_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLayout:
+    seqs: tuple[SeqSlice, ...]
+    num_tokens: int
+
+
+class AttentionBackend(ABC):
+    """Owns reads and writes of the paged KV cache for one model.
+
+    kv_cache: [num_blocks, num_layers, 2, block_size, kv_heads, head_dim]. Block-major, so a
+    run of adjacent blocks is one contiguous region for every layer at once (one transfer
+    descriptor per run).
+    """
+
+    name: str
+
+    def __init__(self, kv_cache: torch.Tensor, block_size: int, scale: float) -> None:
+        self.kv_cache = kv_cache
+        self.block_size = block_size
+        self.scale = scale
+
+    @abstractmethod
+    def prepare(self, layout: BatchLayout) -> None:
+        """Build per-step metadata once; every layer's `forward` reuses it."""
+
+    @abstractmethod
+    def forward(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        """q: [N, H, D], k/v: [N, kv_heads, D] for this step's tokens. Writes k/v into the
+        cache at their slots, attends each query to its context, returns [N, H, D]."""

@@ -1,0 +1,160 @@
+"""Paged attention in plain torch: the reference backend, on CPU and CUDA.
+
+Decoding sequences (one query each) are batched into one SDPA call over their gathered,
+padded block tables; sequences with several queries (prefill chunks) get one call each,
+using the fresh k/v directly when nothing precedes them in the cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from engine.attention.base import AttentionBackend, BatchLayout
+
+
+@dataclass(slots=True)
+class _Prefill:
+    start: int
+    end: int
+    context_len: int
+    block_table: torch.Tensor  # [blocks covering context_len]
+    mask: torch.Tensor | None  # [query_len, context_len] bool; None = plain causal
+
+
+@dataclass(slots=True)
+class _Meta:
+    write_blocks: torch.Tensor  # [N] block id of each new token's slot
+    write_offsets: torch.Tensor  # [N] offset inside that block
+    decode_rows: torch.Tensor | None  # [Bd] rows of single-query sequences; None if none
+    all_decode: bool
+    block_tables: torch.Tensor | None  # [Bd, max_blocks], padded with block 0
+    decode_mask: torch.Tensor | None  # [Bd, 1, 1, max_blocks * block_size] True = attend
+    prefills: list[_Prefill]
+
+
+class TorchAttention(AttentionBackend):
+    name = "torch"
+
+    def prepare(self, layout: BatchLayout) -> None:
+        dev, bs = self.kv_cache.device, self.block_size
+        blocks: list[int] = []
+        offsets: list[int] = []
+        decode_rows: list[int] = []
+        decode_tables: list[tuple[int, ...]] = []
+        decode_lens: list[int] = []
+        prefills: list[_Prefill] = []
+        for s in layout.seqs:
+            first = s.context_len - s.query_len
+            for pos in range(first, s.context_len):
+                blocks.append(s.block_ids[pos // bs])
+                offsets.append(pos % bs)
+            n_blocks = -(-s.context_len // bs)
+            if s.query_len == 1:
+                decode_rows.append(s.query_start)
+                decode_tables.append(s.block_ids[:n_blocks])
+                decode_lens.append(s.context_len)
+                continue
+            mask = None
+            if first > 0:  # query i sees context positions <= first + i
+                q_pos = torch.arange(first, s.context_len, device=dev)[:, None]
+                mask = torch.arange(s.context_len, device=dev)[None, :] <= q_pos
+            table = torch.tensor(s.block_ids[:n_blocks], dtype=torch.long, device=dev)
+            prefills.append(
+                _Prefill(s.query_start, s.query_start + s.query_len, s.context_len, table, mask)
+            )
+        self._meta = _Meta(
+            write_blocks=torch.tensor(blocks, dtype=torch.long, device=dev),
+            write_offsets=torch.tensor(offsets, dtype=torch.long, device=dev),
+            decode_rows=torch.tensor(decode_rows, dtype=torch.long, device=dev)
+            if decode_rows
+            else None,
+            all_decode=len(decode_rows) == layout.num_tokens,
+            block_tables=_pad_tables(decode_tables, dev) if decode_rows else None,
+            decode_mask=_length_mask(decode_lens, decode_tables, bs, dev) if decode_rows else None,
+            prefills=prefills,
+        )
+
+    def forward(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        m = self._meta
+        k_cache = self.kv_cache[:, layer, 0]  # [num_blocks, block_size, kv_heads, D]
+        v_cache = self.kv_cache[:, layer, 1]
+        k_cache[m.write_blocks, m.write_offsets] = k
+        v_cache[m.write_blocks, m.write_offsets] = v
+        out = q if m.all_decode else torch.empty_like(q)
+        if m.decode_rows is not None:
+            out = self._decode(q, k_cache, v_cache, out)
+        for p in m.prefills:
+            out[p.start : p.end] = self._prefill(p, q, k, v, k_cache, v_cache)
+        return out
+
+    def _decode(
+        self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor
+    ) -> torch.Tensor:
+        m = self._meta
+        assert m.decode_rows is not None and m.block_tables is not None
+        qd = q if m.all_decode else q[m.decode_rows]
+        bd, heads, dim = qd.shape
+        kv_heads = k_cache.shape[2]
+        # gather: [Bd * max_blocks, bs, kvH, D] -> [Bd, kvH, max_blocks * bs, D]
+        # (index_select copies whole blocks; advanced indexing is ~20x slower on this view)
+        shape = (bd, -1, kv_heads, dim)
+        flat = m.block_tables.flatten()
+        keys = k_cache.index_select(0, flat).view(shape).transpose(1, 2)
+        values = v_cache.index_select(0, flat).view(shape).transpose(1, 2)
+        o = F.scaled_dot_product_attention(
+            qd.unsqueeze(2),
+            keys,
+            values,
+            attn_mask=m.decode_mask,
+            scale=self.scale,
+            enable_gqa=True,
+        ).squeeze(2)
+        if m.all_decode:
+            return o
+        out[m.decode_rows] = o
+        return out
+
+    def _prefill(
+        self,
+        p: _Prefill,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+    ) -> torch.Tensor:
+        if p.mask is None:  # nothing earlier in the cache: attend to this chunk's own k/v
+            keys, values = k[p.start : p.end], v[p.start : p.end]
+        else:
+            keys = k_cache.index_select(0, p.block_table).flatten(0, 1)[: p.context_len]
+            values = v_cache.index_select(0, p.block_table).flatten(0, 1)[: p.context_len]
+        o = F.scaled_dot_product_attention(
+            q[p.start : p.end].transpose(0, 1).unsqueeze(0),
+            keys.transpose(0, 1).unsqueeze(0),
+            values.transpose(0, 1).unsqueeze(0),
+            attn_mask=p.mask,
+            is_causal=p.mask is None,
+            scale=self.scale,
+            enable_gqa=True,
+        )
+        return o[0].transpose(0, 1)
+
+
+def _pad_tables(tables: list[tuple[int, ...]], dev: torch.device) -> torch.Tensor:
+    width = max(len(t) for t in tables)
+    return torch.tensor(
+        [list(t) + [0] * (width - len(t)) for t in tables], dtype=torch.long, device=dev
+    )
+
+
+def _length_mask(
+    lens: list[int], tables: list[tuple[int, ...]], bs: int, dev: torch.device
+) -> torch.Tensor:
+    width = max(len(t) for t in tables) * bs
+    positions = torch.arange(width, device=dev)[None, :]
+    return (positions < torch.tensor(lens, device=dev)[:, None])[:, None, None, :]

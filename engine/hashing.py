@@ -1,0 +1,56 @@
+"""Chained block hashes: the one scheme every process (and any language) computes alike.
+
+For a sequence split into full blocks of `block_size` tokens:
+
+    h_0 = H(SEED, tokens[0:B], extra)
+    h_i = H(h_{i-1}, tokens[i*B:(i+1)*B], extra)
+
+    H(parent, tokens, extra) = first 8 bytes, little-endian, of
+        sha256( parent as 8 bytes little-endian
+              || each token id as 4 bytes little-endian (unsigned)
+              || extra )
+
+    SEED = 0x74616e64656d2d31  (the ASCII bytes "tandem-1")
+
+A hash therefore names a block *and* everything before it: two workers holding a block
+with the same hash hold the same prefix. `extra` salts the chain for things that change
+the KV without changing tokens (a LoRA adapter, a multimodal input); it is b"" by default.
+Only full blocks are hashed: a partial block is never shared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+
+SEED = int.from_bytes(b"tandem-1", "big")
+_U64 = struct.Struct("<Q")
+
+
+def hash_block(parent: int, tokens: Sequence[int], extra: bytes = b"") -> int:
+    """One link of the chain; `parent` is SEED for the first block."""
+    h = hashlib.sha256(_U64.pack(parent))
+    h.update(struct.pack(f"<{len(tokens)}I", *tokens))
+    if extra:
+        h.update(extra)
+    return _U64.unpack(h.digest()[:8])[0]
+
+
+def chain_hashes(
+    tokens: Sequence[int],
+    block_size: int,
+    extra: bytes = b"",
+    parent: int = SEED,
+    start_block: int = 0,
+) -> list[int]:
+    """Hashes of every full block of `tokens` from `start_block` on.
+
+    `parent` must be the hash of block `start_block - 1` (SEED when starting at 0), which
+    lets a caller extend a chain as a sequence grows without rehashing its prefix.
+    """
+    out: list[int] = []
+    for i in range(start_block, len(tokens) // block_size):
+        parent = hash_block(parent, tokens[i * block_size : (i + 1) * block_size], extra)
+        out.append(parent)
+    return out

@@ -1,0 +1,91 @@
+"""The architecture of a Llama-family decoder, read from a Hugging Face config dict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# Architectures whose forward pass engine.model.llama implements, and what sets them apart.
+SUPPORTED: dict[str, dict[str, bool]] = {
+    "LlamaForCausalLM": {"qkv_bias": False, "qk_norm": False},
+    "MistralForCausalLM": {"qkv_bias": False, "qk_norm": False},
+    "Qwen2ForCausalLM": {"qkv_bias": True, "qk_norm": False},
+    "Qwen3ForCausalLM": {"qkv_bias": False, "qk_norm": True},
+}
+
+
+class ModelLoadError(ValueError):
+    """A model that cannot be loaded; the message names the file and what was wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    qk_norm: bool
+    rope_scaling: tuple[tuple[str, Any], ...] = ()  # llama3-style scaling, as sorted items
+    eos_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be a multiple of "
+                f"num_kv_heads ({self.num_kv_heads})"
+            )
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Per token, all layers, K and V, at 1 byte per element (multiply by dtype size)."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any], source: str) -> ModelConfig:
+        archs = cfg.get("architectures") or []
+        arch = next((a for a in archs if a in SUPPORTED), None)
+        if arch is None:
+            raise ModelLoadError(
+                f"{source}: unsupported architecture {archs or cfg.get('model_type')!r}; "
+                f"supported: {', '.join(SUPPORTED)}"
+            )
+        traits = SUPPORTED[arch]
+        rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+        rope_theta = float(cfg.get("rope_theta") or rope.pop("rope_theta", None) or 10000.0)
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", "llama3"):
+            raise ModelLoadError(f"{source}: unsupported rope scaling {rope_type!r}")
+        heads = int(cfg["num_attention_heads"])
+        eos = cfg.get("eos_token_id")
+        max_pos = int(cfg.get("max_position_embeddings", 2048))
+        # Sliding-window attention is not implemented: cap the context so results stay exact.
+        window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
+        if window:
+            max_pos = min(max_pos, int(window))
+        return cls(
+            architecture=arch,
+            vocab_size=int(cfg["vocab_size"]),
+            hidden_size=int(cfg["hidden_size"]),
+            intermediate_size=int(cfg["intermediate_size"]),
+            num_layers=int(cfg["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+            head_dim=int(cfg.get("head_dim") or cfg["hidden_size"] // heads),
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=rope_theta,
+            max_position_embeddings=max_pos,
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            qkv_bias=traits["qkv_bias"] or bool(cfg.get("attention_bias", False)),
+            qk_norm=traits["qk_norm"],
+            rope_scaling=tuple(sorted(rope.items())) if rope_type == "llama3" else (),
+            eos_token_ids=tuple(eos if isinstance(eos, list) else [eos] if eos is not None else []),
+        )

@@ -1,0 +1,61 @@
+"""Turn Hugging Face-named tensors into our fused model's parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import cast
+
+import torch
+
+from engine.model.config import ModelConfig, ModelLoadError
+from engine.model.llama import DecoderLayer, LlamaModel
+
+
+def load_into(model: LlamaModel, tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """Copy `tensors` (HF names, e.g. model.layers.0.self_attn.q_proj.weight) into `model`,
+    fusing q|k|v and gate|up. Raises ModelLoadError naming the first missing tensor."""
+    cfg: ModelConfig = model.cfg
+
+    def get(name: str) -> torch.Tensor:
+        t = tensors.get(name)
+        if t is None:
+            raise ModelLoadError(f"{source}: tensor {name!r} is missing")
+        return t
+
+    def put(param: torch.Tensor | None, value: torch.Tensor, name: str) -> None:
+        assert param is not None
+        if tuple(param.shape) != tuple(value.shape):
+            raise ModelLoadError(
+                f"{source}: {name} has shape {tuple(value.shape)}, expected {tuple(param.shape)}"
+            )
+        param.data = value.to(param.dtype).contiguous()
+
+    put(model.embed, get("model.embed_tokens.weight"), "embed_tokens")
+    put(model.norm, get("model.norm.weight"), "norm")
+    if model.lm_head is not None:
+        put(model.lm_head, get("lm_head.weight"), "lm_head")
+    for i, module in enumerate(model.layers):
+        layer = cast(DecoderLayer, module)
+        p = f"model.layers.{i}."
+        attn = p + "self_attn."
+        qkv = [get(f"{attn}{x}_proj.weight") for x in "qkv"]
+        put(layer.qkv_weight, torch.cat(qkv), f"{attn}qkv")
+        if cfg.qkv_bias:
+            put(
+                layer.qkv_bias,
+                torch.cat([get(f"{attn}{x}_proj.bias") for x in "qkv"]),
+                f"{attn}qkv bias",
+            )
+        put(layer.o_weight, get(attn + "o_proj.weight"), attn + "o_proj")
+        if cfg.qk_norm:
+            put(layer.q_norm, get(attn + "q_norm.weight"), attn + "q_norm")
+            put(layer.k_norm, get(attn + "k_norm.weight"), attn + "k_norm")
+        gate_up = torch.cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")])
+        put(layer.gate_up_weight, gate_up, p + "mlp.gate_up")
+        put(layer.down_weight, get(p + "mlp.down_proj.weight"), p + "mlp.down_proj")
+        put(layer.input_norm, get(p + "input_layernorm.weight"), p + "input_layernorm")
+        put(
+            layer.post_attn_norm,
+            get(p + "post_attention_layernorm.weight"),
+            p + "post_attention_layernorm",
+        )

@@ -1,0 +1,73 @@
+"""The model runner: the only part that turns block ids and token counts into tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from engine.attention import AttentionBackend, BatchLayout, SeqSlice, create_backend
+from engine.model.llama import LlamaModel
+from engine.scheduler import ScheduledChunk
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: LlamaModel,
+        num_blocks: int,
+        block_size: int,
+        attention_backend: str,
+    ) -> None:
+        cfg = model.cfg
+        self.model = model
+        self.block_size = block_size
+        param = next(model.parameters())
+        # Allocated once for the worker's life (and registered once with the transfer
+        # layer). Zeroed: padded attention reads masked slots, and NaN * 0 is NaN.
+        # kv_cache: [num_blocks, num_layers, 2, block_size, kv_heads, head_dim]
+        self.kv_cache = torch.zeros(
+            num_blocks,
+            cfg.num_layers,
+            2,
+            block_size,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            dtype=param.dtype,
+            device=param.device,
+        )
+        self.attn: AttentionBackend = create_backend(
+            attention_backend, self.kv_cache, block_size, scale=cfg.head_dim**-0.5
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.kv_cache.device
+
+    @torch.inference_mode()
+    def execute(self, chunks: Sequence[ScheduledChunk]) -> torch.Tensor:
+        """Run one step's chunks; return float32 logits [n_sampling, vocab] for the chunks
+        that sample, in their order."""
+        ids: list[int] = []
+        positions: list[int] = []
+        seqs: list[SeqSlice] = []
+        last_rows: list[int] = []
+        for c in chunks:
+            end = c.start + c.num_tokens
+            seqs.append(SeqSlice(len(ids), c.num_tokens, end, tuple(c.request.block_ids)))
+            ids += c.request.token_ids[c.start : end]
+            positions += range(c.start, end)
+            if c.samples:
+                last_rows.append(len(ids) - 1)
+        self.attn.prepare(BatchLayout(tuple(seqs), len(ids)))
+        dev = self.device
+        hidden = self.model(
+            torch.tensor(ids, dtype=torch.long, device=dev),
+            torch.tensor(positions, dtype=torch.long, device=dev),
+            self.attn,
+        )
+        if not last_rows:
+            return hidden.new_empty((0, self.model.cfg.vocab_size), dtype=torch.float32)
+        if len(last_rows) != hidden.shape[0]:
+            hidden = hidden[torch.tensor(last_rows, device=dev)]
+        return self.model.logits(hidden)

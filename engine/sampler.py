@@ -1,0 +1,61 @@
+"""Pick the next token of each sampling sequence from its logits.
+
+Greedy rows take the argmax; the others apply temperature, then top-k, then top-p, and
+draw from the remaining distribution with their own generator (seeded per request, so the
+same seed gives the same tokens regardless of what else is in the batch). The logprob
+reported is the model's own (before temperature and truncation), as OpenAI reports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from engine.sampling_params import SamplingParams
+
+
+@dataclass(slots=True)
+class SampleRow:
+    params: SamplingParams
+    generator: torch.Generator
+    banned: tuple[int, ...] = ()  # token ids not allowed yet (EOS before min_tokens)
+
+
+def sample(logits: torch.Tensor, rows: Sequence[SampleRow]) -> tuple[list[int], list[float | None]]:
+    """logits: [n, vocab] float32, one row per entry of `rows`."""
+    if any(r.banned for r in rows):
+        logits = logits.clone()
+        for i, r in enumerate(rows):
+            if r.banned:
+                logits[i, list(r.banned)] = float("-inf")
+    tokens = logits.argmax(dim=-1)
+    for i, r in enumerate(rows):
+        if not r.params.greedy:
+            tokens[i] = _draw(logits[i], r.params, r.generator)
+    token_list = tokens.tolist()
+    logprobs: list[float | None] = [None] * len(rows)
+    wanted = [i for i, r in enumerate(rows) if r.params.logprobs]
+    if wanted:
+        idx = torch.tensor(wanted)
+        lp = torch.log_softmax(logits[idx], dim=-1).gather(1, tokens[idx, None]).squeeze(1)
+        for i, v in zip(wanted, lp.tolist(), strict=True):
+            logprobs[i] = v
+    return token_list, logprobs
+
+
+def _draw(row: torch.Tensor, p: SamplingParams, gen: torch.Generator) -> int:
+    scaled = row / p.temperature
+    if p.top_k and p.top_k < scaled.shape[-1]:
+        kth = torch.topk(scaled, p.top_k).values[-1]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    if p.top_p < 1.0:
+        sorted_logits, order = torch.sort(scaled, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Keep the smallest prefix whose mass reaches top_p (always at least one token).
+        drop = probs.cumsum(-1) - probs >= p.top_p
+        sorted_logits[drop] = float("-inf")
+        scaled = torch.full_like(scaled, float("-inf")).scatter(0, order, sorted_logits)
+    probs = torch.softmax(scaled, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=gen).item())

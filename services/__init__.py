@@ -1,0 +1,1 @@
+"""Everything that talks across processes (router, workers, pools, KV index) and the CLI."""

