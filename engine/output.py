@@ -45,14 +45,16 @@ class TextStream:
         return new
 
     def _held_back(self) -> int:
-        if self.text.endswith("\ufffd"):
-            return len(self.text) - self.text.rstrip("\ufffd").__len__()
+        """Characters at the end that may still change: an incomplete character, and
+        before it the longest tail that could be the start of a stop string."""
+        settled = self.text.rstrip("\ufffd")
+        incomplete = len(self.text) - len(settled)
         longest = max((len(s) for s in self.stop), default=1) - 1
-        for k in range(min(longest, len(self.text)), 0, -1):
-            tail = self.text[-k:]
+        for k in range(min(longest, len(settled)), 0, -1):
+            tail = settled[-k:]
             if any(s.startswith(tail) for s in self.stop):
-                return k
-        return 0
+                return incomplete + k
+        return incomplete
 
 
 @dataclass(slots=True)

@@ -25,6 +25,7 @@ class SampleRow:
 
 def sample(logits: torch.Tensor, rows: Sequence[SampleRow]) -> tuple[list[int], list[float | None]]:
     """logits: [n, vocab] float32, one row per entry of `rows`."""
+    raw = logits
     if any(r.banned for r in rows):
         logits = logits.clone()
         for i, r in enumerate(rows):
@@ -39,7 +40,7 @@ def sample(logits: torch.Tensor, rows: Sequence[SampleRow]) -> tuple[list[int], 
     wanted = [i for i, r in enumerate(rows) if r.params.logprobs]
     if wanted:
         idx = torch.tensor(wanted)
-        lp = torch.log_softmax(logits[idx], dim=-1).gather(1, tokens[idx, None]).squeeze(1)
+        lp = torch.log_softmax(raw[idx], dim=-1).gather(1, tokens[idx, None]).squeeze(1)
         for i, v in zip(wanted, lp.tolist(), strict=True):
             logprobs[i] = v
     return token_list, logprobs

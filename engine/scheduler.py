@@ -86,10 +86,11 @@ class Scheduler:
     # ---- schedule ------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
-        budget = self.max_num_batched_tokens
         decoding = [r for r in self.running if r.num_tokens - r.num_computed_tokens == 1]
         prefilling = [r for r in self.running if r.num_tokens - r.num_computed_tokens > 1]
         for req in decoding + prefilling:
+            # Recomputed each time: a preemption below withdraws its victim's chunk.
+            budget = self.max_num_batched_tokens - out.num_tokens
             if budget == 0:
                 break
             if req.status is not Status.RUNNING:  # preempted earlier in this loop
@@ -98,8 +99,8 @@ class Scheduler:
             if not self._grow(req, req.num_computed_tokens + n, out):
                 continue
             out.chunks.append(self._chunk(req, n))
-            budget -= n
-        self._admit_waiting(out, budget)
+        if not out.preempted:  # memory is short: admit nothing new (nor the victims) now
+            self._admit_waiting(out, self.max_num_batched_tokens - out.num_tokens)
         return out
 
     def _chunk(self, req: Request, n: int) -> ScheduledChunk:
@@ -261,9 +262,9 @@ class Scheduler:
         """
         req = self.remote.pop(request_id)
         req.status = Status.RUNNING
+        req.remote_prefill = False  # from here on (a preemption included) it computes locally
         self.running.append(req)
         if first_token is None:
-            req.remote_prefill = False
             return req
         req.num_computed_tokens = req.num_prompt_tokens
         self._commit_full_blocks(req)

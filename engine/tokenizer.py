@@ -6,10 +6,13 @@ merges and chat template in its metadata, which transformers turns into a fast t
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from engine.env import model_cache_dir
 from engine.model.config import ModelLoadError
 
 
@@ -43,10 +46,26 @@ def load_tokenizer(model_path: str | Path, extra_eos: Sequence[int] = ()) -> Tok
 
     p = Path(model_path).expanduser()
     try:
-        if p.suffix == ".gguf":
-            tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
-        else:
-            tok = AutoTokenizer.from_pretrained(str(p))
+        tok = _gguf_tokenizer(p) if p.suffix == ".gguf" else AutoTokenizer.from_pretrained(str(p))
     except (OSError, ValueError, KeyError) as e:
         raise ModelLoadError(f"{p}: cannot load a tokenizer ({e})") from None
     return Tokenizer(tok, extra_eos)
+
+
+def _gguf_tokenizer(path: Path) -> Any:
+    """Building a fast tokenizer from GGUF metadata takes ~10 s, so the result is saved
+    once per file version (name, size, mtime) in the model cache and loaded from there."""
+    from transformers import AutoTokenizer
+
+    st = path.stat()
+    cached = model_cache_dir() / "tokenizers" / f"{path.stem}-{st.st_size}-{st.st_mtime_ns}"
+    if cached.is_dir():
+        return AutoTokenizer.from_pretrained(str(cached))
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tmp = cached.with_name(f"{cached.name}.{os.getpid()}.partial")
+    tok.save_pretrained(str(tmp))
+    try:
+        tmp.rename(cached)  # atomic; a concurrent writer may have won, which is fine
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tok

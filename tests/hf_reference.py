@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 
 
-def build_tiny_checkpoint(kind: str, path: Path, vocab_size: int = 512, seed: int = 0) -> Path:
+def build_tiny_checkpoint(
+    kind: str, path: Path, vocab_size: int = 512, seed: int = 0, **overrides: int
+) -> Path:
     """Save a small random-weight model with save_pretrained. Weights are drawn wider than
     the default init so the next-token distribution has clear winners (near-ties would make
     greedy comparisons fragile for reasons that have nothing to do with correctness)."""
@@ -39,7 +41,7 @@ def build_tiny_checkpoint(kind: str, path: Path, vocab_size: int = 512, seed: in
     }
     cfg_cls, model_cls, extra = classes[kind]
     torch.manual_seed(seed)
-    model = model_cls(cfg_cls(**common, **extra))
+    model = model_cls(cfg_cls(**(common | extra | overrides)))
     if kind == "qwen2":  # Qwen2's q/k/v biases start at zero; make them count
         for layer in model.model.layers:
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):

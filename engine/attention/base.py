@@ -45,6 +45,29 @@ class AttentionBackend(ABC):
         self.block_size = block_size
         self.scale = scale
 
+    def write_kv(
+        self,
+        layer: int,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        blocks: torch.Tensor,
+        offsets: torch.Tensor,
+    ) -> None:
+        """Store this step's k/v ([N, kv_heads, D]) at their slots (block id, offset)."""
+        self.kv_cache[blocks, layer, 0, offsets] = k
+        self.kv_cache[blocks, layer, 1, offsets] = v
+
+    @staticmethod
+    def slots(layout: BatchLayout, block_size: int) -> tuple[list[int], list[int]]:
+        """Block id and in-block offset of every new token, in row order."""
+        blocks: list[int] = []
+        offsets: list[int] = []
+        for s in layout.seqs:
+            for pos in range(s.context_len - s.query_len, s.context_len):
+                blocks.append(s.block_ids[pos // block_size])
+                offsets.append(pos % block_size)
+        return blocks, offsets
+
     @abstractmethod
     def prepare(self, layout: BatchLayout) -> None:
         """Build per-step metadata once; every layer's `forward` reuses it."""

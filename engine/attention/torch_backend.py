@@ -40,17 +40,13 @@ class TorchAttention(AttentionBackend):
 
     def prepare(self, layout: BatchLayout) -> None:
         dev, bs = self.kv_cache.device, self.block_size
-        blocks: list[int] = []
-        offsets: list[int] = []
+        blocks, offsets = self.slots(layout, bs)
         decode_rows: list[int] = []
         decode_tables: list[tuple[int, ...]] = []
         decode_lens: list[int] = []
         prefills: list[_Prefill] = []
         for s in layout.seqs:
             first = s.context_len - s.query_len
-            for pos in range(first, s.context_len):
-                blocks.append(s.block_ids[pos // bs])
-                offsets.append(pos % bs)
             n_blocks = -(-s.context_len // bs)
             if s.query_len == 1:
                 decode_rows.append(s.query_start)
@@ -81,10 +77,9 @@ class TorchAttention(AttentionBackend):
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
         m = self._meta
+        self.write_kv(layer, k, v, m.write_blocks, m.write_offsets)
         k_cache = self.kv_cache[:, layer, 0]  # [num_blocks, block_size, kv_heads, D]
         v_cache = self.kv_cache[:, layer, 1]
-        k_cache[m.write_blocks, m.write_offsets] = k
-        v_cache[m.write_blocks, m.write_offsets] = v
         out = q if m.all_decode else torch.empty_like(q)
         if m.decode_rows is not None:
             out = self._decode(q, k_cache, v_cache, out)
