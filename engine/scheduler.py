@@ -138,14 +138,14 @@ class Scheduler:
             hits = self._prefix_hits(req)
             cached = len(hits) * self.block_size
             if req.remote_prefill:
-                # Only the prompt's blocks: the peer writes them, we compute nothing yet.
-                total, n = req.num_prompt_tokens, 0
+                # Blocks for the whole prompt, which the peer writes; nothing computed yet.
+                n, covered = 0, req.num_prompt_tokens
             else:
-                total = req.num_tokens
-                n = min(total - cached, budget)
-                if n < total - cached and not self.enable_chunked_prefill:
+                n = min(req.num_tokens - cached, budget)
+                if n < req.num_tokens - cached and not self.enable_chunked_prefill:
                     break
-            need = _cdiv(cached + n if n else total, self.block_size) - len(hits)
+                covered = cached + n
+            need = _cdiv(covered, self.block_size) - len(hits)
             if need > self.pool.free_after_acquire(hits):
                 break  # never preempt a running request to admit a new one
             self.waiting.popleft()

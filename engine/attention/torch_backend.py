@@ -1,8 +1,9 @@
-"""Paged attention in plain torch: the reference backend, on CPU and CUDA.
+"""Paged attention in torch: the reference backend, on CPU and CUDA.
 
-Decoding sequences (one query each) are batched into one SDPA call over their gathered,
-padded block tables; sequences with several queries (prefill chunks) get one call each,
-using the fresh k/v directly when nothing precedes them in the cache.
+Decoding sequences (one query each) are batched into one call: on CPU in float32 our C++
+kernel reads K/V in place from the paged cache (engine/attention/csrc); elsewhere one SDPA
+call over their gathered, padded block tables. Sequences with several queries (prefill
+chunks) get one SDPA call each, using the fresh k/v directly when nothing precedes them.
 """
 
 from __future__ import annotations
@@ -31,12 +32,21 @@ class _Meta:
     decode_rows: torch.Tensor | None  # [Bd] rows of single-query sequences; None if none
     all_decode: bool
     block_tables: torch.Tensor | None  # [Bd, max_blocks], padded with block 0
+    decode_lens: torch.Tensor | None  # [Bd] context length of each decoding sequence
     decode_mask: torch.Tensor | None  # [Bd, 1, 1, max_blocks * block_size] True = attend
     prefills: list[_Prefill]
 
 
 class TorchAttention(AttentionBackend):
     name = "torch"
+
+    def __init__(self, kv_cache: torch.Tensor, block_size: int, scale: float) -> None:
+        super().__init__(kv_cache, block_size, scale)
+        self._kernels = None
+        if kv_cache.device.type == "cpu" and kv_cache.dtype == torch.float32:
+            from engine.attention import cpu_kernels
+
+            self._kernels = cpu_kernels.load()
 
     def prepare(self, layout: BatchLayout) -> None:
         dev, bs = self.kv_cache.device, self.block_size
@@ -69,6 +79,9 @@ class TorchAttention(AttentionBackend):
             else None,
             all_decode=len(decode_rows) == layout.num_tokens,
             block_tables=_pad_tables(decode_tables, dev) if decode_rows else None,
+            decode_lens=torch.tensor(decode_lens, dtype=torch.long, device=dev)
+            if decode_rows
+            else None,
             decode_mask=_length_mask(decode_lens, decode_tables, bs, dev) if decode_rows else None,
             prefills=prefills,
         )
@@ -82,33 +95,41 @@ class TorchAttention(AttentionBackend):
         v_cache = self.kv_cache[:, layer, 1]
         out = q if m.all_decode else torch.empty_like(q)
         if m.decode_rows is not None:
-            out = self._decode(q, k_cache, v_cache, out)
+            out = self._decode(layer, q, k_cache, v_cache, out)
         for p in m.prefills:
             out[p.start : p.end] = self._prefill(p, q, k, v, k_cache, v_cache)
         return out
 
     def _decode(
-        self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        out: torch.Tensor,
     ) -> torch.Tensor:
         m = self._meta
         assert m.decode_rows is not None and m.block_tables is not None
         qd = q if m.all_decode else q[m.decode_rows]
-        bd, heads, dim = qd.shape
-        kv_heads = k_cache.shape[2]
-        # gather: [Bd * max_blocks, bs, kvH, D] -> [Bd, kvH, max_blocks * bs, D]
-        # (index_select copies whole blocks; advanced indexing is ~20x slower on this view)
-        shape = (bd, -1, kv_heads, dim)
-        flat = m.block_tables.flatten()
-        keys = k_cache.index_select(0, flat).view(shape).transpose(1, 2)
-        values = v_cache.index_select(0, flat).view(shape).transpose(1, 2)
-        o = F.scaled_dot_product_attention(
-            qd.unsqueeze(2),
-            keys,
-            values,
-            attn_mask=m.decode_mask,
-            scale=self.scale,
-            enable_gqa=True,
-        ).squeeze(2)
+        if self._kernels is not None:  # reads K/V in place: no gather copy
+            o = self._kernels.paged_decode(
+                qd, self.kv_cache, layer, m.block_tables, m.decode_lens, self.scale
+            )
+        else:
+            # gather: [Bd * max_blocks, bs, kvH, D] -> [Bd, kvH, max_blocks * bs, D]
+            # (index_select copies whole blocks; advanced indexing is ~20x slower on this view)
+            shape = (qd.shape[0], -1, *k_cache.shape[2:])
+            flat = m.block_tables.flatten()
+            keys = k_cache.index_select(0, flat).view(shape).transpose(1, 2)
+            values = v_cache.index_select(0, flat).view(shape).transpose(1, 2)
+            o = F.scaled_dot_product_attention(
+                qd.unsqueeze(2),
+                keys,
+                values,
+                attn_mask=m.decode_mask,
+                scale=self.scale,
+                enable_gqa=True,
+            ).squeeze(2)
         if m.all_decode:
             return o
         out[m.decode_rows] = o

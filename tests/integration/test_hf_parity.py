@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from engine import CacheConfig, Engine, EngineConfig, SamplingParams, SchedulerConfig
+from engine.attention.torch_backend import TorchAttention
 from tests.hf_reference import hf_greedy, load_hf
 
 NEW_TOKENS = 64
@@ -194,3 +195,20 @@ def test_bfloat16_tracks_transformers_bfloat16(tiny_checkpoints: dict[str, Path]
         assert got.token_ids == want
         assert abs(got.logprobs[0] - want_lps[0]) < 0.05
     assert_idle(engine)
+
+
+def test_pure_torch_decode_path(model: tuple[Path, Reference]) -> None:
+    """The SDPA decode path (CUDA, bfloat16, or no C++ compiler) matches too."""
+    path, ref = model
+    engine = make_engine(path)
+    attn = engine.runner.attn
+    assert isinstance(attn, TorchAttention)
+    attn._kernels = None
+    assert_matches(run(engine, {0: prompts_of([3, 16, 77], seed=9)}), ref)
+    assert_idle(engine)
+
+
+def test_cpu_decode_kernel_is_used() -> None:
+    from engine.attention import cpu_kernels
+
+    assert cpu_kernels.load() is not None, "the C++ decode kernel failed to build here"
