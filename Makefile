@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.stamp-install
 PROMPT ?= What is the capital of France?
 
-.PHONY: install test lint typecheck run pull bench-engine clean
+.PHONY: install test lint typecheck run pull proto bench-engine bench-transfer clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ typecheck: install
 test: install lint typecheck
 	$(VENV)/bin/pytest -q
 
+# The wire contract: proto/*.proto -> services/pb/ (committed; tests check it is fresh).
+proto: install
+	$(PY) -m services.pb.generate services/pb
+
 pull: install
 	$(VENV)/bin/tandem models pull
 
@@ -40,6 +44,9 @@ run: pull
 
 bench-engine: pull
 	$(PY) -m engine.bench
+
+bench-transfer: install
+	$(PY) -m engine.transfer.bench
 
 clean:
 	rm -rf $(VENV) bench-results .pytest_cache .mypy_cache .ruff_cache

@@ -25,11 +25,6 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tens
     raise ModelLoadError(f"{p}: expected a Hugging Face model directory or a .gguf file")
 
 
-def load_model(path: str | Path, dtype: torch.dtype, device: torch.device) -> LlamaModel:
-    cfg, tensors = read_checkpoint(path)
-    return build_model(cfg, tensors, dtype, device, str(path))
-
-
 def build_model(
     cfg: ModelConfig,
     tensors: dict[str, torch.Tensor],
