@@ -8,9 +8,19 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.stamp-install
 PROMPT ?= What is the capital of France?
 
-.PHONY: install test lint typecheck run pull proto bench-engine bench-transfer clean
+.PHONY: install redis-server test lint typecheck run pull proto bench-engine bench-transfer clean
 
-install: $(STAMP)
+install: $(STAMP) redis-server
+
+# Redis is a system package: installed with apt-get where we are root, else we say what to do.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && apt-get install -y -q redis-server; \
+	  else \
+	    echo "error: redis-server is missing; install it (e.g. sudo apt-get install redis-server)" >&2; \
+	    exit 1; \
+	  fi; }
 
 # Idempotent: re-runs only when the dependency list changes or the venv is missing.
 $(STAMP): pyproject.toml Makefile

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,15 @@ def smollm_path() -> Path:
     from services.models import pull_default
 
     return pull_default()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real redis-server on a free 127.0.0.1 port for the whole session."""
+    from services.redis_server import RedisServer
+
+    with RedisServer() as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")

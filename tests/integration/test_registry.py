@@ -1,0 +1,99 @@
+"""The worker registry against a real Redis server."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import pytest
+import redis
+
+from services.pb.events_pb2 import WorkerRecord
+from services.redis_server import RedisServer
+from services.registry import Registry
+
+
+@pytest.fixture
+def registry(redis_url: str) -> Registry:
+    return Registry(redis.Redis.from_url(redis_url), prefix=f"test-{uuid.uuid4().hex[:8]}")
+
+
+def record(worker_id: str, role: str = "prefill", started: int = 1) -> WorkerRecord:
+    return WorkerRecord(
+        worker_id=worker_id,
+        role=role,
+        grpc_address="127.0.0.1:50051",
+        nixl_agent=worker_id,
+        nixl_metadata=b"\x00meta",
+        kv_block_bytes=2048,
+        started_at_unix_ms=started,
+    )
+
+
+def test_heartbeat_publishes_the_record(registry: Registry) -> None:
+    before = int(time.time() * 1000)
+    registry.heartbeat(record("prefill-0"))
+    got = registry.get("prefill-0")
+    assert got is not None
+    assert (got.role, got.nixl_metadata, got.kv_block_bytes) == ("prefill", b"\x00meta", 2048)
+    assert got.heartbeat_unix_ms >= before
+
+
+def test_workers_by_role(registry: Registry) -> None:
+    for wid, role in [
+        ("prefill-1", "prefill"),
+        ("decode-0", "decode"),
+        ("prefill-0", "prefill"),
+        ("x-0", "both"),
+    ]:
+        registry.heartbeat(record(wid, role))
+    assert [w.worker_id for w in registry.workers()] == [
+        "decode-0",
+        "prefill-0",
+        "prefill-1",
+        "x-0",
+    ]
+    assert [w.worker_id for w in registry.workers("prefill")] == ["prefill-0", "prefill-1", "x-0"]
+    assert [w.worker_id for w in registry.workers("decode")] == ["decode-0", "x-0"]
+
+
+def test_a_silent_worker_expires(registry: Registry) -> None:
+    registry.heartbeat(record("decode-9", "decode"), ttl_s=0.3)
+    assert registry.get("decode-9") is not None
+    deadline = time.monotonic() + 5
+    while registry.get("decode-9") is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert registry.get("decode-9") is None
+    assert registry.workers() == []
+
+
+def test_heartbeats_keep_a_worker_alive(registry: Registry) -> None:
+    for _ in range(4):  # 4 x 0.15 s spans well past the 0.3 s TTL
+        registry.heartbeat(record("prefill-5"), ttl_s=0.3)
+        time.sleep(0.15)
+    assert registry.get("prefill-5") is not None
+
+
+def test_remove_and_restart(registry: Registry) -> None:
+    registry.heartbeat(record("prefill-2", started=100))
+    registry.heartbeat(record("prefill-2", started=200))  # the same id, a new process
+    got = registry.get("prefill-2")
+    assert got is not None and got.started_at_unix_ms == 200
+    assert registry.remove("prefill-2")
+    assert registry.get("prefill-2") is None
+    assert not registry.remove("prefill-2")
+
+
+def test_record_needs_an_id(registry: Registry) -> None:
+    with pytest.raises(ValueError):
+        registry.heartbeat(WorkerRecord(role="decode"))
+
+
+def test_private_server_starts_and_stops_by_pid() -> None:
+    with RedisServer() as a, RedisServer() as b:
+        assert a.port != b.port
+        assert redis.Redis.from_url(a.url).ping()
+        pid = a.pid
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
