@@ -37,7 +37,7 @@ class ModelRunner:
             device=param.device,
         )
         self.attn: AttentionBackend = create_backend(
-            attention_backend, self.kv_cache, block_size, scale=cfg.head_dim**-0.5
+            attention_backend, self.kv_cache, block_size, cfg.num_heads, scale=cfg.head_dim**-0.5
         )
 
     @property

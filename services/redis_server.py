@@ -12,6 +12,8 @@ import subprocess
 import time
 from types import TracebackType
 
+import redis
+
 
 class RedisServerError(RuntimeError):
     pass
@@ -51,12 +53,11 @@ class RedisServer:
                 err = self._proc.stderr.read().decode() if self._proc.stderr else ""
                 raise RedisServerError(f"redis-server exited with {self._proc.returncode}: {err}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
+                if redis.Redis(port=self.port, socket_timeout=0.2).ping():
+                    return
+            except redis.RedisError:  # not listening yet, or still loading
+                pass
+            time.sleep(0.05)
         self.stop()
         raise RedisServerError(f"redis-server did not answer on port {self.port} in {timeout_s}s")
 

@@ -24,13 +24,13 @@ def resolve_backend(name: str, device: torch.device) -> str:
 
 
 def create_backend(
-    name: str, kv_cache: torch.Tensor, block_size: int, scale: float
+    name: str, kv_cache: torch.Tensor, block_size: int, num_heads: int, scale: float
 ) -> AttentionBackend:
     resolved = resolve_backend(name, kv_cache.device)
     if resolved == "torch":
-        return TorchAttention(kv_cache, block_size, scale)
+        return TorchAttention(kv_cache, block_size, num_heads, scale)
     if resolved == "flashinfer":
         from engine.attention.flashinfer_backend import FlashInferAttention
 
-        return FlashInferAttention(kv_cache, block_size, scale)
+        return FlashInferAttention(kv_cache, block_size, num_heads, scale)
     raise ValueError(f"unknown attention backend {name!r}; choose auto, torch or flashinfer")

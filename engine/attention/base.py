@@ -40,9 +40,12 @@ class AttentionBackend(ABC):
 
     name: str
 
-    def __init__(self, kv_cache: torch.Tensor, block_size: int, scale: float) -> None:
+    def __init__(
+        self, kv_cache: torch.Tensor, block_size: int, num_heads: int, scale: float
+    ) -> None:
         self.kv_cache = kv_cache
         self.block_size = block_size
+        self.num_heads = num_heads  # query heads
         self.scale = scale
 
     def write_kv(

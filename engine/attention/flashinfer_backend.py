@@ -1,5 +1,6 @@
 """FlashInfer paged attention for CUDA: one batched prefill/append kernel for the whole step
-(decode rows are queries of length 1), planned once per step and run for every layer.
+(decode rows are queries of length 1), planned once per step in `prepare` and run for
+every layer.
 
 Importable everywhere; `flashinfer` itself is imported only when the backend is built, which
 `engine.attention.resolve_backend` does only on CUDA with flashinfer installed.
@@ -17,8 +18,10 @@ _WORKSPACE_BYTES = 128 << 20
 class FlashInferAttention(AttentionBackend):
     name = "flashinfer"
 
-    def __init__(self, kv_cache: torch.Tensor, block_size: int, scale: float) -> None:
-        super().__init__(kv_cache, block_size, scale)
+    def __init__(
+        self, kv_cache: torch.Tensor, block_size: int, num_heads: int, scale: float
+    ) -> None:
+        super().__init__(kv_cache, block_size, num_heads, scale)
         if kv_cache.device.type != "cuda":
             raise ValueError("the flashinfer backend needs the KV cache on a CUDA device")
         import flashinfer
@@ -27,8 +30,6 @@ class FlashInferAttention(AttentionBackend):
         # NHD: each layer's pages are [block_size, kv_heads, head_dim], our cache's inner layout.
         self._wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD")
         self._slots: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._plan_args: dict[str, object] = {}
-        self._heads_known = False
 
     def prepare(self, layout: BatchLayout) -> None:
         bs, dev = self.block_size, self.kv_cache.device
@@ -47,12 +48,12 @@ class FlashInferAttention(AttentionBackend):
         def i32(xs: list[int]) -> torch.Tensor:
             return torch.tensor(xs, dtype=torch.int32, device=dev)
 
-        self._heads_known = False
-        self._plan_args = dict(  # planned at the first layer's call, see forward()
+        self._wrapper.plan(
             qo_indptr=i32(qo_indptr),
             paged_kv_indptr=i32(kv_indptr),
             paged_kv_indices=i32(kv_indices),
             paged_kv_last_page_len=i32(last_len),
+            num_qo_heads=self.num_heads,
             num_kv_heads=kv_heads,
             head_dim_qk=head_dim,
             page_size=bs,
@@ -67,9 +68,6 @@ class FlashInferAttention(AttentionBackend):
     ) -> torch.Tensor:
         assert self._slots is not None, "prepare() must run before forward()"
         self.write_kv(layer, k, v, *self._slots)
-        if not self._heads_known:  # the plan needs the query head count, known at first call
-            self._wrapper.plan(num_qo_heads=q.shape[1], **self._plan_args)
-            self._heads_known = True
         # Per-layer views over the block-major cache: the page dimension is strided.
         pages = (self.kv_cache[:, layer, 0], self.kv_cache[:, layer, 1])
         return self._wrapper.run(q, pages)

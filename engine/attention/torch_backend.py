@@ -9,6 +9,7 @@ chunks) get one SDPA call each, using the fresh k/v directly when nothing preced
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +41,11 @@ class _Meta:
 class TorchAttention(AttentionBackend):
     name = "torch"
 
-    def __init__(self, kv_cache: torch.Tensor, block_size: int, scale: float) -> None:
-        super().__init__(kv_cache, block_size, scale)
-        self._kernels = None
+    def __init__(
+        self, kv_cache: torch.Tensor, block_size: int, num_heads: int, scale: float
+    ) -> None:
+        super().__init__(kv_cache, block_size, num_heads, scale)
+        self._kernels: ModuleType | None = None
         if kv_cache.device.type == "cpu" and kv_cache.dtype == torch.float32:
             from engine.attention import cpu_kernels
 
@@ -82,7 +85,10 @@ class TorchAttention(AttentionBackend):
             decode_lens=torch.tensor(decode_lens, dtype=torch.long, device=dev)
             if decode_rows
             else None,
-            decode_mask=_length_mask(decode_lens, decode_tables, bs, dev) if decode_rows else None,
+            # the padding mask serves the SDPA path only; the C++ kernel reads the lengths
+            decode_mask=_length_mask(decode_lens, decode_tables, bs, dev)
+            if decode_rows and self._kernels is None
+            else None,
             prefills=prefills,
         )
 

@@ -88,9 +88,6 @@ class NixlKVTransfer:
         if self._peers.pop(agent_name, None) is not None:
             self._agent.remove_remote_agent(agent_name)
 
-    def has_peer(self, agent_name: str) -> bool:
-        return agent_name in self._peers
-
     # ---- reads ---------------------------------------------------------------------
     def read(
         self,
@@ -109,6 +106,8 @@ class NixlKVTransfer:
             raise TransferError(
                 f"remote block id out of range for {peer_name} ({peer.num_blocks} blocks)"
             )
+        if any(not 0 <= b < self.kv_cache.shape[0] for b in local_blocks):
+            raise TransferError(f"local block id out of range ({self.kv_cache.shape[0]} blocks)")
         bb = self.block_bytes
         runs = coalesce(local_blocks, remote_blocks)
         local = [

@@ -3,7 +3,9 @@ staleness test). `-Iservices/pb=proto` makes the generated imports `from service
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from importlib.resources import files
 from pathlib import Path
 
@@ -17,20 +19,17 @@ def generate(out_dir: Path) -> None:
     include = str(files("grpc_tools") / "_proto")
     with_services = [p for p in protos if "\nservice " in Path(p).read_text()]
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = out_dir / "_staging"
-    staging.mkdir()
-    for args in (
-        [f"--python_out={staging}", f"--pyi_out={staging}", *protos],
-        [f"--grpc_python_out={staging}", *with_services],
-    ):
-        code = protoc.main(["protoc", f"-I{include}", f"-Iservices/pb={ROOT / 'proto'}", *args])
-        if code != 0:
-            raise SystemExit(f"protoc failed with exit code {code}")
-    for f in (staging / "services" / "pb").iterdir():
-        f.replace(out_dir / f.name)
-    for d in sorted(staging.rglob("*"), reverse=True):
-        d.rmdir()
-    staging.rmdir()
+    with tempfile.TemporaryDirectory() as staging:
+        for args in (
+            [f"--python_out={staging}", f"--pyi_out={staging}", *protos],
+            [f"--grpc_python_out={staging}", *with_services],
+        ):
+            code = protoc.main(["protoc", f"-I{include}", f"-Iservices/pb={ROOT / 'proto'}", *args])
+            if code != 0:
+                raise SystemExit(f"protoc failed with exit code {code}")
+        # protoc writes under the virtual path services/pb/ inside the staging directory
+        for f in (Path(staging) / "services" / "pb").iterdir():
+            shutil.copyfile(f, out_dir / f.name)
 
 
 if __name__ == "__main__":
