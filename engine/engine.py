@@ -222,16 +222,23 @@ class Engine:
         self._forget(request_id)
         return self.scheduler.release_held(request_id)
 
-    def remote_kv_ready(self, request_id: str, first_token: int | None) -> None:
-        """Decode role: the prompt's KV is in this request's blocks; `first_token` is the
-        prefill worker's sample (already sent to the client, so not emitted again).
-        None means the transfer failed and the prompt is recomputed here."""
-        req = self.scheduler.remote_kv_ready(request_id, first_token)
-        if first_token is not None:
-            reason = self._stop_reason(req)
-            if reason is not None:
-                self.scheduler.finish(req, reason)
-                self._forget(request_id)
+    def remote_kv_ready(
+        self, request_id: str, first_token: int | None, kv_valid: bool = True
+    ) -> RequestOutput | None:
+        """Decode role: the prompt's KV is in this request's blocks (or, with `kv_valid`
+        False, could not be trusted and is recomputed here). `first_token` is the prefill
+        worker's sample, already sent to the client, so it is not emitted again.
+        Returns the request's final output when that first token already ends it."""
+        req = self.scheduler.remote_kv_ready(request_id, first_token, kv_valid)
+        if first_token is None:
+            return None
+        reason = self._stop_reason(req)
+        if reason is None:
+            return None
+        self.scheduler.finish(req, reason)
+        out = self._output(req)
+        out.new_token_ids, out.new_logprobs = [], []
+        return out
 
     # ---- offline helper ------------------------------------------------------------
     def generate(

@@ -254,19 +254,22 @@ class Scheduler:
         req.block_ids = []
         return True
 
-    def remote_kv_ready(self, request_id: str, first_token: int | None) -> Request:
-        """The prompt's KV has landed in `block_ids`; join the batch as a decoding request.
+    def remote_kv_ready(self, request_id: str, first_token: int | None, kv_valid: bool) -> Request:
+        """The prompt's KV has landed in `block_ids`; join the batch.
 
-        `first_token` is the token the prefill worker sampled. With None (the transfer
-        failed) the uncached part of the prompt is recomputed here instead.
+        `first_token` is the token the prefill worker sampled and the client already has,
+        so it is appended, never sampled again. With `kv_valid` False (the read failed, or
+        may have finished after the peer's lease ran out) the blocks past the local prefix
+        hits are garbage and the rest of the prompt (and the first token) is recomputed
+        here; without a `first_token` the recompute samples it.
         """
         req = self.remote.pop(request_id)
         req.status = Status.RUNNING
         req.remote_prefill = False  # from here on (a preemption included) it computes locally
         self.running.append(req)
-        if first_token is None:
-            return req
-        req.num_computed_tokens = req.num_prompt_tokens
-        self._commit_full_blocks(req)
-        req.token_ids.append(first_token)
+        if first_token is not None:
+            req.token_ids.append(first_token)
+        if kv_valid and first_token is not None:
+            req.num_computed_tokens = req.num_prompt_tokens
+            self._commit_full_blocks(req)
         return req

@@ -46,15 +46,20 @@ def pick_cpu_dtype(cfg: ModelConfig) -> torch.dtype:
     """Measure, don't guess: bfloat16 only where this CPU runs its GEMMs clearly faster
     (AMX / avx512_bf16 machines), else float32. Takes a few tens of milliseconds."""
     x_rows = 32
-    times: dict[torch.dtype, float] = {}
+    args = {}
     for dtype in (torch.float32, torch.bfloat16):
         w = torch.randn(2 * cfg.intermediate_size, cfg.hidden_size).to(dtype)
         x = torch.randn(x_rows, cfg.hidden_size).to(dtype)
         torch.nn.functional.linear(x, w)  # warm-up (kernel selection, packing)
-        start = time.perf_counter()
-        for _ in range(5):
+        args[dtype] = (x, w)
+    # Interleaved rounds, best of each: another process busy on the same cores (a second
+    # worker loading its model) slows single samples, not the fastest one.
+    times = dict.fromkeys(args, float("inf"))
+    for _ in range(7):
+        for dtype, (x, w) in args.items():
+            start = time.perf_counter()
             torch.nn.functional.linear(x, w)
-        times[dtype] = time.perf_counter() - start
+            times[dtype] = min(times[dtype], time.perf_counter() - start)
     return torch.bfloat16 if times[torch.bfloat16] * 1.25 < times[torch.float32] else torch.float32
 
 

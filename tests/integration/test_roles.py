@@ -62,7 +62,9 @@ def test_failed_transfer_recomputes_locally(tiny_checkpoints: dict[str, Path]) -
         "r", prompt, SamplingParams(max_tokens=16, ignore_eos=True), remote_prefill=True
     )
     decode.step()
-    decode.remote_kv_ready("r", None)  # the read failed: compute the prompt here instead
+    decode.remote_kv_ready(
+        "r", None, kv_valid=False
+    )  # the read failed: compute the prompt here instead
     expected, _ = hf_greedy(load_hf(path), prompt, 16)
     assert _drain(decode) == expected
     decode.pool.check_integrity()

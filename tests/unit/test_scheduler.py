@@ -503,7 +503,7 @@ def test_decode_role_remote_prefill_then_kv_ready() -> None:
     assert sched.schedule().chunks == []  # nothing to do until the KV lands
     assert r.block_ids == [0, 1, 2]
 
-    got = sched.remote_kv_ready("d", 4242)
+    got = sched.remote_kv_ready("d", 4242, kv_valid=True)
     assert got is r
     assert r.status is Status.RUNNING and sched.running == [r]
     assert sched.remote == {}
@@ -523,7 +523,7 @@ def test_decode_role_failed_transfer_recomputes_prompt() -> None:
     sched.add(r)
     step(sched)
     blocks = list(r.block_ids)
-    sched.remote_kv_ready("d", None)
+    sched.remote_kv_ready("d", None, kv_valid=False)
     assert r.status is Status.RUNNING and not r.remote_prefill
     assert r.num_computed_tokens == 0 and r.num_output_tokens == 0
     out = step(sched)
@@ -531,6 +531,20 @@ def test_decode_role_failed_transfer_recomputes_prompt() -> None:
     assert r.block_ids == blocks  # the blocks allocated for the prompt are reused
     step(sched)
     assert r.finished and r.num_output_tokens == 2
+    assert_done(sched)
+
+
+def test_decode_role_late_read_recomputes_but_keeps_the_sent_first_token() -> None:
+    sched = make(budget=16, role="decode")
+    r = mkreq("d", list(range(1, 11)), max_tokens=3, remote=True)
+    sched.add(r)
+    step(sched)
+    sched.remote_kv_ready("d", 4242, kv_valid=False)
+    # The client already has 4242: it is kept, and computed with the prompt, not resampled.
+    assert r.output_token_ids == [4242] and r.num_computed_tokens == 0
+    assert shape(step(sched)) == [("d", 0, 11, True)]
+    drain(sched)
+    assert r.finished and r.output_token_ids[0] == 4242 and r.num_output_tokens == 3
     assert_done(sched)
 
 
@@ -548,7 +562,7 @@ def test_decode_role_remote_request_with_local_prefix_hit() -> None:
     assert r.num_cached_tokens == 8 and r.num_computed_tokens == 8
     assert r.block_ids[:2] == [0, 1]  # a's cached (now free) prompt blocks
     assert len(r.block_ids) == 3
-    sched.remote_kv_ready("d", None)
+    sched.remote_kv_ready("d", None, kv_valid=False)
     assert shape(step(sched)) == [("d", 8, 2, True)]
     drain(sched)
     assert r.finished
@@ -563,7 +577,7 @@ def test_decode_role_preempted_after_kv_ready_is_recomputed_locally() -> None:
     sched.add(r)
     assert shape(step(sched)) == [("a", 0, 4, True)]
     assert (a.block_ids, r.block_ids) == ([0], [1])
-    sched.remote_kv_ready("r", 77)
+    sched.remote_kv_ready("r", 77, kv_valid=True)
     out = step(sched)  # a takes the last block; r (admitted last) is preempted
     assert out.preempted == ["r"]
     # Its KV already arrived once: it must now be recomputed here, not wait for a peer.
@@ -630,7 +644,7 @@ def test_abort_waiting_for_remote_kv() -> None:
     sched.finish(r, "abort")
     assert r.finished and r.block_ids == []
     with pytest.raises(KeyError):
-        sched.remote_kv_ready("r", 1)
+        sched.remote_kv_ready("r", 1, kv_valid=True)
     assert_done(sched)
 
 
