@@ -44,9 +44,10 @@ class ReadResult:
 
 class NixlKVTransfer:
     def __init__(self, name: str, kv_cache: torch.Tensor, progress_thread: bool = True) -> None:
-        # A worker whose memory is read (prefill) needs UCX's progress thread to answer
-        # connection set-up while it computes. A pure reader (decode) may turn it off: it
-        # polls inline, which on 2 cores beats a thread competing with the model.
+        # A process whose memory is read must progress its agent to answer a reader's
+        # connection set-up and to receive notifications: either NIXL's progress thread
+        # (which spins without pause: a core per process) or regular notifications()
+        # calls, which is what workers do from their engine loop.
         from nixl._api import nixl_agent, nixl_agent_config
 
         if not kv_cache.is_contiguous():
