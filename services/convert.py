@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from engine.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 from engine.sampling_params import SamplingParams
+from engine.transfer.exchange import KVHandle
+from engine.transfer.nixl_transfer import PeerKV
 from services.pb import events_pb2, worker_pb2
 
 
@@ -68,3 +70,38 @@ def event_from_pb(msg: events_pb2.KVEvent) -> KVEvent:
     if kind == "cleared":
         return AllBlocksCleared(msg.seq)
     raise ValueError(f"KV event {msg.seq} from {msg.worker_id!r} has no kind")
+
+
+def handle_to_pb(h: KVHandle) -> worker_pb2.KVHandle:
+    return worker_pb2.KVHandle(
+        worker_id=h.worker_id,
+        nixl_agent=h.agent_name,
+        block_ids=list(h.block_ids),
+        num_tokens=h.num_tokens,
+        lease_id=h.lease_id,
+        lease_expiry_unix_ms=h.lease_expiry_unix_ms,
+    )
+
+
+def handle_from_pb(msg: worker_pb2.KVHandle) -> KVHandle:
+    if not msg.nixl_agent or not msg.lease_id:
+        raise ValueError("a KV handle needs a NIXL agent name and a lease id")
+    return KVHandle(
+        worker_id=msg.worker_id,
+        agent_name=msg.nixl_agent,
+        block_ids=tuple(msg.block_ids),
+        num_tokens=msg.num_tokens,
+        lease_id=msg.lease_id,
+        lease_expiry_unix_ms=msg.lease_expiry_unix_ms,
+    )
+
+
+def peer_from_record(record: events_pb2.WorkerRecord) -> PeerKV:
+    return PeerKV(
+        agent_name=record.nixl_agent,
+        metadata=record.nixl_metadata,
+        base_addr=record.kv_base_addr,
+        block_bytes=record.kv_block_bytes,
+        num_blocks=record.num_blocks,
+        device_id=record.kv_device_id,
+    )

@@ -35,3 +35,11 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
 
     root = tmp_path_factory.mktemp("tiny")
     return {kind: build_tiny_checkpoint(kind, root / kind) for kind in ("llama", "qwen2", "qwen3")}
+
+
+@pytest.fixture(scope="session")
+def smollm_hf(smollm_path: Path):  # type: ignore[no-untyped-def]
+    """transformers running the same GGUF weights: the reference for greedy outputs."""
+    from tests.hf_reference import load_hf
+
+    return load_hf(smollm_path.parent, gguf_file=smollm_path.name)

@@ -45,7 +45,7 @@ class AllBlocksCleared(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerRecord(_message.Message):
-    __slots__ = ("worker_id", "role", "grpc_address", "model", "block_size", "num_blocks", "nixl_agent", "nixl_metadata", "kv_base_addr", "kv_block_bytes", "kv_device_id", "free_blocks", "running", "waiting", "queued_prefill_tokens", "started_at_unix_ms", "heartbeat_unix_ms")
+    __slots__ = ("worker_id", "role", "grpc_address", "model", "block_size", "num_blocks", "nixl_agent", "nixl_metadata", "kv_base_addr", "kv_block_bytes", "kv_device_id", "free_blocks", "running", "waiting", "queued_prefill_tokens", "started_at_unix_ms", "heartbeat_unix_ms", "max_model_len", "used_blocks", "held_blocks")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     GRPC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,9 @@ class WorkerRecord(_message.Message):
     QUEUED_PREFILL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
+    USED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    HELD_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     role: str
     grpc_address: str
@@ -80,4 +83,7 @@ class WorkerRecord(_message.Message):
     queued_prefill_tokens: int
     started_at_unix_ms: int
     heartbeat_unix_ms: int
-    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[str] = ..., grpc_address: _Optional[str] = ..., model: _Optional[str] = ..., block_size: _Optional[int] = ..., num_blocks: _Optional[int] = ..., nixl_agent: _Optional[str] = ..., nixl_metadata: _Optional[bytes] = ..., kv_base_addr: _Optional[int] = ..., kv_block_bytes: _Optional[int] = ..., kv_device_id: _Optional[int] = ..., free_blocks: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., queued_prefill_tokens: _Optional[int] = ..., started_at_unix_ms: _Optional[int] = ..., heartbeat_unix_ms: _Optional[int] = ...) -> None: ...
+    max_model_len: int
+    used_blocks: int
+    held_blocks: int
+    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[str] = ..., grpc_address: _Optional[str] = ..., model: _Optional[str] = ..., block_size: _Optional[int] = ..., num_blocks: _Optional[int] = ..., nixl_agent: _Optional[str] = ..., nixl_metadata: _Optional[bytes] = ..., kv_base_addr: _Optional[int] = ..., kv_block_bytes: _Optional[int] = ..., kv_device_id: _Optional[int] = ..., free_blocks: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., queued_prefill_tokens: _Optional[int] = ..., started_at_unix_ms: _Optional[int] = ..., heartbeat_unix_ms: _Optional[int] = ..., max_model_len: _Optional[int] = ..., used_blocks: _Optional[int] = ..., held_blocks: _Optional[int] = ...) -> None: ...

@@ -87,7 +87,7 @@ class DecodeRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., params: _Optional[_Union[SamplingParams, _Mapping]] = ..., kv: _Optional[_Union[KVHandle, _Mapping]] = ..., first_token: _Optional[int] = ..., generated_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DecodeChunk(_message.Message):
-    __slots__ = ("token_ids", "text", "logprobs", "finished", "finish_reason", "num_cached_tokens", "kv_recomputed", "kv_bytes_read")
+    __slots__ = ("token_ids", "text", "logprobs", "finished", "finish_reason", "num_cached_tokens", "kv_recomputed", "kv_bytes_read", "kv_read_seconds")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class DecodeChunk(_message.Message):
     NUM_CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     KV_RECOMPUTED_FIELD_NUMBER: _ClassVar[int]
     KV_BYTES_READ_FIELD_NUMBER: _ClassVar[int]
+    KV_READ_SECONDS_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     text: str
     logprobs: _containers.RepeatedScalarFieldContainer[float]
@@ -104,7 +105,8 @@ class DecodeChunk(_message.Message):
     num_cached_tokens: int
     kv_recomputed: bool
     kv_bytes_read: int
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., logprobs: _Optional[_Iterable[float]] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., num_cached_tokens: _Optional[int] = ..., kv_recomputed: _Optional[bool] = ..., kv_bytes_read: _Optional[int] = ...) -> None: ...
+    kv_read_seconds: float
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., logprobs: _Optional[_Iterable[float]] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., num_cached_tokens: _Optional[int] = ..., kv_recomputed: _Optional[bool] = ..., kv_bytes_read: _Optional[int] = ..., kv_read_seconds: _Optional[float] = ...) -> None: ...
 
 class AbortRequest(_message.Message):
     __slots__ = ("request_id",)
@@ -137,7 +139,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("running", "waiting", "num_blocks", "free_blocks", "cached_blocks", "held_blocks", "leases", "kv_bytes_read", "kv_reads", "kv_recomputed")
+    __slots__ = ("running", "waiting", "num_blocks", "free_blocks", "cached_blocks", "held_blocks", "leases", "kv_bytes_read", "kv_reads", "kv_recomputed", "used_blocks", "leases_expired", "idle", "integrity_error")
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
     NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +150,10 @@ class StatsResponse(_message.Message):
     KV_BYTES_READ_FIELD_NUMBER: _ClassVar[int]
     KV_READS_FIELD_NUMBER: _ClassVar[int]
     KV_RECOMPUTED_FIELD_NUMBER: _ClassVar[int]
+    USED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    LEASES_EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    IDLE_FIELD_NUMBER: _ClassVar[int]
+    INTEGRITY_ERROR_FIELD_NUMBER: _ClassVar[int]
     running: int
     waiting: int
     num_blocks: int
@@ -158,4 +164,8 @@ class StatsResponse(_message.Message):
     kv_bytes_read: int
     kv_reads: int
     kv_recomputed: int
-    def __init__(self, running: _Optional[int] = ..., waiting: _Optional[int] = ..., num_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., cached_blocks: _Optional[int] = ..., held_blocks: _Optional[int] = ..., leases: _Optional[int] = ..., kv_bytes_read: _Optional[int] = ..., kv_reads: _Optional[int] = ..., kv_recomputed: _Optional[int] = ...) -> None: ...
+    used_blocks: int
+    leases_expired: int
+    idle: bool
+    integrity_error: str
+    def __init__(self, running: _Optional[int] = ..., waiting: _Optional[int] = ..., num_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., cached_blocks: _Optional[int] = ..., held_blocks: _Optional[int] = ..., leases: _Optional[int] = ..., kv_bytes_read: _Optional[int] = ..., kv_reads: _Optional[int] = ..., kv_recomputed: _Optional[int] = ..., used_blocks: _Optional[int] = ..., leases_expired: _Optional[int] = ..., idle: _Optional[bool] = ..., integrity_error: _Optional[str] = ...) -> None: ...

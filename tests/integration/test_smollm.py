@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, EngineConfig, SamplingParams
-from tests.hf_reference import hf_greedy, load_hf
+from tests.hf_reference import hf_greedy
 
 pytestmark = pytest.mark.slow
 
@@ -27,16 +27,15 @@ def engine(smollm_path: Path) -> Engine:
     return Engine(EngineConfig(model=str(smollm_path), dtype="float32"))
 
 
-def test_greedy_matches_transformers_on_gguf(engine: Engine, smollm_path: Path) -> None:
+def test_greedy_matches_transformers_on_gguf(engine: Engine, smollm_hf: object) -> None:
     assert engine.tokenizer is not None
     prompts = [
         engine.tokenizer.apply_chat_template([{"role": "user", "content": q}]) for q in QUESTIONS
     ]
     params = SamplingParams(max_tokens=64, ignore_eos=True, logprobs=True)
     ours = engine.generate(prompts, params)  # one continuous batch
-    hf = load_hf(smollm_path.parent, gguf_file=smollm_path.name)
     for prompt, got in zip(prompts, ours, strict=True):
-        want_tokens, want_lps = hf_greedy(hf, prompt, 64)
+        want_tokens, want_lps = hf_greedy(smollm_hf, prompt, 64)
         assert got.token_ids == want_tokens
         assert max(abs(a - b) for a, b in zip(got.logprobs, want_lps, strict=True)) < 1e-3
     engine.pool.check_integrity()

@@ -1,0 +1,192 @@
+"""Run one worker: engine + NIXL + gRPC server + registry heartbeat (+ peer watcher).
+
+Used by the Ray actors (services/pools.py), by `tandem worker` (one worker per process, as
+a Kubernetes pod runs it) and by tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+
+import grpc
+import redis
+
+from engine import CacheConfig, EngineConfig
+from services.pb import worker_pb2_grpc
+from services.pb.events_pb2 import WorkerRecord
+from services.peers import PeerWatcher
+from services.registry import Registry
+from services.worker import Worker, WorkerConfig
+from services.worker_service import WorkerService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    redis_url: str
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a free port
+    advertise_host: str | None = None  # what peers dial; default: host
+    heartbeat_s: float = 1.0
+    registry_ttl_s: float = 5.0  # a worker silent this long drops out of routing
+    registry_prefix: str = "tandem"
+
+
+class WorkerServer:
+    """Owns a worker and everything around it, on one asyncio loop."""
+
+    def __init__(self, config: WorkerConfig, serve: ServeConfig) -> None:
+        self.config = config
+        self.serve = serve
+        self.worker: Worker | None = None
+        self.address = ""
+        self.stopping = asyncio.Event()
+        self._registry = Registry(redis.Redis.from_url(serve.redis_url), serve.registry_prefix)
+
+    async def start(self) -> str:
+        worker = await asyncio.to_thread(Worker, self.config)  # loads the model (seconds)
+        self.worker = worker
+        worker.start()
+        peers = None
+        if worker.role != "prefill":
+            peers = PeerWatcher(self._registry, worker.loop, worker.transfer, worker.worker_id)
+        self._server = grpc.aio.server()
+        worker_pb2_grpc.add_WorkerServicer_to_server(WorkerService(worker, peers), self._server)
+        port = self._server.add_insecure_port(f"{self.serve.host}:{self.serve.port}")
+        await self._server.start()
+        self.address = f"{self.serve.advertise_host or self.serve.host}:{port}"
+        self._record = self._base_record(worker)
+        await self._heartbeat()  # registered before we say we are up
+        self._tasks = [asyncio.create_task(self._heartbeats())]
+        if peers is not None:
+            await peers.refresh()
+            self._tasks.append(asyncio.create_task(peers.run(0.5, self.stopping)))
+        log.info("%s (%s) serving on %s", worker.worker_id, worker.role, self.address)
+        return self.address
+
+    def _base_record(self, w: Worker) -> WorkerRecord:
+        peer = w.transfer.describe()
+        return WorkerRecord(
+            worker_id=w.worker_id,
+            role=w.role,
+            grpc_address=self.address,
+            model=self.config.engine.model,
+            block_size=w.engine.block_size,
+            num_blocks=w.engine.num_blocks,
+            max_model_len=w.engine.max_model_len,
+            nixl_agent=peer.agent_name,
+            nixl_metadata=peer.metadata,
+            kv_base_addr=peer.base_addr,
+            kv_block_bytes=peer.block_bytes,
+            kv_device_id=peer.device_id,
+            started_at_unix_ms=w.started_at_ms,
+        )
+
+    async def _heartbeat(self) -> None:
+        assert self.worker is not None
+        s = await self.worker.stats()
+        r = self._record
+        r.free_blocks, r.used_blocks, r.held_blocks = s.free_blocks, s.used_blocks, s.held_blocks
+        r.running, r.waiting = s.running, s.waiting
+        r.queued_prefill_tokens = s.queued_prefill_tokens
+        await asyncio.to_thread(self._registry.heartbeat, r, self.serve.registry_ttl_s)
+
+    async def _heartbeats(self) -> None:
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.serve.heartbeat_s)
+            if self.stopping.is_set():
+                break
+            try:
+                await self._heartbeat()
+            except Exception:
+                log.exception("heartbeat failed")
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        self.stopping.set()
+        if self.worker is not None:
+            await asyncio.to_thread(self._registry.remove, self.worker.worker_id)
+        await asyncio.gather(*getattr(self, "_tasks", []), return_exceptions=True)
+        if hasattr(self, "_server"):
+            await self._server.stop(grace_s)
+        if self.worker is not None:
+            self.worker.close()
+
+
+class WorkerThread:
+    """A WorkerServer on an event loop of its own thread, for callers that are not async
+    (a Ray actor, a test). `start()` blocks until the worker is registered."""
+
+    def __init__(self, config: WorkerConfig, serve: ServeConfig) -> None:
+        self.server = WorkerServer(config, serve)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self, timeout_s: float = 300.0) -> str:
+        self._thread.start()
+        fut = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop)
+        return fut.result(timeout_s)
+
+    def run(self, coro: object, timeout_s: float = 60.0) -> object:
+        """Run a coroutine of the worker's on its loop (stats, integrity checks)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        try:
+            self.run(self.server.stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+
+
+def add_worker_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--role", choices=["prefill", "decode", "both"], required=True)
+    ap.add_argument("--worker-id", required=True)
+    ap.add_argument("--redis-url", required=True)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--advertise-host", default=None, help="address peers dial (default: host)")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--block-size", type=int, default=16)
+    ap.add_argument("--kv-cache-gb", type=float, default=1.0)
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--lease-s", type=float, default=30.0)
+
+
+def run_standalone(args: argparse.Namespace, model: str) -> int:
+    """`tandem worker`: serve until SIGINT/SIGTERM, then deregister and stop."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    engine = EngineConfig(
+        model=model,
+        role=args.role,
+        dtype=args.dtype,
+        num_threads=args.threads,
+        cache=CacheConfig(block_size=args.block_size, kv_cache_gb=args.kv_cache_gb),
+    )
+    serve = ServeConfig(
+        redis_url=args.redis_url,
+        host=args.host,
+        port=args.port,
+        advertise_host=args.advertise_host,
+    )
+    server = WorkerServer(WorkerConfig(args.worker_id, engine, lease_s=args.lease_s), serve)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, server.stopping.set)
+        address = await server.start()
+        print(f"{args.worker_id} ({args.role}) serving on {address}", flush=True)
+        await server.stopping.wait()
+        await server.stop()
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,95 @@
+"""Real processes for integration and end-to-end tests: `tandem worker` and `tandem serve`
+started as the user would, stopped by pid (and their process group: we started it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class Proc:
+    """A child process whose output is kept (for failure messages) and scanned for a line."""
+
+    def __init__(self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None):
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own group: Ray's children go with it on stop
+            env={**os.environ, **(env or {})},
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            self._log.write(line)
+            self._log.flush()
+
+    def wait_for(self, marker: str, timeout_s: float) -> str:
+        """The first output line containing `marker`; fails if the process dies first."""
+        deadline = time.monotonic() + timeout_s
+        seen = 0
+        while time.monotonic() < deadline:
+            for line in self.lines[seen:]:
+                if marker in line:
+                    return line
+            seen = len(self.lines)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"process exited ({self.proc.returncode}):\n{self.tail()}")
+            time.sleep(0.1)
+        raise TimeoutError(f"no {marker!r} within {timeout_s} s:\n{self.tail()}")
+
+    def tail(self, n: int = 40) -> str:
+        return "".join(self.lines[-n:])
+
+    def stop(self, sig: int = signal.SIGINT, timeout_s: float = 60.0) -> int:
+        """Ask it to stop (as Ctrl-C would); kill its group if it does not."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._reader.join(5)
+        self._log.close()
+        return self.proc.returncode
+
+
+def start_worker(
+    tmp: Path,
+    worker_id: str,
+    role: str,
+    redis_url: str,
+    model: Path,
+    *extra: str,
+    timeout_s: float = 240.0,
+) -> tuple[Proc, str]:
+    """A `tandem worker` process; returns it and its gRPC address once it is registered."""
+    args = [
+        "worker",
+        f"--worker-id={worker_id}",
+        f"--role={role}",
+        f"--redis-url={redis_url}",
+        f"--model={model}",
+        "--dtype=float32",
+        "--threads=1",
+        "--kv-cache-gb=0.05",
+        *extra,
+    ]
+    proc = Proc(args, tmp / f"{worker_id}.log")
+    line = proc.wait_for("serving on", timeout_s)
+    return proc, line.rsplit(" ", 1)[-1].strip()
