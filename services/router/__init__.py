@@ -1,0 +1,1 @@
+"""The OpenAI-compatible router: HTTP at the edge (app.py), workers behind a Backend."""

@@ -1,0 +1,177 @@
+"""The router's HTTP edge: an OpenAI-compatible API in front of a `Backend`.
+
+    POST /v1/chat/completions   POST /v1/completions   GET /v1/models
+    GET /health (always 200, no key)   GET /ready   GET /metrics
+
+A request is validated (protocol.py), tokenized once (prompts.py), run through the backend
+as token ids (generation.py) and shaped into OpenAI's JSON or server-sent events
+(openai_format.py, sse.py). Every failure is an OpenAI error body (errors.py).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from engine.output import TextStream
+from engine.tokenizer import Tokenizer
+from services.router.backend import Backend, GenerateRequest
+from services.router.disconnect import unless_disconnected
+from services.router.errors import SERVER_ERROR, APIError, error_body, install_error_handlers
+from services.router.generation import Generation, collect
+from services.router.metrics import RouterMetrics
+from services.router.middleware import ApiKeyMiddleware, ErrorCountMiddleware
+from services.router.openai_format import ChatFormat, CompletionFormat, Format, Logprobs, Meta
+from services.router.prompts import chat_prompt_ids, completion_prompt_ids
+from services.router.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    resolve_max_tokens,
+    sampling_params,
+)
+from services.router.sse import EventStreamResponse, sse_events
+
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+# nginx's status for "the client closed the connection": nobody reads it, logs do.
+CLIENT_CLOSED = 499
+
+
+@dataclass(frozen=True, slots=True)
+class _Server:
+    backend: Backend
+    tokenizer: Tokenizer
+    model_name: str
+    max_model_len: int
+    metrics: RouterMetrics
+    started: int  # unix seconds, the model's `created`
+
+    def check_model(self, model: str) -> None:
+        if model != self.model_name:
+            raise APIError(
+                404,
+                f"The model '{model}' does not exist; this server serves '{self.model_name}'.",
+                param="model",
+                code="model_not_found",
+            )
+
+
+def create_app(
+    backend: Backend,
+    tokenizer: Tokenizer,
+    model_name: str,
+    max_model_len: int,
+    metrics: RouterMetrics,
+    api_key: str | None = None,
+) -> FastAPI:
+    server = _Server(backend, tokenizer, model_name, max_model_len, metrics, int(time.time()))
+    app = FastAPI(title="Tandem router", summary="OpenAI-compatible API")
+    install_error_handlers(app)
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key, open_paths=frozenset({"/health"}))
+    app.add_middleware(ErrorCountMiddleware, metrics=metrics)  # outermost: sees 401s too
+    app.include_router(_openai_routes(server))
+    app.include_router(_ops_routes(server))
+    return app
+
+
+def _openai_routes(s: _Server) -> APIRouter:
+    r = APIRouter(prefix="/v1")
+
+    @r.post("/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        arrival = time.monotonic()
+        s.check_model(body.model)
+        body.check_supported()
+        ids = chat_prompt_ids(s.tokenizer, body)
+        return await _complete(s, request, body, ids, "chatcmpl", arrival)
+
+    @r.post("/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        arrival = time.monotonic()
+        s.check_model(body.model)
+        body.check_supported()
+        ids = completion_prompt_ids(s.tokenizer, body)
+        return await _complete(s, request, body, ids, "cmpl", arrival)
+
+    @r.get("/models")
+    async def models() -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [_model_card(s)]})
+
+    @r.get("/models/{model:path}")
+    async def model(model: str) -> JSONResponse:
+        s.check_model(model)
+        return JSONResponse(_model_card(s))
+
+    return r
+
+
+def _model_card(s: _Server) -> dict[str, object]:
+    return {
+        "id": s.model_name,
+        "object": "model",
+        "created": s.started,
+        "owned_by": "tandem",
+        "max_model_len": s.max_model_len,
+    }
+
+
+async def _complete(
+    s: _Server,
+    request: Request,
+    body: ChatCompletionRequest | CompletionRequest,
+    prompt_ids: list[int],
+    id_prefix: str,
+    arrival: float,
+) -> Response:
+    params = sampling_params(body, resolve_max_tokens(body, len(prompt_ids), s.max_model_len))
+    request_id = f"{id_prefix}-{uuid.uuid4().hex}"
+    gen_request = GenerateRequest(request_id, prompt_ids, params)
+    text = TextStream(s.tokenizer, params.stop)
+    gen = Generation(s.backend, gen_request, text, s.metrics, arrival)
+    chat = isinstance(body, ChatCompletionRequest)
+    meta = Meta(request_id, int(time.time()), s.model_name)
+    fmt: Format = (ChatFormat if chat else CompletionFormat)(meta, body.include_usage)
+    logprobs = Logprobs(s.tokenizer, chat) if params.logprobs else None
+    pieces = gen.pieces()
+    if body.stream:
+        # Wait for the first token before answering 200, so that a request the backend
+        # cannot serve at all still gets a plain HTTP error status.
+        first = await unless_disconnected(request, anext(pieces))
+        if first is None:
+            return Response(status_code=CLIENT_CLOSED)
+        usage = gen.usage if body.include_usage else None
+        return EventStreamResponse(sse_events(fmt, first, pieces, logprobs, usage, s.metrics))
+    answer = await unless_disconnected(request, collect(pieces))
+    if answer is None:
+        return Response(status_code=CLIENT_CLOSED)
+    lp = logprobs.body(answer.token_ids, answer.logprobs) if logprobs else None
+    return JSONResponse(fmt.response(answer.text, answer.finish_reason, lp, gen.usage))
+
+
+def _ops_routes(s: _Server) -> APIRouter:
+    r = APIRouter()
+
+    @r.get("/health")
+    async def health() -> JSONResponse:
+        return JSONResponse({"status": "ok"})  # the process answers; says nothing of workers
+
+    @r.get("/ready")
+    async def ready() -> JSONResponse:
+        try:
+            ok = await s.backend.ready()
+        except Exception:  # a backend that cannot even say is not ready
+            ok = False
+        if ok:
+            return JSONResponse({"status": "ready"})
+        body = error_body("No worker can serve a request yet.", SERVER_ERROR, None, "not_ready")
+        return JSONResponse(body, status_code=503)
+
+    @r.get("/metrics")
+    async def metrics() -> Response:
+        return Response(s.metrics.render(), media_type=PROMETHEUS_TEXT)
+
+    return r

@@ -1,0 +1,246 @@
+"""The real Backend: each request goes to a prefill worker and a decode worker over gRPC.
+
+    disaggregated:  Prefill(prefill worker) -> first token to the client at once
+                    Decode(decode worker, KV handle) -> the rest, streamed
+    local prefill:  Decode(decode worker, no handle): prompts of at most
+                    `local_prefill_tokens` tokens are cheaper to compute than to move
+    colocated:      Decode(a `both` worker, no handle), for comparison
+
+A prefill worker that fails or times out is not hidden: the request is prefilled on the
+decode worker, counted in `tandem_prefill_fallbacks_total{reason}` and logged.
+A client that goes away (the iterator is closed early) aborts the request on both workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from services.convert import params_to_pb
+from services.pb import worker_pb2
+from services.router.backend import (
+    ROUTE_COLOCATED,
+    ROUTE_DISAGG,
+    ROUTE_LOCAL,
+    BackendError,
+    GenerateRequest,
+    TokenDelta,
+)
+from services.router.metrics import RouterMetrics
+from services.router.workers import WorkerRef, WorkerSet
+
+log = logging.getLogger(__name__)
+MODES = ("disagg", "colocated")
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchConfig:
+    mode: str = "disagg"
+    # Prompts this short are prefilled on the decode worker: moving their few blocks costs
+    # more than computing them (conditional disaggregation).
+    local_prefill_tokens: int = 64
+    prefill_timeout_s: float = 120.0
+    refresh_s: float = 0.5  # how often the registry is read
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.local_prefill_tokens < 0:
+            raise ValueError("local_prefill_tokens must be >= 0")
+
+
+class Dispatcher:
+    def __init__(self, workers: WorkerSet, config: DispatchConfig, metrics: RouterMetrics) -> None:
+        self.workers = workers
+        self.config = config
+        self.metrics = metrics
+        self._background: set[asyncio.Task[Any]] = set()
+        self._refresher: asyncio.Task[None] | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.workers.refresh()
+        self._refresher = asyncio.create_task(self._refresh_forever())
+
+    async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.workers.close()
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.refresh_s)
+            try:
+                await self.workers.refresh()
+                self._export_load()
+            except Exception:
+                log.exception("reading the registry failed")
+
+    def _export_load(self) -> None:
+        m = self.metrics
+        for role in ("prefill", "decode", "both"):
+            refs = [w for w in self.workers.workers.values() if w.record.role == role]
+            m.queue_depth.labels(pool=role).set(sum(w.record.waiting for w in refs))
+        for ref in self.workers.workers.values():
+            m.kv_blocks_used.labels(worker=ref.worker_id).set(ref.record.used_blocks)
+            m.kv_blocks_total.labels(worker=ref.worker_id).set(ref.record.num_blocks)
+
+    async def ready(self) -> bool:
+        if self.config.mode == "colocated":
+            return bool(self.workers.serving("both"))
+        return bool(self.workers.serving("decode"))
+
+    # ---- requests --------------------------------------------------------------------
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
+        if self.config.mode == "colocated":
+            worker = self._pick("both")
+            async for delta in self._decode(worker, request, None, ROUTE_COLOCATED):
+                yield delta
+            return
+        decode = self._pick("decode")
+        if len(request.prompt_token_ids) <= self.config.local_prefill_tokens:
+            async for delta in self._decode(decode, request, None, ROUTE_LOCAL):
+                yield delta
+            return
+        async for delta in self._disaggregated(request, decode):
+            yield delta
+
+    def _pick(self, role: str) -> WorkerRef:
+        ref = self.workers.pick(role)
+        if ref is None:
+            raise BackendError(503, f"no {role} worker is available", "service_unavailable")
+        return ref
+
+    async def _disaggregated(
+        self, request: GenerateRequest, decode: WorkerRef
+    ) -> AsyncIterator[TokenDelta]:
+        prefill = self.workers.pick("prefill")
+        response = await self._prefill(prefill, request) if prefill else None
+        if response is None:  # counted and logged in _prefill; the request still runs
+            async for delta in self._decode(decode, request, None, ROUTE_LOCAL):
+                yield delta
+            return
+        assert prefill is not None
+        done = bool(response.finish_reason)
+        first = TokenDelta(
+            [response.first_token],
+            [response.first_logprob] if response.HasField("first_logprob") else [],
+            finished=done,
+            finish_reason=response.finish_reason or None,
+            num_cached_tokens=response.num_cached_tokens,
+            route=ROUTE_DISAGG,
+        )
+        if done:
+            yield first
+            return
+        released = False
+        try:
+            yield first
+            async for delta in self._decode(decode, request, response, ROUTE_DISAGG):
+                released = True  # the decode worker read (or gave up on) the KV
+                yield delta
+        finally:
+            if not released:  # nobody will read the held blocks: free them now
+                self._later(self._abort(prefill, request.request_id))
+
+    async def _prefill(
+        self, ref: WorkerRef, request: GenerateRequest
+    ) -> worker_pb2.PrefillResponse | None:
+        msg = worker_pb2.PrefillRequest(
+            request_id=request.request_id,
+            prompt_token_ids=request.prompt_token_ids,
+            params=params_to_pb(request.params),
+        )
+        with self.workers.busy(ref):
+            try:
+                return await ref.stub.Prefill(msg, timeout=self.config.prefill_timeout_s)
+            except grpc.aio.AioRpcError as e:
+                _raise_client_error(e)
+                reason = e.code().name.lower()
+        log.warning(
+            "prefill of %s on %s failed (%s); prefilling on the decode worker instead",
+            request.request_id,
+            ref.worker_id,
+            reason,
+        )
+        self.metrics.prefill_fallbacks.labels(reason=reason).inc()
+        self._later(self._abort(ref, request.request_id))
+        return None
+
+    async def _decode(
+        self,
+        ref: WorkerRef,
+        request: GenerateRequest,
+        prefill: worker_pb2.PrefillResponse | None,
+        route: str,
+    ) -> AsyncIterator[TokenDelta]:
+        msg = worker_pb2.DecodeRequest(
+            request_id=request.request_id,
+            prompt_token_ids=request.prompt_token_ids,
+            params=params_to_pb(request.params),
+        )
+        if prefill is not None:
+            msg.kv.CopyFrom(prefill.kv)
+            msg.first_token = prefill.first_token
+        with self.workers.busy(ref):
+            call = ref.stub.Decode(msg)
+            first = True
+            try:
+                async for chunk in call:
+                    if first and prefill is not None:
+                        self._account_transfer(chunk, prefill, request.request_id)
+                    yield TokenDelta(
+                        list(chunk.token_ids),
+                        list(chunk.logprobs),
+                        finished=chunk.finished,
+                        finish_reason=chunk.finish_reason or None,
+                        num_cached_tokens=chunk.num_cached_tokens,
+                        route=route if first else "",
+                    )
+                    first = False
+            except grpc.aio.AioRpcError as e:
+                _raise_client_error(e)
+                raise BackendError(
+                    502, f"decode worker {ref.worker_id} failed: {e.details()}"
+                ) from None
+            finally:
+                call.cancel()  # a no-op when the stream ended; else the worker aborts
+
+    def _account_transfer(
+        self, chunk: worker_pb2.DecodeChunk, prefill: worker_pb2.PrefillResponse, request_id: str
+    ) -> None:
+        m = self.metrics
+        if chunk.kv_recomputed:
+            m.kv_recomputed.inc()
+            # The read failed or came too late; the prefill worker may still hold the
+            # blocks until its lease ends: release them now.
+            ref = self.workers.workers.get(prefill.kv.worker_id)
+            if ref is not None:
+                self._later(self._abort(ref, request_id))
+            return
+        m.nixl_bytes.inc(chunk.kv_bytes_read)
+        m.nixl_seconds.observe(chunk.kv_read_seconds)
+
+    async def _abort(self, ref: WorkerRef, request_id: str) -> None:
+        try:
+            await ref.stub.Abort(worker_pb2.AbortRequest(request_id=request_id), timeout=5)
+        except grpc.aio.AioRpcError as e:
+            log.warning("abort of %s on %s failed: %s", request_id, ref.worker_id, e.details())
+
+    def _later(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Fire and forget, but keep a reference until done (and wait for it on close)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _raise_client_error(e: grpc.aio.AioRpcError) -> None:
+    """The worker rejected the request itself: the client's fault, say so."""
+    if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        raise BackendError(400, e.details() or "invalid request", "invalid_request_error")

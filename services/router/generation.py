@@ -1,0 +1,138 @@
+"""One request's run: the backend's token deltas in, text pieces out, metrics on the way.
+
+The backend's token ids are the truth; the text is decoded here, once per request, by a
+`TextStream` that holds back what may still turn into a stop string or a whole character.
+A stop string ends the request here even if the backend did not see it (it may have no
+tokenizer): closing the backend's iterator aborts the request and frees its blocks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from engine.output import TextStream
+from services.router.backend import Backend, BackendError, GenerateRequest, TokenDelta
+from services.router.metrics import ABORTED, ERROR, OK, RouterMetrics
+
+
+@dataclass(slots=True)
+class Piece:
+    """What one backend delta adds to the answer. `finish_reason` is set on the last."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str | None = None
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    route: str = ""
+
+
+class Generation:
+    def __init__(
+        self,
+        backend: Backend,
+        request: GenerateRequest,
+        text: TextStream,
+        metrics: RouterMetrics,
+        arrival: float,  # time.monotonic() when the HTTP request came in
+    ) -> None:
+        self.request = request
+        self.usage = Usage(prompt_tokens=len(request.prompt_token_ids))
+        self._backend, self._text, self._metrics = backend, text, metrics
+        self._arrival = arrival
+        self._last_token_at: float | None = None
+        self._output_ids: list[int] = []
+
+    async def pieces(self) -> AsyncIterator[Piece]:
+        """Pieces until one carries a finish reason. Raises BackendError; an engine abort
+        is one too (the client must not take a cut-off answer for a whole one)."""
+        self._metrics.record_admitted(self.usage.prompt_tokens)
+        deltas = self._backend.generate(self.request)
+        status = ABORTED  # until it finishes or fails: covers cancellation and early close
+        try:
+            async for delta in deltas:
+                piece = self._on_delta(delta)
+                if piece.finish_reason is not None:
+                    break
+                yield piece
+            else:
+                raise BackendError(502, "The backend ended the stream without finishing.")
+            status = OK
+        except Exception:  # BackendError, or a bug; cancellation stays ABORTED
+            status = ERROR
+            raise
+        finally:
+            await _close(deltas)
+            self._finish(status)
+        yield piece  # the last one, after the books are closed: nobody has to resume us
+
+    def _on_delta(self, delta: TokenDelta) -> Piece:
+        self._observe(delta)
+        self._output_ids += delta.token_ids
+        stopped = self._text.update(self._output_ids)
+        finish = None
+        if stopped or delta.finished:
+            finish = "stop" if stopped else delta.finish_reason or "stop"
+        if finish == "abort":
+            raise BackendError(503, "The request was aborted before it finished; retry it.")
+        text = self._text.take(final=finish is not None)
+        return Piece(text, list(delta.token_ids), list(delta.logprobs), finish)
+
+    def _observe(self, delta: TokenDelta) -> None:
+        u = self.usage
+        if delta.route:
+            u.route = delta.route
+        u.cached_tokens = max(u.cached_tokens, delta.num_cached_tokens)
+        if not delta.token_ids:
+            return
+        now = time.monotonic()
+        if self._last_token_at is None:
+            self._metrics.record_first_token(now - self._arrival)
+            gap = None
+        else:
+            gap = now - self._last_token_at
+        self._metrics.record_tokens(len(delta.token_ids), gap)
+        self._last_token_at = now
+        u.completion_tokens += len(delta.token_ids)
+
+    def _finish(self, status: str) -> None:
+        u = self.usage
+        e2e = time.monotonic() - self._arrival
+        self._metrics.record_finished(u.route, status, e2e, u.cached_tokens)
+
+
+async def _close(it: AsyncIterator[TokenDelta]) -> None:
+    """Close the backend's iterator: for a request still running, that is the abort."""
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+@dataclass(slots=True)
+class Answer:
+    """A whole answer, for stream=false."""
+
+    text: str
+    finish_reason: str
+    token_ids: list[int]
+    logprobs: list[float]
+
+
+async def collect(pieces: AsyncIterator[Piece]) -> Answer:
+    answer = Answer("", "", [], [])
+    texts: list[str] = []
+    async for piece in pieces:
+        texts.append(piece.text)
+        answer.token_ids += piece.token_ids
+        answer.logprobs += piece.logprobs
+        answer.finish_reason = piece.finish_reason or ""
+    answer.text = "".join(texts)
+    return answer

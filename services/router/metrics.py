@@ -1,0 +1,145 @@
+"""The router's Prometheus metrics, in a registry of its own.
+
+A private `CollectorRegistry` (not prometheus_client's global one) keeps two routers in one
+process (tests) from colliding and keeps `/metrics` to what Tandem itself measures.
+
+The HTTP edge records requests, latencies and token counts; the dispatcher records queue
+depth, KV block usage, NIXL transfers and recomputes through the `set_*` / `record_*`
+methods below (or the metric attributes themselves, which are public).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# CPU serving spans milliseconds (a cached prompt, one decode step of a small model) to tens
+# of seconds (a long prompt on a busy laptop), so the buckets do too.
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80)
+ITL_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5, 5)
+E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+TRANSFER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+# Request outcomes (the `status` label of tandem_requests_total).
+OK, ERROR, ABORTED = "ok", "error", "aborted"
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        # ---- updated by the HTTP edge ----
+        self.requests = Counter(
+            "tandem_requests",
+            "Requests sent to the model, by route and outcome.",
+            ["route", "status"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "tandem_ttft_seconds",
+            "Arrival to first generated token.",
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.inter_token_latency = Histogram(
+            "tandem_inter_token_latency_seconds",
+            "Time between generated tokens.",
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self.e2e_latency = Histogram(
+            "tandem_e2e_latency_seconds",
+            "Arrival to the last token (or the failure).",
+            buckets=E2E_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter("tandem_prompt_tokens", "Prompt tokens.", registry=r)
+        self.generation_tokens = Counter(
+            "tandem_generation_tokens", "Generated tokens.", registry=r
+        )
+        self.cached_prompt_tokens = Counter(
+            "tandem_cached_prompt_tokens", "Prompt tokens served from a prefix cache.", registry=r
+        )
+        self.http_errors = Counter(
+            "tandem_http_errors", "Error responses, by HTTP status.", ["status"], registry=r
+        )
+        # ---- updated by the dispatcher ----
+        self.queue_depth = Gauge(
+            "tandem_queue_depth", "Requests waiting, by pool.", ["pool"], registry=r
+        )
+        self.kv_blocks_used = Gauge(
+            "tandem_kv_blocks_used", "KV-cache blocks in use, by worker.", ["worker"], registry=r
+        )
+        self.kv_blocks_total = Gauge(
+            "tandem_kv_blocks_total", "KV-cache blocks, by worker.", ["worker"], registry=r
+        )
+        self.nixl_bytes = Counter(
+            "tandem_nixl_bytes", "KV bytes moved between workers over NIXL.", registry=r
+        )
+        self.nixl_seconds = Histogram(
+            "tandem_nixl_transfer_seconds",
+            "Duration of one request's KV transfer.",
+            buckets=TRANSFER_BUCKETS,
+            registry=r,
+        )
+        self.kv_recomputed = Counter(
+            "tandem_kv_recomputed", "Prompts recomputed after a failed KV transfer.", registry=r
+        )
+        self.prefill_fallbacks = Counter(
+            "tandem_prefill_fallbacks",
+            "Remote prefills that failed and ran on the decode worker instead, by reason.",
+            ["reason"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """Prometheus text exposition format (version 0.0.4)."""
+        return generate_latest(self.registry)
+
+    # ---- the HTTP edge ----------------------------------------------------------------
+    def record_admitted(self, prompt_tokens: int) -> None:
+        self.prompt_tokens.inc(prompt_tokens)
+
+    def record_first_token(self, seconds: float) -> None:
+        self.ttft.observe(seconds)
+
+    def record_tokens(self, count: int, gap_seconds: float | None) -> None:
+        """`count` tokens arrived together, `gap_seconds` after the previous ones (None for
+        the first): each counts as one inter-token gap of gap/count."""
+        self.generation_tokens.inc(count)
+        if gap_seconds is not None and count > 0:
+            for _ in range(count):
+                self.inter_token_latency.observe(gap_seconds / count)
+
+    def record_finished(self, route: str, status: str, e2e_seconds: float, cached: int) -> None:
+        self.requests.labels(route=route or "none", status=status).inc()
+        self.e2e_latency.observe(e2e_seconds)
+        self.cached_prompt_tokens.inc(cached)
+
+    def record_http_error(self, status: int) -> None:
+        self.http_errors.labels(status=str(status)).inc()
+
+    # ---- the dispatcher ---------------------------------------------------------------
+    def set_queue_depth(self, pool: str, depth: int) -> None:
+        self.queue_depth.labels(pool=pool).set(depth)
+
+    def set_kv_blocks(self, worker: str, used: int, total: int) -> None:
+        self.kv_blocks_used.labels(worker=worker).set(used)
+        self.kv_blocks_total.labels(worker=worker).set(total)
+
+    def forget_worker(self, worker: str) -> None:
+        """A worker left: drop its series so dashboards do not show it frozen."""
+        for gauge in (self.kv_blocks_used, self.kv_blocks_total):
+            with contextlib.suppress(KeyError):  # never set for this worker
+                gauge.remove(worker)
+
+    def record_transfer(self, nbytes: int, seconds: float) -> None:
+        self.nixl_bytes.inc(nbytes)
+        self.nixl_seconds.observe(seconds)
+
+    def record_recompute(self) -> None:
+        self.kv_recomputed.inc()
+
+    def record_prefill_fallback(self, reason: str) -> None:
+        self.prefill_fallbacks.labels(reason=reason).inc()

@@ -1,0 +1,142 @@
+"""Response bodies in OpenAI's shapes: whole responses, stream chunks, usage and logprobs.
+
+Chat and completions differ only in names and in where the text goes, so each has a small
+format object with the same four methods; the endpoints and the SSE writer use either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from engine.tokenizer import Tokenizer
+from services.router.generation import Piece, Usage
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    id: str
+    created: int  # unix seconds
+    model: str
+
+
+def usage_body(u: Usage) -> Json:
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+    }
+
+
+class Logprobs:
+    """The chosen tokens' logprobs, in the endpoint's shape. One per request: completions'
+    `text_offset` runs on across stream chunks.
+
+    A token's text is its own decoding, so a token holding part of a multi-byte character
+    shows as U+FFFD (and its `bytes` as that character's)."""
+
+    def __init__(self, tokenizer: Tokenizer, chat: bool) -> None:
+        self._tok, self._chat = tokenizer, chat
+        self._offset = 0
+
+    def body(self, token_ids: Sequence[int], logprobs: Sequence[float]) -> Json:
+        tokens = [self._tok.decode([t]) for t in token_ids]
+        if self._chat:
+            return {
+                "content": [
+                    {"token": s, "logprob": lp, "bytes": list(s.encode()), "top_logprobs": []}
+                    for s, lp in zip(tokens, logprobs, strict=False)
+                ]
+            }
+        offsets = []
+        for s in tokens:
+            offsets.append(self._offset)
+            self._offset += len(s)
+        return {
+            "tokens": tokens,
+            "token_logprobs": list(logprobs),
+            "top_logprobs": None,
+            "text_offset": offsets,
+        }
+
+
+class Format(Protocol):
+    def response(self, text: str, finish_reason: str, logprobs: Json | None, u: Usage) -> Json:
+        """The whole answer (stream=false)."""
+        ...
+
+    def first_chunk(self) -> Json | None:
+        """Sent before any text (chat announces the assistant's role)."""
+        ...
+
+    def chunk(self, piece: Piece, logprobs: Json | None) -> Json: ...
+
+    def usage_chunk(self, u: Usage) -> Json:
+        """The last chunk with stream_options.include_usage: no choices, the usage."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Base:
+    meta: Meta
+    include_usage: bool = False  # streams: every chunk then carries "usage": null
+
+    def _envelope(self, obj: str, choice: Json, usage: Json | None = None) -> Json:
+        m = self.meta
+        body = {"id": m.id, "object": obj, "created": m.created, "model": m.model}
+        body["choices"] = [{"index": 0, **choice}]
+        if usage is not None:
+            body["usage"] = usage
+        elif self.include_usage:
+            body["usage"] = None
+        return body
+
+    def usage_chunk(self, u: Usage) -> Json:
+        m = self.meta
+        return {
+            "id": m.id,
+            "object": self._chunk_object,
+            "created": m.created,
+            "model": m.model,
+            "choices": [],
+            "usage": usage_body(u),
+        }
+
+    _chunk_object = ""
+
+
+class ChatFormat(_Base):
+    _chunk_object = "chat.completion.chunk"
+
+    def response(self, text: str, finish_reason: str, logprobs: Json | None, u: Usage) -> Json:
+        message = {"role": "assistant", "content": text}
+        choice = {"message": message, "logprobs": logprobs, "finish_reason": finish_reason}
+        return self._envelope("chat.completion", choice, usage_body(u))
+
+    def first_chunk(self) -> Json | None:
+        choice = {"delta": {"role": "assistant", "content": ""}, "logprobs": None}
+        return self._envelope(self._chunk_object, choice | {"finish_reason": None})
+
+    def chunk(self, piece: Piece, logprobs: Json | None) -> Json:
+        delta = {"content": piece.text} if piece.text else {}
+        choice = {"delta": delta, "logprobs": logprobs, "finish_reason": piece.finish_reason}
+        return self._envelope(self._chunk_object, choice)
+
+
+class CompletionFormat(_Base):
+    _chunk_object = "text_completion"
+
+    def response(self, text: str, finish_reason: str, logprobs: Json | None, u: Usage) -> Json:
+        choice = {"text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+        return self._envelope("text_completion", choice, usage_body(u))
+
+    def first_chunk(self) -> Json | None:
+        return None
+
+    def chunk(self, piece: Piece, logprobs: Json | None) -> Json:
+        choice = {"text": piece.text, "logprobs": logprobs, "finish_reason": piece.finish_reason}
+        return self._envelope(self._chunk_object, choice)
