@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.stamp-install
 PROMPT ?= What is the capital of France?
 
-.PHONY: install redis-server test lint typecheck run pull proto bench-engine bench-transfer clean
+.PHONY: install redis-server test lint typecheck run generate pull proto bench-engine bench-transfer clean
 
 install: $(STAMP) redis-server
 
@@ -47,9 +47,13 @@ proto: install
 pull: install
 	$(VENV)/bin/tandem models pull
 
-# The local cluster arrives with the disaggregation issue; until then `make run`
-# runs the engine on one prompt with the default model.
+# A whole local cluster: Ray, Redis, one prefill and one decode worker, the router on
+# 127.0.0.1:8000. Extra flags go through ARGS, e.g. `make run ARGS="--mode colocated"`.
 run: pull
+	$(VENV)/bin/tandem serve $(ARGS)
+
+# One prompt through the engine in this process, no cluster.
+generate: pull
 	$(VENV)/bin/tandem generate --prompt "$(PROMPT)"
 
 bench-engine: pull

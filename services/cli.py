@@ -1,4 +1,5 @@
-"""The `tandem` command line: `tandem models pull`, `tandem generate`."""
+"""The `tandem` command line: `tandem serve`, `tandem worker`, `tandem models pull`,
+`tandem generate`."""
 
 from __future__ import annotations
 
@@ -67,6 +68,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from services.serve import cmd_serve as serve
+
+    return serve(args, _resolve_model(args.model))
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from services.worker_process import run_standalone
+
+    return run_standalone(args, _resolve_model(args.model))
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="tandem", description="Disaggregated LLM serving.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -91,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--raw", action="store_true", help="send the prompt as is, without the chat template"
     )
     gen.set_defaults(func=cmd_generate)
+
+    from services.serve import add_serve_args
+
+    serve = sub.add_parser("serve", help="start a local cluster: Ray, Redis, workers, router")
+    add_serve_args(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    from services.worker_process import add_worker_args
+
+    worker = sub.add_parser("worker", help="run one worker in this process (as a pod does)")
+    add_worker_args(worker)
+    worker.set_defaults(func=cmd_worker)
     return ap
 
 

@@ -1,0 +1,107 @@
+"""Worker pools as Ray actors: one actor per worker, named `<role>-<n>` in our namespace,
+so the Ray dashboard lists each worker with its logs and state.
+
+Each actor asks Ray for what one worker needs (a GPU on CUDA, CPUs here) and gives torch
+exactly the CPU threads it was granted: two workers on a 2-core laptop get one each
+instead of fighting over both.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import ray
+
+from engine import EngineConfig
+from services.worker import WorkerConfig
+from services.worker_process import ServeConfig, WorkerThread
+
+NAMESPACE = "tandem"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    role: str  # prefill | decode | both
+    replicas: int
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+class WorkerActor:
+    """Lives in its own Ray worker process; wraps a WorkerThread."""
+
+    def __init__(self, config: WorkerConfig, serve: ServeConfig) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        self._thread = WorkerThread(config, serve)
+        self._address = self._thread.start()
+
+    def address(self) -> str:
+        return self._address
+
+    def stats(self) -> dict[str, Any]:
+        worker = self._thread.server.worker
+        assert worker is not None
+        return asdict(self._thread.run(worker.stats(integrity=True)))  # type: ignore[call-overload]
+
+    def stop(self) -> None:
+        self._thread.stop()
+
+
+@dataclass(slots=True)
+class PoolMember:
+    name: str
+    role: str
+    actor: Any  # ray.actor.ActorHandle
+    address: str = ""
+
+
+class Pools:
+    """Start, look up and stop the worker actors of one Tandem cluster."""
+
+    def __init__(self, engine: EngineConfig, serve: ServeConfig) -> None:
+        self.engine = engine
+        self.serve = serve
+        self.members: dict[str, PoolMember] = {}
+
+    def start(self, specs: list[PoolSpec], timeout_s: float = 600.0) -> list[PoolMember]:
+        new = [self._spawn(spec, i) for spec in specs for i in range(spec.replicas)]
+        self.members.update((m.name, m) for m in new)  # so that stop() reaches them all
+        # Actors load their models in parallel; wait for all of them to be registered.
+        addresses = ray.get([m.actor.address.remote() for m in new], timeout=timeout_s)
+        for member, address in zip(new, addresses, strict=True):
+            member.address = address
+        return new
+
+    def _spawn(self, spec: PoolSpec, index: int) -> PoolMember:
+        name = f"{spec.role}-{index}"
+        threads = max(1, int(spec.num_cpus))
+        engine = replace(self.engine, role=spec.role, num_threads=threads)  # type: ignore[arg-type]
+        actor_cls = ray.remote(WorkerActor).options(
+            name=name,
+            namespace=NAMESPACE,
+            num_cpus=spec.num_cpus,
+            num_gpus=spec.num_gpus,
+            max_concurrency=4,  # stats and stop must get through while a call runs
+        )
+        actor = actor_cls.remote(WorkerConfig(name, engine), self.serve)
+        return PoolMember(name, spec.role, actor)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        names = list(self.members)
+        values = ray.get([self.members[n].actor.stats.remote() for n in names], timeout=60)
+        return dict(zip(names, values, strict=True))
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Deregister and stop every worker, then end the actors."""
+        members = list(self.members.values())
+        self.members.clear()
+        refs = [m.actor.stop.remote() for m in members]
+        try:
+            ray.get(refs, timeout=timeout_s)
+        except Exception as e:  # stop what we can; the kill below ends the rest
+            log.warning("stopping workers cleanly failed: %s", e)
+        for m in members:
+            ray.kill(m.actor)

@@ -1,0 +1,216 @@
+"""`tandem serve`: a whole local cluster in one command.
+
+    Ray (local, or RAY_ADDRESS) ── actors prefill-0.., decode-0.. (or both-0.. colocated)
+    Redis (ours on a free 127.0.0.1 port, or --redis-url) ── registry
+    router (this process) on --host:--port ── OpenAI API, /metrics, /health, /ready
+
+Ctrl-C stops what this command started, in reverse order, and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from engine import CacheConfig, EngineConfig
+from services.pools import NAMESPACE, Pools, PoolSpec
+from services.redis_server import RedisServer
+from services.registry import Registry
+from services.worker_process import ServeConfig
+
+log = logging.getLogger("tandem.serve")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    model: str
+    mode: str = "disagg"
+    prefill_workers: int = 1
+    decode_workers: int = 1
+    cpus_per_worker: float | None = None  # None: the node's CPUs shared out evenly
+    block_size: int = 16
+    kv_cache_gb: float = 1.0
+    dtype: str = "auto"
+    redis_url: str | None = None
+    dashboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("disagg", "colocated"):
+            raise ValueError(f"--mode must be disagg or colocated, got {self.mode!r}")
+        if self.decode_workers < 1:
+            raise ValueError("at least one decode worker is needed")
+        if self.prefill_workers < 0:
+            raise ValueError("--prefill-workers must be >= 0")
+
+    def specs(self, cpus: float, gpus: float) -> list[PoolSpec]:
+        if self.mode == "colocated":
+            # The same number of workers as disaggregated mode, each with both roles.
+            n = self.prefill_workers + self.decode_workers
+            return [PoolSpec("both", n, *self._share(n, cpus, gpus))]
+        n = self.prefill_workers + self.decode_workers
+        per = self._share(n, cpus, gpus)
+        return [
+            PoolSpec("prefill", self.prefill_workers, *per),
+            PoolSpec("decode", self.decode_workers, *per),
+        ]
+
+    def _share(self, n: int, cpus: float, gpus: float) -> tuple[float, float]:
+        per_cpu = self.cpus_per_worker or max(1.0, float(int(cpus // max(n, 1))))
+        return per_cpu, (1.0 if gpus >= n else 0.0)
+
+
+class Cluster:
+    """Ray + Redis + worker pools. A context manager: leaving it stops all it started."""
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+        self._stack = contextlib.ExitStack()
+        self.redis_url = ""
+        self.dashboard_url: str | None = None
+        self.ray_address = ""
+        self.pools: Pools | None = None
+
+    def __enter__(self) -> Cluster:
+        try:
+            self._start()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _start(self) -> None:
+        import ray
+
+        cfg = self.config
+        if cfg.redis_url:
+            self.redis_url = cfg.redis_url
+        else:
+            server = self._stack.enter_context(RedisServer())
+            self.redis_url = server.url
+        address = os.environ.get("RAY_ADDRESS") or None
+        ctx = ray.init(
+            address=address,
+            namespace=NAMESPACE,
+            include_dashboard=cfg.dashboard if address is None else None,
+            dashboard_host="127.0.0.1",
+            log_to_driver=True,
+        )
+        self._stack.callback(ray.shutdown)
+        self.dashboard_url = getattr(ctx, "dashboard_url", None) or None
+        self.ray_address = ray.get_runtime_context().gcs_address
+        resources = ray.cluster_resources()
+        engine = EngineConfig(
+            model=cfg.model,
+            dtype=cfg.dtype,
+            cache=CacheConfig(block_size=cfg.block_size, kv_cache_gb=cfg.kv_cache_gb),
+        )
+        pools = Pools(engine, ServeConfig(redis_url=self.redis_url))
+        self._stack.callback(pools.stop)
+        self.pools = pools
+        pools.start(cfg.specs(resources.get("CPU", 1.0), resources.get("GPU", 0.0)))
+
+    def registry(self) -> Registry:
+        return Registry(redis.Redis.from_url(self.redis_url))
+
+
+def served_model_name(model: str) -> str:
+    """SmolLM2-135M-Instruct.Q4_1.gguf -> SmolLM2-135M-Instruct; a directory -> its name."""
+    p = Path(model)
+    return p.name.split(".")[0] if p.suffix == ".gguf" else p.name
+
+
+async def run_router(
+    cluster: Cluster, host: str, port: int, api_key: str | None, local_prefill_tokens: int
+) -> None:
+    import uvicorn
+
+    from engine.tokenizer import load_tokenizer
+    from services.router.app import create_app
+    from services.router.dispatch import DispatchConfig, Dispatcher
+    from services.router.metrics import RouterMetrics
+    from services.router.workers import WorkerSet
+
+    cfg = cluster.config
+    metrics = RouterMetrics()
+    workers = WorkerSet(cluster.registry())
+    dispatcher = Dispatcher(
+        workers, DispatchConfig(mode=cfg.mode, local_prefill_tokens=local_prefill_tokens), metrics
+    )
+    await dispatcher.start()
+    try:
+        records = list(workers.workers.values())
+        max_len = min(r.record.max_model_len for r in records)
+        tokenizer = await asyncio.to_thread(load_tokenizer, cfg.model)
+        app = create_app(
+            dispatcher, tokenizer, served_model_name(cfg.model), max_len, metrics, api_key
+        )
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        print(f"Tandem is serving {served_model_name(cfg.model)} ({cfg.mode})")
+        print(f"  OpenAI API:     http://{host}:{port}/v1")
+        if cluster.dashboard_url:
+            print(f"  Ray dashboard:  http://{cluster.dashboard_url.removeprefix('http://')}")
+        print(f"  Ray address:    {cluster.ray_address}")
+        print(f"  Redis:          {cluster.redis_url}")
+        print("  Ctrl-C stops everything.", flush=True)
+        await server.serve()
+    finally:
+        await dispatcher.close()
+
+
+def add_serve_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--model", default=None, help="HF directory or .gguf (default: SmolLM2)")
+    ap.add_argument("--prefill-workers", type=int, default=1)
+    ap.add_argument("--decode-workers", type=int, default=1)
+    ap.add_argument("--mode", choices=["disagg", "colocated"], default="disagg")
+    ap.add_argument("--api-key", default=None, help="require this key (default: $TANDEM_API_KEY)")
+    ap.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
+    ap.add_argument("--block-size", type=int, default=16)
+    ap.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV cache per worker")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    ap.add_argument("--cpus-per-worker", type=float, default=None)
+    ap.add_argument(
+        "--local-prefill-tokens",
+        type=int,
+        default=64,
+        help="prompts up to this many tokens prefill on the decode worker",
+    )
+    ap.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+
+
+def cmd_serve(args: argparse.Namespace, model: str) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    api_key = args.api_key or os.environ.get("TANDEM_API_KEY") or None
+    config = ClusterConfig(
+        model=model,
+        mode=args.mode,
+        prefill_workers=args.prefill_workers,
+        decode_workers=args.decode_workers,
+        cpus_per_worker=args.cpus_per_worker,
+        block_size=args.block_size,
+        kv_cache_gb=args.kv_cache_gb,
+        dtype=args.dtype,
+        redis_url=args.redis_url,
+        dashboard=not args.no_dashboard,
+    )
+    try:
+        with Cluster(config) as cluster:
+            asyncio.run(
+                run_router(cluster, args.host, args.port, api_key, args.local_prefill_tokens)
+            )
+    except KeyboardInterrupt:  # Ctrl-C during start-up: all started so far is stopped
+        pass
+    print("tandem serve: stopped", file=sys.stderr)
+    return 0

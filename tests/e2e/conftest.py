@@ -1,0 +1,115 @@
+"""One local cluster (`tandem serve`, as `make run` starts it) shared by the end-to-end
+tests, and a colocated one beside it for comparison, joining the same Ray instance."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+import redis
+
+from services.pb import worker_pb2, worker_pb2_grpc
+from services.redis_server import free_port
+from services.registry import Registry
+from tests.processes import Proc
+
+API_KEY = "e2e-secret"
+MODEL = "SmolLM2-135M-Instruct"
+
+
+@dataclass
+class Served:
+    proc: Proc
+    url: str
+    redis_url: str
+    ray_address: str
+
+    def client(self, **kw: object) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=300, **kw)  # type: ignore[arg-type]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample of the router's /metrics (summed over unnamed labels)."""
+        with self.client() as c:
+            text = c.get("/metrics").text
+        total = 0.0
+        for line in text.splitlines():
+            if not line.startswith(name + "{") and not line.startswith(name + " "):
+                continue
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def worker_stats(self) -> dict[str, worker_pb2.StatsResponse]:
+        """Each live worker's Stats, straight from the worker over gRPC."""
+        records = Registry(redis.Redis.from_url(self.redis_url)).workers()
+        stats = {}
+        for r in records:
+            with grpc.insecure_channel(r.grpc_address) as ch:
+                stub = worker_pb2_grpc.WorkerStub(ch)
+                stats[r.worker_id] = stub.Stats(worker_pb2.StatsRequest(), timeout=10)
+        return stats
+
+
+def _listening(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((host, int(port))) == 0
+
+
+def _serve(tmp: Path, model: Path, *extra: str, env: dict[str, str] | None = None) -> Served:
+    port = free_port()
+    args = [
+        "serve",
+        f"--port={port}",
+        f"--model={model}",
+        f"--api-key={API_KEY}",
+        "--no-dashboard",
+        "--dtype=float32",  # transformers runs float32: greedy outputs must match exactly
+        "--kv-cache-gb=0.25",
+        "--local-prefill-tokens=32",  # short chats local, the questions below remote
+        "--cpus-per-worker=0.5",  # two clusters' workers share this machine's 2 cores
+        *extra,
+    ]
+    proc = Proc(args, tmp / "serve.log", env)
+    try:
+        proc.wait_for("Ctrl-C stops everything", 600)
+    except BaseException:
+        proc.stop()
+        raise
+    field = {k: proc.wait_for(k, 1).split(k, 1)[1].strip() for k in ("Ray address:", "Redis:")}
+    return Served(proc, f"http://127.0.0.1:{port}", field["Redis:"], field["Ray address:"])
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory, smollm_path: Path) -> Iterator[Served]:
+    served = _serve(tmp_path_factory.mktemp("disagg"), smollm_path)
+    yield served
+    # Ctrl-C stops everything it started: Redis, Ray and the workers are gone.
+    assert served.proc.stop() == 0, served.proc.tail()
+    assert "tandem serve: stopped" in served.proc.tail()
+    for address in (served.redis_url.split("//")[1].split("/")[0], served.ray_address):
+        assert not _listening(address), f"{address} still answers after Ctrl-C"
+
+
+@pytest.fixture(scope="session")
+def colocated(
+    tmp_path_factory: pytest.TempPathFactory, smollm_path: Path, cluster: Served
+) -> Iterator[Served]:
+    served = _serve(
+        tmp_path_factory.mktemp("colocated"),
+        smollm_path,
+        "--mode=colocated",
+        "--prefill-workers=0",
+        "--decode-workers=1",
+        # Joins the first cluster's Ray, which (Ray's default) requires its auth token.
+        env={"RAY_ADDRESS": cluster.ray_address, "RAY_AUTH_MODE": "token"},
+    )
+    yield served
+    assert served.proc.stop() == 0, served.proc.tail()
