@@ -49,6 +49,11 @@ class ClusterConfig:
             raise ValueError("at least one decode worker is needed")
         if self.prefill_workers < 0:
             raise ValueError("--prefill-workers must be >= 0")
+        if self.mode == "disagg" and self.prefill_workers == 0:
+            # Not a quiet decode-only cluster: say so (colocated mode is that, by name).
+            raise ValueError(
+                "disaggregated mode needs --prefill-workers >= 1 (or --mode colocated)"
+            )
 
     def specs(self, cpus: float, gpus: float) -> list[PoolSpec]:
         if self.mode == "colocated":

@@ -22,10 +22,13 @@ def _serve(name: str, shape: tuple[int, ...], generation: int, conn: Any) -> Non
     kv = torch.empty(shape)
     for i in range(shape[0]):
         kv[i] = 1000 * generation + i
-    transfer = NixlKVTransfer(name, kv, progress_thread=True)
+    # As a worker does: no progress thread (it spins a core), the agent polled in a loop.
+    transfer = NixlKVTransfer(name, kv, progress_thread=False)
     conn.send(transfer.describe())
-    conn.recv()  # the reader is done
     notes: list[bytes] = []
+    while not conn.poll(0.001):  # until the reader is done
+        notes += [m for msgs in transfer.notifications().values() for m in msgs]
+    conn.recv()
     deadline = time.monotonic() + 2.0  # notifications arrive asynchronously
     while not notes and time.monotonic() < deadline:
         notes = [m for msgs in transfer.notifications().values() for m in msgs]

@@ -61,6 +61,7 @@ class Dispatcher:
         self.metrics = metrics
         self._background: set[asyncio.Task[Any]] = set()
         self._refresher: asyncio.Task[None] | None = None
+        self._exported: set[str] = set()  # workers with load series in the metrics
 
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -83,13 +84,16 @@ class Dispatcher:
                 log.exception("reading the registry failed")
 
     def _export_load(self) -> None:
-        m = self.metrics
+        m, live = self.metrics, self.workers.workers
         for role in ("prefill", "decode", "both"):
-            refs = [w for w in self.workers.workers.values() if w.record.role == role]
-            m.queue_depth.labels(pool=role).set(sum(w.record.waiting for w in refs))
-        for ref in self.workers.workers.values():
-            m.kv_blocks_used.labels(worker=ref.worker_id).set(ref.record.used_blocks)
-            m.kv_blocks_total.labels(worker=ref.worker_id).set(ref.record.num_blocks)
+            m.set_queue_depth(
+                role, sum(w.record.waiting for w in live.values() if w.record.role == role)
+            )
+        for ref in live.values():
+            m.set_kv_blocks(ref.worker_id, ref.record.used_blocks, ref.record.num_blocks)
+        for gone in self._exported - live.keys():  # series of departed workers go too
+            m.forget_worker(gone)
+        self._exported = set(live)
 
     async def ready(self) -> bool:
         if self.config.mode == "colocated":
@@ -121,8 +125,10 @@ class Dispatcher:
         self, request: GenerateRequest, decode: WorkerRef
     ) -> AsyncIterator[TokenDelta]:
         prefill = self.workers.pick("prefill")
+        if prefill is None:
+            self._fell_back(request, "no_prefill_worker", "no prefill worker is registered")
         response = await self._prefill(prefill, request) if prefill else None
-        if response is None:  # counted and logged in _prefill; the request still runs
+        if response is None:  # counted and logged; the request still runs
             async for delta in self._decode(decode, request, None, ROUTE_LOCAL):
                 yield delta
             return
@@ -163,15 +169,14 @@ class Dispatcher:
             except grpc.aio.AioRpcError as e:
                 _raise_client_error(e)
                 reason = e.code().name.lower()
-        log.warning(
-            "prefill of %s on %s failed (%s); prefilling on the decode worker instead",
-            request.request_id,
-            ref.worker_id,
-            reason,
-        )
-        self.metrics.prefill_fallbacks.labels(reason=reason).inc()
+        self._fell_back(request, reason, f"prefill on {ref.worker_id} failed ({reason})")
         self._later(self._abort(ref, request.request_id))
         return None
+
+    def _fell_back(self, request: GenerateRequest, reason: str, why: str) -> None:
+        """Never silent: every request that loses its remote prefill is logged and counted."""
+        log.warning("%s: %s; prefilling on the decode worker instead", request.request_id, why)
+        self.metrics.record_prefill_fallback(reason)
 
     async def _decode(
         self,
@@ -215,17 +220,15 @@ class Dispatcher:
     def _account_transfer(
         self, chunk: worker_pb2.DecodeChunk, prefill: worker_pb2.PrefillResponse, request_id: str
     ) -> None:
-        m = self.metrics
         if chunk.kv_recomputed:
-            m.kv_recomputed.inc()
+            self.metrics.record_recompute()
             # The read failed or came too late; the prefill worker may still hold the
             # blocks until its lease ends: release them now.
             ref = self.workers.workers.get(prefill.kv.worker_id)
             if ref is not None:
                 self._later(self._abort(ref, request_id))
             return
-        m.nixl_bytes.inc(chunk.kv_bytes_read)
-        m.nixl_seconds.observe(chunk.kv_read_seconds)
+        self.metrics.record_transfer(chunk.kv_bytes_read, chunk.kv_read_seconds)
 
     async def _abort(self, ref: WorkerRef, request_id: str) -> None:
         try:
