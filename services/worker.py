@@ -86,6 +86,8 @@ class Worker:
         if self.source is not None:
             self.loop.add_tick(self.source.tick)
         self.loop.add_tick(self._sink_tick)
+        self.loop.add_tick(self._snapshot)
+        self.last_stats = self._stats(integrity=False)
 
     def start(self) -> None:
         self.loop.start()
@@ -93,6 +95,11 @@ class Worker:
     def close(self) -> None:
         self.loop.stop()
         self.transfer.close()
+
+    def _snapshot(self) -> None:
+        """Engine thread, every iteration: load as of now, for heartbeats that must not
+        wait behind a long step (a worker busy for seconds is still alive)."""
+        self.last_stats = self._stats(integrity=False)
 
     def _sink_tick(self) -> None:
         for out in self.sink.tick():

@@ -91,7 +91,7 @@ class WorkerServer:
 
     async def _heartbeat(self) -> None:
         assert self.worker is not None
-        s = await self.worker.stats()
+        s = self.worker.last_stats  # never waits for the engine thread
         r = self._record
         r.free_blocks, r.used_blocks, r.held_blocks = s.free_blocks, s.used_blocks, s.held_blocks
         r.running, r.waiting = s.running, s.waiting

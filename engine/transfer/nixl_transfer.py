@@ -83,6 +83,9 @@ class NixlKVTransfer:
         if peer.agent_name in self._peers:
             self.remove_peer(peer.agent_name)
         self._agent.add_remote_agent(peer.metadata)
+        # Connect now, while the peer has just joined (and is idle): a first READ would
+        # otherwise wait for its wire-up, which a peer busy with a long step answers late.
+        self._agent.make_connection(peer.agent_name)
         self._peers[peer.agent_name] = peer
 
     def remove_peer(self, agent_name: str) -> None:

@@ -22,6 +22,7 @@ from services.pb.events_pb2 import WorkerRecord
 from services.registry import Registry
 
 log = logging.getLogger(__name__)
+DRAIN_GRACE_S = 60.0
 
 
 @dataclass(slots=True)
@@ -44,6 +45,7 @@ class WorkerSet:
         self.registry = registry
         self.workers: dict[str, WorkerRef] = {}
         self._turn = itertools.count()
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def refresh(self) -> None:
         records = {r.worker_id: r for r in await asyncio.to_thread(self.registry.workers)}
@@ -61,9 +63,13 @@ class WorkerSet:
             ref.record = record
 
     async def _drop(self, worker_id: str) -> None:
+        """No new requests go to it; those in flight get a grace period to finish (a
+        worker whose heartbeat is late may still be streaming)."""
         ref = self.workers.pop(worker_id)
         log.info("worker %s left", worker_id)
-        await ref.channel.close(grace=None)
+        task = asyncio.create_task(ref.channel.close(grace=DRAIN_GRACE_S))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def serving(self, role: str) -> list[WorkerRef]:
         return [w for w in self.workers.values() if w.record.role in (role, "both")]
@@ -88,8 +94,11 @@ class WorkerSet:
             ref.in_flight -= 1
 
     async def close(self) -> None:
-        for worker_id in list(self.workers):
-            await self._drop(worker_id)
+        for ref in self.workers.values():
+            await ref.channel.close(grace=None)
+        self.workers.clear()
+        for task in list(self._closing):
+            task.cancel()
 
 
 def _restarted(old: WorkerRecord, new: WorkerRecord) -> bool:

@@ -13,22 +13,16 @@ import httpx
 import pytest
 import redis
 
+from services import launch
 from services.pb import worker_pb2, worker_pb2_grpc
-from services.redis_server import free_port
 from services.registry import Registry
-from tests.processes import Proc
 
 API_KEY = "e2e-secret"
 MODEL = "SmolLM2-135M-Instruct"
 
 
 @dataclass
-class Served:
-    proc: Proc
-    url: str
-    redis_url: str
-    ray_address: str
-
+class Served(launch.Served):
     def client(self, **kw: object) -> httpx.Client:
         headers = {"Authorization": f"Bearer {API_KEY}"}
         return httpx.Client(base_url=self.url, headers=headers, timeout=300, **kw)  # type: ignore[arg-type]
@@ -64,10 +58,8 @@ def _listening(address: str) -> bool:
 
 
 def _serve(tmp: Path, model: Path, *extra: str, env: dict[str, str] | None = None) -> Served:
-    port = free_port()
-    args = [
-        "serve",
-        f"--port={port}",
+    s = launch.start_serve(
+        tmp / "serve.log",
         f"--model={model}",
         f"--api-key={API_KEY}",
         "--no-dashboard",
@@ -76,15 +68,9 @@ def _serve(tmp: Path, model: Path, *extra: str, env: dict[str, str] | None = Non
         "--local-prefill-tokens=32",  # short chats local, the questions below remote
         "--cpus-per-worker=0.5",  # two clusters' workers share this machine's 2 cores
         *extra,
-    ]
-    proc = Proc(args, tmp / "serve.log", env)
-    try:
-        proc.wait_for("Ctrl-C stops everything", 600)
-    except BaseException:
-        proc.stop()
-        raise
-    field = {k: proc.wait_for(k, 1).split(k, 1)[1].strip() for k in ("Ray address:", "Redis:")}
-    return Served(proc, f"http://127.0.0.1:{port}", field["Redis:"], field["Ray address:"])
+        env=env,
+    )
+    return Served(s.proc, s.url, s.redis_url, s.ray_address)
 
 
 @pytest.fixture(scope="session")

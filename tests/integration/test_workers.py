@@ -18,10 +18,10 @@ import redis
 from engine import SamplingParams
 from engine.tokenizer import Tokenizer, load_tokenizer
 from services.convert import params_to_pb
+from services.launch import Proc, start_worker
 from services.pb import worker_pb2, worker_pb2_grpc
 from services.registry import Registry
 from tests.hf_reference import hf_greedy
-from tests.processes import Proc, start_worker
 
 pytestmark = pytest.mark.slow
 BS = 16

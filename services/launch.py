@@ -1,5 +1,6 @@
-"""Real processes for integration and end-to-end tests: `tandem worker` and `tandem serve`
-started as the user would, stopped by pid (and their process group: we started it)."""
+"""`tandem serve` and `tandem worker` as child processes, started as a user would and
+stopped by pid (and their process group: we started it). The end-to-end tests and the
+benchmarks that need whole clusters use these."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -93,3 +95,30 @@ def start_worker(
     proc = Proc(args, tmp / f"{worker_id}.log")
     line = proc.wait_for("serving on", timeout_s)
     return proc, line.rsplit(" ", 1)[-1].strip()
+
+
+@dataclass
+class Served:
+    """A running `tandem serve`: its router URL and the Redis / Ray it started."""
+
+    proc: Proc
+    url: str
+    redis_url: str
+    ray_address: str
+
+
+def start_serve(
+    log_path: Path, *args: str, env: dict[str, str] | None = None, timeout_s: float = 600.0
+) -> Served:
+    """`tandem serve ARGS --port <free>`; returns once the router answers."""
+    from services.redis_server import free_port
+
+    port = free_port()
+    proc = Proc(["serve", f"--port={port}", *args], log_path, env)
+    try:
+        proc.wait_for("Ctrl-C stops everything", timeout_s)
+    except BaseException:
+        proc.stop()
+        raise
+    field = {k: proc.wait_for(k, 1).split(k, 1)[1].strip() for k in ("Ray address:", "Redis:")}
+    return Served(proc, f"http://127.0.0.1:{port}", field["Redis:"], field["Ray address:"])
