@@ -1,5 +1,5 @@
-"""The `tandem` command line: `tandem serve`, `tandem worker`, `tandem models pull`,
-`tandem generate`."""
+"""The `tandem` command line: `tandem serve`, `tandem worker`, `tandem bench`,
+`tandem models pull`, `tandem generate`."""
 
 from __future__ import annotations
 
@@ -80,6 +80,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_standalone(args, _resolve_model(args.model))
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from loadtest.cli import main as loadtest_main
+
+    return loadtest_main(args.loadtest_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="tandem", description="Disaggregated LLM serving.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -116,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run one worker in this process (as a pod does)")
     add_worker_args(worker)
     worker.set_defaults(func=cmd_worker)
+
+    bench = sub.add_parser(
+        "bench",
+        help="load-test an OpenAI-compatible endpoint (= python -m loadtest; try: bench run -h)",
+        add_help=False,
+    )
+    bench.add_argument("loadtest_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
     return ap
 
 
