@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.stamp-install
 PROMPT ?= What is the capital of France?
 
-.PHONY: install redis-server test lint typecheck run generate pull proto bench-engine bench-transfer clean
+.PHONY: install redis-server test lint typecheck run generate pull proto bench-engine bench-transfer bench-disagg clean
 
 install: $(STAMP) redis-server
 
@@ -61,6 +61,10 @@ bench-engine: pull
 
 bench-transfer: install
 	$(PY) -m engine.transfer.bench
+
+# Disaggregated vs colocated on the mixed workload (two clusters, one after the other).
+bench-disagg: pull
+	$(PY) -m services.bench_disagg
 
 clean:
 	rm -rf $(VENV) bench-results .pytest_cache .mypy_cache .ruff_cache

@@ -237,3 +237,20 @@ def test_api_key_guards_everything_but_health(cluster: Served) -> None:
             assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     with cluster.client() as c:
         assert c.get("/ready").status_code == 200
+
+
+def test_load_generator_against_the_cluster(cluster: Served, tmp_path: Path) -> None:
+    """`tandem bench` against our own router: no failures, and the server-side figures it
+    scrapes from /metrics show the disaggregated prefills and the NIXL bytes."""
+    from loadtest.cli import main as bench
+
+    args = ["run", f"--url={cluster.url}", f"--api-key={API_KEY}", "--concurrency=2"]
+    args += ["--num-prompts=4", "--input-len=96", "--output-len=8", "--warmup=0"]
+    assert bench([*args, "--label=e2e", f"--out={tmp_path}", "--quiet"]) == 0
+    (point,) = [p for p in tmp_path.glob("e2e-*.json") if "summary" not in p.name]
+    result = json.loads(point.read_text())
+    assert result["completed"] == 4 and result["failed"] == 0
+    assert result["total_output_tokens"] == 32
+    server = result["server_metrics"]
+    assert server["requests_by_route"].get("disaggregated", 0) >= 4
+    assert server["nixl_bytes"] > 0
