@@ -217,6 +217,7 @@ def test_cancelled_decode_and_abandoned_prefill_free_their_blocks(
         ("no_request_id", grpc.StatusCode.INVALID_ARGUMENT),
         ("handle_for_another_prompt", grpc.StatusCode.INVALID_ARGUMENT),
         ("token_out_of_vocab", grpc.StatusCode.INVALID_ARGUMENT),
+        ("migrated_request", grpc.StatusCode.INVALID_ARGUMENT),
     ],
 )
 def test_bad_calls_get_status_codes_and_leak_nothing(
@@ -243,6 +244,13 @@ def test_bad_calls_get_status_codes_and_leak_nothing(
             workers, "x", prompt[:-3], _prefill(workers, "prefill-a", "x", prompt)
         ),
         "token_out_of_vocab": lambda: _prefill(workers, "prefill-a", "x", [10**6]),
+        "migrated_request": lambda: list(
+            workers.stub("decode-a").Decode(
+                worker_pb2.DecodeRequest(
+                    request_id="x", prompt_token_ids=prompt, params=ok, generated_token_ids=[5]
+                )
+            )
+        ),
     }
     with pytest.raises(grpc.RpcError) as err:
         calls[call]()
