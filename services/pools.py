@@ -9,7 +9,7 @@ instead of fighting over both.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -40,11 +40,6 @@ class WorkerActor:
 
     def address(self) -> str:
         return self._address
-
-    def stats(self) -> dict[str, Any]:
-        worker = self._thread.server.worker
-        assert worker is not None
-        return asdict(self._thread.run(worker.stats(integrity=True)))  # type: ignore[call-overload]
 
     def stop(self) -> None:
         self._thread.stop()
@@ -84,15 +79,10 @@ class Pools:
             namespace=NAMESPACE,
             num_cpus=spec.num_cpus,
             num_gpus=spec.num_gpus,
-            max_concurrency=4,  # stats and stop must get through while a call runs
+            max_concurrency=2,  # stop must get through while address() waits
         )
         actor = actor_cls.remote(WorkerConfig(name, engine), self.serve)
         return PoolMember(name, spec.role, actor)
-
-    def stats(self) -> dict[str, dict[str, Any]]:
-        names = list(self.members)
-        values = ray.get([self.members[n].actor.stats.remote() for n in names], timeout=60)
-        return dict(zip(names, values, strict=True))
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Deregister and stop every worker, then end the actors."""

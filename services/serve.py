@@ -56,20 +56,17 @@ class ClusterConfig:
             )
 
     def specs(self, cpus: float, gpus: float) -> list[PoolSpec]:
-        if self.mode == "colocated":
-            # The same number of workers as disaggregated mode, each with both roles.
-            n = self.prefill_workers + self.decode_workers
-            return [PoolSpec("both", n, *self._share(n, cpus, gpus))]
+        """Pools with the node shared out evenly; colocated mode runs the same number of
+        workers, each with both roles."""
         n = self.prefill_workers + self.decode_workers
-        per = self._share(n, cpus, gpus)
+        per_cpu = self.cpus_per_worker or max(1.0, float(int(cpus // n)))
+        share = (per_cpu, 1.0 if gpus >= n else 0.0)
+        if self.mode == "colocated":
+            return [PoolSpec("both", n, *share)]
         return [
-            PoolSpec("prefill", self.prefill_workers, *per),
-            PoolSpec("decode", self.decode_workers, *per),
+            PoolSpec("prefill", self.prefill_workers, *share),
+            PoolSpec("decode", self.decode_workers, *share),
         ]
-
-    def _share(self, n: int, cpus: float, gpus: float) -> tuple[float, float]:
-        per_cpu = self.cpus_per_worker or max(1.0, float(int(cpus // max(n, 1))))
-        return per_cpu, (1.0 if gpus >= n else 0.0)
 
 
 class Cluster:

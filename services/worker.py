@@ -87,7 +87,7 @@ class Worker:
             self.loop.add_tick(self.source.tick)
         self.loop.add_tick(self._sink_tick)
         self.loop.add_tick(self._snapshot)
-        self.last_stats = self._stats(integrity=False)
+        self._snapshot()
 
     def start(self) -> None:
         self.loop.start()

@@ -45,7 +45,6 @@ class ReadReport:
     bytes_read: int = 0
     seconds: float = 0.0
     recomputed: bool = False
-    reason: str = ""  # why the KV was recomputed
 
 
 class KVSource:
@@ -155,4 +154,4 @@ class KVSink:
     def _recompute(self, reason: str) -> ReadReport:
         log.warning("KV transfer not used, recomputing: %s", reason)
         self.num_recomputed += 1
-        return ReadReport(recomputed=True, reason=reason)
+        return ReadReport(recomputed=True)

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import redis
 
+from loadtest.prometheus import parse_metrics
 from services import launch
 from services.pb import worker_pb2, worker_pb2_grpc
 from services.registry import Registry
@@ -28,16 +29,11 @@ class Served(launch.Served):
         return httpx.Client(base_url=self.url, headers=headers, timeout=300, **kw)  # type: ignore[arg-type]
 
     def metric(self, name: str, **labels: str) -> float:
-        """A sample of the router's /metrics (summed over unnamed labels)."""
+        """A sample of the router's /metrics, summed over the labels not named."""
         with self.client() as c:
-            text = c.get("/metrics").text
-        total = 0.0
-        for line in text.splitlines():
-            if not line.startswith(name + "{") and not line.startswith(name + " "):
-                continue
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+            samples = parse_metrics(c.get("/metrics").text)
+        want = set(labels.items())
+        return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
 
     def worker_stats(self) -> dict[str, worker_pb2.StatsResponse]:
         """Each live worker's Stats, straight from the worker over gRPC."""

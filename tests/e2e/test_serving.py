@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 from engine.tokenizer import Tokenizer, load_tokenizer
 from tests.e2e.conftest import API_KEY, MODEL, Served
 from tests.hf_reference import hf_greedy
+from tests.idle import assert_idle
 
 pytestmark = pytest.mark.slow
 
@@ -59,17 +59,8 @@ def _chats(served: Served, questions: list[str], **kw: Any) -> list[dict[str, An
         return list(pool.map(lambda q: _chat(served, q, **kw), questions))
 
 
-def _wait_idle(served: Served, timeout_s: float = 20.0) -> None:
-    """Every worker back to idle: nothing running or held, no leases, books balanced."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        stats = served.worker_stats()
-        busy = {w: s for w, s in stats.items() if not s.idle or s.leases or s.held_blocks}
-        if not busy or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert stats and not busy, busy
-    assert all(not s.integrity_error for s in stats.values()), stats
+def _wait_idle(served: Served) -> None:
+    assert_idle(served.worker_stats, timeout_s=20.0)
 
 
 def test_disaggregated_equals_colocated_equals_transformers(

@@ -22,6 +22,7 @@ from services.launch import Proc, start_worker
 from services.pb import worker_pb2, worker_pb2_grpc
 from services.registry import Registry
 from tests.hf_reference import hf_greedy
+from tests.idle import assert_idle
 
 pytestmark = pytest.mark.slow
 BS = 16
@@ -113,17 +114,8 @@ def _stats(w: Workers, worker_id: str) -> worker_pb2.StatsResponse:
     return w.stub(worker_id).Stats(worker_pb2.StatsRequest(), timeout=10)
 
 
-def _assert_idle(w: Workers, timeout_s: float = 10.0) -> None:
-    """Every worker: nothing running or held, no leases, the pool's books balance."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        stats = {n: _stats(w, n) for n in w.addresses}
-        busy = {n: s for n, s in stats.items() if not s.idle or s.leases or s.held_blocks}
-        if not busy or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert not busy, busy
-    assert all(not s.integrity_error for s in stats.values()), stats
+def _assert_idle(w: Workers) -> None:
+    assert_idle(lambda: {n: _stats(w, n) for n in w.addresses})
 
 
 def test_disaggregated_greedy_matches_transformers(
