@@ -44,6 +44,22 @@ class AllBlocksCleared(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class KVEventBatch(_message.Message):
+    __slots__ = ("worker_id", "started_at_unix_ms", "events", "seq", "snapshot", "block_hashes")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    started_at_unix_ms: int
+    events: _containers.RepeatedCompositeFieldContainer[KVEvent]
+    seq: int
+    snapshot: bool
+    block_hashes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, worker_id: _Optional[str] = ..., started_at_unix_ms: _Optional[int] = ..., events: _Optional[_Iterable[_Union[KVEvent, _Mapping]]] = ..., seq: _Optional[int] = ..., snapshot: _Optional[bool] = ..., block_hashes: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class WorkerRecord(_message.Message):
     __slots__ = ("worker_id", "role", "grpc_address", "model", "block_size", "num_blocks", "nixl_agent", "nixl_metadata", "kv_base_addr", "kv_block_bytes", "kv_device_id", "free_blocks", "running", "waiting", "queued_prefill_tokens", "started_at_unix_ms", "heartbeat_unix_ms", "max_model_len", "used_blocks", "held_blocks")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]

@@ -169,3 +169,21 @@ class StatsResponse(_message.Message):
     idle: bool
     integrity_error: str
     def __init__(self, running: _Optional[int] = ..., waiting: _Optional[int] = ..., num_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., cached_blocks: _Optional[int] = ..., held_blocks: _Optional[int] = ..., leases: _Optional[int] = ..., kv_bytes_read: _Optional[int] = ..., kv_reads: _Optional[int] = ..., kv_recomputed: _Optional[int] = ..., used_blocks: _Optional[int] = ..., leases_expired: _Optional[int] = ..., idle: _Optional[bool] = ..., integrity_error: _Optional[str] = ...) -> None: ...
+
+class DumpKVRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DumpKVResponse(_message.Message):
+    __slots__ = ("worker_id", "started_at_unix_ms", "seq", "block_hashes", "block_size")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    started_at_unix_ms: int
+    seq: int
+    block_hashes: _containers.RepeatedScalarFieldContainer[int]
+    block_size: int
+    def __init__(self, worker_id: _Optional[str] = ..., started_at_unix_ms: _Optional[int] = ..., seq: _Optional[int] = ..., block_hashes: _Optional[_Iterable[int]] = ..., block_size: _Optional[int] = ...) -> None: ...

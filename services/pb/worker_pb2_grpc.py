@@ -59,6 +59,11 @@ class WorkerStub:
                 request_serializer=services_dot_pb_dot_worker__pb2.StatsRequest.SerializeToString,
                 response_deserializer=services_dot_pb_dot_worker__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.DumpKV = channel.unary_unary(
+                '/tandem.v1.Worker/DumpKV',
+                request_serializer=services_dot_pb_dot_worker__pb2.DumpKVRequest.SerializeToString,
+                response_deserializer=services_dot_pb_dot_worker__pb2.DumpKVResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -96,6 +101,14 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DumpKV(self, request, context):
+        """Every block hash in the prefix cache, as of KV event `seq`: how a KV index that missed
+        events (a gap in seq) resyncs this worker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +136,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=services_dot_pb_dot_worker__pb2.StatsRequest.FromString,
                     response_serializer=services_dot_pb_dot_worker__pb2.StatsResponse.SerializeToString,
+            ),
+            'DumpKV': grpc.unary_unary_rpc_method_handler(
+                    servicer.DumpKV,
+                    request_deserializer=services_dot_pb_dot_worker__pb2.DumpKVRequest.FromString,
+                    response_serializer=services_dot_pb_dot_worker__pb2.DumpKVResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -260,6 +278,33 @@ class Worker:
             '/tandem.v1.Worker/Stats',
             services_dot_pb_dot_worker__pb2.StatsRequest.SerializeToString,
             services_dot_pb_dot_worker__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DumpKV(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.Worker/DumpKV',
+            services_dot_pb_dot_worker__pb2.DumpKVRequest.SerializeToString,
+            services_dot_pb_dot_worker__pb2.DumpKVResponse.FromString,
             options,
             channel_credentials,
             insecure,
