@@ -3,7 +3,7 @@
 Public entry points: `Engine`, `EngineConfig`, `SamplingParams`.
 """
 
-from engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from engine.config import CacheConfig, EngineConfig, MockTiming, SchedulerConfig
 from engine.engine import Engine, RequestOutput
 from engine.sampling_params import SamplingParams
 
@@ -11,6 +11,7 @@ __all__ = [
     "CacheConfig",
     "Engine",
     "EngineConfig",
+    "MockTiming",
     "RequestOutput",
     "SamplingParams",
     "SchedulerConfig",

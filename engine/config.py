@@ -6,12 +6,14 @@ config. Environment variables are read in `engine.env` only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 Role = Literal["prefill", "decode", "both"]
 ROLES: tuple[str, ...] = ("prefill", "decode", "both")
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
+BACKENDS: tuple[str, ...] = ("model", "mock")  # mock: engine.mock, timings without a model
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +50,54 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MockTiming:
+    """The mock backend's cost of one forward pass (engine.mock explains the defaults):
+
+    step = (step_ms + prefill_ms_per_token * prefill tokens
+            + [if any sequence decodes] decode_ms + decode_ms_per_seq * decoding sequences
+                                        + decode_ms_per_1k_context * their context / 1000
+           ) / speed
+    """
+
+    step_ms: float = 2.0
+    prefill_ms_per_token: float = 0.1
+    decode_ms: float = 8.0
+    decode_ms_per_seq: float = 0.05
+    decode_ms_per_1k_context: float = 0.04
+    speed: float = 1.0  # 2.0: every step takes half as long
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"mock timing {f.name} must be finite and >= 0, got {value}")
+        if self.speed <= 0:
+            raise ValueError(f"mock timing speed must be positive, got {self.speed}")
+
+    @classmethod
+    def parse(cls, spec: str) -> MockTiming:
+        """`"decode_ms=12,speed=2"`: the defaults with those fields changed."""
+        names = [f.name for f in fields(cls)]
+        values: dict[str, float] = {}
+        for item in filter(None, (s.strip() for s in spec.split(","))):
+            key, eq, value = item.partition("=")
+            key = key.strip()
+            if key not in names or not eq:
+                raise ValueError(f"mock timing wants KEY=VALUE with KEY one of {names}: {item!r}")
+            try:
+                values[key] = float(value)
+            except ValueError:
+                raise ValueError(f"mock timing {key} must be a number, got {value!r}") from None
+        return replace(cls(), **values)
+
+
+@dataclass(frozen=True, slots=True)
 class EngineConfig:
     model: str  # a Hugging Face directory or a .gguf file
     role: Role = "both"
+    # model: run the model. mock: read only its config and tokenizer, and model each
+    # forward pass's time (engine.mock); dtype is then float32 and device auto is cpu.
+    backend: str = "model"
     dtype: str = "auto"  # auto: measured at start-up, see engine.model.dtype
     device: str = "auto"  # auto: cuda when available, else cpu
     attention_backend: str = "auto"  # auto: flashinfer on CUDA when installed, else torch
@@ -59,10 +106,13 @@ class EngineConfig:
     seed: int = 0  # for requests that sample without a seed of their own
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    mock: MockTiming = field(default_factory=MockTiming)  # used by backend mock only
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.num_threads is not None and self.num_threads < 1:

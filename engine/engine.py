@@ -11,22 +11,44 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from engine.block_pool import BlockPool
 from engine.config import EngineConfig
 from engine.kv_events import KVEventSink
-from engine.model.loader import build_model, read_checkpoint, resolve_device, resolve_dtype
+from engine.mock import MOCK_NUM_BLOCKS, MockRunner
+from engine.model.config import ModelConfig
+from engine.model.llama import LlamaModel
+from engine.model.loader import (
+    build_model,
+    read_checkpoint,
+    read_model_config,
+    resolve_device,
+    resolve_dtype,
+)
 from engine.output import RequestOutput, TextStream
 from engine.request import Request
 from engine.runner import ModelRunner
 from engine.sampler import SampleRow, sample
 from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler, SchedulerOutput
+from engine.scheduler import ScheduledChunk, Scheduler, SchedulerOutput
 from engine.tokenizer import Tokenizer, load_tokenizer
 
-__all__ = ["Completion", "Engine", "RequestOutput"]
+__all__ = ["Completion", "Engine", "RequestOutput", "Runner"]
+
+
+class Runner(Protocol):
+    """A backend's forward pass, picked by EngineConfig.backend: model (engine.runner) or
+    mock (engine.mock)."""
+
+    kv_cache: torch.Tensor  # block-major [num_blocks, ...], registered with the transfer layer
+
+    def execute(self, chunks: Sequence[ScheduledChunk]) -> torch.Tensor: ...
+
+    def finish_step(self, started: float) -> None:
+        """The step that began at perf_counter() `started` is done."""
 
 
 @dataclass(slots=True)
@@ -50,11 +72,7 @@ class Engine:
         self.config = config
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
-        device = resolve_device(config.device)
-        model_cfg, tensors = read_checkpoint(config.model)
-        self.dtype = resolve_dtype(config.dtype, model_cfg, device)
-        model = build_model(model_cfg, tensors, self.dtype, device, config.model)
-        del tensors
+        model_cfg, model, self.dtype, device = _load(config)
         self.model_config = model_cfg
         self.max_model_len = min(
             config.max_model_len or model_cfg.max_position_embeddings,
@@ -62,7 +80,9 @@ class Engine:
         )
         cache = config.cache
         self.block_size = cache.block_size
-        self.num_blocks = cache.num_blocks or self._blocks_for(cache.kv_cache_gb)
+        self.num_blocks = cache.num_blocks or (
+            MOCK_NUM_BLOCKS if model is None else self._blocks_for(cache.kv_cache_gb)
+        )
         self.pool = BlockPool(self.num_blocks, on_event=on_kv_event)
         sc = config.scheduler
         self.scheduler = Scheduler(
@@ -74,17 +94,31 @@ class Engine:
             enable_prefix_caching=cache.enable_prefix_caching,
             role=config.role,
         )
-        self.runner = ModelRunner(model, self.num_blocks, self.block_size, config.attention_backend)
         self.tokenizer: Tokenizer | None = (
             load_tokenizer(config.model, model_cfg.eos_token_ids) if load_tokenizer_files else None
         )
         self.eos_token_ids = (
             self.tokenizer.eos_token_ids if self.tokenizer else model_cfg.eos_token_ids
         )
+        self.runner = self._make_runner(model, device)
         self.requests: dict[str, Request] = {}
         self._streams: dict[str, TextStream] = {}
         self._rows: dict[str, SampleRow] = {}
         self._seed_gen = torch.Generator().manual_seed(config.seed)
+
+    def _make_runner(self, model: LlamaModel | None, device: torch.device) -> Runner:
+        cfg = self.config
+        if model is not None:
+            return ModelRunner(model, self.num_blocks, self.block_size, cfg.attention_backend)
+        return MockRunner(
+            cfg.mock,
+            self.num_blocks,
+            self.block_size,
+            self.model_config.vocab_size,
+            self.eos_token_ids,
+            device,
+            self.tokenizer.vocab_size if self.tokenizer else None,
+        )
 
     def _blocks_for(self, gb: float) -> int:
         per_block = self.block_size * self.model_config.kv_bytes_per_token * self.dtype.itemsize
@@ -158,13 +192,16 @@ class Engine:
 
     # ---- the loop ------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        started = time.perf_counter()
         sched = self.scheduler.schedule()
         if not sched.chunks:
             return []
         logits = self.runner.execute(sched.chunks)
         sampled = self._sample(sched, logits)
         touched = self.scheduler.update(sched, sampled, self._stop_reason)
-        return [self._output(r) for r in touched]
+        outputs = [self._output(r) for r in touched]
+        self.runner.finish_step(started)  # the mock waits out its modelled time here
+        return outputs
 
     def _sample(
         self, sched: SchedulerOutput, logits: torch.Tensor
@@ -262,3 +299,18 @@ class Engine:
             )
             for r in reqs
         ]
+
+
+def _load(
+    config: EngineConfig,
+) -> tuple[ModelConfig, LlamaModel | None, torch.dtype, torch.device]:
+    """The model (None for the mock backend, which reads the config alone), its dtype and
+    device. The mock computes nothing in its dtype, so it measures none: float32, and on
+    the CPU unless a device is named (hundreds of mock workers need no accelerator)."""
+    if config.backend == "mock":
+        device = torch.device("cpu" if config.device == "auto" else config.device)
+        return read_model_config(config.model), None, torch.float32, device
+    device = resolve_device(config.device)
+    model_cfg, tensors = read_checkpoint(config.model)
+    dtype = resolve_dtype(config.dtype, model_cfg, device)
+    return model_cfg, build_model(model_cfg, tensors, dtype, device, config.model), dtype, device

@@ -2,10 +2,16 @@
 
 llama.cpp's converter permutes the rows of Llama's q/k projections so its interleaved RoPE
 matches; we use rotate-half RoPE like Hugging Face, so those rows are permuted back.
+
+`read_gguf_config` reads the config alone (for the mock backend) with a header scan of
+its own: gguf's reader parses every metadata array into numpy views, seconds for the
+~100k tokenizer strings of a small model, which a config does not need.
 """
 
 from __future__ import annotations
 
+import mmap
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +76,86 @@ def read_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
             value = _unpermute(value, heads)
         tensors[hf_name] = value
     return cfg, tensors
+
+
+def read_gguf_config(path: Path) -> ModelConfig:
+    """The config of a GGUF file without reading its tensors or tokenizer arrays."""
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            meta, shapes = _scan_header(_Cursor(buf))
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: file not found") from None
+    except (ValueError, OSError, struct.error, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{path}: not a readable GGUF file ({e})") from None
+    if "token_embd.weight" not in shapes:
+        raise ModelLoadError(f"{path}: GGUF has no token_embd.weight tensor")
+    vocab = shapes["token_embd.weight"][-1]
+    raw_cfg = _hf_config(meta, vocab, tied="output.weight" not in shapes, source=str(path))
+    return ModelConfig.from_hf(raw_cfg, str(path))
+
+
+# GGUF value types (gguf.GGUFValueType) with fixed sizes, as struct formats (little-endian).
+_SCALAR_FORMATS = dict(enumerate("BbHhIifB")) | {10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+
+
+class _Cursor:
+    def __init__(self, buf: mmap.mmap) -> None:
+        self.buf = buf
+        self.pos = 0
+
+    def scalar(self, fmt: str) -> Any:
+        (value,) = struct.unpack_from("<" + fmt, self.buf, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return value
+
+    def string(self) -> str:
+        n = self.scalar("Q")
+        self.pos += n
+        return self.buf[self.pos - n : self.pos].decode()
+
+    def value(self, vtype: int, keep: bool) -> Any:
+        """The next value of type `vtype`; with `keep` False, skip it and return None."""
+        if vtype == _STRING:
+            return self.string() if keep else self._skip_string()
+        if vtype == _ARRAY:
+            item, n = self.scalar("I"), self.scalar("Q")
+            if not keep and item in _SCALAR_FORMATS:
+                self.pos += n * struct.calcsize(_SCALAR_FORMATS[item])
+                return None
+            items = [self.value(item, keep) for _ in range(n)]
+            return items if keep else None
+        if vtype not in _SCALAR_FORMATS:
+            raise ValueError(f"unknown GGUF value type {vtype}")
+        value = self.scalar(_SCALAR_FORMATS[vtype])
+        return bool(value) if vtype == 7 else value
+
+    def _skip_string(self) -> None:
+        self.pos += 8 + struct.unpack_from("<Q", self.buf, self.pos)[0]
+
+
+def _scan_header(c: _Cursor) -> tuple[dict[str, Any], dict[str, list[int]]]:
+    """Metadata (tokenizer arrays skipped) and tensor shapes, as read_gguf sees them."""
+    if c.buf[:4] != b"GGUF":
+        raise ValueError("bad magic")
+    c.pos = 4
+    version = c.scalar("I")
+    if version not in (2, 3):
+        raise ValueError(f"unsupported GGUF version {version}")
+    n_tensors, n_fields = c.scalar("Q"), c.scalar("Q")
+    meta: dict[str, Any] = {}
+    for _ in range(n_fields):
+        key = c.string()
+        keep = not key.startswith("tokenizer.ggml.") or key == "tokenizer.ggml.eos_token_id"
+        value = c.value(c.scalar("I"), keep)
+        if keep:
+            meta[key] = value
+    shapes: dict[str, list[int]] = {}
+    for _ in range(n_tensors):
+        name = c.string()
+        shapes[name] = [c.scalar("Q") for _ in range(c.scalar("I"))]
+        c.pos += 4 + 8  # tensor type, data offset
+    return meta, shapes
 
 
 def _hf_config(meta: dict[str, Any], vocab: int, tied: bool, source: str) -> dict[str, Any]:
