@@ -74,6 +74,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(args, _resolve_model(args.model))
 
 
+def cmd_router(args: argparse.Namespace) -> int:
+    from services.router.server import cmd_router as router
+
+    return router(args, _resolve_model(args.model))
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from services.worker_process import run_standalone
 
@@ -116,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="start a local cluster: Ray, Redis, workers, router")
     add_serve_args(serve)
     serve.set_defaults(func=cmd_serve)
+
+    from services.router.server import add_router_args
+
+    router = sub.add_parser("router", help="run one more router for a running cluster")
+    add_router_args(router)
+    router.add_argument("--redis-url", required=True, help="the cluster's Redis")
+    router.add_argument("--model", default=None, help="for the tokenizer (default: SmolLM2)")
+    router.set_defaults(func=cmd_router)
 
     from services.worker_process import add_worker_args
 

@@ -42,14 +42,17 @@ def params_from_pb(msg: worker_pb2.SamplingParams) -> SamplingParams:
     )
 
 
-def event_to_pb(worker_id: str, event: KVEvent) -> events_pb2.KVEvent:
+def event_to_pb(worker_id: str, event: KVEvent, tokens: bool = True) -> events_pb2.KVEvent:
+    """`tokens=False` leaves out a stored block's token ids: a chained hash already names
+    the whole prefix, and the ids would be most of the bytes on the wire."""
     msg = events_pb2.KVEvent(worker_id=worker_id, seq=event.seq)
     if isinstance(event, BlockStored):
         stored = msg.stored
         stored.block_hash = event.block_hash
         if event.parent_hash is not None:
             stored.parent_hash = event.parent_hash
-        stored.token_ids.extend(event.token_ids)
+        if tokens:
+            stored.token_ids.extend(event.token_ids)
         stored.block_id = event.block_id
     elif isinstance(event, BlockRemoved):
         msg.removed.block_hash = event.block_hash

@@ -122,3 +122,19 @@ def start_serve(
         raise
     field = {k: proc.wait_for(k, 1).split(k, 1)[1].strip() for k in ("Ray address:", "Redis:")}
     return Served(proc, f"http://127.0.0.1:{port}", field["Redis:"], field["Ray address:"])
+
+
+def start_router(
+    log_path: Path, redis_url: str, *args: str, timeout_s: float = 120.0
+) -> tuple[Proc, str]:
+    """`tandem router` (one more router for a running cluster); returns it and its URL."""
+    from services.redis_server import free_port
+
+    port = free_port()
+    proc = Proc(["router", f"--redis-url={redis_url}", f"--port={port}", *args], log_path)
+    try:
+        proc.wait_for("Ctrl-C stops everything", timeout_s)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, f"http://127.0.0.1:{port}"

@@ -15,16 +15,17 @@ import contextlib
 import logging
 import os
 import sys
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import redis
 
 from engine import CacheConfig, EngineConfig
+from engine.config import BACKENDS, MockTiming
 from services.pools import NAMESPACE, Pools, PoolSpec
 from services.redis_server import RedisServer
 from services.registry import Registry
-from services.worker_process import ServeConfig
+from services.router.server import add_router_args, router_options, run_router
+from services.worker_process import ServeConfig, add_engine_args
 
 log = logging.getLogger("tandem.serve")
 
@@ -41,10 +42,15 @@ class ClusterConfig:
     dtype: str = "auto"
     redis_url: str | None = None
     dashboard: bool = True
+    backend: str = "model"  # --engine: model | mock
+    num_blocks: int | None = None  # KV blocks per worker; None: from kv_cache_gb (model)
+    mock: MockTiming = field(default_factory=MockTiming)
 
     def __post_init__(self) -> None:
         if self.mode not in ("disagg", "colocated"):
             raise ValueError(f"--mode must be disagg or colocated, got {self.mode!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--engine must be one of {BACKENDS}, got {self.backend!r}")
         if self.decode_workers < 1:
             raise ValueError("at least one decode worker is needed")
         if self.prefill_workers < 0:
@@ -57,10 +63,14 @@ class ClusterConfig:
 
     def specs(self, cpus: float, gpus: float) -> list[PoolSpec]:
         """Pools with the node shared out evenly; colocated mode runs the same number of
-        workers, each with both roles."""
+        workers, each with both roles. Mock workers mostly sleep: any number of them share
+        the node's CPUs, and none takes a GPU."""
         n = self.prefill_workers + self.decode_workers
-        per_cpu = self.cpus_per_worker or max(1.0, float(int(cpus // n)))
-        share = (per_cpu, 1.0 if gpus >= n else 0.0)
+        if self.backend == "mock":
+            share = (self.cpus_per_worker or cpus / n, 0.0)
+        else:
+            per_cpu = self.cpus_per_worker or max(1.0, float(int(cpus // n)))
+            share = (per_cpu, 1.0 if gpus >= n else 0.0)
         if self.mode == "colocated":
             return [PoolSpec("both", n, *share)]
         return [
@@ -114,87 +124,45 @@ class Cluster:
         resources = ray.cluster_resources()
         engine = EngineConfig(
             model=cfg.model,
+            backend=cfg.backend,
             dtype=cfg.dtype,
-            cache=CacheConfig(block_size=cfg.block_size, kv_cache_gb=cfg.kv_cache_gb),
+            cache=CacheConfig(
+                block_size=cfg.block_size, num_blocks=cfg.num_blocks, kv_cache_gb=cfg.kv_cache_gb
+            ),
+            mock=cfg.mock,
         )
         pools = Pools(engine, ServeConfig(redis_url=self.redis_url))
         self._stack.callback(pools.stop)
         self.pools = pools
         pools.start(cfg.specs(resources.get("CPU", 1.0), resources.get("GPU", 0.0)))
 
+    def banner(self) -> list[str]:
+        """What `tandem serve` prints under the API address once it is up."""
+        lines = [f"Ray address:    {self.ray_address}", f"Redis:          {self.redis_url}"]
+        if self.dashboard_url:
+            url = self.dashboard_url.removeprefix("http://")
+            lines.insert(0, f"Ray dashboard:  http://{url}")
+        return lines
+
     def registry(self) -> Registry:
         return Registry(redis.Redis.from_url(self.redis_url))
 
 
-def served_model_name(model: str) -> str:
-    """SmolLM2-135M-Instruct.Q4_1.gguf -> SmolLM2-135M-Instruct; a directory -> its name."""
-    p = Path(model)
-    return p.name.split(".")[0] if p.suffix == ".gguf" else p.name
-
-
-async def run_router(
-    cluster: Cluster, host: str, port: int, api_key: str | None, local_prefill_tokens: int
-) -> None:
-    import uvicorn
-
-    from engine.tokenizer import load_tokenizer
-    from services.router.app import create_app
-    from services.router.dispatch import DispatchConfig, Dispatcher
-    from services.router.metrics import RouterMetrics
-    from services.router.workers import WorkerSet
-
-    cfg = cluster.config
-    metrics = RouterMetrics()
-    workers = WorkerSet(cluster.registry())
-    dispatcher = Dispatcher(
-        workers, DispatchConfig(mode=cfg.mode, local_prefill_tokens=local_prefill_tokens), metrics
-    )
-    await dispatcher.start()
-    try:
-        records = list(workers.workers.values())
-        max_len = min(r.record.max_model_len for r in records)
-        tokenizer = await asyncio.to_thread(load_tokenizer, cfg.model)
-        app = create_app(
-            dispatcher, tokenizer, served_model_name(cfg.model), max_len, metrics, api_key
-        )
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-        print(f"Tandem is serving {served_model_name(cfg.model)} ({cfg.mode})")
-        print(f"  OpenAI API:     http://{host}:{port}/v1")
-        if cluster.dashboard_url:
-            print(f"  Ray dashboard:  http://{cluster.dashboard_url.removeprefix('http://')}")
-        print(f"  Ray address:    {cluster.ray_address}")
-        print(f"  Redis:          {cluster.redis_url}")
-        print("  Ctrl-C stops everything.", flush=True)
-        await server.serve()
-    finally:
-        await dispatcher.close()
-
-
 def add_serve_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8000)
+    add_router_args(ap)  # --host, --port, --api-key, --mode, --routing, --local-prefill-tokens
     ap.add_argument("--model", default=None, help="HF directory or .gguf (default: SmolLM2)")
     ap.add_argument("--prefill-workers", type=int, default=1)
     ap.add_argument("--decode-workers", type=int, default=1)
-    ap.add_argument("--mode", choices=["disagg", "colocated"], default="disagg")
-    ap.add_argument("--api-key", default=None, help="require this key (default: $TANDEM_API_KEY)")
     ap.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
-    ap.add_argument("--block-size", type=int, default=16)
+    add_engine_args(ap)  # --engine, --block-size, --num-blocks, --mock-timing
     ap.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV cache per worker")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     ap.add_argument("--cpus-per-worker", type=float, default=None)
-    ap.add_argument(
-        "--local-prefill-tokens",
-        type=int,
-        default=64,
-        help="prompts up to this many tokens prefill on the decode worker",
-    )
     ap.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
 
 
 def cmd_serve(args: argparse.Namespace, model: str) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    api_key = args.api_key or os.environ.get("TANDEM_API_KEY") or None
     config = ClusterConfig(
         model=model,
         mode=args.mode,
@@ -206,12 +174,14 @@ def cmd_serve(args: argparse.Namespace, model: str) -> int:
         dtype=args.dtype,
         redis_url=args.redis_url,
         dashboard=not args.no_dashboard,
+        backend=args.engine,
+        num_blocks=args.num_blocks,
+        mock=args.mock_timing,
     )
     try:
         with Cluster(config) as cluster:
-            asyncio.run(
-                run_router(cluster, args.host, args.port, api_key, args.local_prefill_tokens)
-            )
+            options = router_options(args, model, cluster.redis_url)
+            asyncio.run(run_router(options, cluster.banner()))
     except KeyboardInterrupt:  # Ctrl-C during start-up: all started so far is stopped
         pass
     print("tandem serve: stopped", file=sys.stderr)

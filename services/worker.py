@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from engine import Engine, EngineConfig, SamplingParams
 from engine.block_pool import BlockPool
+from engine.kv_events import KVEventSink
 from engine.output import RequestOutput
 from engine.transfer.exchange import KVHandle, KVSink, KVSource, ReadReport
 from engine.transfer.leases import DEFAULT_LEASE_S, LeaseTable
@@ -60,15 +61,21 @@ class DecodeUpdate:
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        on_kv_event: KVEventSink | None = None,
+        started_at_ms: int | None = None,
+    ) -> None:
+        """`on_kv_event` gets the block pool's KV events, on the engine thread."""
         self.config = config
         self.worker_id = config.worker_id
         self.role = config.role
         # A fresh agent name per process: a handle from before a restart can never be
         # read through the new process's agent (it names one that no longer exists).
-        self.started_at_ms = int(time.time() * 1000)
+        self.started_at_ms = started_at_ms or int(time.time() * 1000)
         self.agent_name = f"{self.worker_id}-{uuid.uuid4().hex[:8]}"
-        engine = Engine(config.engine)
+        engine = Engine(config.engine, on_kv_event=on_kv_event)
         self.engine = engine
         # No NIXL progress thread: NIXL's spins without pause (a core per worker, idle or
         # not). The engine loop polls notifications at least every idle_s instead, which
@@ -188,6 +195,10 @@ class Worker:
 
     async def abort(self, request_id: str) -> bool:
         return await self.loop.call(lambda e: self._drop(request_id))
+
+    async def dump_kv(self) -> tuple[int, list[int]]:
+        """(seq of the last KV event, every cached block hash), consistent with each other."""
+        return await self.loop.call(lambda e: (e.pool.event_seq, e.pool.cached_hashes()))
 
     async def stats(self, integrity: bool = False) -> WorkerStats:
         """A consistent snapshot; `integrity` also audits the block pool (O(blocks))."""

@@ -9,15 +9,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import threading
+import time
 from dataclasses import dataclass
 
 import grpc
 import redis
 
 from engine import CacheConfig, EngineConfig
+from engine.config import BACKENDS, MockTiming
+from services.kv_publisher import KVPublisher
 from services.pb import worker_pb2_grpc
 from services.pb.events_pb2 import WorkerRecord
 from services.peers import PeerWatcher
@@ -48,12 +52,20 @@ class WorkerServer:
         self.worker: Worker | None = None
         self.address = ""
         self.stopping = asyncio.Event()
-        self._registry = Registry(redis.Redis.from_url(serve.redis_url), serve.registry_prefix)
+        client = redis.Redis.from_url(serve.redis_url)
+        self._registry = Registry(client, serve.registry_prefix)
+        started_at_ms = int(time.time() * 1000)
+        self.publisher = KVPublisher(client, config.worker_id, started_at_ms, serve.registry_prefix)
+        self._started_at_ms = started_at_ms
 
     async def start(self) -> str:
-        worker = await asyncio.to_thread(Worker, self.config)  # loads the model (seconds)
+        worker = await asyncio.to_thread(  # loads the model (seconds)
+            Worker, self.config, self.publisher.on_event, self._started_at_ms
+        )
         self.worker = worker
         worker.start()
+        # Its KV state is in Redis before the worker is in the registry.
+        await self.publisher.flush(self._kv_snapshot)
         peers = None
         if worker.role != "prefill":
             peers = PeerWatcher(self._registry, worker.loop, worker.transfer, worker.worker_id)
@@ -64,12 +76,20 @@ class WorkerServer:
         self.address = f"{self.serve.advertise_host or self.serve.host}:{port}"
         self._record = self._base_record(worker)
         await self._heartbeat()  # registered before we say we are up
-        self._tasks = [asyncio.create_task(self._heartbeats())]
+        self._tasks = [
+            asyncio.create_task(self._heartbeats()),
+            asyncio.create_task(self.publisher.run(self._kv_snapshot, self.stopping)),
+        ]
         if peers is not None:
             await peers.refresh()
             self._tasks.append(asyncio.create_task(peers.run(0.5, self.stopping)))
         log.info("%s (%s) serving on %s", worker.worker_id, worker.role, self.address)
         return self.address
+
+    async def _kv_snapshot(self) -> tuple[int, list[int]]:
+        assert self.worker is not None
+        take = self.publisher.take_snapshot
+        return await self.worker.loop.call(lambda e: take(e.pool.event_seq, e.pool.cached_hashes()))
 
     def _base_record(self, w: Worker) -> WorkerRecord:
         peer = w.transfer.describe()
@@ -114,6 +134,9 @@ class WorkerServer:
         if self.worker is not None:
             await asyncio.to_thread(self._registry.remove, self.worker.worker_id)
         await asyncio.gather(*getattr(self, "_tasks", []), return_exceptions=True)
+        if self.worker is not None:
+            with contextlib.suppress(redis.RedisError):
+                await asyncio.to_thread(self.publisher.remove)
         if hasattr(self, "_server"):
             await self._server.stop(grace_s)
         if self.worker is not None:
@@ -154,11 +177,43 @@ def add_worker_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--advertise-host", default=None, help="address peers dial (default: host)")
     ap.add_argument("--model", default=None)
-    ap.add_argument("--block-size", type=int, default=16)
+    add_engine_args(ap)
     ap.add_argument("--kv-cache-gb", type=float, default=1.0)
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--lease-s", type=float, default=30.0)
+
+
+def add_engine_args(ap: argparse.ArgumentParser) -> None:
+    """The backend and KV pool flags, shared with `tandem serve`."""
+    ap.add_argument(
+        "--engine",
+        choices=BACKENDS,
+        default="model",
+        help="model: run the model; mock: no weights, modelled step times (engine/mock.py)",
+    )
+    ap.add_argument("--block-size", type=int, default=16)
+    ap.add_argument(
+        "--num-blocks",
+        type=int,
+        default=None,
+        help="KV blocks per worker; overrides --kv-cache-gb (mock default: 4096)",
+    )
+    ap.add_argument(
+        "--mock-timing",
+        type=mock_timing_arg,
+        default=MockTiming(),
+        metavar="KEY=VALUE,...",
+        help="change the mock's timing model (engine/mock.py), e.g. decode_ms=12,speed=2; "
+        "defaults: " + ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(MockTiming)),
+    )
+
+
+def mock_timing_arg(spec: str) -> MockTiming:
+    try:
+        return MockTiming.parse(spec)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def run_standalone(args: argparse.Namespace, model: str) -> int:
@@ -167,9 +222,13 @@ def run_standalone(args: argparse.Namespace, model: str) -> int:
     engine = EngineConfig(
         model=model,
         role=args.role,
+        backend=args.engine,
         dtype=args.dtype,
         num_threads=args.threads,
-        cache=CacheConfig(block_size=args.block_size, kv_cache_gb=args.kv_cache_gb),
+        cache=CacheConfig(
+            block_size=args.block_size, num_blocks=args.num_blocks, kv_cache_gb=args.kv_cache_gb
+        ),
+        mock=args.mock_timing,
     )
     serve = ServeConfig(
         redis_url=args.redis_url,

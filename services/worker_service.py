@@ -121,6 +121,19 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             integrity_error=s.integrity_error,
         )
 
+    async def DumpKV(
+        self, request: worker_pb2.DumpKVRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.DumpKVResponse:
+        w = self.worker
+        seq, hashes = await _guard(context, w.dump_kv)
+        return worker_pb2.DumpKVResponse(
+            worker_id=w.worker_id,
+            started_at_unix_ms=w.started_at_ms,
+            seq=seq,
+            block_hashes=hashes,
+            block_size=w.engine.block_size,
+        )
+
 
 def _need_id(request_id: str) -> None:
     if not request_id:

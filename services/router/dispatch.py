@@ -9,6 +9,11 @@
 A prefill worker that fails or times out is not hidden: the request is prefilled on the
 decode worker, counted in `tandem_prefill_fallbacks_total{reason}` and logged.
 A client that goes away (the iterator is closed early) aborts the request on both workers.
+
+Which workers: services/router/routing.py (--routing). With `kv` the decode worker is
+chosen first, and the local-vs-remote decision counts only the prompt tokens *it* does
+not hold: a conversation that comes back to the worker holding its history prefills its
+new turn there.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from typing import Any
 
 import grpc
 
+from engine.hashing import chain_hashes
 from services.convert import params_to_pb
+from services.kv_index.feed import KVFeed
 from services.pb import worker_pb2
 from services.router.backend import (
     ROUTE_COLOCATED,
@@ -32,6 +39,7 @@ from services.router.backend import (
     TokenDelta,
 )
 from services.router.metrics import RouterMetrics
+from services.router.routing import ROUTINGS, Choice, Policy
 from services.router.workers import WorkerRef, WorkerSet
 
 log = logging.getLogger(__name__)
@@ -41,6 +49,7 @@ MODES = ("disagg", "colocated")
 @dataclass(frozen=True, slots=True)
 class DispatchConfig:
     mode: str = "disagg"
+    routing: str = "kv"  # see services/router/routing.py
     # Prompts this short are prefilled on the decode worker: moving their few blocks costs
     # more than computing them (conditional disaggregation).
     local_prefill_tokens: int = 64
@@ -50,36 +59,57 @@ class DispatchConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
         if self.local_prefill_tokens < 0:
             raise ValueError("local_prefill_tokens must be >= 0")
 
 
 class Dispatcher:
-    def __init__(self, workers: WorkerSet, config: DispatchConfig, metrics: RouterMetrics) -> None:
+    def __init__(
+        self,
+        workers: WorkerSet,
+        config: DispatchConfig,
+        metrics: RouterMetrics,
+        policy: Policy,
+        feed: KVFeed | None = None,
+    ) -> None:
+        """`feed` keeps `policy`'s KV index true; kv routing needs both."""
         self.workers = workers
         self.config = config
         self.metrics = metrics
+        self.policy = policy
+        self.feed = feed
         self._background: set[asyncio.Task[Any]] = set()
-        self._refresher: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
         self._exported: set[str] = set()  # workers with load series in the metrics
 
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
-        await self.workers.refresh()
-        self._refresher = asyncio.create_task(self._refresh_forever())
+        await self._refresh()
+        self._tasks.append(asyncio.create_task(self._refresh_forever()))
+        if self.feed is not None:
+            self._tasks.append(asyncio.create_task(self.feed.run(self._stop)))
 
     async def close(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
         await self.workers.close()
+
+    async def _refresh(self) -> None:
+        await self.workers.refresh()
+        if self.feed is not None:
+            await self.feed.sync(self.workers.workers)
+        self._export_load()
 
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(self.config.refresh_s)
             try:
-                await self.workers.refresh()
-                self._export_load()
+                await self._refresh()
             except Exception:
                 log.exception("reading the registry failed")
 
@@ -91,8 +121,11 @@ class Dispatcher:
             )
         for ref in live.values():
             m.set_kv_blocks(ref.worker_id, ref.record.used_blocks, ref.record.num_blocks)
+        if self.feed is not None:
+            m.set_kv_index(self.feed.index.num_entries, self.feed.resyncs, self.feed.expired)
         for gone in self._exported - live.keys():  # series of departed workers go too
             m.forget_worker(gone)
+            self.policy.predicted.forget(gone)
         self._exported = set(live)
 
     async def ready(self) -> bool:
@@ -102,37 +135,59 @@ class Dispatcher:
 
     # ---- requests --------------------------------------------------------------------
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
+        hashes = self._hashes(request.prompt_token_ids)
         if self.config.mode == "colocated":
-            worker = self._pick("both")
+            worker = self._pick("both", request, hashes).worker
             async for delta in self._decode(worker, request, None, ROUTE_COLOCATED):
                 yield delta
             return
-        decode = self._pick("decode")
-        if len(request.prompt_token_ids) <= self.config.local_prefill_tokens:
-            async for delta in self._decode(decode, request, None, ROUTE_LOCAL):
+        decode = self._pick("decode", request, hashes)
+        uncached = len(request.prompt_token_ids) - decode.cached_blocks * _block_size(decode)
+        if uncached <= self.config.local_prefill_tokens:
+            async for delta in self._decode(decode.worker, request, None, ROUTE_LOCAL):
                 yield delta
             return
-        async for delta in self._disaggregated(request, decode):
+        async for delta in self._disaggregated(request, decode.worker, hashes):
             yield delta
 
-    def _pick(self, role: str) -> WorkerRef:
-        ref = self.workers.pick(role)
-        if ref is None:
+    def _hashes(self, prompt: list[int]) -> list[int]:
+        """The prompt's chained block hashes, as the workers compute them (kv routing only).
+        A pool shares one block size; a worker with another one simply gets no hits."""
+        if not self.policy.uses_cache or not self.workers.workers:
+            return []
+        block_size = next(iter(self.workers.workers.values())).record.block_size
+        return chain_hashes(prompt, block_size)
+
+    def _pick(self, role: str, request: GenerateRequest, hashes: list[int]) -> Choice:
+        choice = self._choose(role, request, hashes)
+        if choice is None:
             raise BackendError(503, f"no {role} worker is available", "service_unavailable")
-        return ref
+        return choice
+
+    def _choose(self, role: str, request: GenerateRequest, hashes: list[int]) -> Choice | None:
+        prompt_len = len(request.prompt_token_ids)
+        choice = self.policy.pick(role, self.workers.serving(role), hashes, prompt_len)
+        if choice is not None:
+            self.policy.routed(choice, hashes)
+            self.metrics.record_route(role, choice.worker.worker_id, choice.cached_blocks)
+        return choice
 
     async def _disaggregated(
-        self, request: GenerateRequest, decode: WorkerRef
+        self, request: GenerateRequest, decode: WorkerRef, hashes: list[int]
     ) -> AsyncIterator[TokenDelta]:
-        prefill = self.workers.pick("prefill")
-        if prefill is None:
+        chosen = self._choose("prefill", request, hashes)
+        response = None
+        if chosen is None:
             self._fell_back(request, "no_prefill_worker", "no prefill worker is registered")
-        response = await self._prefill(prefill, request) if prefill else None
+        else:
+            uncached = len(request.prompt_token_ids) - chosen.cached_blocks * _block_size(chosen)
+            response = await self._prefill(chosen.worker, request, uncached)
         if response is None:  # counted and logged; the request still runs
             async for delta in self._decode(decode, request, None, ROUTE_LOCAL):
                 yield delta
             return
-        assert prefill is not None
+        assert chosen is not None
+        prefill = chosen.worker
         done = bool(response.finish_reason)
         first = TokenDelta(
             [response.first_token],
@@ -156,14 +211,14 @@ class Dispatcher:
                 self._later(self._abort(prefill, request.request_id))
 
     async def _prefill(
-        self, ref: WorkerRef, request: GenerateRequest
+        self, ref: WorkerRef, request: GenerateRequest, uncached: int
     ) -> worker_pb2.PrefillResponse | None:
         msg = worker_pb2.PrefillRequest(
             request_id=request.request_id,
             prompt_token_ids=request.prompt_token_ids,
             params=params_to_pb(request.params),
         )
-        with self.workers.busy(ref):
+        with self.workers.busy(ref, uncached):
             try:
                 return await ref.stub.Prefill(msg, timeout=self.config.prefill_timeout_s)
             except grpc.aio.AioRpcError as e:
@@ -196,16 +251,21 @@ class Dispatcher:
         with self.workers.busy(ref):
             call = ref.stub.Decode(msg)
             first = True
+            # Cached tokens are prompt tokens nobody computed: with a remote prefill that is
+            # the prefill worker's count (the decode worker's own hits only spare reads),
+            # unless the read failed and the decode worker recomputed the prompt.
+            local = prefill is None
             try:
                 async for chunk in call:
                     if first and prefill is not None:
                         self._account_transfer(chunk, prefill, request.request_id)
+                        local = chunk.kv_recomputed
                     yield TokenDelta(
                         list(chunk.token_ids),
                         list(chunk.logprobs),
                         finished=chunk.finished,
                         finish_reason=chunk.finish_reason or None,
-                        num_cached_tokens=chunk.num_cached_tokens,
+                        num_cached_tokens=chunk.num_cached_tokens if local else 0,
                         route=route if first else "",
                     )
                     first = False
@@ -241,6 +301,10 @@ class Dispatcher:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _block_size(choice: Choice) -> int:
+    return int(choice.worker.record.block_size)
 
 
 def _raise_client_error(e: grpc.aio.AioRpcError) -> None:

@@ -11,6 +11,7 @@ methods below (or the metric attributes themselves, which are public).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -92,6 +93,37 @@ class RouterMetrics:
             ["reason"],
             registry=r,
         )
+        self._routing_metrics(r)
+
+    def _routing_metrics(self, r: CollectorRegistry) -> None:
+        self.routed = Counter(
+            "tandem_routed_requests",
+            "Prompts sent to each worker, by pool.",
+            ["pool", "worker"],
+            registry=r,
+        )
+        self.routed_cached_blocks = Counter(
+            "tandem_routed_cached_blocks",
+            "Leading prompt blocks the chosen worker held, as the router's KV index saw it.",
+            ["pool"],
+            registry=r,
+        )
+        self.kv_index_entries = Gauge(
+            "tandem_kv_index_entries",
+            "(worker, block hash) pairs in the router's KV index.",
+            registry=r,
+        )
+        self.kv_index_resyncs = Gauge(
+            "tandem_kv_index_resyncs",
+            "Workers resynced (DumpKV) by the KV index since start, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.kv_index_expired = Gauge(
+            "tandem_kv_index_expired",
+            "Times a worker's KV entries expired because its stream went silent.",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """Prometheus text exposition format (version 0.0.4)."""
@@ -140,6 +172,16 @@ class RouterMetrics:
 
     def record_recompute(self) -> None:
         self.kv_recomputed.inc()
+
+    def record_route(self, pool: str, worker: str, cached_blocks: int) -> None:
+        self.routed.labels(pool=pool, worker=worker).inc()
+        self.routed_cached_blocks.labels(pool=pool).inc(cached_blocks)
+
+    def set_kv_index(self, entries: int, resyncs: Mapping[str, int], expired: int) -> None:
+        self.kv_index_entries.set(entries)
+        for reason, n in resyncs.items():
+            self.kv_index_resyncs.labels(reason=reason).set(n)
+        self.kv_index_expired.set(expired)
 
     def record_prefill_fallback(self, reason: str) -> None:
         self.prefill_fallbacks.labels(reason=reason).inc()

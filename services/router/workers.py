@@ -1,15 +1,11 @@
 """The router's view of the worker pools: live records from the registry, one gRPC channel
-per worker, and the router's own count of requests in flight on each.
-
-Least-loaded choice (KV-aware routing comes with the KV index): the worker with the fewest
-requests in flight from this router plus those its last heartbeat reported waiting; ties
-rotate so that equal workers share the work.
+per worker, and the router's own count of requests (and prefill tokens) in flight on each.
+Which worker gets a prompt is services/router/routing.py's business.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from services.pb import worker_pb2_grpc
+from services.pb import worker_pb2, worker_pb2_grpc
 from services.pb.events_pb2 import WorkerRecord
 from services.registry import Registry
 
@@ -31,20 +27,17 @@ class WorkerRef:
     channel: grpc.aio.Channel
     stub: worker_pb2_grpc.WorkerStub
     in_flight: int = 0
+    in_flight_tokens: int = 0  # prefill tokens sent and not answered yet
 
     @property
     def worker_id(self) -> str:
         return self.record.worker_id
-
-    def load(self) -> int:
-        return self.in_flight + self.record.waiting
 
 
 class WorkerSet:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.workers: dict[str, WorkerRef] = {}
-        self._turn = itertools.count()
         self._closing: set[asyncio.Task[None]] = set()
 
     async def refresh(self) -> None:
@@ -72,26 +65,26 @@ class WorkerSet:
         task.add_done_callback(self._closing.discard)
 
     def serving(self, role: str) -> list[WorkerRef]:
-        return [w for w in self.workers.values() if w.record.role in (role, "both")]
+        """In worker id order: round-robin then takes the same turns in every router."""
+        refs = [w for w in self.workers.values() if w.record.role in (role, "both")]
+        return sorted(refs, key=lambda w: w.worker_id)
 
-    def pick(self, role: str) -> WorkerRef | None:
-        candidates = self.serving(role)
-        if not candidates:
-            return None
-        turn = next(self._turn)
-        ranked = sorted(
-            enumerate(candidates),
-            key=lambda ic: (ic[1].load(), (ic[0] - turn) % len(candidates)),
-        )
-        return ranked[0][1]
+    async def dump_kv(self, worker_id: str) -> worker_pb2.DumpKVResponse:
+        """A KV index's resync: the worker's whole cache, straight from the worker."""
+        ref = self.workers.get(worker_id)
+        if ref is None:
+            raise LookupError(f"{worker_id} is not in the registry")
+        return await ref.stub.DumpKV(worker_pb2.DumpKVRequest(), timeout=10)
 
     @contextmanager
-    def busy(self, ref: WorkerRef) -> Iterator[WorkerRef]:
+    def busy(self, ref: WorkerRef, prefill_tokens: int = 0) -> Iterator[WorkerRef]:
         ref.in_flight += 1
+        ref.in_flight_tokens += prefill_tokens
         try:
             yield ref
         finally:
             ref.in_flight -= 1
+            ref.in_flight_tokens -= prefill_tokens
 
     async def close(self) -> None:
         for ref in self.workers.values():

@@ -80,6 +80,27 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, smollm_path: Path) -> Iter
         assert not _listening(address), f"{address} still answers after Ctrl-C"
 
 
+@pytest.fixture(scope="module")  # its module only: six idle workers cost CPU
+def mock_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """Six mock workers (real block pools, KV events and NIXL; no model): routing at a
+    scale this machine could not run with real models. A Ray of its own: its actors'
+    names (prefill-0, ...) are the real cluster's too."""
+    s = launch.start_serve(
+        tmp_path_factory.mktemp("mock") / "serve.log",
+        f"--api-key={API_KEY}",
+        "--no-dashboard",
+        "--engine=mock",
+        "--num-blocks=256",
+        "--prefill-workers=4",
+        "--decode-workers=2",
+        "--cpus-per-worker=0.1",
+        "--local-prefill-tokens=0",  # every prompt goes to the prefill pool
+    )
+    served = Served(s.proc, s.url, s.redis_url, s.ray_address)
+    yield served
+    assert served.proc.stop() == 0, served.proc.tail()
+
+
 @pytest.fixture(scope="session")
 def colocated(
     tmp_path_factory: pytest.TempPathFactory, smollm_path: Path, cluster: Served

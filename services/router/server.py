@@ -1,0 +1,107 @@
+"""Run a router: the OpenAI API over whatever workers the registry in Redis lists.
+
+`tandem serve` runs one next to the cluster it starts; `tandem router --redis-url URL`
+runs one more against a cluster that is already up (a second replica, a restarted one).
+Routers keep no state of their own that others lack: registry and KV index come from
+Redis, so any number of them route alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.router.dispatch import MODES, DispatchConfig
+from services.router.routing import ROUTINGS
+
+
+@dataclass(frozen=True, slots=True)
+class RouterOptions:
+    model: str  # for the tokenizer and the served model name
+    redis_url: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    dispatch: DispatchConfig = field(default_factory=DispatchConfig)
+
+
+def served_model_name(model: str) -> str:
+    """SmolLM2-135M-Instruct.Q4_1.gguf -> SmolLM2-135M-Instruct; a directory -> its name."""
+    p = Path(model)
+    return p.name.split(".")[0] if p.suffix == ".gguf" else p.name
+
+
+async def run_router(opts: RouterOptions, banner: list[str] | None = None) -> None:
+    """Serve until cancelled or Ctrl-C; `banner` lines are printed under the API address."""
+    import uvicorn
+
+    from engine.tokenizer import load_tokenizer
+    from services.router.app import create_app
+    from services.router.assemble import make_dispatcher
+    from services.router.metrics import RouterMetrics
+
+    metrics = RouterMetrics()
+    dispatcher = make_dispatcher(opts.redis_url, opts.dispatch, metrics)
+    await dispatcher.start()
+    try:
+        records = [w.record for w in dispatcher.workers.workers.values()]
+        if not records:
+            raise SystemExit(f"no workers are registered in {opts.redis_url}")
+        max_len = min(r.max_model_len for r in records)
+        tokenizer = await asyncio.to_thread(load_tokenizer, opts.model)
+        name = served_model_name(opts.model)
+        app = create_app(dispatcher, tokenizer, name, max_len, metrics, opts.api_key)
+        config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning")
+        server = uvicorn.Server(config)
+        d = opts.dispatch
+        print(f"Tandem is serving {name} ({d.mode}, {d.routing} routing)")
+        print(f"  OpenAI API:     http://{opts.host}:{opts.port}/v1")
+        for line in banner or []:
+            print(f"  {line}")
+        print("  Ctrl-C stops everything.", flush=True)
+        await server.serve()
+    finally:
+        await dispatcher.close()
+
+
+def add_router_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--api-key", default=None, help="require this key (default: $TANDEM_API_KEY)")
+    ap.add_argument("--mode", choices=MODES, default="disagg")
+    ap.add_argument(
+        "--routing",
+        choices=ROUTINGS,
+        default="kv",
+        help="how a pool's worker is chosen: kv = prefix cache + load (default)",
+    )
+    ap.add_argument(
+        "--local-prefill-tokens",
+        type=int,
+        default=64,
+        help="prompts with at most this many tokens not cached on the chosen decode worker "
+        "prefill there",
+    )
+
+
+def router_options(args: argparse.Namespace, model: str, redis_url: str) -> RouterOptions:
+    dispatch = DispatchConfig(
+        mode=args.mode, routing=args.routing, local_prefill_tokens=args.local_prefill_tokens
+    )
+    api_key = args.api_key or os.environ.get("TANDEM_API_KEY") or None
+    return RouterOptions(model, redis_url, args.host, args.port, api_key, dispatch)
+
+
+def cmd_router(args: argparse.Namespace, model: str) -> int:
+    """`tandem router`: one more router for a running cluster."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_router(router_options(args, model, args.redis_url)))
+    print("tandem router: stopped", file=sys.stderr)
+    return 0
