@@ -4,15 +4,22 @@
 `kv` and `least-loaded` pick the lowest cost, in prefill-token equivalents (the time one
 prompt token takes to prefill):
 
-    prefill pool:  cost =        uncached + queued                     + BLOCK * used_blocks
+    prefill pool:  cost = uncached + REDUNDANT * redundant + queued + BLOCK * used_blocks
     decode pool:   cost = READ * uncached + queued + RUNNING * running + BLOCK * used_blocks
-    both (colocated):  cost = uncached + queued + RUNNING * running + BLOCK * used_blocks
+    both (colocated):  the prefill pool's cost + RUNNING * running
 
     uncached     prompt tokens after the worker's leading cached blocks (KV index, plus
                  blocks this router just sent it that have not been announced yet); with
                  `least-loaded` nothing counts as cached, so only load decides
     queued       prefill tokens waiting on the worker: the larger of its heartbeat and the
                  tokens this router sent it that are not answered yet (fresher)
+    redundant    uncached - the fewest uncached tokens any candidate has: prefix tokens
+                 another worker already holds. Computing them again delays this prompt
+                 (counted in `uncached`) *and* costs the pool that much work it need not
+                 have done (and a second copy in cache), which every later prompt waits
+                 behind; REDUNDANT prices that, so a prompt leaves the worker holding its
+                 prefix only when the queue there costs more than the work it would waste.
+                 It is 0 for every worker when no one holds more than the others.
     running      requests decoding on it (each slows every decode step)
     used_blocks  KV blocks referenced by its requests (memory pressure: eviction risk)
 
@@ -39,6 +46,7 @@ ROUTINGS = ("kv", "least-loaded", "round-robin", "random")
 
 @dataclass(frozen=True, slots=True)
 class CostWeights:
+    redundant: float = 1.0  # a prefix token computed again though another worker holds it
     read: float = 0.25  # a decode worker's uncached token: read over NIXL, or prefilled
     running: float = 64.0  # a decoding request: about one chunk of prefill per step
     block: float = 0.5  # a referenced KV block
@@ -134,12 +142,20 @@ class Policy:
         if self.routing == "random":
             return Choice(self._rng.choice(list(candidates)), 0, 0.0)
         hits = self._hits(candidates, hashes)
-        choices = [self._cost(role, w, hits.get(w.worker_id, 0), prompt_len) for w in candidates]
+        uncached = {
+            w.worker_id: max(0, prompt_len - hits.get(w.worker_id, 0) * w.record.block_size)
+            for w in candidates
+        }
+        fewest = min(uncached.values())
+        choices = [
+            self._cost(role, w, hits.get(w.worker_id, 0), uncached[w.worker_id], fewest)
+            for w in candidates
+        ]
         best = min(c.cost for c in choices)
         w = self.weights
         ties = [c for c in choices if c.cost <= best + max(w.tie_tokens, w.tie_fraction * best)]
-        fewest = min(c.worker.in_flight for c in ties)
-        return self._rng.choice([c for c in ties if c.worker.in_flight == fewest])
+        least_busy = min(c.worker.in_flight for c in ties)
+        return self._rng.choice([c for c in ties if c.worker.in_flight == least_busy])
 
     def _hits(self, candidates: Sequence[WorkerRef], hashes: Sequence[int]) -> dict[str, int]:
         if self.index is None or not hashes:
@@ -151,12 +167,16 @@ class Policy:
                 hits[ref.worker_id] = predicted
         return hits
 
-    def _cost(self, role: str, ref: WorkerRef, cached_blocks: int, prompt_len: int) -> Choice:
+    def _cost(
+        self, role: str, ref: WorkerRef, cached_blocks: int, uncached: int, fewest: int
+    ) -> Choice:
         w, rec = self.weights, ref.record
-        uncached = max(0, prompt_len - cached_blocks * rec.block_size)
         queued = max(rec.queued_prefill_tokens, ref.in_flight_tokens)
         cost = queued + w.block * rec.used_blocks
-        cost += w.read * uncached if role == "decode" else uncached
+        if role == "decode":
+            cost += w.read * uncached
+        else:
+            cost += uncached + w.redundant * (uncached - fewest)
         if role != "prefill":
             cost += w.running * max(rec.running, ref.in_flight)
         return Choice(ref, cached_blocks, cost)

@@ -139,3 +139,21 @@ def test_bad_routing_names_are_refused() -> None:
         Policy("sticky", None)
     with pytest.raises(ValueError, match="needs a KV index"):
         Policy("kv", None)
+
+
+def test_a_prompt_stays_with_its_prefix_unless_the_queue_costs_more_than_the_waste() -> None:
+    index = KVIndex()
+    store(index, "p-1", HASHES[:62])  # holds 992 of the 1,024 tokens
+    holder_busy = ref("p-1", queued_prefill_tokens=1500)
+    # Waiting 1,500 tokens beats recomputing 992 held tokens elsewhere (1,024 + 992 waste)...
+    choice = Policy("kv", index, seed=0).pick(
+        "prefill", [ref("p-0"), holder_busy], HASHES, PROMPT_LEN
+    )
+    assert choice is not None and choice.worker.worker_id == "p-1"
+    # ...but not waiting 2,500.
+    holder_busier = ref("p-1", queued_prefill_tokens=2500)
+    choice = Policy("kv", index, seed=0).pick(
+        "prefill", [ref("p-0"), holder_busier], HASHES, PROMPT_LEN
+    )
+    assert choice is not None and choice.worker.worker_id == "p-0"
+    assert choice.cost == PROMPT_LEN + 992
