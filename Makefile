@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.stamp-install
 PROMPT ?= What is the capital of France?
 
-.PHONY: install redis-server test lint typecheck run generate pull proto bench-engine bench-transfer bench-disagg clean
+.PHONY: install redis-server test lint typecheck run generate pull proto bench-engine bench-transfer bench-disagg bench-routing clean
 
 install: $(STAMP) redis-server
 
@@ -65,6 +65,11 @@ bench-transfer: install
 # Disaggregated vs colocated on the mixed workload (two clusters, one after the other).
 bench-disagg: pull
 	$(PY) -m services.bench_disagg
+
+# kv vs least-loaded vs round-robin routing: a shared-prefix chat and a Mooncake-style trace
+# on 8 mock prefill workers, then the real model on 2 (ARGS="--no-real" skips that part).
+bench-routing: pull
+	$(PY) -m services.bench_routing $(ARGS)
 
 clean:
 	rm -rf $(VENV) bench-results .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from services.bench_routing.cli import main
+
+main()
