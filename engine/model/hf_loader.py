@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from engine.model.config import ModelConfig, ModelLoadError
 
 
-def read_hf_dir(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def read_hf_config(path: Path) -> ModelConfig:
+    """config.json alone (the mock backend needs no weights)."""
     cfg_file = path / "config.json"
     try:
         raw = json.loads(cfg_file.read_text())
@@ -22,7 +23,11 @@ def read_hf_dir(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         ) from None
     except json.JSONDecodeError as e:
         raise ModelLoadError(f"{cfg_file}: not valid JSON ({e})") from None
-    cfg = ModelConfig.from_hf(raw, str(cfg_file))
+    return ModelConfig.from_hf(raw, str(cfg_file))
+
+
+def read_hf_dir(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    cfg = read_hf_config(path)
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise ModelLoadError(f"{path}: no *.safetensors weight files")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import torch
 
 from engine.model.config import ModelConfig, ModelLoadError
 from engine.model.gguf_loader import read_gguf, read_gguf_config
-from engine.model.hf_loader import read_hf_dir
+from engine.model.hf_loader import read_hf_config, read_hf_dir
 from engine.model.llama import LlamaModel, rope_inv_freq
 from engine.model.weights import load_into
 
@@ -23,7 +22,7 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tens
 def read_model_config(path: str | Path) -> ModelConfig:
     """The architecture alone, no weights read (all the mock backend needs)."""
     p = _locate(path)
-    return _read_hf_config(p / "config.json") if p.is_dir() else read_gguf_config(p)
+    return read_hf_config(p) if p.is_dir() else read_gguf_config(p)
 
 
 def _locate(path: str | Path) -> Path:
@@ -34,19 +33,6 @@ def _locate(path: str | Path) -> Path:
     if not p.exists():
         raise ModelLoadError(f"{p}: no such file or directory")
     raise ModelLoadError(f"{p}: expected a Hugging Face model directory or a .gguf file")
-
-
-def _read_hf_config(cfg_file: Path) -> ModelConfig:
-    # The same messages as engine.model.hf_loader, which also reads the weights.
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except FileNotFoundError:
-        raise ModelLoadError(
-            f"{cfg_file}: not found; a model directory needs config.json"
-        ) from None
-    except json.JSONDecodeError as e:
-        raise ModelLoadError(f"{cfg_file}: not valid JSON ({e})") from None
-    return ModelConfig.from_hf(raw, str(cfg_file))
 
 
 def build_model(

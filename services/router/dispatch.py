@@ -142,8 +142,7 @@ class Dispatcher:
                 yield delta
             return
         decode = self._pick("decode", request, hashes)
-        uncached = len(request.prompt_token_ids) - decode.cached_blocks * _block_size(decode)
-        if uncached <= self.config.local_prefill_tokens:
+        if decode.uncached <= self.config.local_prefill_tokens:
             async for delta in self._decode(decode.worker, request, None, ROUTE_LOCAL):
                 yield delta
             return
@@ -180,8 +179,7 @@ class Dispatcher:
         if chosen is None:
             self._fell_back(request, "no_prefill_worker", "no prefill worker is registered")
         else:
-            uncached = len(request.prompt_token_ids) - chosen.cached_blocks * _block_size(chosen)
-            response = await self._prefill(chosen.worker, request, uncached)
+            response = await self._prefill(chosen.worker, request, chosen.uncached)
         if response is None:  # counted and logged; the request still runs
             async for delta in self._decode(decode, request, None, ROUTE_LOCAL):
                 yield delta
@@ -301,10 +299,6 @@ class Dispatcher:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-def _block_size(choice: Choice) -> int:
-    return int(choice.worker.record.block_size)
 
 
 def _raise_client_error(e: grpc.aio.AioRpcError) -> None:

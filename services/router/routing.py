@@ -58,6 +58,7 @@ class CostWeights:
 class Choice:
     worker: WorkerRef
     cached_blocks: int  # the prompt's leading blocks the worker holds, as far as we know
+    uncached: int  # prompt tokens past those blocks: what it would compute (or read)
     cost: float
 
 
@@ -138,9 +139,9 @@ class Policy:
             return None
         if self.routing == "round-robin":
             turn = next(self._turns.setdefault(role, itertools.count()))
-            return Choice(candidates[turn % len(candidates)], 0, 0.0)
+            return Choice(candidates[turn % len(candidates)], 0, prompt_len, 0.0)
         if self.routing == "random":
-            return Choice(self._rng.choice(list(candidates)), 0, 0.0)
+            return Choice(self._rng.choice(list(candidates)), 0, prompt_len, 0.0)
         hits = self._hits(candidates, hashes)
         uncached = {
             w.worker_id: max(0, prompt_len - hits.get(w.worker_id, 0) * w.record.block_size)
@@ -179,7 +180,7 @@ class Policy:
             cost += uncached + w.redundant * (uncached - fewest)
         if role != "prefill":
             cost += w.running * max(rec.running, ref.in_flight)
-        return Choice(ref, cached_blocks, cost)
+        return Choice(ref, cached_blocks, uncached, cost)
 
     def routed(self, choice: Choice, hashes: Sequence[int]) -> None:
         """The prompt went to `choice`: its blocks will be there soon."""
