@@ -31,8 +31,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 lint: install
-	$(VENV)/bin/ruff check engine services loadtest tests
-	$(VENV)/bin/ruff format --check engine services loadtest tests
+	$(VENV)/bin/ruff check engine services loadtest bench tests
+	$(VENV)/bin/ruff format --check engine services loadtest bench tests
 
 typecheck: install
 	$(VENV)/bin/mypy
@@ -57,19 +57,19 @@ generate: pull
 	$(VENV)/bin/tandem generate --prompt "$(PROMPT)"
 
 bench-engine: pull
-	$(PY) -m engine.bench
+	$(PY) -m bench.engine
 
 bench-transfer: install
-	$(PY) -m engine.transfer.bench
+	$(PY) -m bench.transfer
 
 # Disaggregated vs colocated on the mixed workload (two clusters, one after the other).
 bench-disagg: pull
-	$(PY) -m services.bench_disagg
+	$(PY) -m bench.disagg
 
 # kv vs least-loaded vs round-robin routing: a shared-prefix chat and a Mooncake-style trace
 # on 8 mock prefill workers, then the real model on 2 (ARGS="--no-real" skips that part).
 bench-routing: pull
-	$(PY) -m services.bench_routing $(ARGS)
+	$(PY) -m bench.routing $(ARGS)
 
 clean:
 	rm -rf $(VENV) bench-results .pytest_cache .mypy_cache .ruff_cache

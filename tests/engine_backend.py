@@ -1,5 +1,5 @@
 """A real `Backend` around one in-process engine, for testing the router's HTTP edge
-without worker processes. The engine runs on services.engine_loop.EngineLoop, the same
+without worker processes. The engine runs on services.worker.engine_thread.EngineLoop, the same
 loop a worker uses."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from engine import Engine, RequestOutput
-from services.engine_loop import EngineLoop
 from services.router.backend import ROUTE_COLOCATED, BackendError, GenerateRequest, TokenDelta
+from services.worker.engine_thread import EngineLoop
 
 T = TypeVar("T")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import redis
 import redis.asyncio as aioredis
 
-from services.kv_index.feed import KVFeed
-from services.kv_index.index import KVIndex
-from services.registry import Registry
+from services.cluster.registry import Registry
+from services.kv.feed import KVFeed
+from services.kv.index import KVIndex
 from services.router.dispatch import DispatchConfig, Dispatcher
 from services.router.metrics import RouterMetrics
 from services.router.routing import Policy

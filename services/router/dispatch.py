@@ -27,8 +27,7 @@ from typing import Any
 import grpc
 
 from engine.hashing import chain_hashes
-from services.convert import params_to_pb
-from services.kv_index.feed import KVFeed
+from services.kv.feed import KVFeed
 from services.pb import worker_pb2
 from services.router.backend import (
     ROUTE_COLOCATED,
@@ -41,6 +40,7 @@ from services.router.backend import (
 from services.router.metrics import RouterMetrics
 from services.router.routing import ROUTINGS, Choice, Policy
 from services.router.workers import WorkerRef, WorkerSet
+from services.wire import params_to_pb
 
 log = logging.getLogger(__name__)
 MODES = ("disagg", "colocated")

@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.kv_index.index import KVIndex
+from services.kv.index import KVIndex
 from services.router.workers import WorkerRef
 
 ROUTINGS = ("kv", "least-loaded", "round-robin", "random")

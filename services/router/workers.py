@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from services.cluster.registry import Registry
 from services.pb import worker_pb2, worker_pb2_grpc
 from services.pb.events_pb2 import WorkerRecord
-from services.registry import Registry
 
 log = logging.getLogger(__name__)
 DRAIN_GRACE_S = 60.0

@@ -14,9 +14,9 @@ import pytest
 import redis
 
 from loadtest.prometheus import parse_metrics
-from services import launch
+from services.cluster import launch
+from services.cluster.registry import Registry
 from services.pb import worker_pb2, worker_pb2_grpc
-from services.registry import Registry
 
 API_KEY = "e2e-secret"
 MODEL = "SmolLM2-135M-Instruct"

@@ -13,10 +13,10 @@ import httpx
 import pytest
 import redis
 
-from services import launch
-from services.kv_stream import KVKeys, parse_state
+from services.cluster import launch
+from services.cluster.registry import Registry
+from services.kv.stream import KVKeys, parse_state
 from services.pb import worker_pb2, worker_pb2_grpc
-from services.registry import Registry
 from tests.e2e.conftest import MODEL, Served
 
 BLOCK = 16

@@ -21,12 +21,12 @@ import redis.asyncio as aioredis
 
 from engine.block_pool import BlockPool
 from engine.hashing import chain_hashes
-from services.kv_index.feed import KVFeed
-from services.kv_index.index import KVIndex
-from services.kv_publisher import KVPublisher
-from services.kv_stream import KVKeys
+from services.cluster.redis_server import RedisServer
+from services.kv.feed import KVFeed
+from services.kv.index import KVIndex
+from services.kv.stream import KVKeys
 from services.pb.worker_pb2 import DumpKVResponse
-from services.redis_server import RedisServer
+from services.worker.kv_publisher import KVPublisher
 
 T = TypeVar("T")
 BS = 4  # tokens per block: small prompts, many blocks

@@ -13,7 +13,7 @@ import pytest
 
 from engine import CacheConfig, Engine, EngineConfig, SamplingParams
 from engine.model.loader import read_checkpoint, read_model_config
-from services.launch import start_worker
+from services.cluster.launch import start_worker
 from tests.integration.test_workers import (
     Workers,
     _assert_idle,

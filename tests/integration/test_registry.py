@@ -9,9 +9,9 @@ import uuid
 import pytest
 import redis
 
+from services.cluster.redis_server import RedisServer
+from services.cluster.registry import Registry
 from services.pb.events_pb2 import WorkerRecord
-from services.redis_server import RedisServer
-from services.registry import Registry
 
 
 @pytest.fixture

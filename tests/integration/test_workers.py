@@ -17,10 +17,10 @@ import redis
 
 from engine import SamplingParams
 from engine.tokenizer import Tokenizer, load_tokenizer
-from services.convert import params_to_pb
-from services.launch import Proc, start_worker
+from services.cluster.launch import Proc, start_worker
+from services.cluster.registry import Registry
 from services.pb import worker_pb2, worker_pb2_grpc
-from services.registry import Registry
+from services.wire import params_to_pb
 from tests.hf_reference import hf_greedy
 from tests.idle import assert_idle
 

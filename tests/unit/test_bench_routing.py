@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
+from bench.routing import report
+from bench.routing.drive import load_ratio, routed_by_worker
+from bench.routing.oracle import cached_blocks, oracle_hit_rate, pooled_lru_hit_rate
+from bench.routing.workloads import ChatConfig, chat_workload
 from engine.hashing import chain_hashes
 from loadtest.prometheus import Series
-from services.bench_routing import report
-from services.bench_routing.drive import load_ratio, routed_by_worker
-from services.bench_routing.oracle import cached_blocks, oracle_hit_rate, pooled_lru_hit_rate
-from services.bench_routing.workloads import ChatConfig, chat_workload
 
 
 class FakeTokenizer:

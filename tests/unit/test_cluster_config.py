@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.pools import PoolSpec
+from services.cluster.pools import PoolSpec
+from services.cluster.serve import ClusterConfig
 from services.router.server import served_model_name
-from services.serve import ClusterConfig
 
 
 def test_pools_share_the_node_between_workers() -> None:

@@ -7,8 +7,8 @@ import pytest
 from engine.block_pool import BlockPool
 from engine.kv_events import AllBlocksCleared, BlockStored, KVEvent
 from engine.sampling_params import SamplingParams
-from services.convert import event_from_pb, event_to_pb, params_from_pb, params_to_pb
 from services.pb import events_pb2, worker_pb2
+from services.wire import event_from_pb, event_to_pb, params_from_pb, params_to_pb
 
 
 @pytest.mark.parametrize(

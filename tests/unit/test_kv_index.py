@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from services.kv_index.index import KVIndex
+from services.kv.index import KVIndex
 from services.pb.events_pb2 import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 
 A, B, C = "worker-a", "worker-b", "worker-c"

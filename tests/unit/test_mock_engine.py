@@ -20,8 +20,8 @@ from engine.model.gguf_loader import read_gguf, read_gguf_config
 from engine.model.loader import read_model_config
 from engine.request import Request, Status
 from engine.scheduler import ScheduledChunk
-from services.pools import PoolSpec
-from services.serve import ClusterConfig
+from services.cluster.pools import PoolSpec
+from services.cluster.serve import ClusterConfig
 
 VOCAB, EOS, BS = 512, 2, 16
 FAST = MockTiming(speed=1000.0)  # unit tests need the numbers, not the waiting

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from services.kv_index.index import KVIndex
+from services.kv.index import KVIndex
 from services.pb.events_pb2 import BlockStored, KVEvent, WorkerRecord
 from services.router.routing import CostWeights, Policy, Predicted
 from services.router.workers import WorkerRef

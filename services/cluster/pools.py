@@ -15,8 +15,8 @@ from typing import Any
 import ray
 
 from engine import EngineConfig
-from services.worker import WorkerConfig
-from services.worker_process import ServeConfig, WorkerThread
+from services.worker.core import WorkerConfig
+from services.worker.process import ServeConfig, WorkerThread
 
 NAMESPACE = "tandem"
 log = logging.getLogger(__name__)

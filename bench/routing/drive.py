@@ -16,13 +16,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from bench.routing.workloads import Conversation, Workload
 from loadtest.body import BodyMaker
 from loadtest.client import Client, make_http
 from loadtest.datasets.base import TokenizerLike
 from loadtest.prometheus import Series, scrape, tandem_summary
 from loadtest.records import RequestOutput
 from loadtest.stats import Stats
-from services.bench_routing.workloads import Conversation, Workload
 
 ROUTED = "tandem_routed_requests_total"
 ROUTED_CACHED = "tandem_routed_cached_blocks_total"

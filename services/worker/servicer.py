@@ -12,11 +12,11 @@ from typing import TypeVar
 
 import grpc
 
-from services.convert import handle_from_pb, handle_to_pb, params_from_pb
-from services.engine_loop import EngineDead
 from services.pb import worker_pb2, worker_pb2_grpc
-from services.peers import PeerWatcher
-from services.worker import DecodeUpdate, RoleError, Worker
+from services.wire import handle_from_pb, handle_to_pb, params_from_pb
+from services.worker.core import DecodeUpdate, RoleError, Worker
+from services.worker.engine_thread import EngineDead
+from services.worker.peers import PeerWatcher
 
 T = TypeVar("T")
 _CODES: dict[type[Exception], grpc.StatusCode] = {

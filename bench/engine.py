@@ -1,6 +1,6 @@
 """Offline throughput: the engine against transformers `generate()` on the same weights.
 
-    python -m engine.bench [--model PATH] [--concurrency 1,8,32] [--output-len 128]
+    python -m bench.engine [--model PATH] [--concurrency 1,8,32] [--output-len 128]
 
 Both run in this process, one after the other, at the same dtype and thread count, on the
 same random prompts (lengths within +-10% of --input-len), generating exactly

@@ -111,7 +111,7 @@ def start_serve(
     log_path: Path, *args: str, env: dict[str, str] | None = None, timeout_s: float = 600.0
 ) -> Served:
     """`tandem serve ARGS --port <free>`; returns once the router answers."""
-    from services.redis_server import free_port
+    from services.cluster.redis_server import free_port
 
     port = free_port()
     proc = Proc(["serve", f"--port={port}", *args], log_path, env)
@@ -128,7 +128,7 @@ def start_router(
     log_path: Path, redis_url: str, *args: str, timeout_s: float = 120.0
 ) -> tuple[Proc, str]:
     """`tandem router` (one more router for a running cluster); returns it and its URL."""
-    from services.redis_server import free_port
+    from services.cluster.redis_server import free_port
 
     port = free_port()
     proc = Proc(["router", f"--redis-url={redis_url}", f"--port={port}", *args], log_path)

@@ -13,10 +13,10 @@ import contextlib
 import logging
 
 from engine.transfer.nixl_transfer import NixlKVTransfer
-from services.convert import peer_from_record
-from services.engine_loop import EngineLoop
+from services.cluster.registry import Registry
 from services.pb.events_pb2 import WorkerRecord
-from services.registry import Registry
+from services.wire import peer_from_record
+from services.worker.engine_thread import EngineLoop
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Run one worker: engine + NIXL + gRPC server + registry heartbeat (+ peer watcher).
 
-Used by the Ray actors (services/pools.py), by `tandem worker` (one worker per process, as
+Used by the Ray actors (services/cluster/pools.py), by `tandem worker` (one worker per process, as
 a Kubernetes pod runs it) and by tests.
 """
 
@@ -21,13 +21,13 @@ import redis
 
 from engine import CacheConfig, EngineConfig
 from engine.config import BACKENDS, MockTiming
-from services.kv_publisher import KVPublisher
+from services.cluster.registry import Registry
 from services.pb import worker_pb2_grpc
 from services.pb.events_pb2 import WorkerRecord
-from services.peers import PeerWatcher
-from services.registry import Registry
-from services.worker import Worker, WorkerConfig
-from services.worker_service import WorkerService
+from services.worker.core import Worker, WorkerConfig
+from services.worker.kv_publisher import KVPublisher
+from services.worker.peers import PeerWatcher
+from services.worker.servicer import WorkerService
 
 log = logging.getLogger(__name__)
 

@@ -56,6 +56,6 @@ Timing, memory and load, and why:
   the oracle's (it trades fewer hits for balance) and the TTFT ratio towards the ratio
   of uncached tokens; higher rates do the opposite. `--load X` scales every rate.
 
-    python -m services.bench_routing [--quick] [--no-real] [--only-index] [--load X]
+    python -m bench.routing [--quick] [--no-real] [--only-index] [--load X]
                                      [--mode kv ...] [--workload chat ...] [--out DIR]
 """

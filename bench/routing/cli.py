@@ -1,4 +1,4 @@
-"""`python -m services.bench_routing [--quick] [--no-real] [--only-index]`: see the package
+"""`python -m bench.routing [--quick] [--no-real] [--only-index]`: see the package
 docstring for what is measured and why these numbers."""
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bench.routing import report
+from bench.routing.clusters import MODES, ClusterSpec, run_mode
+from bench.routing.drive import Limits
+from bench.routing.oracle import oracle_hit_rate, pooled_lru_hit_rate
+from bench.routing.workloads import ChatConfig, Workload, chat_workload
+from bench.routing.workloads import mooncake_workload as replay
 from engine.config import MockTiming
 from loadtest.datasets.base import TokenizerLike
 from loadtest.datasets.mooncake_synth import SynthConfig, synth_trace, write_trace
-from services.bench_routing import report
-from services.bench_routing.clusters import MODES, ClusterSpec, run_mode
-from services.bench_routing.drive import Limits
-from services.bench_routing.oracle import oracle_hit_rate, pooled_lru_hit_rate
-from services.bench_routing.workloads import ChatConfig, Workload, chat_workload
-from services.bench_routing.workloads import mooncake_workload as replay
 
 MOCK_TIMING = "prefill_ms_per_token=2.0"  # 20x engine.mock's default: see the docstring
 
@@ -111,16 +111,16 @@ def prefill_busy(spec: ClusterSpec, m: dict[str, Any]) -> float | None:
 
 def index_figures() -> dict[str, Any]:
     try:
-        from services.kv_index import bench
+        from bench import kv_index as bench
     except ImportError as e:
-        return {"error": f"services.kv_index.bench is missing: {e}"}
+        return {"error": f"bench.kv_index is missing: {e}"}
     return dict(bench.run())
 
 
 def tokenizer() -> TokenizerLike:
     from engine.env import default_model_path
     from engine.tokenizer import load_tokenizer
-    from services.models import pull_default
+    from services.cluster.models import pull_default
 
     path = default_model_path()
     return load_tokenizer(path if path.exists() else pull_default())

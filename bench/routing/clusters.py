@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.routing.drive import Limits, drive
+from bench.routing.workloads import Workload
 from loadtest.datasets.base import TokenizerLike
-from services.bench_routing.drive import Limits, drive
-from services.bench_routing.workloads import Workload
-from services.launch import start_serve
+from services.cluster.launch import start_serve
 
 MODES = ("kv", "least-loaded", "round-robin")
 

@@ -6,7 +6,7 @@ colocated one of the same size (2 workers with both roles), one after the other 
 same machine. Reported per mode: the chats' p99 inter-token latency and goodput, and the
 output throughput of everything served. Writes bench-results/disagg.json.
 
-    python -m services.bench_disagg [--scenario mixed-interference] [--out DIR]
+    python -m bench.disagg [--scenario mixed-interference] [--out DIR]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from services.launch import start_serve
+from services.cluster.launch import start_serve
 
 MODES: dict[str, list[str]] = {
     "disagg": ["--mode=disagg"],

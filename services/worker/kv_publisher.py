@@ -1,7 +1,7 @@
 """The worker's side of the KV index: its block pool's events, batched into its Redis stream.
 
     engine thread: BlockPool event -> on_event() -> buffer (under a lock)
-    asyncio:       every interval_s: flush() -> one Lua script (services/kv_stream.py):
+    asyncio:       every interval_s: flush() -> one Lua script (services/kv/stream.py):
                    KVEventBatch appended to :stream, :blocks and :state updated together
 
 A flush with nothing new still writes a keepalive (an empty batch carrying the last seq)
@@ -23,9 +23,9 @@ from collections.abc import Awaitable, Callable, Sequence
 import redis
 
 from engine.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
-from services.convert import event_to_pb
-from services.kv_stream import MAXLEN, PUBLISH_LUA, KVKeys, state_value
+from services.kv.stream import MAXLEN, PUBLISH_LUA, KVKeys, state_value
 from services.pb.events_pb2 import KVEventBatch
+from services.wire import event_to_pb
 
 log = logging.getLogger(__name__)
 

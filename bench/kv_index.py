@@ -1,6 +1,6 @@
 """KVIndex against a naive per-worker set scan, on a realistic cache.
 
-    python -m services.kv_index.bench [--workers 64] [--blocks 1000000] [--prompt-tokens 4000]
+    python -m bench.kv_index [--workers 64] [--blocks 1000000] [--prompt-tokens 4000]
 
 The cache: `blocks` (worker, hash) entries over `workers` workers. Each worker holds
 prefixes of some of the shared chains (system prompts, few-shot and document prefixes,
@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from services.kv_index.index import KVIndex
+from services.kv.index import KVIndex
 from services.pb.events_pb2 import BlockRemoved, BlockStored, KVEvent, KVEventBatch
 
 N_SHARED = 32  # shared chains in the cluster

@@ -21,11 +21,11 @@ import redis
 
 from engine import CacheConfig, EngineConfig
 from engine.config import BACKENDS, MockTiming
-from services.pools import NAMESPACE, Pools, PoolSpec
-from services.redis_server import RedisServer
-from services.registry import Registry
+from services.cluster.pools import NAMESPACE, Pools, PoolSpec
+from services.cluster.redis_server import RedisServer
+from services.cluster.registry import Registry
 from services.router.server import add_router_args, router_options, run_router
-from services.worker_process import ServeConfig, add_engine_args
+from services.worker.process import ServeConfig, add_engine_args
 
 log = logging.getLogger("tandem.serve")
 

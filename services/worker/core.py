@@ -1,5 +1,5 @@
 """A worker: one engine on its own thread, its KV cache registered with NIXL, a gRPC server
-(services/worker_service.py) in front, and a heartbeat into the registry.
+(services/worker/servicer.py) in front, and a heartbeat into the registry.
 
     gRPC handler --await--> Worker.prefill / decode / abort --EngineLoop.call--> engine
                                                                   ticks: KVSource (leases,
@@ -24,7 +24,7 @@ from engine.output import RequestOutput
 from engine.transfer.exchange import KVHandle, KVSink, KVSource, ReadReport
 from engine.transfer.leases import DEFAULT_LEASE_S, LeaseTable
 from engine.transfer.nixl_transfer import NixlKVTransfer
-from services.engine_loop import EngineLoop
+from services.worker.engine_thread import EngineLoop
 
 log = logging.getLogger(__name__)
 

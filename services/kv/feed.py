@@ -30,8 +30,8 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from services.kv_index.index import KVIndex
-from services.kv_stream import FIELD, KVKeys, parse_state
+from services.kv.index import KVIndex
+from services.kv.stream import FIELD, KVKeys, parse_state
 from services.pb.events_pb2 import KVEventBatch
 from services.pb.worker_pb2 import DumpKVResponse
 

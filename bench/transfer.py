@@ -1,6 +1,6 @@
 """NIXL cross-process read bandwidth against an in-process memory copy of the same bytes.
 
-    python -m engine.transfer.bench [--sizes-mib 1,16,256] [--repeats 5]
+    python -m bench.transfer [--sizes-mib 1,16,256] [--repeats 5]
 
 A peer process registers a KV-shaped buffer; this process reads a KV handle of each size
 (contiguous blocks: one descriptor) into its own registered buffer with a one-sided NIXL

@@ -1,0 +1,3 @@
+from bench.routing.cli import main
+
+main()

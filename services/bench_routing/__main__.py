@@ -1,3 +1,0 @@
-from services.bench_routing.cli import main
-
-main()
