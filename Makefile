@@ -33,6 +33,7 @@ $(STAMP): pyproject.toml Makefile
 lint: install
 	$(VENV)/bin/ruff check engine services loadtest bench tests
 	$(VENV)/bin/ruff format --check engine services loadtest bench tests
+	$(VENV)/bin/lint-imports
 
 typecheck: install
 	$(VENV)/bin/mypy
