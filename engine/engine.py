@@ -2,64 +2,34 @@
 
     step():  schedule -> execute -> update
 
-Everything else here is bookkeeping at the edges: admitting requests, turning sampled
-tokens into text, and reporting what happened.
+Everything else here is bookkeeping at the edges: admitting requests, deciding which
+sampled tokens end their request, and reporting what happened (token ids: the text is the
+caller's, see engine/detokenize.py). Workers use the narrow API below (held requests,
+requests awaiting KV, load and KV snapshots), never the scheduler's queues.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
+from engine.backends import Runner, load_backend, make_runner
 from engine.block_pool import BlockPool
 from engine.config import EngineConfig
+from engine.detokenize import DecodeStreamDecoder, IncrementalText
 from engine.kv_events import KVEventSink
-from engine.mock import MOCK_NUM_BLOCKS, MockRunner
-from engine.model.config import ModelConfig
-from engine.model.llama import LlamaModel
-from engine.model.loader import (
-    build_model,
-    read_checkpoint,
-    read_model_config,
-    resolve_device,
-    resolve_dtype,
-)
-from engine.output import RequestOutput, TextStream
-from engine.request import Request
-from engine.runner import ModelRunner
+from engine.mock import MOCK_NUM_BLOCKS
+from engine.offline import Completion, run_to_completion
+from engine.output import EngineLoad, KVSnapshot, RequestOutput
+from engine.request import FinishReason, Request, SampledToken, Status
 from engine.sampler import SampleRow, sample
 from engine.sampling_params import SamplingParams
-from engine.scheduler import ScheduledChunk, Scheduler, SchedulerOutput
+from engine.scheduler import Scheduler, SchedulerOutput
 from engine.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = ["Completion", "Engine", "RequestOutput", "Runner"]
-
-
-class Runner(Protocol):
-    """A backend's forward pass, picked by EngineConfig.backend: model (engine.runner) or
-    mock (engine.mock)."""
-
-    kv_cache: torch.Tensor  # block-major [num_blocks, ...], registered with the transfer layer
-
-    def execute(self, chunks: Sequence[ScheduledChunk]) -> torch.Tensor: ...
-
-    def finish_step(self, started: float) -> None:
-        """The step that began at perf_counter() `started` is done."""
-
-
-@dataclass(slots=True)
-class Completion:
-    """The whole result of one prompt, for offline use (`Engine.generate`)."""
-
-    token_ids: list[int]
-    text: str
-    finish_reason: str | None
-    logprobs: list[float]
-    num_cached_tokens: int
 
 
 class Engine:
@@ -72,7 +42,7 @@ class Engine:
         self.config = config
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
-        model_cfg, model, self.dtype, device = _load(config)
+        model_cfg, model, self.dtype, device = load_backend(config)
         self.model_config = model_cfg
         self.max_model_len = min(
             config.max_model_len or model_cfg.max_position_embeddings,
@@ -100,25 +70,19 @@ class Engine:
         self.eos_token_ids = (
             self.tokenizer.eos_token_ids if self.tokenizer else model_cfg.eos_token_ids
         )
-        self.runner = self._make_runner(model, device)
-        self.requests: dict[str, Request] = {}
-        self._streams: dict[str, TextStream] = {}
-        self._rows: dict[str, SampleRow] = {}
-        self._seed_gen = torch.Generator().manual_seed(config.seed)
-
-    def _make_runner(self, model: LlamaModel | None, device: torch.device) -> Runner:
-        cfg = self.config
-        if model is not None:
-            return ModelRunner(model, self.num_blocks, self.block_size, cfg.attention_backend)
-        return MockRunner(
-            cfg.mock,
+        self.runner = make_runner(
+            config,
+            model,
             self.num_blocks,
             self.block_size,
-            self.model_config.vocab_size,
+            model_cfg.vocab_size,
             self.eos_token_ids,
             device,
             self.tokenizer.vocab_size if self.tokenizer else None,
         )
+        self.requests: dict[str, Request] = {}
+        self._rows: dict[str, SampleRow] = {}
+        self._seed_gen = torch.Generator().manual_seed(config.seed)
 
     def _blocks_for(self, gb: float) -> int:
         per_block = self.block_size * self.model_config.kv_bytes_per_token * self.dtype.itemsize
@@ -141,8 +105,6 @@ class Engine:
         req = Request(request_id, ids, params, time.monotonic(), remote_prefill=remote_prefill)
         self.requests[request_id] = req
         self._rows[request_id] = SampleRow(params, self._generator(params))
-        if self.tokenizer is not None:
-            self._streams[request_id] = TextStream(self.tokenizer, params.stop)
         self.scheduler.add(req)
         return req
 
@@ -178,12 +140,13 @@ class Engine:
             seed = int(torch.randint(0, 2**62, (1,), generator=self._seed_gen).item())
         return torch.Generator().manual_seed(seed)
 
-    def abort(self, request_id: str) -> bool:
-        """Stop a request wherever it is and free its blocks. False if unknown/finished."""
+    def abort(self, request_id: str, reason: FinishReason = FinishReason.ABORT) -> bool:
+        """Stop a request wherever it is and free its blocks. False if unknown/finished.
+        `reason` is STOP when the caller found a stop string in the text."""
         req = self.requests.get(request_id)
         if req is None or req.finished:
             return False
-        self.scheduler.finish(req, "abort")
+        self.scheduler.finish(req, reason)
         self._forget(request_id)
         return True
 
@@ -197,19 +160,19 @@ class Engine:
         if not sched.chunks:
             return []
         logits = self.runner.execute(sched.chunks)
-        sampled = self._sample(sched, logits)
-        touched = self.scheduler.update(sched, sampled, self._stop_reason)
-        outputs = [self._output(r) for r in touched]
+        got = self.scheduler.update(sched, self._sample(sched, logits))
+        outputs = [self._conclude(r) for r in got]
         self.runner.finish_step(started)  # the mock waits out its modelled time here
         return outputs
 
-    def _sample(
-        self, sched: SchedulerOutput, logits: torch.Tensor
-    ) -> dict[str, tuple[int, float | None]]:
+    def _sample(self, sched: SchedulerOutput, logits: torch.Tensor) -> dict[str, SampledToken]:
         reqs = [c.request for c in sched.chunks if c.samples]
         rows = [self._row(r) for r in reqs]
         tokens, logprobs = sample(logits, rows)
-        return {r.request_id: (t, lp) for r, t, lp in zip(reqs, tokens, logprobs, strict=True)}
+        return {
+            r.request_id: SampledToken(t, lp)
+            for r, t, lp in zip(reqs, tokens, logprobs, strict=True)
+        }
 
     def _row(self, req: Request) -> SampleRow:
         row = self._rows[req.request_id]
@@ -219,41 +182,49 @@ class Engine:
         )
         return row
 
-    def _stop_reason(self, req: Request) -> str | None:
-        p, token = req.params, req.token_ids[-1]
-        stream = self._streams.get(req.request_id)
-        if stream is not None and stream.update(req.output_token_ids):
-            return "stop"
-        if token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_token_ids):
-            return "stop"
-        if req.num_output_tokens >= p.max_tokens or req.num_tokens >= self.max_model_len:
-            return "length"
-        return None
-
-    def _output(self, req: Request) -> RequestOutput:
-        done = req.finish_reason is not None
-        stream = self._streams.get(req.request_id)
+    def _conclude(self, req: Request) -> RequestOutput:
+        """`req` just got a token: end it if that token stops it, and report it."""
+        reason = self._stop_reason(req)
+        if reason is not None:
+            self.scheduler.finish(req, reason)
         out = RequestOutput(
             request_id=req.request_id,
             new_token_ids=[req.token_ids[-1]],
-            new_text=stream.take(final=done) if stream else "",
-            finished=done,
+            finished=req.finished or req.held,
             finish_reason=req.finish_reason,
             num_prompt_tokens=req.num_prompt_tokens,
             num_cached_tokens=req.num_cached_tokens,
             num_output_tokens=req.num_output_tokens,
             new_logprobs=req.logprobs[-1:] if req.params.logprobs else [],
+            held=req.held,
         )
-        if done and req.finish_reason != "remote_decode":
+        if req.finished:
             self._forget(req.request_id)
         return out
 
+    def _stop_reason(self, req: Request) -> FinishReason | None:
+        """Stop strings are not checked here: they need the text (see detokenize.py)."""
+        p, token = req.params, req.token_ids[-1]
+        if token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_token_ids):
+            return FinishReason.STOP
+        if req.num_output_tokens >= p.max_tokens or req.num_tokens >= self.max_model_len:
+            return FinishReason.LENGTH
+        return None
+
     def _forget(self, request_id: str) -> None:
         self.requests.pop(request_id, None)
-        self._streams.pop(request_id, None)
         self._rows.pop(request_id, None)
 
     # ---- disaggregation hooks (the transfer layer drives these) -------------------
+    def held_request(self, request_id: str) -> Request | None:
+        """Prefill role: a request whose prompt is done and whose blocks wait for a peer."""
+        return self.scheduler.held.get(request_id)
+
+    def awaiting_kv(self, request_id: str) -> Request | None:
+        """Decode role: a request admitted with blocks allocated, waiting for its KV."""
+        req = self.scheduler.remote.get(request_id)
+        return req if req is not None and req.status is Status.WAITING_FOR_REMOTE_KV else None
+
     def release_held(self, request_id: str) -> bool:
         """Prefill role: the peer has read (or abandoned) the KV; free the blocks."""
         self._forget(request_id)
@@ -269,48 +240,47 @@ class Engine:
         req = self.scheduler.remote_kv_ready(request_id, first_token, kv_valid)
         if first_token is None:
             return None
-        reason = self._stop_reason(req)
-        if reason is None:
+        out = self._conclude(req)  # the same stop rules as a token sampled here
+        if not out.finished:
             return None
-        self.scheduler.finish(req, reason)
-        out = self._output(req)
         out.new_token_ids, out.new_logprobs = [], []
         return out
 
-    # ---- offline helper ------------------------------------------------------------
+    # ---- what workers read ---------------------------------------------------------
+    def has_running(self) -> bool:
+        """Requests in the batch: the next step has work (a cheap check, every loop)."""
+        return bool(self.scheduler.running)
+
+    def load(self) -> EngineLoad:
+        sched, pool = self.scheduler, self.pool
+        return EngineLoad(
+            running=sched.num_active(),
+            waiting=len(sched.waiting),
+            queued_prefill_tokens=sched.queued_prefill_tokens(),
+            num_blocks=self.num_blocks,
+            free_blocks=pool.num_free_blocks,
+            cached_blocks=pool.num_cached_blocks,
+            held_blocks=sum(len(r.block_ids) for r in sched.held.values()),
+            idle=pool.is_idle() and not sched.has_unfinished() and not sched.held,
+        )
+
+    def kv_snapshot(self) -> KVSnapshot:
+        """Consistent with the KV event stream: events after `seq` apply on top of it."""
+        return KVSnapshot(self.pool.event_seq, self.pool.cached_hashes())
+
+    def check_integrity(self) -> None:
+        """Audit the block pool's books (O(blocks)); raises AssertionError."""
+        self.pool.check_integrity()
+
+    # ---- offline helpers -----------------------------------------------------------
+    def text_stream(self, stop: Sequence[str] = ()) -> IncrementalText:
+        """A fresh incremental detokenizer for one request's tokens."""
+        if self.tokenizer is None:
+            raise ValueError("this engine has no tokenizer")
+        return IncrementalText(DecodeStreamDecoder(self.tokenizer.backend), tuple(stop))
+
     def generate(
         self, prompts: Sequence[str | Sequence[int]], params: SamplingParams | None = None
     ) -> list[Completion]:
         """Run prompts to completion together (continuous batching) and return each result."""
-        tag = time.monotonic_ns()
-        reqs = [self.add_request(f"generate-{tag}-{i}", p, params) for i, p in enumerate(prompts)]
-        texts: dict[str, list[str]] = {r.request_id: [] for r in reqs}
-        while self.has_unfinished():
-            for out in self.step():
-                if out.request_id in texts:
-                    texts[out.request_id].append(out.new_text)
-        return [
-            Completion(
-                r.output_token_ids,
-                "".join(texts[r.request_id]),
-                r.finish_reason,
-                r.logprobs,
-                r.num_cached_tokens,
-            )
-            for r in reqs
-        ]
-
-
-def _load(
-    config: EngineConfig,
-) -> tuple[ModelConfig, LlamaModel | None, torch.dtype, torch.device]:
-    """The model (None for the mock backend, which reads the config alone), its dtype and
-    device. The mock computes nothing in its dtype, so it measures none: float32, and on
-    the CPU unless a device is named (hundreds of mock workers need no accelerator)."""
-    if config.backend == "mock":
-        device = torch.device("cpu" if config.device == "auto" else config.device)
-        return read_model_config(config.model), None, torch.float32, device
-    device = resolve_device(config.device)
-    model_cfg, tensors = read_checkpoint(config.model)
-    dtype = resolve_dtype(config.dtype, model_cfg, device)
-    return model_cfg, build_model(model_cfg, tensors, dtype, device, config.model), dtype, device
+        return run_to_completion(self, prompts, params)

@@ -1,60 +1,13 @@
-"""Text for the caller: incremental detokenization and stop strings.
+"""What the engine reports: each step's outputs, and snapshots of its load and KV cache.
 
-A stop string is never emitted, not even in part: text that could still grow into a stop
-string is held back until the next token settles it, and so is a trailing U+FFFD (a UTF-8
-character whose bytes span several tokens).
+Token ids only: the text belongs to whoever shows it to a user (engine/detokenize.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
-
-class Decoder(Protocol):
-    def decode(self, ids: Sequence[int]) -> str: ...
-
-
-@dataclass(slots=True)
-class TextStream:
-    decoder: Decoder
-    stop: tuple[str, ...] = ()
-    text: str = ""  # everything decoded so far (truncated at a stop string)
-    emitted: int = 0  # characters of `text` handed to the caller
-    stopped_on: str | None = None
-
-    def update(self, output_ids: Sequence[int]) -> bool:
-        """Decode the output so far; True when a stop string appeared."""
-        self.text = self.decoder.decode(output_ids)
-        if not self.stop:
-            return False
-        window = max(0, self.emitted - max(len(s) for s in self.stop))
-        hits = [(i, s) for s in self.stop if (i := self.text.find(s, window)) >= 0]
-        if not hits:
-            return False
-        i, s = min(hits)
-        self.text, self.stopped_on = self.text[:i], s
-        return True
-
-    def take(self, final: bool) -> str:
-        """New text safe to emit; everything left when `final`."""
-        end = len(self.text) if final else len(self.text) - self._held_back()
-        new = self.text[self.emitted : end]
-        self.emitted = max(self.emitted, end)
-        return new
-
-    def _held_back(self) -> int:
-        """Characters at the end that may still change: an incomplete character, and
-        before it the longest tail that could be the start of a stop string."""
-        settled = self.text.rstrip("\ufffd")
-        incomplete = len(self.text) - len(settled)
-        longest = max((len(s) for s in self.stop), default=1) - 1
-        for k in range(min(longest, len(settled)), 0, -1):
-            tail = settled[-k:]
-            if any(s.startswith(tail) for s in self.stop):
-                return incomplete + k
-        return incomplete
+from engine.request import FinishReason
 
 
 @dataclass(slots=True)
@@ -63,10 +16,36 @@ class RequestOutput:
 
     request_id: str
     new_token_ids: list[int]
-    new_text: str
-    finished: bool
-    finish_reason: str | None
+    finished: bool  # nothing more comes from this engine (ended, or held for a peer)
+    finish_reason: FinishReason | None  # None while running, and when held
     num_prompt_tokens: int
     num_cached_tokens: int
     num_output_tokens: int
     new_logprobs: list[float] = field(default_factory=list)
+    held: bool = False  # prefill role: prompt done, blocks held for the decode worker
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLoad:
+    """How busy the engine is, as of one moment between steps."""
+
+    running: int  # running, and admitted waiting for remote KV
+    waiting: int
+    queued_prefill_tokens: int  # prompt tokens not computed yet, queued or mid-prefill
+    num_blocks: int
+    free_blocks: int
+    cached_blocks: int
+    held_blocks: int  # blocks of prompts held for a peer to read (prefill role)
+    idle: bool  # no request anywhere, every block free
+
+    @property
+    def used_blocks(self) -> int:
+        return self.num_blocks - self.free_blocks
+
+
+@dataclass(frozen=True, slots=True)
+class KVSnapshot:
+    """Every cached block hash, and the sequence number of the last KV event they reflect."""
+
+    seq: int
+    block_hashes: list[int]

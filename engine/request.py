@@ -14,9 +14,26 @@ class Status(enum.Enum):
     # Decode role: blocks are allocated and the prompt's KV is being written by a peer.
     WAITING_FOR_REMOTE_KV = "waiting_for_remote_kv"
     RUNNING = "running"
-    # Prefill role: finished computing, blocks still held until the peer has read them.
+    # Prefill role: the prompt is done and its first token sampled; no finish reason (the
+    # request goes on elsewhere), blocks held until the peer has read them.
     HELD = "held"
     FINISHED = "finished"
+
+
+class FinishReason(enum.StrEnum):
+    """Why a request ended. The value is what the wire and the HTTP API carry."""
+
+    STOP = "stop"  # an EOS or stop token, or (found by whoever owns the text) a stop string
+    LENGTH = "length"  # max_tokens, or the model's context
+    ABORT = "abort"  # cancelled by the caller
+
+
+@dataclass(slots=True)
+class SampledToken:
+    """One request's sample of one step."""
+
+    token_id: int
+    logprob: float | None = None  # None unless the request asked for logprobs
 
 
 @dataclass(slots=True, eq=False)
@@ -33,7 +50,7 @@ class Request:
     block_ids: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)  # of full blocks of token_ids
     num_committed_blocks: int = 0  # leading blocks already registered in the prefix cache
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     num_preemptions: int = 0
     logprobs: list[float] = field(default_factory=list)
 
@@ -61,6 +78,10 @@ class Request:
     @property
     def finished(self) -> bool:
         return self.status is Status.FINISHED
+
+    @property
+    def held(self) -> bool:
+        return self.status is Status.HELD
 
     def update_hashes(self, block_size: int) -> list[int]:
         """Extend `block_hashes` to cover every full block of `token_ids`."""

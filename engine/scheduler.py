@@ -20,11 +20,11 @@ WAITING_FOR_REMOTE_KV with blocks allocated, and runs them once `remote_kv_ready
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from engine.block_pool import BlockPool
-from engine.request import Request, Status
+from engine.request import FinishReason, Request, SampledToken, Status
 
 
 @dataclass(slots=True)
@@ -82,6 +82,15 @@ class Scheduler:
 
     def num_active(self) -> int:
         return len(self.running) + len(self.remote)
+
+    def queued_prefill_tokens(self) -> int:
+        """Prompt tokens still to compute: queued, or left of a chunked prefill."""
+        queued = sum(r.num_tokens - r.num_computed_tokens for r in self.waiting)
+        return queued + sum(
+            r.num_tokens - r.num_computed_tokens
+            for r in self.running
+            if r.num_tokens - r.num_computed_tokens > 1
+        )
 
     # ---- schedule ------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
@@ -176,35 +185,29 @@ class Scheduler:
         return hits
 
     # ---- update --------------------------------------------------------------------
-    def update(
-        self,
-        out: SchedulerOutput,
-        sampled: dict[str, tuple[int, float | None]],
-        is_stop: Callable[[Request], str | None],
-    ) -> list[Request]:
+    def update(self, out: SchedulerOutput, sampled: Mapping[str, SampledToken]) -> list[Request]:
         """Advance computed counts, cache full blocks, append sampled tokens.
 
-        `is_stop(req)` returns a finish reason after a token is appended, or None.
-        Returns the requests that got a new token this step.
+        Returns the requests that got a new token this step. Whether that token ends one is
+        the caller's call (`finish()`): stops depend on text and params, not on blocks. On a
+        prefill worker a request is HELD once it has its first token (a later `finish()`
+        still ends it there, e.g. when that token already stops it).
         """
-        touched: list[Request] = []
+        got: list[Request] = []
         for chunk in out.chunks:
             req = chunk.request
             req.num_computed_tokens += chunk.num_tokens
             self._commit_full_blocks(req)
             if not chunk.samples:
                 continue
-            token, logprob = sampled[req.request_id]
-            req.token_ids.append(token)
-            if logprob is not None:
-                req.logprobs.append(logprob)
-            touched.append(req)
-            reason = is_stop(req)
-            if reason is None and self.role == "prefill":
-                reason = "remote_decode"
-            if reason is not None:
-                self.finish(req, reason)
-        return touched
+            s = sampled[req.request_id]
+            req.token_ids.append(s.token_id)
+            if s.logprob is not None:
+                req.logprobs.append(s.logprob)
+            got.append(req)
+            if self.role == "prefill":
+                self._hold(req)
+        return got
 
     def _commit_full_blocks(self, req: Request) -> None:
         if not self.enable_prefix_caching:
@@ -222,14 +225,16 @@ class Scheduler:
         req.num_committed_blocks = full
 
     # ---- endings -------------------------------------------------------------------
-    def finish(self, req: Request, reason: str) -> None:
-        """End a request. A prefill worker holds the blocks for the peer to read."""
+    def _hold(self, req: Request) -> None:
+        """Prefill role: the prompt is done; keep its blocks for the peer to read."""
+        self._detach(req)
+        req.status = Status.HELD
+        self.held[req.request_id] = req
+
+    def finish(self, req: Request, reason: FinishReason) -> None:
+        """End a request wherever it is (a held one included) and free its blocks."""
         self._detach(req)
         req.finish_reason = reason
-        if reason == "remote_decode":
-            req.status = Status.HELD
-            self.held[req.request_id] = req
-            return
         req.status = Status.FINISHED
         self.pool.release(req.block_ids)
         req.block_ids = []

@@ -28,6 +28,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return len(self._tok)
 
+    @property
+    def backend(self) -> Any:
+        """The `tokenizers.Tokenizer` underneath, for incremental decoding (detokenize.py)."""
+        return self._tok.backend_tokenizer
+
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False))
 

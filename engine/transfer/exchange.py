@@ -9,7 +9,8 @@
     notification (lease id) -> release blocks     completed before expiry - margin?
     or lease expiry -> release, counted             yes: use the KV  no: recompute, counted
 
-Nothing here knows gRPC or Redis: handles are plain dataclasses, converted at the edge.
+Nothing here knows gRPC, Redis or NIXL: handles are plain dataclasses, converted at the
+edge, and reads go through a `KVTransfer` (NIXL between workers, in-process in tests).
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from dataclasses import dataclass
 
 from engine.engine import Engine
 from engine.output import RequestOutput
-from engine.request import Status
+from engine.transfer.base import KVTransfer, TransferError
 from engine.transfer.leases import LeaseTable, now_ms
-from engine.transfer.nixl_transfer import NixlKVTransfer, TransferError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class KVSource:
     """Prefill side: prompts' blocks held under leases until the reader says it is done."""
 
     def __init__(
-        self, engine: Engine, transfer: NixlKVTransfer, worker_id: str, leases: LeaseTable
+        self, engine: Engine, transfer: KVTransfer, worker_id: str, leases: LeaseTable
     ) -> None:
         self.engine = engine
         self.transfer = transfer
@@ -59,8 +59,10 @@ class KVSource:
         self.leases = leases
 
     def hold(self, request_id: str) -> KVHandle:
-        """A prompt just finished with `remote_decode`: lease its held blocks."""
-        req = self.engine.scheduler.held[request_id]
+        """A prompt just finished here and its blocks are held: lease them."""
+        req = self.engine.held_request(request_id)
+        if req is None:
+            raise KeyError(f"{request_id} is not held")
         lease = self.leases.grant(request_id)
         return KVHandle(
             self.worker_id,
@@ -86,15 +88,11 @@ class KVSource:
             log.warning("lease on %s expired before its reader finished", lease.request_id)
             self.engine.release_held(lease.request_id)
 
-    @property
-    def held_blocks(self) -> int:
-        return sum(len(r.block_ids) for r in self.engine.scheduler.held.values())
-
 
 class KVSink:
     """Decode side: once a remote request is admitted, read the blocks it lacks."""
 
-    def __init__(self, engine: Engine, transfer: NixlKVTransfer, timeout_s: float = 10.0) -> None:
+    def __init__(self, engine: Engine, transfer: KVTransfer, timeout_s: float = 10.0) -> None:
         self.engine = engine
         self.transfer = transfer
         self.timeout_s = timeout_s
@@ -115,7 +113,7 @@ class KVSink:
         """Serve every pending request the scheduler has admitted. Returns outputs of
         requests that the first token already finished."""
         outs = []
-        for rid in [r for r in self._pending if self._admitted(r)]:
+        for rid in [r for r in self._pending if self.engine.awaiting_kv(r) is not None]:
             handle, first = self._pending.pop(rid)
             report = self._pull(rid, handle)
             self.reports[rid] = report
@@ -124,12 +122,9 @@ class KVSink:
                 outs.append(out)
         return outs
 
-    def _admitted(self, request_id: str) -> bool:
-        req = self.engine.scheduler.remote.get(request_id)
-        return req is not None and req.status is Status.WAITING_FOR_REMOTE_KV
-
     def _pull(self, request_id: str, handle: KVHandle) -> ReadReport:
-        req = self.engine.scheduler.remote[request_id]
+        req = self.engine.awaiting_kv(request_id)
+        assert req is not None  # tick() read only the admitted
         hits = req.num_computed_tokens // self.engine.block_size  # own prefix-cache blocks
         local, remote = req.block_ids[hits:], list(handle.block_ids[hits:])
         deadline = handle.lease_expiry_unix_ms - EXPIRY_MARGIN_MS

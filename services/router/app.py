@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from engine.output import TextStream
+from engine.detokenize import DecodeStreamDecoder, IncrementalText
 from engine.tokenizer import Tokenizer
 from services.router.backend import Backend, GenerateRequest
 from services.router.disconnect import unless_disconnected
@@ -34,6 +34,7 @@ from services.router.protocol import (
     sampling_params,
 )
 from services.router.sse import EventStreamResponse, sse_events
+from services.router.tokenize_route import tokenize_routes
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 # nginx's status for "the client closed the connection": nobody reads it, logs do.
@@ -75,6 +76,7 @@ def create_app(
     app.add_middleware(ErrorCountMiddleware, metrics=metrics)  # outermost: sees 401s too
     app.include_router(_openai_routes(server))
     app.include_router(_ops_routes(server))
+    app.include_router(tokenize_routes(tokenizer, max_model_len, server.check_model))
     return app
 
 
@@ -130,7 +132,7 @@ async def _complete(
     params = sampling_params(body, resolve_max_tokens(body, len(prompt_ids), s.max_model_len))
     request_id = f"{id_prefix}-{uuid.uuid4().hex}"
     gen_request = GenerateRequest(request_id, prompt_ids, params)
-    text = TextStream(s.tokenizer, params.stop)
+    text = IncrementalText(DecodeStreamDecoder(s.tokenizer.backend), params.stop)
     gen = Generation(s.backend, gen_request, text, s.metrics, arrival)
     chat = isinstance(body, ChatCompletionRequest)
     meta = Meta(request_id, int(time.time()), s.model_name)

@@ -1,9 +1,10 @@
 """One request's run: the backend's token deltas in, text pieces out, metrics on the way.
 
-The backend's token ids are the truth; the text is decoded here, once per request, by a
-`TextStream` that holds back what may still turn into a stop string or a whole character.
-A stop string ends the request here even if the backend did not see it (it may have no
-tokenizer): closing the backend's iterator aborts the request and frees its blocks.
+The backend's token ids are the truth, and the router is the one owner of their text: it
+is decoded here, one token at a time, by an `IncrementalText` that holds back what may
+still turn into a stop string or a whole character. Workers never see text, so a stop
+string ends the request here: closing the backend's iterator aborts the request on its
+worker and frees its blocks (the same path as a client that goes away).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from engine.output import TextStream
+from engine.detokenize import IncrementalText
+from engine.request import FinishReason
 from services.router.backend import Backend, BackendError, GenerateRequest, TokenDelta
 from services.router.metrics import ABORTED, ERROR, OK, RouterMetrics
 
@@ -40,7 +42,7 @@ class Generation:
         self,
         backend: Backend,
         request: GenerateRequest,
-        text: TextStream,
+        text: IncrementalText,
         metrics: RouterMetrics,
         arrival: float,  # time.monotonic() when the HTTP request came in
     ) -> None:
@@ -49,7 +51,6 @@ class Generation:
         self._backend, self._text, self._metrics = backend, text, metrics
         self._arrival = arrival
         self._last_token_at: float | None = None
-        self._output_ids: list[int] = []
 
     async def pieces(self) -> AsyncIterator[Piece]:
         """Pieces until one carries a finish reason. Raises BackendError; an engine abort
@@ -76,12 +77,11 @@ class Generation:
 
     def _on_delta(self, delta: TokenDelta) -> Piece:
         self._observe(delta)
-        self._output_ids += delta.token_ids
-        stopped = self._text.update(self._output_ids)
+        stopped = self._text.add(delta.token_ids)
         finish = None
         if stopped or delta.finished:
-            finish = "stop" if stopped else delta.finish_reason or "stop"
-        if finish == "abort":
+            finish = FinishReason.STOP if stopped else delta.finish_reason or FinishReason.STOP
+        if finish == FinishReason.ABORT:
             raise BackendError(503, "The request was aborted before it finished; retry it.")
         text = self._text.take(final=finish is not None)
         return Piece(text, list(delta.token_ids), list(delta.logprobs), finish)

@@ -50,7 +50,7 @@ class EventStreamResponse(StreamingResponse):
 
 
 class _Batcher:
-    """Turns pieces into chunks. A piece with no text yet (held back by the TextStream)
+    """Turns pieces into chunks. A piece with no text yet (held back by the IncrementalText)
     sends nothing; its tokens' logprobs wait for the next chunk that goes out."""
 
     def __init__(self, fmt: Format, logprobs: Logprobs | None) -> None:

@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from engine import Engine, EngineConfig, SamplingParams
-from engine.block_pool import BlockPool
 from engine.kv_events import KVEventSink
 from engine.output import RequestOutput
 from engine.transfer.exchange import KVHandle, KVSink, KVSource, ReadReport
@@ -125,7 +124,7 @@ class Worker:
             await self.loop.call(lambda e: e.add_request(request_id, prompt, params))
             out = _unwrap(await queue.get())
             handle = None
-            if out.finish_reason == "remote_decode":
+            if out.held:  # not finished: it goes on on a decode worker
                 handle = await self.loop.call(lambda e: source.hold(request_id))
             done = True
             return PrefillResult(
@@ -198,7 +197,8 @@ class Worker:
 
     async def dump_kv(self) -> tuple[int, list[int]]:
         """(seq of the last KV event, every cached block hash), consistent with each other."""
-        return await self.loop.call(lambda e: (e.pool.event_seq, e.pool.cached_hashes()))
+        snap = await self.loop.call(lambda e: e.kv_snapshot())
+        return snap.seq, snap.block_hashes
 
     async def stats(self, integrity: bool = False) -> WorkerStats:
         """A consistent snapshot; `integrity` also audits the block pool (O(blocks))."""
@@ -206,29 +206,23 @@ class Worker:
 
     def _stats(self, integrity: bool) -> WorkerStats:
         """Engine thread."""
-        sched, pool = self.engine.scheduler, self.engine.pool
-        queued = sum(r.num_tokens - r.num_computed_tokens for r in sched.waiting)
-        queued += sum(
-            r.num_tokens - r.num_computed_tokens
-            for r in sched.running
-            if r.num_tokens - r.num_computed_tokens > 1
-        )
+        load, source = self.engine.load(), self.source
         return WorkerStats(
-            running=len(sched.running) + len(sched.remote),
-            waiting=len(sched.waiting),
-            num_blocks=self.engine.num_blocks,
-            free_blocks=pool.num_free_blocks,
-            cached_blocks=pool.num_cached_blocks,
-            used_blocks=self.engine.num_blocks - pool.num_free_blocks,
-            held_blocks=self.source.held_blocks if self.source else 0,
-            leases=len(self.source.leases) if self.source else 0,
-            leases_expired=self.source.leases.num_expired if self.source else 0,
-            queued_prefill_tokens=queued,
+            running=load.running,
+            waiting=load.waiting,
+            num_blocks=load.num_blocks,
+            free_blocks=load.free_blocks,
+            cached_blocks=load.cached_blocks,
+            used_blocks=load.used_blocks,
+            held_blocks=load.held_blocks,
+            leases=len(source.leases) if source else 0,
+            leases_expired=source.leases.num_expired if source else 0,
+            queued_prefill_tokens=load.queued_prefill_tokens,
             kv_reads=self.sink.num_reads,
             kv_bytes_read=self.sink.bytes_read,
             kv_recomputed=self.sink.num_recomputed,
-            idle=pool.is_idle() and not sched.has_unfinished() and not sched.held,
-            integrity_error=_integrity_error(pool) if integrity else "",
+            idle=load.idle,
+            integrity_error=_integrity_error(self.engine) if integrity else "",
         )
 
 
@@ -251,9 +245,9 @@ class WorkerStats:
     integrity_error: str  # empty when the block pool's books balance (or not audited)
 
 
-def _integrity_error(pool: BlockPool) -> str:
+def _integrity_error(engine: Engine) -> str:
     try:
-        pool.check_integrity()
+        engine.check_integrity()
     except AssertionError as e:
         return str(e) or "block pool integrity check failed"
     return ""

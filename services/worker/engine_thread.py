@@ -134,7 +134,7 @@ class EngineLoop:
             tick()
         for out in self.engine.step():
             self.publish(out)
-        if not self.engine.scheduler.running and self._commands.empty():
+        if not self.engine.has_running() and self._commands.empty():
             self._wake.wait(self._idle_s)
 
     def _fail_everyone(self, error: BaseException) -> None:

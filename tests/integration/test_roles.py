@@ -9,7 +9,7 @@ from pathlib import Path
 
 from engine import CacheConfig, Engine, EngineConfig, SamplingParams
 from engine.request import Status
-from tests.hf_reference import hf_greedy, load_hf
+from tests.helpers.hf_reference import hf_greedy, load_hf
 
 
 def _engine(path: Path, role: str) -> Engine:
@@ -35,8 +35,10 @@ def test_prefill_then_remote_decode_matches_transformers(tiny_checkpoints: dict[
 
     prefill.add_request("r", prompt, params)
     (first,) = _drain(prefill)
-    held = prefill.scheduler.held["r"]
-    assert held.status is Status.HELD and held.finish_reason == "remote_decode"
+    held = prefill.held_request("r")
+    assert held is not None
+    # Held is a status, not a finish reason: the request goes on on the decode side.
+    assert held.status is Status.HELD and held.finish_reason is None
 
     req = decode.add_request("r", prompt, params, remote_prefill=True)
     assert decode.step() == []  # admitted, blocks allocated, nothing computed

@@ -29,3 +29,24 @@ def test_cached_tokenizer_equals_the_converted_one(
     rendered = fresh.decode(prompt)
     assert rendered.endswith("assistant\n") and TEXTS[0] in rendered
     assert fresh.eos_token_ids == cached.eos_token_ids == (2,)  # <|im_end|>
+
+
+def test_incremental_text_equals_whole_decode(smollm_path: Path) -> None:
+    """The router's O(1)-per-token text (DecodeStream) is the text a whole decode gives,
+    for real text, special tokens (skipped) and random ids (partial characters)."""
+    import random
+
+    from engine.detokenize import DecodeStreamDecoder, IncrementalText
+
+    tok = load_tokenizer(smollm_path)
+    rng = random.Random(0)
+    eos = tok.eos_token_ids[0]
+    samples = [tok.encode(t) + [eos] for t in TEXTS]
+    samples += [[rng.randrange(tok.vocab_size) for _ in range(200)] for _ in range(5)]
+    for ids in samples:
+        text = IncrementalText(DecodeStreamDecoder(tok.backend))
+        pieces = []
+        for n, t in enumerate(ids):
+            text.add([t])
+            pieces.append(text.take(final=n == len(ids) - 1))
+        assert "".join(pieces) == tok.decode(ids)

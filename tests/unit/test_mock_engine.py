@@ -20,6 +20,7 @@ from engine.model.gguf_loader import read_gguf, read_gguf_config
 from engine.model.loader import read_model_config
 from engine.request import Request, Status
 from engine.scheduler import ScheduledChunk
+from services.cli import build_parser
 from services.cluster.pools import PoolSpec
 from services.cluster.serve import ClusterConfig
 
@@ -195,7 +196,9 @@ def test_the_output_follows_the_kv_the_decode_side_holds(config_only: Path) -> N
         req = decode.add_request("r", prompt, params, remote_prefill=True)
         assert decode.step() == [] and req.status is Status.WAITING_FOR_REMOTE_KV
         if copy_kv:
-            src = prefill.scheduler.held["r"].block_ids
+            held = prefill.held_request("r")
+            assert held is not None
+            src = held.block_ids
             decode.runner.kv_cache[req.block_ids] = prefill.runner.kv_cache[src]
         decode.remote_kv_ready("r", first)
         assert prefill.release_held("r")
@@ -225,17 +228,18 @@ def test_mock_timing_parses_and_validates() -> None:
             MockTiming.parse(bad)
     with pytest.raises(ValueError, match="backend must be one of"):
         EngineConfig(model="m", backend="gpu")
-    with pytest.raises(ValueError, match="--engine must be one of"):
-        ClusterConfig(model="m", backend="gpu")
+    with pytest.raises(SystemExit):  # the flag's choices are engine.config.BACKENDS
+        build_parser().parse_args(["serve", "--engine=gpu"])
 
 
 def test_mock_workers_share_the_cpus_and_take_no_gpu() -> None:
-    cfg = ClusterConfig(model="m", backend="mock", prefill_workers=4, decode_workers=12)
+    mock = EngineConfig(model="m", backend="mock")
+    cfg = ClusterConfig(mock, prefill_workers=4, decode_workers=12)
     assert cfg.specs(cpus=2, gpus=8) == [
         PoolSpec("prefill", 4, 0.125, 0.0),
         PoolSpec("decode", 12, 0.125, 0.0),
     ]
-    with_share = ClusterConfig(model="m", backend="mock", cpus_per_worker=0.5)
+    with_share = ClusterConfig(mock, cpus_per_worker=0.5)
     assert with_share.specs(cpus=2, gpus=0)[0] == PoolSpec("prefill", 1, 0.5, 0.0)
 
 

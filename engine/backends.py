@@ -1,0 +1,67 @@
+"""The engine's backends, picked by EngineConfig.backend: `model` (a checkpoint run by
+engine.runner) or `mock` (engine.mock: modelled timings, no weights)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+
+from engine.config import EngineConfig
+from engine.mock import MockRunner
+from engine.model.config import ModelConfig
+from engine.model.llama import LlamaModel
+from engine.model.loader import (
+    build_model,
+    read_checkpoint,
+    read_model_config,
+    resolve_device,
+    resolve_dtype,
+)
+from engine.runner import ModelRunner
+from engine.scheduler import ScheduledChunk
+
+
+class Runner(Protocol):
+    """A backend's forward pass, picked by EngineConfig.backend: model (engine.runner) or
+    mock (engine.mock)."""
+
+    kv_cache: torch.Tensor  # block-major [num_blocks, ...], registered with the transfer layer
+
+    def execute(self, chunks: Sequence[ScheduledChunk]) -> torch.Tensor: ...
+
+    def finish_step(self, started: float) -> None:
+        """The step that began at perf_counter() `started` is done."""
+
+
+def make_runner(
+    config: EngineConfig,
+    model: LlamaModel | None,
+    num_blocks: int,
+    block_size: int,
+    vocab_size: int,
+    eos_token_ids: Sequence[int],
+    device: torch.device,
+    tokenizer_vocab_size: int | None,
+) -> Runner:
+    if model is not None:
+        return ModelRunner(model, num_blocks, block_size, config.attention_backend)
+    return MockRunner(
+        config.mock, num_blocks, block_size, vocab_size, eos_token_ids, device, tokenizer_vocab_size
+    )
+
+
+def load_backend(
+    config: EngineConfig,
+) -> tuple[ModelConfig, LlamaModel | None, torch.dtype, torch.device]:
+    """The model (None for the mock backend, which reads the config alone), its dtype and
+    device. The mock computes nothing in its dtype, so it measures none: float32, and on
+    the CPU unless a device is named (hundreds of mock workers need no accelerator)."""
+    if config.backend == "mock":
+        device = torch.device("cpu" if config.device == "auto" else config.device)
+        return read_model_config(config.model), None, torch.float32, device
+    device = resolve_device(config.device)
+    model_cfg, tensors = read_checkpoint(config.model)
+    dtype = resolve_dtype(config.dtype, model_cfg, device)
+    return model_cfg, build_model(model_cfg, tensors, dtype, device, config.model), dtype, device

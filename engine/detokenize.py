@@ -1,0 +1,139 @@
+"""Text for the caller, one token at a time: incremental detokenization and stop strings.
+
+Whoever shows text to a user owns it (the router; `Engine.generate` offline); workers
+stream token ids only. Each token costs O(1): the tokenizer's `DecodeStream` decodes only
+the last few tokens, and stop strings are searched in a bounded window at the end.
+
+A stop string is never emitted, not even in part: text that could still grow into a stop
+string is held back until the next token settles it, and so are tokens that do not yet
+decode to whole characters (a UTF-8 character whose bytes span several tokens):
+
+    settled text (whole characters)                      | pending tokens' text
+    [ emitted .............. | held back: stop prefix ] | [ "\ufffd" ... held back ]
+
+This module imports tokenizers only: the router and the CLI use it without torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class StepDecoder(Protocol):
+    """One request's incremental decoder."""
+
+    def step(self, token_id: int) -> str | None:
+        """New whole-character text this token settles, or None while it settles none."""
+        ...
+
+    def pending(self) -> str:
+        """The text of the tokens not settled yet, incomplete characters as U+FFFD."""
+        ...
+
+
+class DecodeStreamDecoder:
+    """A `StepDecoder` over a `tokenizers.Tokenizer`, with its O(1) `DecodeStream`."""
+
+    __slots__ = ("_pending", "_stream", "_tok")
+
+    def __init__(self, tokenizer: Any) -> None:
+        from tokenizers.decoders import DecodeStream
+
+        self._tok = tokenizer  # a tokenizers.Tokenizer (a fast tokenizer's backend)
+        self._stream = DecodeStream(skip_special_tokens=True)
+        self._pending: list[int] = []
+
+    def step(self, token_id: int) -> str | None:
+        text = self._stream.step(self._tok, token_id)
+        if text is None:
+            self._pending.append(token_id)
+        else:
+            self._pending.clear()
+        return text
+
+    def pending(self) -> str:
+        if not self._pending:
+            return ""
+        return str(self._tok.decode(self._pending, skip_special_tokens=True))
+
+
+@dataclass(slots=True)
+class IncrementalText:
+    decoder: StepDecoder
+    stop: tuple[str, ...] = ()
+    emitted: int = 0  # characters handed to the caller
+    stopped_on: str | None = None
+    _sent: list[str] = field(default_factory=list)  # the emitted pieces
+    _unsent: str = ""  # settled text not emitted yet
+    _pending: str = ""  # text of the tokens the decoder has not settled
+    _longest: int = 0  # of the stop strings
+
+    def __post_init__(self) -> None:
+        self._longest = max((len(s) for s in self.stop), default=0)
+
+    @property
+    def text(self) -> str:
+        """Everything decoded so far (truncated at a stop string). O(length): for tests."""
+        return "".join(self._sent) + self._unsent + self._pending
+
+    def add(self, token_ids: Sequence[int]) -> bool:
+        """Take a request's new tokens; True when a stop string appeared (the text then
+        ends before it, and later tokens are ignored)."""
+        if self.stopped_on is not None:
+            return True
+        for t in token_ids:
+            piece = self.decoder.step(t)
+            if piece is not None:
+                self._unsent += piece
+            self._pending = "" if piece is not None else self.decoder.pending()
+            if self._find_stop():
+                return True
+        return False
+
+    def _find_stop(self) -> bool:
+        if not self.stop:
+            return False
+        # Only the unsent text and the tail of the sent text can hold a new match.
+        behind = self._sent_tail(self._longest)
+        window = behind + self._unsent + self._pending
+        hits = [(i, s) for s in self.stop if (i := window.find(s)) >= 0]
+        if not hits:
+            return False
+        i, s = min(hits)
+        # The hold-back keeps a stop's start from being emitted, so i >= len(behind).
+        cut = max(0, i - len(behind))
+        self._unsent = (self._unsent + self._pending)[:cut]
+        self._pending, self.stopped_on = "", s
+        return True
+
+    def _sent_tail(self, n: int) -> str:
+        tail = ""
+        for piece in reversed(self._sent):
+            if len(tail) >= n:
+                break
+            tail = piece + tail
+        return tail[-n:] if n else ""
+
+    def take(self, final: bool) -> str:
+        """New text safe to emit; everything left when `final`."""
+        if final:
+            new, self._unsent, self._pending = self._unsent + self._pending, "", ""
+        else:
+            keep = self._stop_prefix()
+            new = self._unsent[: len(self._unsent) - keep]
+            self._unsent = self._unsent[len(new) :]
+        if new:
+            self._sent.append(new)
+            self.emitted += len(new)
+        return new
+
+    def _stop_prefix(self) -> int:
+        """Length of the longest end of the settled text that could start a stop string
+        (at most the longest stop string less one: a whole one would have stopped us)."""
+        settled = self._sent_tail(self._longest) + self._unsent
+        for k in range(min(self._longest - 1, len(settled)), 0, -1):
+            if any(s.startswith(settled[-k:]) for s in self.stop):
+                return min(k, len(self._unsent))
+        return 0
