@@ -1,0 +1,118 @@
+"""A prefill -> decode hand-off in one process: two mock engines, their KV caches joined by
+the in-process transfer, driven by the same KVSource / KVSink a worker runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from engine import CacheConfig, Engine, EngineConfig, SamplingParams
+from engine.config import MockTiming
+from engine.transfer.exchange import KVSink, KVSource
+from engine.transfer.leases import LeaseTable, now_ms
+from engine.transfer.local import LocalFabric, LocalKVTransfer
+
+BS = 16
+PROMPT = list(range(50, 95))  # 45 tokens: 3 blocks, the last partial
+PARAMS = SamplingParams(max_tokens=12)
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    """A config.json and no weights: all the mock backend reads."""
+    cfg = {
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": 512,
+        "hidden_size": 64,
+        "intermediate_size": 160,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 1024,
+        "eos_token_id": 2,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return tmp_path
+
+
+def _engine(model: Path, role: str) -> Engine:
+    cfg = EngineConfig(
+        model=str(model),
+        role=role,  # type: ignore[arg-type]
+        backend="mock",
+        cache=CacheConfig(block_size=BS, num_blocks=64),
+        mock=MockTiming(speed=1000.0),
+    )
+    return Engine(cfg, load_tokenizer_files=False)
+
+
+def _drain(engine: Engine) -> list[int]:
+    tokens = []
+    while engine.has_unfinished():
+        for out in engine.step():
+            tokens += out.new_token_ids
+    return tokens
+
+
+def _pair(model: Path, leases: LeaseTable | None = None) -> tuple[Engine, KVSource, Engine, KVSink]:
+    fabric = LocalFabric()
+    prefill, decode = _engine(model, "prefill"), _engine(model, "decode")
+    source = KVSource(
+        prefill,
+        LocalKVTransfer("p", prefill.runner.kv_cache, fabric),
+        "p",
+        leases if leases is not None else LeaseTable(30.0),  # (an empty table is falsy)
+    )
+    sink = KVSink(decode, LocalKVTransfer("d", decode.runner.kv_cache, fabric))
+    return prefill, source, decode, sink
+
+
+def _hand_off(prefill: Engine, source: KVSource, decode: Engine, sink: KVSink) -> int:
+    """Prefill the prompt, admit it on the decode side and let the sink read its KV."""
+    prefill.add_request("r", PROMPT, PARAMS)
+    (out,) = prefill.step()
+    assert out.held and out.finish_reason is None and not prefill.has_unfinished()
+    handle = source.hold("r")
+    assert handle.num_tokens == len(PROMPT) and len(handle.block_ids) == 3
+    decode.add_request("r", PROMPT, PARAMS, remote_prefill=True)
+    assert decode.step() == []  # admitted: blocks allocated, waiting for the KV
+    assert decode.awaiting_kv("r") is not None
+    sink.expect("r", handle, out.new_token_ids[0])
+    assert sink.tick() == []  # the first token does not end it
+    assert decode.awaiting_kv("r") is None
+    return out.new_token_ids[0]
+
+
+def test_hand_off_through_the_in_process_transfer(model: Path) -> None:
+    (colocated,) = _engine(model, "both").generate([PROMPT], PARAMS)
+    prefill, source, decode, sink = _pair(model)
+    first = _hand_off(prefill, source, decode, sink)
+    report = sink.reports.pop("r")
+    assert not report.recomputed and report.bytes_read > 0
+    assert sink.num_reads == 1 and sink.num_recomputed == 0
+    # The reader's note reaches the prefill side, which frees the held blocks.
+    assert prefill.load().held_blocks == 3
+    source.tick()
+    assert prefill.held_request("r") is None and len(source.leases) == 0
+    assert prefill.load().idle
+    assert [first, *_drain(decode)] == colocated.token_ids
+    assert decode.load().idle
+    decode.check_integrity()
+
+
+def test_failed_read_is_recomputed_and_the_lease_expires(model: Path) -> None:
+    (colocated,) = _engine(model, "both").generate([PROMPT], PARAMS)
+    clock = [now_ms()]
+    prefill, source, decode, sink = _pair(model, LeaseTable(30.0, clock=lambda: clock[0]))
+    assert isinstance(sink.transfer, LocalKVTransfer)
+    sink.transfer.fail_reads = True
+    first = _hand_off(prefill, source, decode, sink)
+    assert sink.reports.pop("r").recomputed and sink.num_recomputed == 1
+    assert [first, *_drain(decode)] == colocated.token_ids  # recomputed here, same tokens
+    source.tick()
+    assert prefill.held_request("r") is not None  # no note came: held until the lease ends
+    clock[0] += 31_000
+    source.tick()
+    assert prefill.held_request("r") is None and prefill.load().idle
+    assert source.leases.num_expired == 1
