@@ -87,9 +87,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """`python -m loadtest`, with the default model's tokenizer when neither the command line
+    nor the scenario names one: loadtest imports no Tandem code, so it cannot find it."""
+    from loadtest.cli import build_parser
     from loadtest.cli import main as loadtest_main
+    from loadtest.scenario_file import load_scenario
 
-    return loadtest_main(args.loadtest_args)
+    argv = list(args.loadtest_args)
+    ns = build_parser().parse_args(argv)  # exits on -h or a bad flag, as loadtest would
+    if ns.command != "compare" and ns.tokenizer is None:
+        try:
+            named = ns.command == "scenario" and load_scenario(ns.name_or_path).tokenizer
+        except (OSError, ValueError):
+            named = None  # loadtest says what is wrong with the file
+        if not named:
+            argv += ["--tokenizer", _resolve_model(None)]
+    return loadtest_main(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ import torch
 
 from engine import CacheConfig, Engine, EngineConfig, SamplingParams, SchedulerConfig
 from engine.attention.torch_backend import TorchAttention
-from tests.hf_reference import hf_greedy, load_hf
+from tests.helpers.hf_reference import hf_greedy, load_hf
 
 NEW_TOKENS = 64
 LOGPROB_TOL = 1e-4
