@@ -27,11 +27,13 @@ FOREGROUND = "short-chats"
 
 def run_mode(mode: str, scenario: str, out: Path, extra: list[str]) -> dict[str, Any]:
     from loadtest import run_scenario
+    from services.cluster.models import pull_default  # loadtest needs the model's tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     served = start_serve(out / f"{mode}-serve.log", "--no-dashboard", *MODES[mode], *extra)
     try:
-        res = run_scenario(scenario, served.url, out_dir=out / mode, label=mode, quiet=True)
+        tok = pull_default()
+        res = run_scenario(scenario, served.url, tokenizer=tok, out_dir=out / mode, label=mode)
     finally:
         served.proc.stop()
     chats = res.workloads[FOREGROUND]

@@ -20,7 +20,8 @@ Python API (what `make bench-disagg` uses)::
     from loadtest import run_scenario
 
     res = run_scenario("mixed-interference", "http://127.0.0.1:8000",
-                       api_key=None, model=None, out_dir="bench-results/x", label="disagg")
+                       tokenizer="SmolLM2-135M-Instruct.Q4_1.gguf", api_key=None,
+                       model=None, out_dir="bench-results/x", label="disagg")
     chats = res.workloads["short-chats"]        # a RunResult (one step, no sweep)
     chats.itl_ms.p99, chats.output_throughput, chats.request_goodput   # ms, tok/s, req/s
     res.overall                                 # every request of the step together
@@ -32,13 +33,15 @@ Python API (what `make bench-disagg` uses)::
 scrape_metrics) -> ScenarioResult`: `scenario` is a built-in name (loadtest/scenarios/:
 sweep, mixed-interference, shared-prefix), a .toml/.json path, a dict of the same keys, or
 a `ScenarioConfig`; `model=None` takes the first model `/v1/models` lists; `tokenizer`
-(a path or a loaded tokenizer) defaults to the default model's. `arun_scenario` is the
-same inside an event loop. `RunResult` has vLLM's figures as attributes
-(`completed`, `failed`, `request_throughput`, `request_goodput` (None without SLOs),
-`output_throughput`, `total_token_throughput`, `duration`, ...) and the latencies as
-`ttft_ms`, `tpot_ms`, `itl_ms`, `e2el_ms`, each a `Stats(mean, median, std, p90, p99)` in
-milliseconds; `error_breakdown` counts failures by category (`http_500`, `timeout`,
-`connection`, `stream`, `empty`).
+(a model directory, tokenizer.json or .gguf, or a loaded tokenizer) is needed unless the
+scenario names one: loadtest never imports the server's code, so it cannot guess it
+(`tandem bench` passes the default model's). `arun_scenario` is the same inside an event
+loop. `RunResult` has vLLM's figures as attributes (`completed`, `failed`,
+`request_throughput`, `request_goodput` (None without SLOs), `output_throughput`,
+`total_token_throughput`, `duration`, ...) and the latencies as `ttft_ms`, `tpot_ms`,
+`itl_ms`, `e2el_ms`, each a `Stats(mean, median, std, p90, p99)` in milliseconds;
+`error_breakdown` counts failures by category (`http_500`, `timeout`, `connection`,
+`stream`, `empty`).
 
 What we chose, and why:
 

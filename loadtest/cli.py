@@ -78,7 +78,7 @@ def _target_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=DEFAULT_URL, help=f"server base URL; {DEFAULT_URL}")
     p.add_argument("--model", help="default: the first model the server lists")
     p.add_argument("--api-key", help="sent as Authorization: Bearer KEY")
-    p.add_argument("--tokenizer", help="model dir or .gguf; default: the default model's")
+    p.add_argument("--tokenizer", help="model dir, tokenizer.json or .gguf (tandem bench: SmolLM2)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"result folder; {DEFAULT_OUT}")
     p.add_argument("--label", help="name of the run in files and tables (e.g. disagg)")
     p.add_argument(

@@ -124,7 +124,7 @@ class ScenarioConfig:
     description: str = ""
     max_duration: float = 600.0  # seconds per step (one load point of the sweep)
     request_timeout: float = 300.0  # seconds per request, from sending to the last byte
-    tokenizer: str | None = None  # None: the default model's
+    tokenizer: str | None = None  # None: the caller must pass one
 
     def __post_init__(self) -> None:
         if not self.workloads:

@@ -25,6 +25,7 @@ from loadtest.datasets import TokenizerLike
 from loadtest.result import RunResult
 from loadtest.scenario_file import load_scenario
 from loadtest.steps import StepResult, StepRunner
+from loadtest.tokenizer import load_tokenizer
 
 __all__ = ["ScenarioResult", "StepResult", "arun_scenario", "run_scenario"]
 
@@ -100,6 +101,7 @@ async def arun_scenario(
     label = label or cfg.name
     async with make_http(cfg.request_timeout) as http:
         model = target.model or await _first_model(http, target)
+        await _check_tokenizer(http, target, model, tok, tok_id)
         run = StepRunner(cfg, target, model, tok, tok_id, label, http, quiet)
         await run.start(scrape_metrics)
         await run.warm_up()
@@ -114,24 +116,42 @@ async def arun_scenario(
 def _tokenizer(spec: TokenizerLike | str | Path | None) -> tuple[TokenizerLike, str]:
     if spec is not None and not isinstance(spec, str | Path):
         return spec, type(spec).__name__
-    from engine.env import default_model_path
-    from engine.tokenizer import load_tokenizer
-
-    path = Path(spec) if spec is not None else default_model_path()
-    if spec is None and not path.exists():
-        from services.cluster.models import pull_default
-
-        print(f"default tokenizer not cached; pulling it into {path.parent}", file=sys.stderr)
-        pull_default()
-    return load_tokenizer(path), str(path)
+    if spec is None:
+        raise ValueError(
+            "no tokenizer: pass --tokenizer (a model directory, tokenizer.json or .gguf); "
+            "`tandem bench` passes the default model's"
+        )
+    return load_tokenizer(spec), str(Path(spec))
 
 
 async def _first_model(http: httpx.AsyncClient, target: Target) -> str:
-    """The first model the server lists; the default model's name when it lists none."""
-    from engine.env import DEFAULT_MODEL_NAME
-
+    """The first model the server lists; ValueError when it lists none (pass --model)."""
     try:
         r = await http.get(target.base + "/v1/models", headers=target.headers(), timeout=10.0)
         return str(r.json()["data"][0]["id"])
-    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
-        return DEFAULT_MODEL_NAME
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise ValueError(f"{target.base}/v1/models names no model ({e!r}); pass --model") from None
+
+
+# Words, digits, punctuation, accents and an emoji: two different tokenizers rarely agree.
+PROBE = "Tandem's load test: 12,345 naïve cafés -> done ☕."
+
+
+async def _check_tokenizer(
+    http: httpx.AsyncClient, target: Target, model: str, tok: TokenizerLike, tok_id: str
+) -> None:
+    """Warn when the server's /tokenize (vLLM's and Tandem's) splits a probe text otherwise
+    than our tokenizer: prompt lengths would be off. A server without it is taken on trust."""
+    body = {"model": model, "prompt": PROBE, "add_special_tokens": False}
+    try:
+        url, headers = target.base + "/tokenize", target.headers()
+        r = await http.post(url, json=body, headers=headers, timeout=10.0)
+        theirs = r.json()["tokens"] if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return
+    if theirs is not None and list(theirs) != tok.encode(PROBE):
+        print(
+            f"warning: {target.base} tokenizes otherwise than {tok_id}: prompt lengths will "
+            "be off (pass the server's tokenizer with --tokenizer)",
+            file=sys.stderr,
+        )

@@ -31,7 +31,7 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from tests.hf_reference import build_tiny_checkpoint
+    from tests.helpers.hf_reference import build_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("tiny")
     return {kind: build_tiny_checkpoint(kind, root / kind) for kind in ("llama", "qwen2", "qwen3")}
@@ -40,6 +40,6 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
 @pytest.fixture(scope="session")
 def smollm_hf(smollm_path: Path):  # type: ignore[no-untyped-def]
     """transformers running the same GGUF weights: the reference for greedy outputs."""
-    from tests.hf_reference import load_hf
+    from tests.helpers.hf_reference import load_hf
 
     return load_hf(smollm_path.parent, gguf_file=smollm_path.name)

@@ -16,8 +16,8 @@ import pytest
 
 from engine.tokenizer import Tokenizer, load_tokenizer
 from tests.e2e.conftest import API_KEY, MODEL, Served
-from tests.hf_reference import hf_greedy
-from tests.idle import assert_idle
+from tests.helpers.hf_reference import hf_greedy
+from tests.helpers.idle import assert_idle
 
 pytestmark = pytest.mark.slow
 
@@ -234,11 +234,11 @@ def test_api_key_guards_everything_but_health(cluster: Served) -> None:
 def test_load_generator_against_the_cluster(cluster: Served, tmp_path: Path) -> None:
     """`tandem bench` against our own router: no failures, and the server-side figures it
     scrapes from /metrics show the disaggregated prefills and the NIXL bytes."""
-    from loadtest.cli import main as bench
+    from services.cli import main as tandem  # it passes loadtest the default tokenizer
 
-    args = ["run", f"--url={cluster.url}", f"--api-key={API_KEY}", "--concurrency=2"]
+    args = ["bench", "run", f"--url={cluster.url}", f"--api-key={API_KEY}", "--concurrency=2"]
     args += ["--num-prompts=4", "--input-len=96", "--output-len=8", "--warmup=0"]
-    assert bench([*args, "--label=e2e", f"--out={tmp_path}", "--quiet"]) == 0
+    assert tandem([*args, "--label=e2e", f"--out={tmp_path}", "--quiet"]) == 0
     (point,) = [p for p in tmp_path.glob("e2e-*.json") if "summary" not in p.name]
     result = json.loads(point.read_text())
     assert result["completed"] == 4 and result["failed"] == 0

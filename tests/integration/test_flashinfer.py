@@ -45,7 +45,7 @@ def _tokens(path: Path, backend: str) -> list[list[int]]:
 
 
 def test_flashinfer_matches_torch_backend(tmp_path: Path) -> None:
-    from tests.hf_reference import build_tiny_checkpoint
+    from tests.helpers.hf_reference import build_tiny_checkpoint
 
     path = build_tiny_checkpoint(
         "qwen3", tmp_path / "m", head_dim=64

@@ -29,8 +29,8 @@ from engine import CacheConfig, Engine, EngineConfig, SamplingParams
 from engine.tokenizer import Tokenizer, load_tokenizer
 from services.router.app import create_app
 from services.router.metrics import RouterMetrics
-from tests.engine_backend import EngineBackend, engine_state
-from tests.hf_reference import build_tiny_checkpoint
+from tests.helpers.engine_backend import EngineBackend, engine_state
+from tests.helpers.hf_reference import build_tiny_checkpoint
 
 MODEL = "tiny-llama"
 MAX_MODEL_LEN = 4096  # long enough that a full-length answer takes seconds (disconnect tests)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, EngineConfig, SamplingParams
-from tests.hf_reference import hf_greedy
+from tests.helpers.hf_reference import hf_greedy
 
 pytestmark = pytest.mark.slow
 

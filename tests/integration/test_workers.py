@@ -21,8 +21,8 @@ from services.cluster.launch import Proc, start_worker
 from services.cluster.registry import Registry
 from services.pb import worker_pb2, worker_pb2_grpc
 from services.wire import params_to_pb
-from tests.hf_reference import hf_greedy
-from tests.idle import assert_idle
+from tests.helpers.hf_reference import hf_greedy
+from tests.helpers.idle import assert_idle
 
 pytestmark = pytest.mark.slow
 BS = 16

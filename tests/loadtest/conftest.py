@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from engine.tokenizer import Tokenizer, load_tokenizer
 from loadtest.scenario import ScenarioResult, run_scenario
+from loadtest.tokenizer import HFTokenizer, load_tokenizer
 
 
 @pytest.fixture(scope="session")
-def tokenizer(smollm_path: Path) -> Tokenizer:
+def tokenizer(smollm_path: Path) -> HFTokenizer:
     return load_tokenizer(smollm_path)
 
 
-def run(url: str, tokenizer: Tokenizer, scenario: dict[str, Any], **kw: Any) -> ScenarioResult:
+def run(url: str, tokenizer: HFTokenizer, scenario: dict[str, Any], **kw: Any) -> ScenarioResult:
     """A scenario from a dict, quiet, against `url`."""
     return run_scenario(scenario, url, tokenizer=tokenizer, quiet=True, **kw)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from loadtest.cli import main
-from tests.loadtest.scripted_server import Script, ScriptedServer
+from tests.helpers.scripted_server import Script, ScriptedServer
 
 ROOT = Path(__file__).resolve().parents[2]
 

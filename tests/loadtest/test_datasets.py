@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.tokenizer import Tokenizer
 from loadtest.config import DatasetConfig
 from loadtest.datasets import build_sessions
 from loadtest.datasets.mooncake import BLOCK_TOKENS
+from loadtest.tokenizer import HFTokenizer
 
 
-def test_random_prompts_have_exact_lengths_as_ids(tokenizer: Tokenizer) -> None:
+def test_random_prompts_have_exact_lengths_as_ids(tokenizer: HFTokenizer) -> None:
     cfg = DatasetConfig(num_prompts=20, input_len=100, output_len=10, range_ratio=0.2)
     sessions = build_sessions(cfg, tokenizer, as_text=False, seed=1)
     assert len(sessions) == 20
@@ -27,7 +27,7 @@ def test_random_prompts_have_exact_lengths_as_ids(tokenizer: Tokenizer) -> None:
     assert [s.turns for s in again] == [s.turns for s in sessions]  # seeded
 
 
-def test_random_text_prompts_are_no_longer_than_asked(tokenizer: Tokenizer) -> None:
+def test_random_text_prompts_are_no_longer_than_asked(tokenizer: HFTokenizer) -> None:
     cfg = DatasetConfig(num_prompts=10, input_len=64)
     for s in build_sessions(cfg, tokenizer, as_text=True, seed=2):
         (turn,) = s.turns
@@ -36,7 +36,7 @@ def test_random_text_prompts_are_no_longer_than_asked(tokenizer: Tokenizer) -> N
         assert 48 <= turn.input_len <= 64
 
 
-def test_shared_prefixes_are_shared_exactly(tokenizer: Tokenizer) -> None:
+def test_shared_prefixes_are_shared_exactly(tokenizer: HFTokenizer) -> None:
     cfg = DatasetConfig(
         name="shared-prefix", num_prefixes=3, suffixes_per_prefix=4, prefix_len=40, input_len=8
     )
@@ -48,7 +48,7 @@ def test_shared_prefixes_are_shared_exactly(tokenizer: Tokenizer) -> None:
     assert len({p[40:] for p in prompts}) == 12  # every suffix its own
 
 
-def test_multi_turn_sessions_are_conversations(tokenizer: Tokenizer) -> None:
+def test_multi_turn_sessions_are_conversations(tokenizer: HFTokenizer) -> None:
     cfg = DatasetConfig(name="multi-turn", num_prompts=2, turns=3, input_len=12, output_len=4)
     sessions = build_sessions(cfg, tokenizer, as_text=False, seed=4)
     assert len(sessions) == 2
@@ -66,7 +66,7 @@ def write_trace(path: Path) -> Path:
     return path
 
 
-def test_mooncake_blocks_follow_hash_ids(tokenizer: Tokenizer, tmp_path: Path) -> None:
+def test_mooncake_blocks_follow_hash_ids(tokenizer: HFTokenizer, tmp_path: Path) -> None:
     trace = write_trace(tmp_path / "trace.jsonl")
     cfg = DatasetConfig(name="mooncake", path=str(trace), time_scale=0.5)
     a, b, c = build_sessions(cfg, tokenizer, as_text=False, seed=5)
@@ -82,7 +82,7 @@ def test_mooncake_blocks_follow_hash_ids(tokenizer: Tokenizer, tmp_path: Path) -
     assert other[:BLOCK_TOKENS] != pa[:BLOCK_TOKENS]
 
 
-def test_mooncake_text_keeps_equal_blocks_equal(tokenizer: Tokenizer, tmp_path: Path) -> None:
+def test_mooncake_text_keeps_equal_blocks_equal(tokenizer: HFTokenizer, tmp_path: Path) -> None:
     cfg = DatasetConfig(name="mooncake", path=str(write_trace(tmp_path / "t.jsonl")))
     a, b, _ = build_sessions(cfg, tokenizer, as_text=True, seed=5)
     ta, tb = a.turns[0].prompt, b.turns[0].prompt
@@ -90,7 +90,7 @@ def test_mooncake_text_keeps_equal_blocks_equal(tokenizer: Tokenizer, tmp_path: 
     assert ta.startswith(tb)
 
 
-def test_sharegpt_takes_the_first_human_turn(tokenizer: Tokenizer, tmp_path: Path) -> None:
+def test_sharegpt_takes_the_first_human_turn(tokenizer: HFTokenizer, tmp_path: Path) -> None:
     def turn(who: str, text: str) -> dict[str, str]:
         return {"from": who, "value": text}
 

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from engine.tokenizer import Tokenizer
+from loadtest.tokenizer import HFTokenizer
+from tests.helpers.scripted_server import WORD, Script, ScriptedServer
 from tests.loadtest.conftest import run
-from tests.loadtest.scripted_server import WORD, Script, ScriptedServer
 
 # Scheduling noise on a shared 2-core machine: client and server share one process.
 SLACK_MS = 25
 
 
-def test_known_timings_give_known_figures(tokenizer: Tokenizer) -> None:
+def test_known_timings_give_known_figures(tokenizer: HFTokenizer) -> None:
     with ScriptedServer(Script(ttft=0.05, itl=0.02)) as srv:
         res = run(
             srv.url,
@@ -43,7 +43,7 @@ def test_known_timings_give_known_figures(tokenizer: Tokenizer) -> None:
 
 
 def test_chat_role_chunk_is_not_the_first_token_and_double_chunks_split(
-    tokenizer: Tokenizer,
+    tokenizer: HFTokenizer,
 ) -> None:
     # Every 3rd chunk carries two tokens, 40 ms after the previous one: two ITLs of 20 ms.
     with ScriptedServer(Script(ttft=0.05, itl=0.02, double_every=3)) as srv:
@@ -63,7 +63,7 @@ def test_chat_role_chunk_is_not_the_first_token_and_double_chunks_split(
     assert r.itl_ms.mean == pytest.approx(r.tpot_ms.mean, rel=0.1)
 
 
-def test_failures_are_counted_by_category(tokenizer: Tokenizer) -> None:
+def test_failures_are_counted_by_category(tokenizer: HFTokenizer) -> None:
     script = Script(ttft=0.02, itl=0.01, fail_every=5, break_every=7, hang_every=11)
     with ScriptedServer(script) as srv:
         res = run(
@@ -87,7 +87,7 @@ def test_failures_are_counted_by_category(tokenizer: Tokenizer) -> None:
     assert r.request_goodput == pytest.approx(8 / r.duration)
 
 
-def test_no_server_is_a_connection_error(tokenizer: Tokenizer) -> None:
+def test_no_server_is_a_connection_error(tokenizer: HFTokenizer) -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -98,7 +98,7 @@ def test_no_server_is_a_connection_error(tokenizer: Tokenizer) -> None:
     assert r.server_metrics is None
 
 
-def test_concurrency_limit_is_enforced(tokenizer: Tokenizer) -> None:
+def test_concurrency_limit_is_enforced(tokenizer: HFTokenizer) -> None:
     with ScriptedServer(Script(ttft=0.03, itl=0.01)) as srv:
         res = run(
             srv.url,
@@ -109,7 +109,7 @@ def test_concurrency_limit_is_enforced(tokenizer: Tokenizer) -> None:
     assert res.workloads[res.name].max_concurrent_requests == 3
 
 
-def test_max_duration_stops_a_run(tokenizer: Tokenizer) -> None:
+def test_max_duration_stops_a_run(tokenizer: HFTokenizer) -> None:
     with ScriptedServer(Script(ttft=0.05, itl=0.05)) as srv:
         t0 = time.perf_counter()
         res = run(
@@ -131,7 +131,7 @@ def test_max_duration_stops_a_run(tokenizer: Tokenizer) -> None:
     assert 5 <= r.completed + r.cancelled < 60  # ~20 req/s for 1 s, never all 200
 
 
-def test_trace_is_replayed_by_timestamp(tokenizer: Tokenizer, tmp_path: Path) -> None:
+def test_trace_is_replayed_by_timestamp(tokenizer: HFTokenizer, tmp_path: Path) -> None:
     rows = [(600, 40), (0, 10), (500, 30), (200, 20)]  # (ms, input tokens), out of order
     trace = tmp_path / "trace.jsonl"
     trace.write_text(
@@ -154,7 +154,7 @@ def test_trace_is_replayed_by_timestamp(tokenizer: Tokenizer, tmp_path: Path) ->
         assert want - 5 <= got <= want + SLACK_MS
 
 
-def test_multi_turn_sends_the_history_after_each_answer(tokenizer: Tokenizer) -> None:
+def test_multi_turn_sends_the_history_after_each_answer(tokenizer: HFTokenizer) -> None:
     with ScriptedServer(Script(ttft=0.02, itl=0.01)) as srv:
         res = run(
             srv.url,
@@ -178,7 +178,7 @@ def test_multi_turn_sends_the_history_after_each_answer(tokenizer: Tokenizer) ->
     assert last[1]["content"] == WORD * 3  # the answer actually received
 
 
-def test_multi_turn_on_completions_uses_the_chat_template(tokenizer: Tokenizer) -> None:
+def test_multi_turn_on_completions_uses_the_chat_template(tokenizer: HFTokenizer) -> None:
     with ScriptedServer(Script(ttft=0.01, itl=0.01)) as srv:
         run(
             srv.url,
@@ -195,7 +195,7 @@ def test_multi_turn_on_completions_uses_the_chat_template(tokenizer: Tokenizer) 
     assert isinstance(first, list) and second[: len(first)] == first
 
 
-def test_warmup_is_left_out_and_body_has_vllm_extensions(tokenizer: Tokenizer) -> None:
+def test_warmup_is_left_out_and_body_has_vllm_extensions(tokenizer: HFTokenizer) -> None:
     with ScriptedServer(Script(ttft=0.01, itl=0.01)) as srv:
         res = run(
             srv.url,
@@ -219,7 +219,7 @@ def test_warmup_is_left_out_and_body_has_vllm_extensions(tokenizer: Tokenizer) -
     assert body["top_k"] == 1
 
 
-def test_without_usage_tokens_are_counted_and_without_metrics_none(tokenizer: Tokenizer) -> None:
+def test_without_usage_tokens_are_counted_and_without_metrics_none(tokenizer: HFTokenizer) -> None:
     with ScriptedServer(Script(ttft=0.01, itl=0.01, usage=False, metrics=False)) as srv:
         res = run(srv.url, tokenizer, {"input_len": 8, "output_len": 5, "num_prompts": 2})
     r = res.workloads[res.name]
@@ -227,7 +227,7 @@ def test_without_usage_tokens_are_counted_and_without_metrics_none(tokenizer: To
     assert r.server_metrics is None
 
 
-def test_two_workloads_run_together_and_report_apart(tokenizer: Tokenizer) -> None:
+def test_two_workloads_run_together_and_report_apart(tokenizer: HFTokenizer) -> None:
     scenario = {
         "name": "mixed",
         "input_len": 8,

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from engine.tokenizer import Tokenizer
 from loadtest.config import DatasetConfig
 from loadtest.datasets import build_sessions
 from loadtest.datasets.mooncake import read_trace
@@ -19,6 +18,7 @@ from loadtest.datasets.mooncake_synth import (
     synth_trace,
     write_trace,
 )
+from loadtest.tokenizer import HFTokenizer
 
 
 def test_rows_have_the_mooncake_fields_and_consistent_lengths() -> None:
@@ -66,7 +66,7 @@ def test_bad_configs_are_refused(bad: dict[str, object]) -> None:
 
 
 def test_the_trace_replays_through_the_mooncake_dataset(
-    tmp_path: Path, tokenizer: Tokenizer
+    tmp_path: Path, tokenizer: HFTokenizer
 ) -> None:
     path = write_trace(synth_trace(SynthConfig(requests=30, rate=20.0, seed=4)), tmp_path / "t")
     assert len(read_trace(path)) == 30

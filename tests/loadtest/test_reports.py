@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from engine.tokenizer import Tokenizer
 from loadtest.compare import compare, compare_files
 from loadtest.report import markdown_table
 from loadtest.scenario import ScenarioResult
+from loadtest.tokenizer import HFTokenizer
+from tests.helpers.scripted_server import Script, ScriptedServer
 from tests.loadtest.conftest import run
-from tests.loadtest.scripted_server import Script, ScriptedServer
 
 VLLM_FIELDS = [
     *("date", "backend", "model_id", "num_prompts", "request_rate", "burstiness"),
@@ -29,7 +29,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def swept(
-    tokenizer: Tokenizer, tmp_path_factory: pytest.TempPathFactory
+    tokenizer: HFTokenizer, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[ScenarioResult, Path]:
     out = tmp_path_factory.mktemp("out")
     scenario = {

@@ -1,0 +1,61 @@
+"""POST /tokenize, shaped as vLLM's: the token ids the router would run for a prompt.
+
+    {"prompt": "text"}         -> the ids /v1/completions runs for that text
+    {"messages": [...]}        -> the ids /v1/chat/completions runs (chat template applied)
+    answer: {"tokens": [...], "count": N, "max_model_len": M}
+
+`model` is optional; when given it must be the served model. Clients use it to count tokens
+as the server does, and the load generator to check its own tokenizer against ours. Tandem
+adds no special tokens to a prompt, so vLLM's add_special_tokens (like any unknown field)
+changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from engine.tokenizer import Tokenizer
+from services.router.prompts import chat_prompt_ids
+from services.router.protocol import ChatCompletionRequest, ChatMessage
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")  # as the OpenAI bodies
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("send exactly one of prompt and messages")
+        return self
+
+
+def tokenize_routes(
+    tokenizer: Tokenizer, max_model_len: int, check_model: Callable[[str], None]
+) -> APIRouter:
+    r = APIRouter()
+
+    @r.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> JSONResponse:
+        if body.model is not None:
+            check_model(body.model)
+        ids = _ids(tokenizer, body)
+        return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": max_model_len})
+
+    return r
+
+
+def _ids(tokenizer: Tokenizer, body: TokenizeRequest) -> list[int]:
+    if body.prompt is not None:
+        return tokenizer.encode(body.prompt)  # what completion_prompt_ids runs for text
+    # Through the chat endpoint's own path, so the two cannot drift apart.
+    chat: dict[str, Any] = {"model": body.model or "", "messages": body.messages}
+    return chat_prompt_ids(tokenizer, ChatCompletionRequest.model_validate(chat))

@@ -1,0 +1,81 @@
+"""Reference outputs from Hugging Face transformers: the yardstick we did not write."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+
+def build_tiny_checkpoint(
+    kind: str, path: Path, vocab_size: int = 512, seed: int = 0, **overrides: int
+) -> Path:
+    """Save a small random-weight model with save_pretrained. Weights are drawn wider than
+    the default init so the next-token distribution has clear winners (near-ties would make
+    greedy comparisons fragile for reasons that have nothing to do with correctness)."""
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
+
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        initializer_range=0.15,
+        tie_word_embeddings=False,
+    )
+    classes = {
+        "llama": (LlamaConfig, LlamaForCausalLM, {}),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+        "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 24}),
+    }
+    cfg_cls, model_cls, extra = classes[kind]
+    torch.manual_seed(seed)
+    model = model_cls(cfg_cls(**(common | extra | overrides)))
+    if kind == "qwen2":  # Qwen2's q/k/v biases start at zero; make them count
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                torch.nn.init.normal_(proj.bias, std=0.1)
+    if kind == "qwen3":
+        for layer in model.model.layers:
+            torch.nn.init.normal_(layer.self_attn.q_norm.weight, 1.0, 0.2)
+            torch.nn.init.normal_(layer.self_attn.k_norm.weight, 1.0, 0.2)
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def load_hf(path: Path | str, dtype: torch.dtype = torch.float32, gguf_file: str | None = None):
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=dtype, attn_implementation="sdpa", **kwargs
+    )
+    return model.eval()
+
+
+@torch.inference_mode()
+def hf_greedy(model, prompt: Sequence[int], max_new_tokens: int) -> tuple[list[int], list[float]]:
+    """Greedy decoding with transformers' own KV cache, one sequence at a time (no padding).
+    Returns the tokens and the logprob of each chosen token."""
+    ids = torch.tensor([list(prompt)])
+    out = model(ids, use_cache=True)
+    tokens: list[int] = []
+    logprobs: list[float] = []
+    for _ in range(max_new_tokens):
+        logits = out.logits[0, -1].float()
+        tok = int(logits.argmax())
+        tokens.append(tok)
+        logprobs.append(float(torch.log_softmax(logits, -1)[tok]))
+        out = model(torch.tensor([[tok]]), past_key_values=out.past_key_values, use_cache=True)
+    return tokens, logprobs
