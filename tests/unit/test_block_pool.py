@@ -93,8 +93,19 @@ def test_over_allocation_raises_and_changes_nothing() -> None:
     assert pool.is_idle()
 
 
-def test_no_free_blocks_is_a_runtime_error() -> None:
-    assert issubclass(NoFreeBlocks, RuntimeError)
+def test_over_allocation_evicts_no_cached_block() -> None:
+    """A request that cannot fit must not cost the prefix cache its blocks."""
+    pool, rec = make_pool(3)
+    blocks = pool.allocate(2)
+    commit_all(pool, blocks, [11, 12])
+    pool.release(blocks)  # free, still cached
+    seen = len(rec.events)
+    with pytest.raises(NoFreeBlocks):
+        pool.allocate(4)
+    assert rec.events[seen:] == []  # no BlockRemoved
+    assert pool.lookup_prefix([11, 12]) == blocks
+    assert pool.num_cached_blocks == 2 and pool.num_free_blocks == 3
+    pool.check_integrity()
 
 
 def test_usage_fraction() -> None:
