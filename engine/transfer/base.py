@@ -11,11 +11,33 @@ and the notes readers leave when they are done.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
-from engine.transfer.nixl_transfer import ReadResult, TransferError
+__all__ = ["KVTransfer", "PeerKV", "ReadResult", "TransferError"]
 
-__all__ = ["KVTransfer", "ReadResult", "TransferError"]
+
+class TransferError(RuntimeError):
+    """A read that failed or did not finish in time; its destination blocks are garbage."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerKV:
+    """What a worker publishes so that peers can read its registered KV memory."""
+
+    agent_name: str
+    metadata: bytes
+    base_addr: int
+    block_bytes: int
+    num_blocks: int
+    device_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    bytes: int
+    descriptors: int
+    seconds: float
 
 
 class KVTransfer(Protocol):

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from engine.engine import Engine
 from engine.output import RequestOutput
 from engine.transfer.base import KVTransfer, TransferError
 from engine.transfer.leases import LeaseTable, now_ms
+
+if TYPE_CHECKING:  # the router reads KVHandle from here: no engine (nor torch) at run time
+    from engine.engine import Engine
 
 log = logging.getLogger(__name__)
 

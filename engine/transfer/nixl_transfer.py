@@ -13,33 +13,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from engine.transfer.base import PeerKV, ReadResult, TransferError
 from engine.transfer.runs import coalesce
 
-
-class TransferError(RuntimeError):
-    """A read that failed or did not finish in time; its destination blocks are garbage."""
-
-
-@dataclass(frozen=True, slots=True)
-class PeerKV:
-    agent_name: str
-    metadata: bytes
-    base_addr: int
-    block_bytes: int
-    num_blocks: int
-    device_id: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class ReadResult:
-    bytes: int
-    descriptors: int
-    seconds: float
+__all__ = ["NixlKVTransfer", "PeerKV", "ReadResult", "TransferError"]
 
 
 class NixlKVTransfer:
