@@ -66,12 +66,17 @@ class IncrementalText:
     emitted: int = 0  # characters handed to the caller
     stopped_on: str | None = None
     _sent: list[str] = field(default_factory=list)  # the emitted pieces
+    _recent: str = ""  # the end of the emitted text, as long as the longest stop string
     _unsent: str = ""  # settled text not emitted yet
     _pending: str = ""  # text of the tokens the decoder has not settled
     _longest: int = 0  # of the stop strings
+    _prefixes: frozenset[str] = frozenset()  # every proper, non-empty stop-string prefix
+    _firsts: frozenset[str] = frozenset()  # the stop strings' first characters
 
     def __post_init__(self) -> None:
         self._longest = max((len(s) for s in self.stop), default=0)
+        self._prefixes = frozenset(s[:k] for s in self.stop for k in range(1, len(s)))
+        self._firsts = frozenset(s[0] for s in self.stop if s)
 
     @property
     def text(self) -> str:
@@ -85,55 +90,48 @@ class IncrementalText:
             return True
         for t in token_ids:
             piece = self.decoder.step(t)
-            if piece is not None:
+            if piece is None:
+                self._pending = self.decoder.pending()
+            else:
                 self._unsent += piece
-            self._pending = "" if piece is not None else self.decoder.pending()
-            if self._find_stop():
+                self._pending = ""
+            if self.stop and self._find_stop():
                 return True
         return False
 
     def _find_stop(self) -> bool:
-        if not self.stop:
-            return False
-        # Only the unsent text and the tail of the sent text can hold a new match.
-        behind = self._sent_tail(self._longest)
-        window = behind + self._unsent + self._pending
+        # Only the unsent text and the end of the sent text can hold a new match.
+        window = self._recent + self._unsent + self._pending
         hits = [(i, s) for s in self.stop if (i := window.find(s)) >= 0]
         if not hits:
             return False
         i, s = min(hits)
-        # The hold-back keeps a stop's start from being emitted, so i >= len(behind).
-        cut = max(0, i - len(behind))
+        # The hold-back keeps a stop's start from being emitted, so i >= len(_recent).
+        cut = max(0, i - len(self._recent))
         self._unsent = (self._unsent + self._pending)[:cut]
         self._pending, self.stopped_on = "", s
         return True
-
-    def _sent_tail(self, n: int) -> str:
-        tail = ""
-        for piece in reversed(self._sent):
-            if len(tail) >= n:
-                break
-            tail = piece + tail
-        return tail[-n:] if n else ""
 
     def take(self, final: bool) -> str:
         """New text safe to emit; everything left when `final`."""
         if final:
             new, self._unsent, self._pending = self._unsent + self._pending, "", ""
         else:
-            keep = self._stop_prefix()
+            keep = self._stop_prefix() if self.stop else 0
             new = self._unsent[: len(self._unsent) - keep]
             self._unsent = self._unsent[len(new) :]
         if new:
             self._sent.append(new)
             self.emitted += len(new)
+            if self._longest:
+                self._recent = (self._recent + new)[-self._longest :]
         return new
 
     def _stop_prefix(self) -> int:
         """Length of the longest end of the settled text that could start a stop string
         (at most the longest stop string less one: a whole one would have stopped us)."""
-        settled = self._sent_tail(self._longest) + self._unsent
-        for k in range(min(self._longest - 1, len(settled)), 0, -1):
-            if any(s.startswith(settled[-k:]) for s in self.stop):
-                return min(k, len(self._unsent))
+        tail = (self._recent + self._unsent)[-(self._longest - 1) :] if self._longest > 1 else ""
+        for j, ch in enumerate(tail):  # leftmost first: the longest candidate
+            if ch in self._firsts and tail[j:] in self._prefixes:
+                return min(len(tail) - j, len(self._unsent))
         return 0
