@@ -7,6 +7,7 @@ import argparse
 import sys
 import uuid
 
+from engine.config import DTYPES
 from engine.env import default_model_path
 
 
@@ -61,9 +62,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    text = engine.text_stream()  # the engine streams token ids; the text is ours
     while engine.has_unfinished():
         for out in engine.step():
-            print(out.new_text, end="", flush=True)
+            text.add(out.new_token_ids)
+            print(text.take(final=out.finished), end="", flush=True)
     print()
     return 0
 
@@ -123,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     gen.add_argument("--seed", type=int, default=None)
-    gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    gen.add_argument("--dtype", default="auto", choices=DTYPES)
     gen.add_argument("--threads", type=int, default=None)
     gen.add_argument(
         "--raw", action="store_true", help="send the prompt as is, without the chat template"

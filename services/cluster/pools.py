@@ -16,7 +16,7 @@ import ray
 
 from engine import EngineConfig
 from services.worker.core import WorkerConfig
-from services.worker.process import ServeConfig, WorkerThread
+from services.worker.process import WorkerNetConfig, WorkerThread
 
 NAMESPACE = "tandem"
 log = logging.getLogger(__name__)
@@ -29,13 +29,21 @@ class PoolSpec:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
 
+    @property
+    def torch_threads(self) -> int:
+        """Torch gets the whole CPUs it was granted, and never fewer than one thread. Workers
+        sharing CPUs (num_cpus < 1) get one each: n threads on fewer cores is the least
+        oversubscription possible, and no worse than it sounds, as in a disaggregated
+        cluster one pool mostly waits while the other computes."""
+        return max(1, int(self.num_cpus))
+
 
 class WorkerActor:
     """Lives in its own Ray worker process; wraps a WorkerThread."""
 
-    def __init__(self, config: WorkerConfig, serve: ServeConfig) -> None:
+    def __init__(self, config: WorkerConfig, net: WorkerNetConfig) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-        self._thread = WorkerThread(config, serve)
+        self._thread = WorkerThread(config, net)
         self._address = self._thread.start()
 
     def address(self) -> str:
@@ -56,9 +64,9 @@ class PoolMember:
 class Pools:
     """Start, look up and stop the worker actors of one Tandem cluster."""
 
-    def __init__(self, engine: EngineConfig, serve: ServeConfig) -> None:
+    def __init__(self, engine: EngineConfig, net: WorkerNetConfig) -> None:
         self.engine = engine
-        self.serve = serve
+        self.net = net
         self.members: dict[str, PoolMember] = {}
 
     def start(self, specs: list[PoolSpec], timeout_s: float = 600.0) -> list[PoolMember]:
@@ -72,8 +80,7 @@ class Pools:
 
     def _spawn(self, spec: PoolSpec, index: int) -> PoolMember:
         name = f"{spec.role}-{index}"
-        threads = max(1, int(spec.num_cpus))
-        engine = replace(self.engine, role=spec.role, num_threads=threads)  # type: ignore[arg-type]
+        engine = replace(self.engine, role=spec.role, num_threads=spec.torch_threads)  # type: ignore[arg-type]
         actor_cls = ray.remote(WorkerActor).options(
             name=name,
             namespace=NAMESPACE,
@@ -81,7 +88,7 @@ class Pools:
             num_gpus=spec.num_gpus,
             max_concurrency=2,  # stop must get through while address() waits
         )
-        actor = actor_cls.remote(WorkerConfig(name, engine), self.serve)
+        actor = actor_cls.remote(WorkerConfig(name, engine), self.net)
         return PoolMember(name, spec.role, actor)
 
     def stop(self, timeout_s: float = 30.0) -> None:

@@ -15,42 +15,35 @@ import contextlib
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis
 
-from engine import CacheConfig, EngineConfig
-from engine.config import BACKENDS, MockTiming
+from engine import EngineConfig
 from services.cluster.pools import NAMESPACE, Pools, PoolSpec
 from services.cluster.redis_server import RedisServer
 from services.cluster.registry import Registry
+from services.router.dispatch import MODES
 from services.router.server import add_router_args, router_options, run_router
-from services.worker.process import ServeConfig, add_engine_args
+from services.worker.engine_flags import add_engine_args, engine_config
+from services.worker.process import WorkerNetConfig
 
 log = logging.getLogger("tandem.serve")
 
 
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
-    model: str
+    engine: EngineConfig  # every worker's; each pool sets its role and torch threads
     mode: str = "disagg"
     prefill_workers: int = 1
     decode_workers: int = 1
     cpus_per_worker: float | None = None  # None: the node's CPUs shared out evenly
-    block_size: int = 16
-    kv_cache_gb: float = 1.0
-    dtype: str = "auto"
     redis_url: str | None = None
     dashboard: bool = True
-    backend: str = "model"  # --engine: model | mock
-    num_blocks: int | None = None  # KV blocks per worker; None: from kv_cache_gb (model)
-    mock: MockTiming = field(default_factory=MockTiming)
 
     def __post_init__(self) -> None:
-        if self.mode not in ("disagg", "colocated"):
+        if self.mode not in MODES:
             raise ValueError(f"--mode must be disagg or colocated, got {self.mode!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"--engine must be one of {BACKENDS}, got {self.backend!r}")
         if self.decode_workers < 1:
             raise ValueError("at least one decode worker is needed")
         if self.prefill_workers < 0:
@@ -63,13 +56,17 @@ class ClusterConfig:
 
     def specs(self, cpus: float, gpus: float) -> list[PoolSpec]:
         """Pools with the node shared out evenly; colocated mode runs the same number of
-        workers, each with both roles. Mock workers mostly sleep: any number of them share
-        the node's CPUs, and none takes a GPU."""
+        workers, each with both roles.
+
+        A worker gets whole CPUs while there are enough to go round; with fewer CPUs than
+        workers they share them (cpus/n each: Ray accepts fractions), where asking for one
+        each would leave the rest waiting for CPUs that never come. Mock workers mostly
+        sleep: they always share, and none takes a GPU. Torch threads: PoolSpec."""
         n = self.prefill_workers + self.decode_workers
-        if self.backend == "mock":
+        if self.engine.backend == "mock":
             share = (self.cpus_per_worker or cpus / n, 0.0)
         else:
-            per_cpu = self.cpus_per_worker or max(1.0, float(int(cpus // n)))
+            per_cpu = self.cpus_per_worker or (float(cpus // n) if cpus >= n else cpus / n)
             share = (per_cpu, 1.0 if gpus >= n else 0.0)
         if self.mode == "colocated":
             return [PoolSpec("both", n, *share)]
@@ -77,6 +74,22 @@ class ClusterConfig:
             PoolSpec("prefill", self.prefill_workers, *share),
             PoolSpec("decode", self.decode_workers, *share),
         ]
+
+
+def placement(specs: list[PoolSpec]) -> list[str]:
+    """A line per pool: its workers and what each was given (the serve banner shows it)."""
+
+    def each(n: float, unit: str) -> str:
+        return f"{round(n, 2):g} {unit}{'' if n == 1 else 's'} each"
+
+    return [
+        f"{s.role}: {s.replicas} worker{'' if s.replicas == 1 else 's'}, "
+        + ", ".join(
+            [each(s.num_cpus, "CPU"), each(s.torch_threads, "torch thread")]
+            + ([each(s.num_gpus, "GPU")] if s.num_gpus else [])
+        )
+        for s in specs
+    ]
 
 
 class Cluster:
@@ -89,6 +102,7 @@ class Cluster:
         self.dashboard_url: str | None = None
         self.ray_address = ""
         self.pools: Pools | None = None
+        self.specs: list[PoolSpec] = []
 
     def __enter__(self) -> Cluster:
         try:
@@ -122,19 +136,13 @@ class Cluster:
         self.dashboard_url = getattr(ctx, "dashboard_url", None) or None
         self.ray_address = ray.get_runtime_context().gcs_address
         resources = ray.cluster_resources()
-        engine = EngineConfig(
-            model=cfg.model,
-            backend=cfg.backend,
-            dtype=cfg.dtype,
-            cache=CacheConfig(
-                block_size=cfg.block_size, num_blocks=cfg.num_blocks, kv_cache_gb=cfg.kv_cache_gb
-            ),
-            mock=cfg.mock,
-        )
-        pools = Pools(engine, ServeConfig(redis_url=self.redis_url))
+        self.specs = cfg.specs(resources.get("CPU", 1.0), resources.get("GPU", 0.0))
+        for line in placement(self.specs):  # before the wait: a slow start shows what it waits for
+            log.info("placement: %s", line)
+        pools = Pools(cfg.engine, WorkerNetConfig(redis_url=self.redis_url))
         self._stack.callback(pools.stop)
         self.pools = pools
-        pools.start(cfg.specs(resources.get("CPU", 1.0), resources.get("GPU", 0.0)))
+        pools.start(self.specs)
 
     def banner(self) -> list[str]:
         """What `tandem serve` prints under the API address once it is up."""
@@ -142,7 +150,7 @@ class Cluster:
         if self.dashboard_url:
             url = self.dashboard_url.removeprefix("http://")
             lines.insert(0, f"Ray dashboard:  http://{url}")
-        return lines
+        return lines + [f"Workers:        {line}" for line in placement(self.specs)]
 
     def registry(self) -> Registry:
         return Registry(redis.Redis.from_url(self.redis_url))
@@ -154,9 +162,7 @@ def add_serve_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--prefill-workers", type=int, default=1)
     ap.add_argument("--decode-workers", type=int, default=1)
     ap.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
-    add_engine_args(ap)  # --engine, --block-size, --num-blocks, --mock-timing
-    ap.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV cache per worker")
-    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    add_engine_args(ap)  # --engine, --dtype, --block-size, --kv-cache-gb, --num-blocks, ...
     ap.add_argument("--cpus-per-worker", type=float, default=None)
     ap.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
 
@@ -164,19 +170,13 @@ def add_serve_args(ap: argparse.ArgumentParser) -> None:
 def cmd_serve(args: argparse.Namespace, model: str) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config = ClusterConfig(
-        model=model,
+        engine=engine_config(args, model),
         mode=args.mode,
         prefill_workers=args.prefill_workers,
         decode_workers=args.decode_workers,
         cpus_per_worker=args.cpus_per_worker,
-        block_size=args.block_size,
-        kv_cache_gb=args.kv_cache_gb,
-        dtype=args.dtype,
         redis_url=args.redis_url,
         dashboard=not args.no_dashboard,
-        backend=args.engine,
-        num_blocks=args.num_blocks,
-        mock=args.mock_timing,
     )
     try:
         with Cluster(config) as cluster:

@@ -33,10 +33,10 @@ import redis.asyncio as aioredis
 from services.kv.index import KVIndex
 from services.kv.stream import FIELD, KVKeys, parse_state
 from services.pb.events_pb2 import KVEventBatch
-from services.pb.worker_pb2 import DumpKVResponse
+from services.wire import KVDump
 
 log = logging.getLogger(__name__)
-ResyncFn = Callable[[str], Awaitable[DumpKVResponse]]
+ResyncFn = Callable[[str], Awaitable[KVDump]]  # a worker's DumpKV rpc, or a stand-in
 MAX_PENDING = 10_000  # entries held while a resync runs; past that they are dropped (and
 # the gap that leaves makes the next entry resync again: correct, only slower)
 

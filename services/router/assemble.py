@@ -1,4 +1,5 @@
-"""Build the router's backend from flags: registry, worker set, KV index + feed, policy."""
+"""Build the router's backend from flags: registry, worker set, KV index + feed, policy,
+the cluster view that keeps them fresh, and the dispatcher that uses them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import redis.asyncio as aioredis
 from services.cluster.registry import Registry
 from services.kv.feed import KVFeed
 from services.kv.index import KVIndex
+from services.router.cluster_view import ClusterView
 from services.router.dispatch import DispatchConfig, Dispatcher
 from services.router.metrics import RouterMetrics
 from services.router.routing import Policy
@@ -22,4 +24,6 @@ def make_dispatcher(redis_url: str, config: DispatchConfig, metrics: RouterMetri
     if config.routing == "kv":
         feed = KVFeed(aioredis.Redis.from_url(redis_url), KVIndex(), workers.dump_kv)
     policy = Policy(config.routing, feed.index if feed else None)
-    return Dispatcher(workers, config, metrics, policy, feed)
+    # A departed worker's predicted blocks go with it (a restart must not inherit them).
+    cluster = ClusterView(workers, metrics, feed, config.refresh_s, policy.predicted.forget)
+    return Dispatcher(cluster, config, metrics, policy)

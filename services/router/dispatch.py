@@ -10,7 +10,9 @@ A prefill worker that fails or times out is not hidden: the request is prefilled
 decode worker, counted in `tandem_prefill_fallbacks_total{reason}` and logged.
 A client that goes away (the iterator is closed early) aborts the request on both workers.
 
-Which workers: services/router/routing.py (--routing). With `kv` the decode worker is
+Which workers: services/router/routing.py (--routing), among those services/router/
+cluster_view.py keeps current; the workers are spoken to through WorkerClient (typed, no
+protobuf here). With `kv` the decode worker is
 chosen first, and the local-vs-remote decision counts only the prompt tokens *it* does
 not hold: a conversation that comes back to the worker holding its history prefills its
 new turn there.
@@ -21,14 +23,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Coroutine
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-
 from engine.hashing import chain_hashes
-from services.kv.feed import KVFeed
-from services.pb import worker_pb2
 from services.router.backend import (
     ROUTE_COLOCATED,
     ROUTE_DISAGG,
@@ -37,10 +36,12 @@ from services.router.backend import (
     GenerateRequest,
     TokenDelta,
 )
+from services.router.cluster_view import ClusterView
 from services.router.metrics import RouterMetrics
 from services.router.routing import ROUTINGS, Choice, Policy
-from services.router.workers import WorkerRef, WorkerSet
-from services.wire import params_to_pb
+from services.router.worker_client import WorkerError
+from services.router.workers import WorkerRef
+from services.wire import DecodeCall, DecodeReply, PrefillCall, PrefillReply
 
 log = logging.getLogger(__name__)
 MODES = ("disagg", "colocated")
@@ -67,71 +68,26 @@ class DispatchConfig:
 
 class Dispatcher:
     def __init__(
-        self,
-        workers: WorkerSet,
-        config: DispatchConfig,
-        metrics: RouterMetrics,
-        policy: Policy,
-        feed: KVFeed | None = None,
+        self, cluster: ClusterView, config: DispatchConfig, metrics: RouterMetrics, policy: Policy
     ) -> None:
-        """`feed` keeps `policy`'s KV index true; kv routing needs both."""
-        self.workers = workers
+        """kv routing needs `policy`'s KV index kept true by `cluster`'s KV feed."""
+        self.cluster = cluster
         self.config = config
         self.metrics = metrics
         self.policy = policy
-        self.feed = feed
         self._background: set[asyncio.Task[Any]] = set()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stop = asyncio.Event()
-        self._exported: set[str] = set()  # workers with load series in the metrics
 
-    # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
-        await self._refresh()
-        self._tasks.append(asyncio.create_task(self._refresh_forever()))
-        if self.feed is not None:
-            self._tasks.append(asyncio.create_task(self.feed.run(self._stop)))
+        await self.cluster.start()
 
     async def close(self) -> None:
-        self._stop.set()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
-        await self.workers.close()
-
-    async def _refresh(self) -> None:
-        await self.workers.refresh()
-        if self.feed is not None:
-            await self.feed.sync(self.workers.workers)
-        self._export_load()
-
-    async def _refresh_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.refresh_s)
-            try:
-                await self._refresh()
-            except Exception:
-                log.exception("reading the registry failed")
-
-    def _export_load(self) -> None:
-        m, live = self.metrics, self.workers.workers
-        for role in ("prefill", "decode", "both"):
-            m.set_queue_depth(
-                role, sum(w.record.waiting for w in live.values() if w.record.role == role)
-            )
-        for ref in live.values():
-            m.set_kv_blocks(ref.worker_id, ref.record.used_blocks, ref.record.num_blocks)
-        if self.feed is not None:
-            m.set_kv_index(self.feed.index.num_entries, self.feed.resyncs, self.feed.expired)
-        for gone in self._exported - live.keys():  # series of departed workers go too
-            m.forget_worker(gone)
-            self.policy.predicted.forget(gone)
-        self._exported = set(live)
+        await asyncio.gather(*self._background, return_exceptions=True)  # aborts in flight
+        await self.cluster.close()
 
     async def ready(self) -> bool:
         if self.config.mode == "colocated":
-            return bool(self.workers.serving("both"))
-        return bool(self.workers.serving("decode"))
+            return bool(self.cluster.serving("both"))
+        return bool(self.cluster.serving("decode"))
 
     # ---- requests --------------------------------------------------------------------
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
@@ -152,10 +108,10 @@ class Dispatcher:
     def _hashes(self, prompt: list[int]) -> list[int]:
         """The prompt's chained block hashes, as the workers compute them (kv routing only).
         A pool shares one block size; a worker with another one simply gets no hits."""
-        if not self.policy.uses_cache or not self.workers.workers:
+        records = self.cluster.records()
+        if not self.policy.uses_cache or not records:
             return []
-        block_size = next(iter(self.workers.workers.values())).record.block_size
-        return chain_hashes(prompt, block_size)
+        return chain_hashes(prompt, records[0].block_size)
 
     def _pick(self, role: str, request: GenerateRequest, hashes: list[int]) -> Choice:
         choice = self._choose(role, request, hashes)
@@ -165,7 +121,7 @@ class Dispatcher:
 
     def _choose(self, role: str, request: GenerateRequest, hashes: list[int]) -> Choice | None:
         prompt_len = len(request.prompt_token_ids)
-        choice = self.policy.pick(role, self.workers.serving(role), hashes, prompt_len)
+        choice = self.policy.pick(role, self.cluster.serving(role), hashes, prompt_len)
         if choice is not None:
             self.policy.routed(choice, hashes)
             self.metrics.record_route(role, choice.worker.worker_id, choice.cached_blocks)
@@ -175,24 +131,23 @@ class Dispatcher:
         self, request: GenerateRequest, decode: WorkerRef, hashes: list[int]
     ) -> AsyncIterator[TokenDelta]:
         chosen = self._choose("prefill", request, hashes)
-        response = None
+        reply = None
         if chosen is None:
             self._fell_back(request, "no_prefill_worker", "no prefill worker is registered")
         else:
-            response = await self._prefill(chosen.worker, request, chosen.uncached)
-        if response is None:  # counted and logged; the request still runs
+            reply = await self._prefill(chosen.worker, request, chosen.uncached)
+        if reply is None:  # counted and logged; the request still runs
             async for delta in self._decode(decode, request, None, ROUTE_LOCAL):
                 yield delta
             return
         assert chosen is not None
-        prefill = chosen.worker
-        done = bool(response.finish_reason)
+        done = reply.finish_reason is not None
         first = TokenDelta(
-            [response.first_token],
-            [response.first_logprob] if response.HasField("first_logprob") else [],
+            [reply.first_token],
+            [reply.first_logprob] if reply.first_logprob is not None else [],
             finished=done,
-            finish_reason=response.finish_reason or None,
-            num_cached_tokens=response.num_cached_tokens,
+            finish_reason=reply.finish_reason,
+            num_cached_tokens=reply.num_cached_tokens,
             route=ROUTE_DISAGG,
         )
         if done:
@@ -201,27 +156,23 @@ class Dispatcher:
         released = False
         try:
             yield first
-            async for delta in self._decode(decode, request, response, ROUTE_DISAGG):
+            async for delta in self._decode(decode, request, reply, ROUTE_DISAGG):
                 released = True  # the decode worker read (or gave up on) the KV
                 yield delta
         finally:
             if not released:  # nobody will read the held blocks: free them now
-                self._later(self._abort(prefill, request.request_id))
+                self._later(self._abort(chosen.worker, request.request_id))
 
     async def _prefill(
         self, ref: WorkerRef, request: GenerateRequest, uncached: int
-    ) -> worker_pb2.PrefillResponse | None:
-        msg = worker_pb2.PrefillRequest(
-            request_id=request.request_id,
-            prompt_token_ids=request.prompt_token_ids,
-            params=params_to_pb(request.params),
-        )
-        with self.workers.busy(ref, uncached):
+    ) -> PrefillReply | None:
+        call = PrefillCall(request.request_id, request.prompt_token_ids, request.params)
+        with self.cluster.workers.busy(ref, uncached):
             try:
-                return await ref.stub.Prefill(msg, timeout=self.config.prefill_timeout_s)
-            except grpc.aio.AioRpcError as e:
+                return await ref.client.prefill(call, self.config.prefill_timeout_s)
+            except WorkerError as e:
                 _raise_client_error(e)
-                reason = e.code().name.lower()
+                reason = e.code
         self._fell_back(request, reason, f"prefill on {ref.worker_id} failed ({reason})")
         self._later(self._abort(ref, request.request_id))
         return None
@@ -235,54 +186,51 @@ class Dispatcher:
         self,
         ref: WorkerRef,
         request: GenerateRequest,
-        prefill: worker_pb2.PrefillResponse | None,
+        prefill: PrefillReply | None,
         route: str,
     ) -> AsyncIterator[TokenDelta]:
-        msg = worker_pb2.DecodeRequest(
-            request_id=request.request_id,
-            prompt_token_ids=request.prompt_token_ids,
-            params=params_to_pb(request.params),
+        call = DecodeCall(
+            request.request_id,
+            request.prompt_token_ids,
+            request.params,
+            handle=prefill.handle if prefill is not None else None,
+            first_token=prefill.first_token if prefill is not None else None,
         )
-        if prefill is not None:
-            msg.kv.CopyFrom(prefill.kv)
-            msg.first_token = prefill.first_token
-        with self.workers.busy(ref):
-            call = ref.stub.Decode(msg)
-            first = True
-            # Cached tokens are prompt tokens nobody computed: with a remote prefill that is
-            # the prefill worker's count (the decode worker's own hits only spare reads),
-            # unless the read failed and the decode worker recomputed the prompt.
-            local = prefill is None
+        first = True
+        # Cached tokens are prompt tokens nobody computed: with a remote prefill that is
+        # the prefill worker's count (the decode worker's own hits only spare reads),
+        # unless the read failed and the decode worker recomputed the prompt.
+        local = prefill is None
+        # aclosing: a client gone mid-stream cancels the call now, and the worker aborts.
+        with self.cluster.workers.busy(ref):
             try:
-                async for chunk in call:
-                    if first and prefill is not None:
-                        self._account_transfer(chunk, prefill, request.request_id)
-                        local = chunk.kv_recomputed
-                    yield TokenDelta(
-                        list(chunk.token_ids),
-                        list(chunk.logprobs),
-                        finished=chunk.finished,
-                        finish_reason=chunk.finish_reason or None,
-                        num_cached_tokens=chunk.num_cached_tokens if local else 0,
-                        route=route if first else "",
-                    )
-                    first = False
-            except grpc.aio.AioRpcError as e:
+                async with aclosing(ref.client.decode(call)) as stream:
+                    async for chunk in stream:
+                        if first and prefill is not None:
+                            self._account_transfer(chunk, prefill, request.request_id)
+                            local = chunk.kv_recomputed
+                        yield TokenDelta(
+                            chunk.token_ids,
+                            chunk.logprobs,
+                            finished=chunk.finished,
+                            finish_reason=chunk.finish_reason,
+                            num_cached_tokens=chunk.num_cached_tokens if local else 0,
+                            route=route if first else "",
+                        )
+                        first = False
+            except WorkerError as e:
                 _raise_client_error(e)
                 raise BackendError(
-                    502, f"decode worker {ref.worker_id} failed: {e.details()}"
+                    502, f"decode worker {ref.worker_id} failed: {e.details}"
                 ) from None
-            finally:
-                call.cancel()  # a no-op when the stream ended; else the worker aborts
 
-    def _account_transfer(
-        self, chunk: worker_pb2.DecodeChunk, prefill: worker_pb2.PrefillResponse, request_id: str
-    ) -> None:
+    def _account_transfer(self, chunk: DecodeReply, prefill: PrefillReply, request_id: str) -> None:
         if chunk.kv_recomputed:
             self.metrics.record_recompute()
             # The read failed or came too late; the prefill worker may still hold the
             # blocks until its lease ends: release them now.
-            ref = self.workers.workers.get(prefill.kv.worker_id)
+            assert prefill.handle is not None
+            ref = self.cluster.get(prefill.handle.worker_id)
             if ref is not None:
                 self._later(self._abort(ref, request_id))
             return
@@ -290,9 +238,9 @@ class Dispatcher:
 
     async def _abort(self, ref: WorkerRef, request_id: str) -> None:
         try:
-            await ref.stub.Abort(worker_pb2.AbortRequest(request_id=request_id), timeout=5)
-        except grpc.aio.AioRpcError as e:
-            log.warning("abort of %s on %s failed: %s", request_id, ref.worker_id, e.details())
+            await ref.client.abort(request_id, timeout_s=5)
+        except WorkerError as e:
+            log.warning("abort of %s on %s failed: %s", request_id, ref.worker_id, e.details)
 
     def _later(self, coro: Coroutine[Any, Any, None]) -> None:
         """Fire and forget, but keep a reference until done (and wait for it on close)."""
@@ -301,7 +249,7 @@ class Dispatcher:
         task.add_done_callback(self._background.discard)
 
 
-def _raise_client_error(e: grpc.aio.AioRpcError) -> None:
+def _raise_client_error(e: WorkerError) -> None:
     """The worker rejected the request itself: the client's fault, say so."""
-    if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
-        raise BackendError(400, e.details() or "invalid request", "invalid_request_error")
+    if e.rejected:
+        raise BackendError(400, e.details or "invalid request", "invalid_request_error")

@@ -50,7 +50,7 @@ async def run_router(opts: RouterOptions, banner: list[str] | None = None) -> No
     dispatcher = make_dispatcher(opts.redis_url, opts.dispatch, metrics)
     await dispatcher.start()
     try:
-        records = [w.record for w in dispatcher.workers.workers.values()]
+        records = dispatcher.cluster.records()
         if not records:
             raise SystemExit(f"no workers are registered in {opts.redis_url}")
         max_len = min(r.max_model_len for r in records)

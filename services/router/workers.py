@@ -1,5 +1,6 @@
-"""The router's view of the worker pools: live records from the registry, one gRPC channel
-per worker, and the router's own count of requests (and prefill tokens) in flight on each.
+"""The router's view of the worker pools: live records from the registry, one WorkerClient
+(a gRPC channel) per worker, and the router's own count of requests (and prefill tokens)
+in flight on each.
 Which worker gets a prompt is services/router/routing.py's business.
 """
 
@@ -11,11 +12,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import grpc
-
 from services.cluster.registry import Registry
-from services.pb import worker_pb2, worker_pb2_grpc
 from services.pb.events_pb2 import WorkerRecord
+from services.router.worker_client import WorkerClient
+from services.wire import KVDump
 
 log = logging.getLogger(__name__)
 DRAIN_GRACE_S = 60.0
@@ -24,8 +24,7 @@ DRAIN_GRACE_S = 60.0
 @dataclass(slots=True)
 class WorkerRef:
     record: WorkerRecord
-    channel: grpc.aio.Channel
-    stub: worker_pb2_grpc.WorkerStub
+    client: WorkerClient
     in_flight: int = 0
     in_flight_tokens: int = 0  # prefill tokens sent and not answered yet
 
@@ -49,8 +48,7 @@ class WorkerSet:
             if ref is None or _restarted(ref.record, record):
                 if ref is not None:
                     await self._drop(worker_id)
-                channel = grpc.aio.insecure_channel(record.grpc_address)
-                ref = WorkerRef(record, channel, worker_pb2_grpc.WorkerStub(channel))
+                ref = WorkerRef(record, WorkerClient(record.grpc_address))
                 self.workers[worker_id] = ref
                 log.info("worker %s (%s) at %s", worker_id, record.role, record.grpc_address)
             ref.record = record
@@ -60,7 +58,7 @@ class WorkerSet:
         worker whose heartbeat is late may still be streaming)."""
         ref = self.workers.pop(worker_id)
         log.info("worker %s left", worker_id)
-        task = asyncio.create_task(ref.channel.close(grace=DRAIN_GRACE_S))
+        task = asyncio.create_task(ref.client.close(grace_s=DRAIN_GRACE_S))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -69,12 +67,12 @@ class WorkerSet:
         refs = [w for w in self.workers.values() if w.record.role in (role, "both")]
         return sorted(refs, key=lambda w: w.worker_id)
 
-    async def dump_kv(self, worker_id: str) -> worker_pb2.DumpKVResponse:
+    async def dump_kv(self, worker_id: str) -> KVDump:
         """A KV index's resync: the worker's whole cache, straight from the worker."""
         ref = self.workers.get(worker_id)
         if ref is None:
             raise LookupError(f"{worker_id} is not in the registry")
-        return await ref.stub.DumpKV(worker_pb2.DumpKVRequest(), timeout=10)
+        return await ref.client.dump_kv(timeout_s=10)
 
     @contextmanager
     def busy(self, ref: WorkerRef, prefill_tokens: int = 0) -> Iterator[WorkerRef]:
@@ -88,7 +86,7 @@ class WorkerSet:
 
     async def close(self) -> None:
         for ref in self.workers.values():
-            await ref.channel.close(grace=None)
+            await ref.client.close(grace_s=None)
         self.workers.clear()
         for task in list(self._closing):
             task.cancel()

@@ -23,10 +23,15 @@ log = logging.getLogger(__name__)
 
 class PeerWatcher:
     def __init__(
-        self, registry: Registry, loop: EngineLoop, transfer: NixlKVTransfer, self_id: str
+        self,
+        registry: Registry,
+        engine_loop: EngineLoop,
+        transfer: NixlKVTransfer,
+        self_id: str,
     ) -> None:
+        """Peers are swapped on the engine thread (`engine_loop`), between steps."""
         self.registry = registry
-        self.loop = loop
+        self.engine_loop = engine_loop
         self.transfer = transfer
         self.self_id = self_id
         self.agents: dict[str, str] = {}  # worker id -> loaded agent name
@@ -71,11 +76,11 @@ class PeerWatcher:
                 self.transfer.remove_peer(old)
             self.transfer.add_peer(peer)
 
-        await self.loop.call(swap)
+        await self.engine_loop.call(swap)
         self.agents[record.worker_id] = record.nixl_agent
         log.info("loaded NIXL peer %s (agent %s)", record.worker_id, record.nixl_agent)
 
     async def _remove(self, worker_id: str) -> None:
         agent = self.agents.pop(worker_id)
-        await self.loop.call(lambda _: self.transfer.remove_peer(agent))
+        await self.engine_loop.call(lambda _: self.transfer.remove_peer(agent))
         log.info("dropped NIXL peer %s (agent %s)", worker_id, agent)

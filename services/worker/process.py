@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import signal
 import threading
@@ -19,12 +18,14 @@ from dataclasses import dataclass
 import grpc
 import redis
 
-from engine import CacheConfig, EngineConfig
-from engine.config import BACKENDS, MockTiming
+from engine import Engine
+from engine.config import ROLES
 from services.cluster.registry import Registry
 from services.pb import worker_pb2_grpc
 from services.pb.events_pb2 import WorkerRecord
 from services.worker.core import Worker, WorkerConfig
+from services.worker.engine_flags import add_engine_args, engine_config
+from services.worker.handlers import WorkerCalls
 from services.worker.kv_publisher import KVPublisher
 from services.worker.peers import PeerWatcher
 from services.worker.servicer import WorkerService
@@ -33,7 +34,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class ServeConfig:
+class WorkerNetConfig:
+    """Where a worker listens and registers: its network side, not its engine."""
+
     redis_url: str
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port
@@ -46,16 +49,16 @@ class ServeConfig:
 class WorkerServer:
     """Owns a worker and everything around it, on one asyncio loop."""
 
-    def __init__(self, config: WorkerConfig, serve: ServeConfig) -> None:
+    def __init__(self, config: WorkerConfig, net: WorkerNetConfig) -> None:
         self.config = config
-        self.serve = serve
+        self.net = net
         self.worker: Worker | None = None
         self.address = ""
         self.stopping = asyncio.Event()
-        client = redis.Redis.from_url(serve.redis_url)
-        self._registry = Registry(client, serve.registry_prefix)
+        client = redis.Redis.from_url(net.redis_url)
+        self._registry = Registry(client, net.registry_prefix)
         started_at_ms = int(time.time() * 1000)
-        self.publisher = KVPublisher(client, config.worker_id, started_at_ms, serve.registry_prefix)
+        self.publisher = KVPublisher(client, config.worker_id, started_at_ms, net.registry_prefix)
         self._started_at_ms = started_at_ms
 
     async def start(self) -> str:
@@ -70,10 +73,11 @@ class WorkerServer:
         if worker.role != "prefill":
             peers = PeerWatcher(self._registry, worker.loop, worker.transfer, worker.worker_id)
         self._server = grpc.aio.server()
-        worker_pb2_grpc.add_WorkerServicer_to_server(WorkerService(worker, peers), self._server)
-        port = self._server.add_insecure_port(f"{self.serve.host}:{self.serve.port}")
+        service = WorkerService(WorkerCalls(worker, peers))
+        worker_pb2_grpc.add_WorkerServicer_to_server(service, self._server)
+        port = self._server.add_insecure_port(f"{self.net.host}:{self.net.port}")
         await self._server.start()
-        self.address = f"{self.serve.advertise_host or self.serve.host}:{port}"
+        self.address = f"{self.net.advertise_host or self.net.host}:{port}"
         self._record = self._base_record(worker)
         await self._heartbeat()  # registered before we say we are up
         self._tasks = [
@@ -89,7 +93,12 @@ class WorkerServer:
     async def _kv_snapshot(self) -> tuple[int, list[int]]:
         assert self.worker is not None
         take = self.publisher.take_snapshot
-        return await self.worker.loop.call(lambda e: take(e.pool.event_seq, e.pool.cached_hashes()))
+
+        def snapshot(engine: Engine) -> tuple[int, list[int]]:
+            snap = engine.kv_snapshot()
+            return take(snap.seq, snap.block_hashes)
+
+        return await self.worker.loop.call(snapshot)
 
     def _base_record(self, w: Worker) -> WorkerRecord:
         peer = w.transfer.describe()
@@ -116,12 +125,12 @@ class WorkerServer:
         r.free_blocks, r.used_blocks, r.held_blocks = s.free_blocks, s.used_blocks, s.held_blocks
         r.running, r.waiting = s.running, s.waiting
         r.queued_prefill_tokens = s.queued_prefill_tokens
-        await asyncio.to_thread(self._registry.heartbeat, r, self.serve.registry_ttl_s)
+        await asyncio.to_thread(self._registry.heartbeat, r, self.net.registry_ttl_s)
 
     async def _heartbeats(self) -> None:
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.serve.heartbeat_s)
+                await asyncio.wait_for(self.stopping.wait(), self.net.heartbeat_s)
             if self.stopping.is_set():
                 break
             try:
@@ -147,101 +156,57 @@ class WorkerThread:
     """A WorkerServer on an event loop of its own thread, for callers that are not async
     (a Ray actor, a test). `start()` blocks until the worker is registered."""
 
-    def __init__(self, config: WorkerConfig, serve: ServeConfig) -> None:
-        self.server = WorkerServer(config, serve)
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+    def __init__(self, config: WorkerConfig, net: WorkerNetConfig) -> None:
+        self.server = WorkerServer(config, net)
+        self.event_loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.event_loop.run_forever, daemon=True)
 
     def start(self, timeout_s: float = 300.0) -> str:
         self._thread.start()
-        fut = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop)
+        fut = asyncio.run_coroutine_threadsafe(self.server.start(), self.event_loop)
         return fut.result(timeout_s)
 
     def run(self, coro: object, timeout_s: float = 60.0) -> object:
-        """Run a coroutine of the worker's on its loop (stats, integrity checks)."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)  # type: ignore[arg-type]
+        """Run a coroutine of the worker's on its event loop (stats, integrity checks)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.event_loop).result(timeout_s)  # type: ignore[arg-type]
 
     def stop(self) -> None:
         try:
             self.run(self.server.stop())
         finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.event_loop.call_soon_threadsafe(self.event_loop.stop)
             self._thread.join(10)
 
 
 def add_worker_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--role", choices=["prefill", "decode", "both"], required=True)
+    ap.add_argument("--role", choices=ROLES, required=True)
     ap.add_argument("--worker-id", required=True)
     ap.add_argument("--redis-url", required=True)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--advertise-host", default=None, help="address peers dial (default: host)")
     ap.add_argument("--model", default=None)
-    add_engine_args(ap)
-    ap.add_argument("--kv-cache-gb", type=float, default=1.0)
-    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    ap.add_argument("--threads", type=int, default=None)
+    add_engine_args(ap)  # --engine, --dtype, --block-size, --kv-cache-gb, --num-blocks, ...
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--lease-s", type=float, default=30.0)
-
-
-def add_engine_args(ap: argparse.ArgumentParser) -> None:
-    """The backend and KV pool flags, shared with `tandem serve`."""
-    ap.add_argument(
-        "--engine",
-        choices=BACKENDS,
-        default="model",
-        help="model: run the model; mock: no weights, modelled step times (engine/mock.py)",
-    )
-    ap.add_argument("--block-size", type=int, default=16)
-    ap.add_argument(
-        "--num-blocks",
-        type=int,
-        default=None,
-        help="KV blocks per worker; overrides --kv-cache-gb (mock default: 4096)",
-    )
-    ap.add_argument(
-        "--mock-timing",
-        type=mock_timing_arg,
-        default=MockTiming(),
-        metavar="KEY=VALUE,...",
-        help="change the mock's timing model (engine/mock.py), e.g. decode_ms=12,speed=2; "
-        "defaults: " + ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(MockTiming)),
-    )
-
-
-def mock_timing_arg(spec: str) -> MockTiming:
-    try:
-        return MockTiming.parse(spec)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def run_standalone(args: argparse.Namespace, model: str) -> int:
     """`tandem worker`: serve until SIGINT/SIGTERM, then deregister and stop."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    engine = EngineConfig(
-        model=model,
-        role=args.role,
-        backend=args.engine,
-        dtype=args.dtype,
-        num_threads=args.threads,
-        cache=CacheConfig(
-            block_size=args.block_size, num_blocks=args.num_blocks, kv_cache_gb=args.kv_cache_gb
-        ),
-        mock=args.mock_timing,
-    )
-    serve = ServeConfig(
+    engine = engine_config(args, model, role=args.role, num_threads=args.threads)
+    net = WorkerNetConfig(
         redis_url=args.redis_url,
         host=args.host,
         port=args.port,
         advertise_host=args.advertise_host,
     )
-    server = WorkerServer(WorkerConfig(args.worker_id, engine, lease_s=args.lease_s), serve)
+    server = WorkerServer(WorkerConfig(args.worker_id, engine, lease_s=args.lease_s), net)
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
+        event_loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, server.stopping.set)
+            event_loop.add_signal_handler(sig, server.stopping.set)
         address = await server.start()
         print(f"{args.worker_id} ({args.role}) serving on {address}", flush=True)
         await server.stopping.wait()

@@ -2,7 +2,7 @@
 publishes through KVPublisher (the code a worker runs), routers follow with KVFeed.
 
 What stands in for the worker's process here is only the gRPC hop of DumpKV: the resync
-function answers from the same block pool, with the same message, as the rpc does (the
+function answers from the same block pool, with the same KVDump, as the rpc does (the
 rpc itself is exercised with real worker processes in test_kv_routing.py).
 """
 
@@ -25,7 +25,7 @@ from services.cluster.redis_server import RedisServer
 from services.kv.feed import KVFeed
 from services.kv.index import KVIndex
 from services.kv.stream import KVKeys
-from services.pb.worker_pb2 import DumpKVResponse
+from services.wire import KVDump
 from services.worker.kv_publisher import KVPublisher
 
 T = TypeVar("T")
@@ -50,9 +50,9 @@ class KVWorker:
     async def flush(self) -> None:
         await self.publisher.flush(self.snapshot)
 
-    async def dump(self, worker_id: str) -> DumpKVResponse:
+    async def dump(self, worker_id: str) -> KVDump:
         assert worker_id == self.worker_id
-        return DumpKVResponse(
+        return KVDump(
             worker_id=self.worker_id,
             started_at_unix_ms=self.started_at_ms,
             seq=self.pool.event_seq,
@@ -102,7 +102,7 @@ def _run(coro: Awaitable[T]) -> T:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
 
-def _feed(url: str, prefix: str, resync: Callable[[str], Awaitable[DumpKVResponse]]) -> KVFeed:
+def _feed(url: str, prefix: str, resync: Callable[[str], Awaitable[KVDump]]) -> KVFeed:
     return KVFeed(aioredis.Redis.from_url(url), KVIndex(), resync, prefix, block_ms=20)
 
 
@@ -158,7 +158,7 @@ def test_a_late_router_and_an_early_one_agree(redis_url: str) -> None:
         workers = [KVWorker(client, f"p-{i}", prefix) for i in range(3)]
         dumps = {w.worker_id: w for w in workers}
 
-        async def dump(worker_id: str) -> DumpKVResponse:
+        async def dump(worker_id: str) -> KVDump:
             return await dumps[worker_id].dump(worker_id)
 
         for w in workers:
@@ -194,7 +194,7 @@ def test_a_worker_that_leaves_is_purged_and_one_that_falls_silent_expires(redis_
         a, b = KVWorker(client, "p-a", prefix), KVWorker(client, "p-b", prefix)
         dumps = {"p-a": a, "p-b": b}
 
-        async def dump(worker_id: str) -> DumpKVResponse:
+        async def dump(worker_id: str) -> KVDump:
             return await dumps[worker_id].dump(worker_id)
 
         for w in (a, b):
@@ -269,7 +269,7 @@ def test_memory_stays_bounded_while_workers_come_and_go(redis_url: str) -> None:
     _run(go())
 
 
-async def _no_resync(worker_id: str) -> DumpKVResponse:
+async def _no_resync(worker_id: str) -> KVDump:
     raise AssertionError(f"no resync expected ({worker_id})")
 
 

@@ -2,25 +2,49 @@ from __future__ import annotations
 
 import pytest
 
+from engine import EngineConfig
+from services.cli import build_parser
 from services.cluster.pools import PoolSpec
-from services.cluster.serve import ClusterConfig
+from services.cluster.serve import ClusterConfig, placement
 from services.router.server import served_model_name
+from services.worker.engine_flags import engine_config
+
+
+def _cluster(model: str = "m", **kwargs: object) -> ClusterConfig:
+    return ClusterConfig(EngineConfig(model=model), **kwargs)  # type: ignore[arg-type]
 
 
 def test_pools_share_the_node_between_workers() -> None:
-    cfg = ClusterConfig(model="m.gguf", prefill_workers=1, decode_workers=3)
+    cfg = _cluster("m.gguf", prefill_workers=1, decode_workers=3)
     assert cfg.specs(cpus=8, gpus=0) == [
         PoolSpec("prefill", 1, 2.0, 0.0),
         PoolSpec("decode", 3, 2.0, 0.0),
     ]
-    # A GPU per worker when there are enough; never less than one CPU.
-    assert cfg.specs(cpus=2, gpus=4)[1] == PoolSpec("decode", 3, 1.0, 1.0)
+    # A GPU per worker when there are enough; fewer CPUs than workers are shared (asking
+    # for one each, as this once did, left two of the four waiting for Ray forever).
+    assert cfg.specs(cpus=2, gpus=4)[1] == PoolSpec("decode", 3, 0.5, 1.0)
+
+
+def test_more_workers_than_cpus_share_them_with_one_torch_thread_each() -> None:
+    cfg = _cluster(prefill_workers=1, decode_workers=2)
+    specs = cfg.specs(cpus=2, gpus=0)
+    assert specs == [PoolSpec("prefill", 1, 2 / 3, 0.0), PoolSpec("decode", 2, 2 / 3, 0.0)]
+    assert sum(s.replicas * s.num_cpus for s in specs) == pytest.approx(2.0)  # all fit
+    assert [s.torch_threads for s in specs] == [1, 1]
+    assert PoolSpec("decode", 1, 3.0).torch_threads == 3
+    assert placement(specs) == [  # printed in the serve banner
+        "prefill: 1 worker, 0.67 CPUs each, 1 torch thread each",
+        "decode: 2 workers, 0.67 CPUs each, 1 torch thread each",
+    ]
+    assert placement([PoolSpec("both", 1, 1.0, 1.0)]) == [
+        "both: 1 worker, 1 CPU each, 1 torch thread each, 1 GPU each"
+    ]
 
 
 def test_colocated_runs_as_many_workers_with_both_roles() -> None:
-    cfg = ClusterConfig(model="m", mode="colocated", prefill_workers=1, decode_workers=1)
+    cfg = _cluster(mode="colocated", prefill_workers=1, decode_workers=1)
     assert cfg.specs(cpus=2, gpus=0) == [PoolSpec("both", 2, 1.0, 0.0)]
-    assert ClusterConfig(model="m", cpus_per_worker=0.5).specs(2, 0)[0].num_cpus == 0.5
+    assert _cluster(cpus_per_worker=0.5).specs(2, 0)[0].num_cpus == 0.5
 
 
 @pytest.mark.parametrize(
@@ -33,7 +57,38 @@ def test_colocated_runs_as_many_workers_with_both_roles() -> None:
 )
 def test_bad_cluster_shapes_are_refused(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        ClusterConfig(model="m", **kwargs)  # type: ignore[arg-type]
+        _cluster(**kwargs)
+
+
+def test_serve_and_worker_flags_build_the_same_engine_config() -> None:
+    engine_flags = ["--engine=mock", "--dtype=float32", "--block-size=32", "--num-blocks=64"]
+    engine_flags += ["--kv-cache-gb=0.5", "--mock-timing=decode_ms=3"]
+    serve = build_parser().parse_args(["serve", *engine_flags])
+    worker = build_parser().parse_args(
+        ["worker", "--role=decode", "--worker-id=w", "--redis-url=r", *engine_flags]
+    )
+    want = engine_config(serve, "m.gguf")
+    assert want.backend == "mock" and want.dtype == "float32"
+    assert (want.cache.block_size, want.cache.num_blocks, want.cache.kv_cache_gb) == (32, 64, 0.5)
+    assert want.mock.decode_ms == 3.0
+    assert engine_config(worker, "m.gguf", role="decode") == EngineConfig(
+        **{**_fields(want), "role": "decode"}
+    )
+
+
+def test_flag_choices_come_from_the_engine_config() -> None:
+    for argv in (
+        ["serve", "--dtype=float64"],
+        ["serve", "--engine=gpu"],
+        ["generate", "--prompt=x", "--dtype=float64"],
+        ["worker", "--role=router", "--worker-id=w", "--redis-url=r"],
+    ):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(argv)
+
+
+def _fields(cfg: EngineConfig) -> dict[str, object]:
+    return {name: getattr(cfg, name) for name in cfg.__dataclass_fields__}
 
 
 def test_served_model_name() -> None:

@@ -1,4 +1,5 @@
-"""Engine dataclasses survive the trip through protobuf bytes unchanged."""
+"""Python objects survive the trip through protobuf bytes unchanged (services/wire.py):
+engine dataclasses, and every rpc's request and reply, the worker's side and the router's."""
 
 from __future__ import annotations
 
@@ -6,9 +7,16 @@ import pytest
 
 from engine.block_pool import BlockPool
 from engine.kv_events import AllBlocksCleared, BlockStored, KVEvent
+from engine.output import RequestOutput
+from engine.request import FinishReason
 from engine.sampling_params import SamplingParams
+from engine.transfer.exchange import KVHandle, ReadReport
+from services import wire
 from services.pb import events_pb2, worker_pb2
 from services.wire import event_from_pb, event_to_pb, params_from_pb, params_to_pb
+from services.worker.core import DecodeUpdate, PrefillResult, WorkerStats
+
+HANDLE = KVHandle("prefill-0", "prefill-0-ab12", (4, 9, 2), 40, "lease-1", 2**41)
 
 
 @pytest.mark.parametrize(
@@ -67,3 +75,79 @@ def test_pool_events_round_trip() -> None:
 def test_event_without_kind_is_an_error() -> None:
     with pytest.raises(ValueError, match="no kind"):
         event_from_pb(events_pb2.KVEvent(worker_id="w", seq=1))
+
+
+def _bytes(msg):  # type: ignore[no-untyped-def]
+    """What the other side gets: the message parsed back from its bytes."""
+    return type(msg).FromString(msg.SerializeToString())
+
+
+def test_prefill_call_round_trip_and_validation() -> None:
+    call = wire.PrefillCall("r1", [1, 2, 3], SamplingParams(max_tokens=5, seed=3))
+    assert wire.PrefillCall.from_pb(_bytes(call.to_pb())) == call
+    with pytest.raises(ValueError, match="request_id is required"):
+        wire.PrefillCall.from_pb(worker_pb2.PrefillRequest(prompt_token_ids=[1]))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        wire.DecodeCall("r2", [5, 6], SamplingParams()),
+        wire.DecodeCall("r3", [5, 6], SamplingParams(), HANDLE, first_token=0),
+        wire.DecodeCall("r4", [5], SamplingParams(), generated_token_ids=[7, 8]),
+    ],
+)
+def test_decode_call_round_trip(call: wire.DecodeCall) -> None:
+    """first_token 0 is a token, not "no first token"."""
+    assert wire.DecodeCall.from_pb(_bytes(call.to_pb())) == call
+
+
+def test_decode_call_with_a_handle_lacking_a_lease_is_rejected() -> None:
+    msg = wire.DecodeCall("r", [1], SamplingParams(), HANDLE, 3).to_pb()
+    msg.kv.lease_id = ""
+    with pytest.raises(ValueError, match="lease id"):
+        wire.DecodeCall.from_pb(msg)
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        PrefillResult(7, -0.5, 16, None, HANDLE),
+        PrefillResult(0, None, 0, FinishReason.STOP, None),  # ended by its first token
+    ],
+)
+def test_prefill_result_reaches_the_router_as_a_reply(result: PrefillResult) -> None:
+    reply = wire.PrefillReply.from_pb(_bytes(wire.prefill_result_to_pb(result)))
+    assert reply == wire.PrefillReply(
+        result.first_token,
+        result.first_logprob,
+        result.num_cached_tokens,
+        result.finish_reason,
+        result.handle,
+    )
+
+
+def test_decode_update_reaches_the_router_as_a_reply() -> None:
+    out = RequestOutput("r", [4, 5], True, FinishReason.LENGTH, 10, 8, 2, [-0.25, -1.0])
+    report = ReadReport(bytes_read=4096, seconds=0.5, recomputed=False)
+    reply = wire.DecodeReply.from_pb(_bytes(wire.decode_update_to_pb(DecodeUpdate(out, report))))
+    assert reply == wire.DecodeReply([4, 5], [-0.25, -1.0], True, "length", 8, False, 4096, 0.5)
+    running = RequestOutput("r", [3], False, None, 10, 0, 1)
+    reply = wire.DecodeReply.from_pb(_bytes(wire.decode_update_to_pb(DecodeUpdate(running, None))))
+    assert reply == wire.DecodeReply([3], [], False, None, 0)
+
+
+def test_worker_stats_reach_the_router_as_a_reply() -> None:
+    values = dict(zip(wire.StatsReply.__dataclass_fields__, range(1, 100), strict=False))
+    values.update(idle=True, integrity_error="leak")
+    stats = WorkerStats(**values, queued_prefill_tokens=99)  # not on the wire
+    assert wire.StatsReply.from_pb(_bytes(wire.stats_to_pb(stats))) == wire.StatsReply(**values)
+
+
+def test_small_replies_round_trip() -> None:
+    dump = wire.KVDump("decode-0", 2**41, 12, [2**64 - 1, 3], 16)
+    assert wire.KVDump.from_pb(_bytes(dump.to_pb())) == dump
+    health = wire.HealthReply(True, "decode-0", "decode")
+    assert wire.HealthReply.from_pb(_bytes(health.to_pb())) == health
+    assert wire.found_from_pb(_bytes(wire.found_to_pb(True))) is True
+    assert _bytes(wire.abort_to_pb("r9")).request_id == "r9"

@@ -17,7 +17,7 @@ BS = 16
 
 def ref(worker_id: str, role: str = "prefill", **load: Any) -> WorkerRef:
     record = WorkerRecord(worker_id=worker_id, role=role, block_size=BS, **load)
-    return WorkerRef(record, channel=None, stub=None)  # type: ignore[arg-type]  # never dialled
+    return WorkerRef(record, client=None)  # type: ignore[arg-type]  # never dialled
 
 
 def store(index: KVIndex, worker_id: str, hashes: list[int]) -> None:

@@ -1,0 +1,98 @@
+"""The router's picture of the cluster, kept fresh in the background:
+
+    every refresh_s:  registry -> WorkerSet (who is up, their load)
+                      -> KVFeed.sync (whose KV events to follow)
+                      -> metrics gauges (queue depth, KV blocks, KV index size)
+    all the time:     KVFeed.run (KV events -> the KV index)
+
+Per-request decisions are services/router/dispatch.py's; this only keeps what they read true.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from engine.config import ROLES
+from services.kv.feed import KVFeed
+from services.pb.events_pb2 import WorkerRecord
+from services.router.metrics import RouterMetrics
+from services.router.workers import WorkerRef, WorkerSet
+
+log = logging.getLogger(__name__)
+
+
+class ClusterView:
+    def __init__(
+        self,
+        workers: WorkerSet,
+        metrics: RouterMetrics,
+        feed: KVFeed | None = None,
+        refresh_s: float = 0.5,
+        on_departed: Callable[[str], None] = lambda worker_id: None,
+    ) -> None:
+        """`feed` keeps a KV index true (kv routing only); `on_departed` hears of each
+        worker that left the registry (routing state about it can go)."""
+        self.workers = workers
+        self.metrics = metrics
+        self.feed = feed
+        self.refresh_s = refresh_s
+        self.on_departed = on_departed
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        self._exported: set[str] = set()  # workers with load series in the metrics
+
+    async def start(self) -> None:
+        """Read the registry once (so the first request sees the workers), then keep on."""
+        await self.refresh()
+        self._tasks.append(asyncio.create_task(self._refresh_forever()))
+        if self.feed is not None:
+            self._tasks.append(asyncio.create_task(self.feed.run(self._stop)))
+
+    async def close(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.workers.close()
+
+    # ---- what requests read ------------------------------------------------------------
+    def serving(self, role: str) -> list[WorkerRef]:
+        return self.workers.serving(role)
+
+    def get(self, worker_id: str) -> WorkerRef | None:
+        return self.workers.workers.get(worker_id)
+
+    def records(self) -> list[WorkerRecord]:
+        return [w.record for w in self.workers.workers.values()]
+
+    # ---- keeping it fresh --------------------------------------------------------------
+    async def refresh(self) -> None:
+        await self.workers.refresh()
+        if self.feed is not None:
+            await self.feed.sync(self.workers.workers)
+        self._export_load()
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("reading the registry failed")
+
+    def _export_load(self) -> None:
+        m, live = self.metrics, self.workers.workers
+        for role in ROLES:
+            m.set_queue_depth(
+                role, sum(w.record.waiting for w in live.values() if w.record.role == role)
+            )
+        for ref in live.values():
+            m.set_kv_blocks(ref.worker_id, ref.record.used_blocks, ref.record.num_blocks)
+        if self.feed is not None:
+            m.set_kv_index(self.feed.index.num_entries, self.feed.resyncs, self.feed.expired)
+        for gone in self._exported - live.keys():  # series of departed workers go too
+            m.forget_worker(gone)
+            self.on_departed(gone)
+        self._exported = set(live)

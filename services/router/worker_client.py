@@ -1,0 +1,83 @@
+"""The router's typed client of one worker: Python objects in and out (services/wire.py
+converts), gRPC errors as WorkerError. Nothing past this module sees protobuf or grpc.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import grpc
+
+from services import wire
+from services.pb import worker_pb2, worker_pb2_grpc
+
+
+class WorkerError(Exception):
+    """A call failed. `code` is the gRPC status name in lower case ("unavailable",
+    "deadline_exceeded", ...): the label fallbacks are counted under."""
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(f"{code}: {details}")
+        self.code = code
+        self.details = details
+
+    @property
+    def rejected(self) -> bool:
+        """The worker refused the request itself (bad input): the client's fault."""
+        return self.code == "invalid_argument"
+
+    @classmethod
+    def of(cls, e: grpc.aio.AioRpcError) -> WorkerError:
+        return cls(e.code().name.lower(), e.details() or "")
+
+
+class WorkerClient:
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._channel = grpc.aio.insecure_channel(address)
+        self._stub = worker_pb2_grpc.WorkerStub(self._channel)
+
+    async def prefill(self, call: wire.PrefillCall, timeout_s: float) -> wire.PrefillReply:
+        msg = await self._unary(self._stub.Prefill, call.to_pb(), timeout_s)
+        return wire.PrefillReply.from_pb(msg)
+
+    async def decode(self, call: wire.DecodeCall) -> AsyncGenerator[wire.DecodeReply, None]:
+        """The worker's stream. Close it (`contextlib.aclosing`) when you stop reading
+        early: that cancels the call, and the worker aborts the request."""
+        stream = self._stub.Decode(call.to_pb())
+        try:
+            async for chunk in stream:
+                yield wire.DecodeReply.from_pb(chunk)
+        except grpc.aio.AioRpcError as e:
+            raise WorkerError.of(e) from None
+        finally:
+            stream.cancel()  # a no-op when the stream ended
+
+    async def abort(self, request_id: str, timeout_s: float = 5.0) -> bool:
+        """True when the worker still had the request."""
+        msg = await self._unary(self._stub.Abort, wire.abort_to_pb(request_id), timeout_s)
+        return wire.found_from_pb(msg)
+
+    async def stats(self, timeout_s: float = 10.0) -> wire.StatsReply:
+        msg = await self._unary(self._stub.Stats, worker_pb2.StatsRequest(), timeout_s)
+        return wire.StatsReply.from_pb(msg)
+
+    async def health(self, timeout_s: float = 5.0) -> wire.HealthReply:
+        msg = await self._unary(self._stub.Health, worker_pb2.HealthRequest(), timeout_s)
+        return wire.HealthReply.from_pb(msg)
+
+    async def dump_kv(self, timeout_s: float = 10.0) -> wire.KVDump:
+        """The worker's whole KV cache, for a KV index's resync."""
+        msg = await self._unary(self._stub.DumpKV, worker_pb2.DumpKVRequest(), timeout_s)
+        return wire.KVDump.from_pb(msg)
+
+    async def _unary(self, method: Any, msg: Any, timeout_s: float) -> Any:
+        try:
+            return await method(msg, timeout=timeout_s)
+        except grpc.aio.AioRpcError as e:
+            raise WorkerError.of(e) from None
+
+    async def close(self, grace_s: float | None = None) -> None:
+        """With a grace period, calls in flight may finish first."""
+        await self._channel.close(grace=grace_s)

@@ -1,0 +1,63 @@
+"""The engine's command-line flags and the one function that turns them into an EngineConfig,
+shared by `tandem worker` and `tandem serve` (choices come from engine.config, written once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from engine import CacheConfig, EngineConfig
+from engine.config import BACKENDS, DTYPES, MockTiming
+
+
+def add_engine_args(ap: argparse.ArgumentParser) -> None:
+    """The backend, dtype and KV pool flags."""
+    ap.add_argument(
+        "--engine",
+        choices=BACKENDS,
+        default="model",
+        help="model: run the model; mock: no weights, modelled step times (engine/mock.py)",
+    )
+    ap.add_argument("--dtype", default="auto", choices=DTYPES)
+    ap.add_argument("--block-size", type=int, default=16)
+    ap.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV cache per worker")
+    ap.add_argument(
+        "--num-blocks",
+        type=int,
+        default=None,
+        help="KV blocks per worker; overrides --kv-cache-gb (mock default: 4096)",
+    )
+    ap.add_argument(
+        "--mock-timing",
+        type=mock_timing_arg,
+        default=MockTiming(),
+        metavar="KEY=VALUE,...",
+        help="change the mock's timing model (engine/mock.py), e.g. decode_ms=12,speed=2; "
+        "defaults: " + ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(MockTiming)),
+    )
+
+
+def mock_timing_arg(spec: str) -> MockTiming:
+    try:
+        return MockTiming.parse(spec)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def engine_config(
+    args: argparse.Namespace, model: str, role: str = "both", num_threads: int | None = None
+) -> EngineConfig:
+    """The EngineConfig that `add_engine_args`' flags describe. A pool sets each worker's
+    role and threads itself (services/cluster/pools.py)."""
+    return EngineConfig(
+        model=model,
+        role=role,  # type: ignore[arg-type]  # checked in EngineConfig.__post_init__
+        backend=args.engine,
+        dtype=args.dtype,
+        num_threads=num_threads,
+        cache=CacheConfig(
+            block_size=args.block_size, num_blocks=args.num_blocks, kv_cache_gb=args.kv_cache_gb
+        ),
+        mock=args.mock_timing,
+    )

@@ -1,0 +1,52 @@
+"""What a worker's rpc handlers call: the wire's request types in, the worker's results out,
+and the rules that sit between the two (services/worker/servicer.py stays conversion only).
+
+    Decode with a KV handle  -> its prefill worker is loaded as a NIXL peer first, if it
+                                joined a moment ago (PeerWatcher.ensure)
+    Decode resuming tokens   -> refused: migration is a later issue, never half-done
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from services.wire import DecodeCall, HealthReply, KVDump, PrefillCall
+from services.worker.core import DecodeUpdate, PrefillResult, Worker, WorkerStats
+from services.worker.peers import PeerWatcher
+
+
+class WorkerCalls:
+    def __init__(self, worker: Worker, peers: PeerWatcher | None) -> None:
+        """`peers` is None on a prefill worker: it reads from nobody."""
+        self.worker = worker
+        self.peers = peers
+
+    async def prefill(self, call: PrefillCall) -> PrefillResult:
+        return await self.worker.prefill(call.request_id, call.prompt_token_ids, call.params)
+
+    async def decode(self, call: DecodeCall) -> AsyncIterator[DecodeUpdate]:
+        """Awaited before the stream starts, so a refusal comes before any token."""
+        handle = call.handle
+        if handle is not None and self.peers is not None:
+            await self.peers.ensure(handle.worker_id, handle.agent_name)
+        if call.generated_token_ids:
+            raise ValueError("resuming a migrated request is not supported yet")
+        return self.worker.decode(
+            call.request_id, call.prompt_token_ids, call.params, handle, call.first_token
+        )
+
+    async def abort(self, request_id: str) -> bool:
+        return await self.worker.abort(request_id)
+
+    def health(self) -> HealthReply:
+        w = self.worker
+        return HealthReply(ok=w.loop.alive, worker_id=w.worker_id, role=w.role)
+
+    async def stats(self) -> WorkerStats:
+        """Audits the block pool too (O(blocks)): Stats is for tests and operators."""
+        return await self.worker.stats(integrity=True)
+
+    async def dump_kv(self) -> KVDump:
+        w = self.worker
+        seq, hashes = await w.dump_kv()
+        return KVDump(w.worker_id, w.started_at_ms, seq, hashes, w.engine.block_size)

@@ -1,0 +1,171 @@
+"""The per-request flow (services/router/dispatch.py) against fake WorkerClients: what each
+worker is asked, what the client gets, and what happens when a worker fails or the client
+goes away. Real workers run it in tests/e2e."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import pytest
+
+from engine.sampling_params import SamplingParams
+from engine.transfer.exchange import KVHandle
+from services.pb.events_pb2 import WorkerRecord
+from services.router.backend import BackendError, GenerateRequest, TokenDelta
+from services.router.cluster_view import ClusterView
+from services.router.dispatch import DispatchConfig, Dispatcher
+from services.router.metrics import RouterMetrics
+from services.router.routing import Policy
+from services.router.worker_client import WorkerError
+from services.router.workers import WorkerRef, WorkerSet
+from services.wire import DecodeCall, DecodeReply, PrefillCall, PrefillReply
+
+HANDLE = KVHandle("prefill-0", "agent-p0", (1, 2), 20, "lease", 2**41)
+PROMPT = list(range(20))  # over local_prefill_tokens below: disaggregated
+
+
+class FakeWorker:
+    """Stands in for a WorkerClient: records calls, answers from a script."""
+
+    def __init__(self, prefill: PrefillReply | Exception | None = None, chunks=(), fail=None):  # type: ignore[no-untyped-def]
+        self.prefill_reply = prefill
+        self.chunks: list[DecodeReply] = list(chunks)
+        self.fail: WorkerError | None = fail  # raised by decode after the chunks
+        self.prefills: list[PrefillCall] = []
+        self.decodes: list[DecodeCall] = []
+        self.aborted: list[str] = []
+        self.stream_closed = False
+
+    async def prefill(self, call: PrefillCall, timeout_s: float) -> PrefillReply:
+        self.prefills.append(call)
+        if isinstance(self.prefill_reply, Exception):
+            raise self.prefill_reply
+        assert self.prefill_reply is not None
+        return self.prefill_reply
+
+    async def decode(self, call: DecodeCall) -> AsyncGenerator[DecodeReply, None]:
+        self.decodes.append(call)
+        try:
+            for chunk in self.chunks:
+                yield chunk
+            if self.fail is not None:
+                raise self.fail
+        finally:
+            self.stream_closed = True
+
+    async def abort(self, request_id: str, timeout_s: float = 5.0) -> bool:
+        self.aborted.append(request_id)
+        return True
+
+    async def close(self, grace_s: float | None = None) -> None:
+        pass
+
+
+def _dispatcher(**fakes: FakeWorker) -> tuple[Dispatcher, RouterMetrics]:
+    workers = WorkerSet(registry=None)  # type: ignore[arg-type]  # never refreshed
+    for worker_id, fake in fakes.items():
+        record = WorkerRecord(worker_id=worker_id, role=worker_id.split("-")[0], block_size=4)
+        workers.workers[worker_id] = WorkerRef(record, fake)  # type: ignore[arg-type]
+    metrics = RouterMetrics()
+    config = DispatchConfig(routing="round-robin", local_prefill_tokens=8)
+    view = ClusterView(workers, metrics)
+    return Dispatcher(view, config, metrics, Policy("round-robin", None)), metrics
+
+
+def _run(d: Dispatcher, prompt: list[int] = PROMPT, take: int | None = None) -> list[TokenDelta]:
+    async def go() -> list[TokenDelta]:
+        request = GenerateRequest("r1", prompt, SamplingParams(max_tokens=4))
+        out = []
+        stream = d.generate(request)
+        async for delta in stream:
+            out.append(delta)
+            if take is not None and len(out) == take:
+                break
+        await stream.aclose()  # what the HTTP edge does when a client goes away
+        await d.close()
+        return out
+
+    return asyncio.run(go())
+
+
+def _chunk(tokens: list[int], done: bool = False, **kw: Any) -> DecodeReply:
+    return DecodeReply(tokens, [], done, "length" if done else None, 12, **kw)
+
+
+def test_disaggregated_hands_the_kv_handle_and_first_token_to_the_decode_worker() -> None:
+    prefill = FakeWorker(PrefillReply(42, None, 8, None, HANDLE))
+    decode = FakeWorker(chunks=[_chunk([5], kv_bytes_read=100), _chunk([6], done=True)])
+    d, metrics = _dispatcher(**{"prefill-0": prefill, "decode-0": decode})
+    out = _run(d)
+    assert [o.token_ids for o in out] == [[42], [5], [6]]
+    assert [o.route for o in out] == ["disaggregated", "disaggregated", ""]
+    assert out[0].num_cached_tokens == 8 and out[1].num_cached_tokens == 0  # prefill's count
+    assert prefill.prefills == [PrefillCall("r1", PROMPT, SamplingParams(max_tokens=4))]
+    assert decode.decodes[0].handle == HANDLE and decode.decodes[0].first_token == 42
+    assert metrics.nixl_bytes._value.get() == 100
+    assert prefill.aborted == [] and decode.stream_closed
+
+
+def test_short_prompts_prefill_on_the_decode_worker() -> None:
+    prefill, decode = FakeWorker(), FakeWorker(chunks=[_chunk([5, 6], done=True)])
+    d, _ = _dispatcher(**{"prefill-0": prefill, "decode-0": decode})
+    out = _run(d, prompt=[1, 2, 3])
+    assert [(o.token_ids, o.route, o.num_cached_tokens) for o in out] == [
+        ([5, 6], "local_prefill", 12)
+    ]
+    assert prefill.prefills == [] and decode.decodes[0].handle is None
+
+
+def test_a_failed_prefill_falls_back_to_the_decode_worker_counted() -> None:
+    prefill = FakeWorker(WorkerError("unavailable", "gone"))
+    decode = FakeWorker(chunks=[_chunk([5], done=True)])
+    d, metrics = _dispatcher(**{"prefill-0": prefill, "decode-0": decode})
+    out = _run(d)
+    assert [(o.token_ids, o.route) for o in out] == [([5], "local_prefill")]
+    assert metrics.prefill_fallbacks.labels(reason="unavailable")._value.get() == 1
+    assert prefill.aborted == ["r1"]  # whatever it did is freed
+
+
+def test_a_rejected_request_is_the_clients_error() -> None:
+    prefill = FakeWorker(WorkerError("invalid_argument", "top_p must be in (0, 1]"))
+    d, _ = _dispatcher(**{"prefill-0": prefill, "decode-0": FakeWorker()})
+    with pytest.raises(BackendError) as e:
+        _run(d)
+    assert (e.value.status, e.value.message) == (400, "top_p must be in (0, 1]")
+
+
+def test_a_decode_worker_failing_mid_stream_is_a_502() -> None:
+    decode = FakeWorker(chunks=[_chunk([5])], fail=WorkerError("unavailable", "died"))
+    d, _ = _dispatcher(**{"decode-0": decode})
+    with pytest.raises(BackendError) as e:
+        _run(d, prompt=[1])
+    assert e.value.status == 502 and "decode-0 failed: died" in e.value.message
+
+
+def test_a_recomputed_prompt_releases_the_prefill_workers_lease() -> None:
+    prefill = FakeWorker(PrefillReply(42, None, 8, None, HANDLE))
+    decode = FakeWorker(chunks=[_chunk([5], done=True, kv_recomputed=True)])
+    d, metrics = _dispatcher(**{"prefill-0": prefill, "decode-0": decode})
+    out = _run(d)
+    assert out[1].num_cached_tokens == 12  # the decode worker computed the prompt itself
+    assert metrics.kv_recomputed._value.get() == 1
+    assert prefill.aborted == ["r1"]
+
+
+def test_a_client_gone_after_the_first_token_frees_both_workers() -> None:
+    prefill = FakeWorker(PrefillReply(42, None, 8, None, HANDLE))
+    decode = FakeWorker(chunks=[_chunk([5]), _chunk([6]), _chunk([7], done=True)])
+    d, _ = _dispatcher(**{"prefill-0": prefill, "decode-0": decode})
+    assert [o.token_ids for o in _run(d, take=2)] == [[42], [5]]
+    assert decode.stream_closed  # the call is cancelled at once: the worker aborts
+    assert prefill.aborted == []  # the decode worker read the KV already
+
+
+def test_a_client_gone_before_the_decode_started_releases_the_held_blocks() -> None:
+    prefill = FakeWorker(PrefillReply(42, None, 8, None, HANDLE))
+    decode = FakeWorker(chunks=[_chunk([5], done=True)])
+    d, _ = _dispatcher(**{"prefill-0": prefill, "decode-0": decode})
+    assert [o.token_ids for o in _run(d, take=1)] == [[42]]
+    assert decode.decodes == [] and prefill.aborted == ["r1"]
