@@ -1,6 +1,6 @@
 """The router's HTTP edge: an OpenAI-compatible API in front of a `Backend`.
 
-    POST /v1/chat/completions   POST /v1/completions   GET /v1/models
+    POST /v1/chat/completions   POST /v1/completions   GET /v1/models   POST /tokenize
     GET /health (always 200, no key)   GET /ready   GET /metrics
 
 A request is validated (protocol.py), tokenized once (prompts.py), run through the backend
