@@ -116,3 +116,23 @@ def test_failed_read_is_recomputed_and_the_lease_expires(model: Path) -> None:
     source.tick()
     assert prefill.held_request("r") is None and prefill.load().idle
     assert source.leases.num_expired == 1
+
+
+def test_a_first_token_that_ends_the_request_finishes_it_on_arrival(model: Path) -> None:
+    """remote_kv_ready applies the same stop rules as a step: here max_tokens=1 is met by
+    the prefill worker's token, which the client already has, so nothing is repeated."""
+    prefill, source, decode, sink = _pair(model)
+    prefill.add_request("r", PROMPT, PARAMS)
+    (first,) = prefill.step()
+    handle = source.hold("r")
+    snap = prefill.kv_snapshot()
+    assert snap.seq == 2 and len(snap.block_hashes) == 2  # the prompt's two full blocks
+    decode.add_request("r", PROMPT, SamplingParams(max_tokens=1), remote_prefill=True)
+    assert decode.step() == []
+    sink.expect("r", handle, first.new_token_ids[0])
+    (out,) = sink.tick()
+    assert out.finished and out.finish_reason == "length"
+    assert out.new_token_ids == [] and out.num_output_tokens == 1
+    assert not decode.has_unfinished() and decode.load().idle
+    source.tick()
+    assert prefill.load().idle
