@@ -50,7 +50,9 @@ def workers(
 ) -> Iterator[Workers]:
     tmp = tmp_path_factory.mktemp("workers")
     specs = {
-        "prefill-a": ("prefill", ()),
+        # Leases of 120 s: a handle must outlive a restart of this worker (tens of seconds
+        # on a busy 2-core machine) to test what a stale agent does, not an expired lease.
+        "prefill-a": ("prefill", ("--lease-s=120",)),
         # Leases of 1 s: less than the decode side's safety margin, so they always count as
         # expired by the time a read could finish.
         "prefill-short": ("prefill", ("--lease-s=1.0",)),
@@ -257,7 +259,8 @@ def test_restarted_prefill_worker_is_never_read_through_a_stale_agent(
     workers: Workers, tokenizer: Tokenizer, smollm_hf: object
 ) -> None:
     prompt = _prompt(tokenizer, "What do bees make?")
-    stale = _prefill(workers, "prefill-a", "r1", prompt)  # its lease has 30 s to run
+    want = hf_greedy(smollm_hf, prompt, 24)[0]  # before the lease starts running
+    stale = _prefill(workers, "prefill-a", "r1", prompt)  # its lease has 120 s to run
     old_agent = workers.record("prefill-a").nixl_agent
     assert workers.procs["prefill-a"].stop(signal.SIGTERM) == 0
     proc, address = start_worker(
@@ -270,7 +273,6 @@ def test_restarted_prefill_worker_is_never_read_through_a_stale_agent(
     assert f"dropped NIXL peer prefill-a (agent {old_agent})" in decode_log
 
     # A handle from before the restart names an agent that no longer exists: recompute.
-    want = hf_greedy(smollm_hf, prompt, 24)[0]
     tokens, first = _decode(workers, "r1", prompt, stale)
     assert first.kv_recomputed and tokens == want
     assert f"unknown peer '{old_agent}'" in workers.procs["decode-a"].tail(50)
