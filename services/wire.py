@@ -165,7 +165,7 @@ def decode_update_to_pb(update: DecodeUpdate) -> worker_pb2.DecodeChunk:
         token_ids=out.new_token_ids,
         logprobs=out.new_logprobs,
         finished=out.finished,
-        finish_reason=out.finish_reason or "",
+        finish_reason=_reason(out.finish_reason),
         num_cached_tokens=out.num_cached_tokens,
     )
     if report is not None:

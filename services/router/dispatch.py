@@ -10,12 +10,11 @@ A prefill worker that fails or times out is not hidden: the request is prefilled
 decode worker, counted in `tandem_prefill_fallbacks_total{reason}` and logged.
 A client that goes away (the iterator is closed early) aborts the request on both workers.
 
-Which workers: services/router/routing.py (--routing), among those services/router/
-cluster_view.py keeps current; the workers are spoken to through WorkerClient (typed, no
-protobuf here). With `kv` the decode worker is
-chosen first, and the local-vs-remote decision counts only the prompt tokens *it* does
-not hold: a conversation that comes back to the worker holding its history prefills its
-new turn there.
+Which workers: services/router/routing.py (--routing), among those the ClusterView
+(cluster_view.py) keeps current. With `kv` the decode worker is chosen first, and the
+local-vs-remote decision counts only the prompt tokens *it* does not hold: a conversation
+that comes back to the worker holding its history prefills its new turn there. Workers
+are spoken to through their WorkerClient (worker_client.py): no protobuf here.
 """
 
 from __future__ import annotations
