@@ -8,6 +8,7 @@ import torch
 
 from engine.attention import AttentionBackend, BatchLayout, SeqSlice, create_backend
 from engine.model.llama import LlamaModel
+from engine.model.ops import NativeOps
 from engine.scheduler import ScheduledChunk
 
 
@@ -39,6 +40,8 @@ class ModelRunner:
         self.attn: AttentionBackend = create_backend(
             attention_backend, self.kv_cache, block_size, cfg.num_heads, scale=cfg.head_dim**-0.5
         )
+        if _native_kernels(self.kv_cache):
+            model.ops = NativeOps()
 
     @property
     def device(self) -> torch.device:
@@ -74,3 +77,12 @@ class ModelRunner:
 
     def finish_step(self, started: float) -> None:
         """Nothing to wait for: the forward pass took its real time."""
+
+
+def _native_kernels(kv_cache: torch.Tensor) -> bool:
+    """Our C++ kernels serve CPU float32/bfloat16 models (built on first use)."""
+    if kv_cache.device.type != "cpu" or kv_cache.dtype not in (torch.float32, torch.bfloat16):
+        return False
+    from engine.attention import cpu_kernels
+
+    return cpu_kernels.load()

@@ -1,16 +1,20 @@
 """Our C++ CPU kernels, compiled on first use with torch's extension builder and cached
-(in ~/.cache/torch_extensions). Loading is explicit and reported: a machine without a
-compiler gets a warning naming the reason and the pure-torch path, never a silent switch."""
+(in ~/.cache/torch_extensions). They register as torch operators, `torch.ops.tandem.*`,
+so that eager code and a compiled decode step (engine/compiled.py) call the same kernels.
+Loading is explicit and reported: a machine without a compiler gets a warning naming the
+reason and the pure-torch path, never a silent switch."""
 
 from __future__ import annotations
 
 import functools
 import logging
 from pathlib import Path
-from types import ModuleType
+
+import torch
 
 log = logging.getLogger(__name__)
-_SRC = Path(__file__).parent / "csrc" / "paged_decode.cpp"
+_CSRC = Path(__file__).parent / "csrc"
+_SOURCES = (_CSRC / "paged_attention.cpp", _CSRC / "fused_ops.cpp")
 
 
 def _cpu_flags() -> set[str]:
@@ -22,24 +26,64 @@ def _cpu_flags() -> set[str]:
     return set(line.split(":", 1)[-1].split())
 
 
+def _isa_flags() -> tuple[str, list[str]]:
+    """The widest vector ISA this CPU has, as a build-name suffix and compiler flags. The
+    build is cached per name, so a cached binary never runs on a CPU lacking its ISA."""
+    cpu = _cpu_flags()
+    if {"avx512f", "avx512bw", "avx512vl", "fma"} <= cpu:
+        bf16 = ["-mavx512bf16"] if "avx512_bf16" in cpu else []
+        return "_avx512", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", *bf16]
+    if {"avx2", "fma", "f16c"} <= cpu:
+        return "_avx2", ["-mavx2", "-mfma", "-mf16c"]
+    return "", []
+
+
 @functools.cache
-def load() -> ModuleType | None:
-    """The compiled module, or None (with a logged warning) when it cannot be built."""
+def load() -> bool:
+    """Build (or load the cached build of) the kernels; False, with a logged warning, when
+    they cannot be built."""
     from torch.utils.cpp_extension import load as build
 
-    # AVX2+FMA where the CPU has them; the build is cached per flag set, so a cached
-    # binary is never run on a CPU that lacks its instructions.
-    wide = {"avx2", "fma"} <= _cpu_flags()
+    suffix, isa = _isa_flags()
     # -fopenmp: at::parallel_for is inlined here and splits work with OpenMP pragmas.
-    flags = ["-O3", "-ffast-math", "-fopenmp"] + (["-mavx2", "-mfma"] if wide else [])
+    flags = ["-O3", "-ffast-math", "-fopenmp", *isa]
     try:
-        return build(
-            name="tandem_cpu_kernels" + ("_avx2" if wide else ""),
-            sources=[str(_SRC)],
+        build(
+            name="tandem_ops" + suffix,
+            sources=[str(p) for p in _SOURCES],
             extra_cflags=flags,
             extra_ldflags=["-fopenmp"],
+            is_python_module=False,  # the library registers torch.ops.tandem.* on load
             verbose=False,
         )
     except Exception as e:  # compiler missing, headers missing, build error
-        log.warning("tandem C++ CPU kernels unavailable (%s); using the pure-torch decode path", e)
+        log.warning("tandem C++ CPU kernels unavailable (%s); using the pure-torch path", e)
+        return False
+    _register_fakes()
+    return True
+
+
+def _register_fakes() -> None:
+    """Shapes for tracing (torch.compile): the ops' outputs without running them."""
+
+    @torch.library.register_fake("tandem::paged_decode")
+    def _(q, kv_cache, layer, block_tables, context_lens, scale):
+        return torch.empty_like(q)
+
+    @torch.library.register_fake("tandem::write_kv")
+    def _(kv_cache, layer, k, v, slots):
         return None
+
+    @torch.library.register_fake("tandem::add_rms_norm")
+    def _(x, delta, weight, eps):
+        return torch.empty_like(x), torch.empty_like(x)
+
+    @torch.library.register_fake("tandem::rope")
+    def _(q, k, cos, sin):
+        return torch.empty_like(q, memory_format=torch.contiguous_format), torch.empty_like(
+            k, memory_format=torch.contiguous_format
+        )
+
+    @torch.library.register_fake("tandem::silu_and_mul")
+    def _(gate_up):
+        return gate_up.new_empty((*gate_up.shape[:-1], gate_up.shape[-1] // 2))

@@ -1,15 +1,14 @@
 """Paged attention in torch: the reference backend, on CPU and CUDA.
 
-Decoding sequences (one query each) are batched into one call: on CPU in float32 our C++
-kernel reads K/V in place from the paged cache (engine/attention/csrc); elsewhere one SDPA
-call over their gathered, padded block tables. Sequences with several queries (prefill
+Decoding sequences (one query each) are batched into one call: on CPU (float32 or bfloat16)
+our C++ kernel reads K/V in place from the paged cache (engine/attention/csrc); elsewhere
+one SDPA call over their gathered, padded block tables. Sequences with several queries (prefill
 chunks) get one SDPA call each, using the fresh k/v directly when nothing precedes them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +29,7 @@ class _Prefill:
 class _Meta:
     write_blocks: torch.Tensor  # [N] block id of each new token's slot
     write_offsets: torch.Tensor  # [N] offset inside that block
+    write_slots: torch.Tensor  # [N] block * block_size + offset (the C++ kernel's form)
     decode_rows: torch.Tensor | None  # [Bd] rows of single-query sequences; None if none
     all_decode: bool
     block_tables: torch.Tensor | None  # [Bd, max_blocks], padded with block 0
@@ -45,11 +45,11 @@ class TorchAttention(AttentionBackend):
         self, kv_cache: torch.Tensor, block_size: int, num_heads: int, scale: float
     ) -> None:
         super().__init__(kv_cache, block_size, num_heads, scale)
-        self._kernels: ModuleType | None = None
-        if kv_cache.device.type == "cpu" and kv_cache.dtype == torch.float32:
+        self._native = False  # torch.ops.tandem.* (engine/attention/csrc) are loaded
+        if kv_cache.device.type == "cpu" and kv_cache.dtype in (torch.float32, torch.bfloat16):
             from engine.attention import cpu_kernels
 
-            self._kernels = cpu_kernels.load()
+            self._native = cpu_kernels.load()
 
     def prepare(self, layout: BatchLayout) -> None:
         dev, bs = self.kv_cache.device, self.block_size
@@ -77,6 +77,9 @@ class TorchAttention(AttentionBackend):
         self._meta = _Meta(
             write_blocks=torch.tensor(blocks, dtype=torch.long, device=dev),
             write_offsets=torch.tensor(offsets, dtype=torch.long, device=dev),
+            write_slots=torch.tensor(
+                [b * bs + o for b, o in zip(blocks, offsets, strict=True)], device=dev
+            ),
             decode_rows=torch.tensor(decode_rows, dtype=torch.long, device=dev)
             if decode_rows
             else None,
@@ -87,7 +90,7 @@ class TorchAttention(AttentionBackend):
             else None,
             # the padding mask serves the SDPA path only; the C++ kernel reads the lengths
             decode_mask=_length_mask(decode_lens, decode_tables, bs, dev)
-            if decode_rows and self._kernels is None
+            if decode_rows and not self._native
             else None,
             prefills=prefills,
         )
@@ -96,7 +99,10 @@ class TorchAttention(AttentionBackend):
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
         m = self._meta
-        self.write_kv(layer, k, v, m.write_blocks, m.write_offsets)
+        if self._native:
+            torch.ops.tandem.write_kv(self.kv_cache, layer, k, v, m.write_slots)
+        else:
+            self.write_kv(layer, k, v, m.write_blocks, m.write_offsets)
         k_cache = self.kv_cache[:, layer, 0]  # [num_blocks, block_size, kv_heads, D]
         v_cache = self.kv_cache[:, layer, 1]
         out = q if m.all_decode else torch.empty_like(q)
@@ -117,8 +123,8 @@ class TorchAttention(AttentionBackend):
         m = self._meta
         assert m.decode_rows is not None and m.block_tables is not None
         qd = q if m.all_decode else q[m.decode_rows]
-        if self._kernels is not None:  # reads K/V in place: no gather copy
-            o = self._kernels.paged_decode(
+        if self._native:  # reads K/V in place: no gather copy
+            o = torch.ops.tandem.paged_decode(
                 qd, self.kv_cache, layer, m.block_tables, m.decode_lens, self.scale
             )
         else:

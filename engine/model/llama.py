@@ -16,13 +16,7 @@ from torch import nn
 
 from engine.attention import AttentionBackend
 from engine.model.config import ModelConfig
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    dtype = x.dtype
-    h = x.to(torch.float32)
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(dtype)
+from engine.model.ops import TorchOps
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
@@ -40,13 +34,6 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
     mid = (1 - smooth) * scaled / factor + smooth * scaled
     is_mid = (wavelen >= old_len / high) & (wavelen <= old_len / low)
     return torch.where(is_mid, mid, scaled)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [N, heads, D]; cos/sin: [N, 1, D]."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
 
 
 class DecoderLayer(nn.Module):
@@ -77,27 +64,30 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        delta: torch.Tensor | None,
         cos: torch.Tensor,
         sin: torch.Tensor,
         attn: AttentionBackend,
         layer: int,
-    ) -> torch.Tensor:
+        ops: TorchOps,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: the residual stream before this layer, with the previous layer's output
+        `delta` not yet added (the add is fused into this layer's first norm). Returns
+        (x + delta + attention output, MLP output): the next layer's x and delta."""
         cfg, n = self.cfg, x.shape[0]
         eps = cfg.rms_norm_eps
-        h = rms_norm(x, self.input_norm, eps)
+        x, h = ops.add_rms_norm(x, delta, self.input_norm, eps)
         qkv = F.linear(h, self.qkv_weight, self.qkv_bias)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(n, cfg.num_heads, cfg.head_dim)
         k = k.view(n, cfg.num_kv_heads, cfg.head_dim)
         v = v.view(n, cfg.num_kv_heads, cfg.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
-            q, k = rms_norm(q, self.q_norm, eps), rms_norm(k, self.k_norm, eps)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k = ops.rms_norm(q, self.q_norm, eps), ops.rms_norm(k, self.k_norm, eps)
+        q, k = ops.rope(q, k, cos, sin)
         o = attn.forward(layer, q, k, v).reshape(n, self.q_size)
-        x = x + F.linear(o, self.o_weight)
-        h = rms_norm(x, self.post_attn_norm, eps)
-        gate, up = F.linear(h, self.gate_up_weight).chunk(2, dim=-1)
-        return x + F.linear(F.silu(gate) * up, self.down_weight)
+        x, h = ops.add_rms_norm(x, F.linear(o, self.o_weight), self.post_attn_norm, eps)
+        return x, F.linear(ops.silu_and_mul(F.linear(h, self.gate_up_weight)), self.down_weight)
 
 
 class LlamaModel(nn.Module):
@@ -115,6 +105,8 @@ class LlamaModel(nn.Module):
         # A plain attribute, not a buffer: RoPE frequencies stay float32 whatever the
         # weights' dtype (as in Hugging Face), so `.to(dtype)` must not round them.
         self.inv_freq = rope_inv_freq(cfg)
+        # Elementwise kernels; engine/runner.py swaps in NativeOps where they are built.
+        self.ops = TorchOps()
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionBackend
@@ -123,10 +115,11 @@ class LlamaModel(nn.Module):
         x = F.embedding(input_ids, self.embed)
         freqs = positions.float()[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos().to(x.dtype)[:, None, :], emb.sin().to(x.dtype)[:, None, :]
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)  # [N, D]
+        delta: torch.Tensor | None = None
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, attn, i)
-        return rms_norm(x, self.norm, self.cfg.rms_norm_eps)
+            x, delta = layer(x, delta, cos, sin, attn, i, self.ops)
+        return self.ops.add_rms_norm(x, delta, self.norm, self.cfg.rms_norm_eps)[1]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [n, hidden] -> float32 logits [n, vocab]."""
