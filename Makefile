@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.stamp-install
 PROMPT ?= What is the capital of France?
 
-.PHONY: install redis-server test lint typecheck run generate pull proto bench-engine bench-transfer bench-disagg bench-routing clean
+.PHONY: install redis-server test lint typecheck run generate pull proto bench-engine bench-transfer bench-disagg bench-routing bench-router clean
 
 install: $(STAMP) redis-server
 
@@ -71,6 +71,11 @@ bench-disagg: pull
 # on 8 mock prefill workers, then the real model on 2 (ARGS="--no-real" skips that part).
 bench-routing: pull
 	$(PY) -m bench.routing $(ARGS)
+
+# The request path alone: router + one mock worker with zero step time, concurrency 1, 16
+# and 64; TTFT, req/s and each process's CPU per request.
+bench-router: install
+	$(PY) -m bench.router $(ARGS)
 
 clean:
 	rm -rf $(VENV) bench-results .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,290 @@
+"""`make bench-router`: what the request path costs when the engine costs nothing.
+
+    Redis ── `tandem worker --engine mock` (role both, zero step time)
+          └─ `tandem router --mode colocated` on a free port  <── this process: the client
+
+Both are plain child processes (no Ray), so their pids are known and their CPU counters
+are their own. Each level sends a fixed number of streamed /v1/completions requests
+(64 random prompt token ids, exactly 8 output tokens) through loadtest's client from
+`concurrency` closed-loop senders, after a short warm-up, and reports:
+
+    TTFT p50 / p99     client side: request sent -> first chunk with text
+    req/s              completed requests over the level's wall time
+    CPU ms / request   (utime + stime) from /proc/PID/stat, before and after the level,
+                       over the requests completed: router, worker, and this client
+
+The client shares the machine's cores with the router and the worker (as in the issue's
+figures), so its CPU is reported too. Bounded: each level stops at its time cap, and the
+processes are stopped by pid at the end. Writes bench-results/router.json.
+
+    python -m bench.router [--levels 1:200,16:800,64:1600] [--time-cap-s 120] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loadtest.body import BodyMaker
+from loadtest.client import Client, make_http
+from loadtest.records import RequestOutput
+from loadtest.stats import Stats
+from services.cluster.launch import Proc, start_router, start_worker
+from services.cluster.models import pull_default
+from services.cluster.redis_server import RedisServer
+
+ZERO_TIMING = (
+    "step_ms=0,prefill_ms_per_token=0,decode_ms=0,decode_ms_per_seq=0,decode_ms_per_1k_context=0"
+)
+PROMPT_LEN = 64
+OUTPUT_LEN = 8
+LEVELS = ((1, 200), (16, 800), (64, 1600))
+WARMUP = 32
+# Goals and today's figures (issue 11, "make bench-router").
+GOAL_ROUTER_CPU_MS = 1.0
+GOAL_TTFT_P50_MS_AT_1 = 2.0
+ISSUE_TODAY = {"ttft_p50_ms_at_1": 3.5, "req_s_at_64": 339.0}
+TOKEN_RANGE = (1000, 40000)  # ordinary tokens of SmolLM2's 49152: no special ones
+
+
+# ---- CPU counters -----------------------------------------------------------------------
+def cpu_ticks(stat: str) -> int:
+    """utime + stime (clock ticks, all threads) from the text of /proc/PID/stat. The
+    command name (field 2) may hold spaces and parentheses: fields are counted after the
+    last ')'."""
+    rest = stat[stat.rindex(")") + 2 :].split()
+    return int(rest[11]) + int(rest[12])  # fields 14 and 15 of the whole line
+
+
+def read_cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return cpu_ticks(f.read())
+
+
+def cpu_ms_per_request(before: int, after: int, requests: int, ticks_per_s: int) -> float | None:
+    """CPU milliseconds per request between two samples; None when nothing completed."""
+    if requests <= 0:
+        return None
+    return (after - before) * 1000.0 / ticks_per_s / requests
+
+
+def ticks_per_second() -> int:
+    return int(os.sysconf("SC_CLK_TCK"))
+
+
+# ---- one level --------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Level:
+    concurrency: int
+    requests: int
+
+
+def parse_levels(spec: str) -> list[Level]:
+    """`"1:200,16:800"` -> levels of (concurrency, requests)."""
+    out = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        c, _, n = item.partition(":")
+        level = Level(int(c), int(n))
+        if level.concurrency < 1 or level.requests < 1:
+            raise ValueError(f"a level needs concurrency >= 1 and requests >= 1: {item!r}")
+        out.append(level)
+    return out
+
+
+async def _senders(
+    client: Client, bodies: BodyMaker, concurrency: int, n: int, deadline: float
+) -> list[RequestOutput]:
+    """`concurrency` closed-loop senders share `n` requests; none starts after `deadline`."""
+    rng = random.Random(n * 1000 + concurrency)
+    left = n
+    outputs: list[RequestOutput] = []
+
+    async def sender() -> None:
+        nonlocal left
+        while left > 0 and time.perf_counter() < deadline:
+            left -= 1
+            prompt = tuple(rng.randrange(*TOKEN_RANGE) for _ in range(PROMPT_LEN))
+            body = bodies.single(prompt, OUTPUT_LEN)
+            outputs.append(await client.send(bodies.path, body, "router", PROMPT_LEN))
+
+    await asyncio.gather(*(sender() for _ in range(concurrency)))
+    return outputs
+
+
+async def run_level(
+    url: str, level: Level, pids: dict[str, int], time_cap_s: float
+) -> dict[str, Any]:
+    async with make_http(60.0) as http:
+        client = Client(http, url, {}, 60.0)
+        model = str((await http.get(url + "/v1/models")).json()["data"][0]["id"])
+        bodies = BodyMaker(
+            "completions",
+            model,
+            None,  # type: ignore[arg-type]  # prompts go as ids: no tokenizer is used
+            ignore_eos=True,
+            temperature=0.0,
+            extra_body={},
+        )
+        # Warm-up: connections open, caches and code paths warm; not counted.
+        await _senders(client, bodies, level.concurrency, WARMUP, time.perf_counter() + 30)
+        before = {name: read_cpu_ticks(pid) for name, pid in pids.items()}
+        t0 = time.perf_counter()
+        outputs = await _senders(client, bodies, level.concurrency, level.requests, t0 + time_cap_s)
+        duration = time.perf_counter() - t0
+        after = {name: read_cpu_ticks(pid) for name, pid in pids.items()}
+    return level_figures(level, outputs, duration, before, after, ticks_per_second())
+
+
+def level_figures(
+    level: Level,
+    outputs: list[RequestOutput],
+    duration: float,
+    before: dict[str, int],
+    after: dict[str, int],
+    ticks_per_s: int,
+) -> dict[str, Any]:
+    ok = [o for o in outputs if o.success]
+    ttft = Stats.of_seconds([o.ttft for o in ok])
+    row: dict[str, Any] = {
+        "concurrency": level.concurrency,
+        "requests": level.requests,
+        "completed": len(ok),
+        "failed": len(outputs) - len(ok),
+        "not_sent": level.requests - len(outputs),  # the time cap ran out first
+        "errors": sorted({o.error for o in outputs if not o.success})[:5],
+        "duration_s": duration,
+        "req_s": len(ok) / duration if duration > 0 else 0.0,
+        "ttft_p50_ms": ttft.median,
+        "ttft_p99_ms": ttft.p99,
+        "ttft_mean_ms": ttft.mean,
+    }
+    for name in before:
+        row[f"{name}_cpu_ms_per_req"] = cpu_ms_per_request(
+            before[name], after[name], len(ok), ticks_per_s
+        )
+    return row
+
+
+# ---- the cluster and the report ---------------------------------------------------------
+def start_cluster(logs: Path, redis_url: str) -> tuple[Proc, Proc, str]:
+    model = pull_default()
+    worker, _ = start_worker(
+        logs,
+        "both-0",
+        "both",
+        redis_url,
+        model,
+        "--engine=mock",
+        f"--mock-timing={ZERO_TIMING}",
+    )
+    try:
+        router, url = start_router(
+            logs / "router.log", redis_url, "--mode=colocated", f"--model={model}"
+        )
+    except BaseException:
+        worker.stop()
+        raise
+    return worker, router, url
+
+
+def _fmt(v: float | None, spec: str = ".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'conc':>5} {'done':>6} {'req/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} "
+        f"{'router ms/req':>14} {'worker ms/req':>14} {'client ms/req':>14}"
+    )
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"{r['concurrency']:>5} {r['completed']:>6} {r['req_s']:>8.1f} "
+            f"{r['ttft_p50_ms']:>9.2f} {r['ttft_p99_ms']:>9.2f} "
+            f"{_fmt(r['router_cpu_ms_per_req']):>14} {_fmt(r['worker_cpu_ms_per_req']):>14} "
+            f"{_fmt(r['client_cpu_ms_per_req']):>14}"
+        )
+    return "\n".join(lines)
+
+
+def goals(rows: list[dict[str, Any]]) -> list[str]:
+    by_c = {r["concurrency"]: r for r in rows}
+    out = []
+    cpu = [r["router_cpu_ms_per_req"] for r in rows if r["router_cpu_ms_per_req"] is not None]
+    if cpu:
+        out.append(
+            f"router CPU per request: {min(cpu):.2f}-{max(cpu):.2f} ms "
+            f"(goal <= {GOAL_ROUTER_CPU_MS:g} ms; Dynamo's frontend 0.66-0.80)"
+        )
+    if 1 in by_c:
+        out.append(
+            f"TTFT p50 at concurrency 1: {by_c[1]['ttft_p50_ms']:.2f} ms "
+            f"(goal <= {GOAL_TTFT_P50_MS_AT_1:g} ms; issue's today "
+            f"{ISSUE_TODAY['ttft_p50_ms_at_1']:g} ms)"
+        )
+    if 64 in by_c:
+        out.append(
+            f"req/s at concurrency 64: {by_c[64]['req_s']:.1f} "
+            f"(issue's today {ISSUE_TODAY['req_s_at_64']:g})"
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--levels", default=",".join(f"{c}:{n}" for c, n in LEVELS))
+    ap.add_argument("--time-cap-s", type=float, default=120.0, help="per level")
+    ap.add_argument("--out", default="bench-results")
+    args = ap.parse_args(argv)
+    levels = parse_levels(args.levels)
+    out = Path(args.out)
+    logs = out / "router-runs"
+    logs.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with RedisServer() as redis_server:
+        worker, router, url = start_cluster(logs, redis_server.url)
+        pids = {"router": router.proc.pid, "worker": worker.proc.pid, "client": os.getpid()}
+        try:
+            for level in levels:
+                row = asyncio.run(run_level(url, level, pids, args.time_cap_s))
+                rows.append(row)
+                print(
+                    f"concurrency {level.concurrency}: {row['completed']} done, "
+                    f"{row['req_s']:.1f} req/s",
+                    flush=True,
+                )
+        finally:
+            router.stop()
+            worker.stop()
+    print()
+    print(table(rows))
+    print()
+    for line in goals(rows):
+        print(line)
+    result = {
+        "setup": {
+            "router": "tandem router --mode colocated (own process)",
+            "worker": f"tandem worker --engine mock --mock-timing {ZERO_TIMING}",
+            "prompt_len": PROMPT_LEN,
+            "output_len": OUTPUT_LEN,
+            "warmup_requests": WARMUP,
+            "cpus": os.cpu_count(),
+        },
+        "rows": rows,
+        "goals": {"router_cpu_ms_per_req": GOAL_ROUTER_CPU_MS, "ttft_p50_ms_at_1": 2.0},
+        "issue_today": ISSUE_TODAY,
+    }
+    path = out / "router.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

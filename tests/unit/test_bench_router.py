@@ -1,0 +1,67 @@
+"""bench.router's arithmetic: CPU counters from /proc/PID/stat, per-request CPU, a level's row."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bench.router import (
+    Level,
+    cpu_ms_per_request,
+    cpu_ticks,
+    level_figures,
+    parse_levels,
+    read_cpu_ticks,
+)
+from loadtest.records import RequestOutput
+
+# A real line's shape: the command name holds a space and a ')' of its own.
+STAT = (
+    "4242 (python (x) y) S 1 4242 4242 0 -1 4194560 9000 0 12 0 "
+    "250 75 3 4 20 0 5 0 12345 100000 2000 18446744073709551615"
+)
+
+
+def test_cpu_ticks_are_utime_plus_stime_after_the_command_name() -> None:
+    assert cpu_ticks(STAT) == 250 + 75
+
+
+def test_read_cpu_ticks_of_this_process() -> None:
+    before = read_cpu_ticks(os.getpid())
+    sum(i * i for i in range(200_000))  # some CPU
+    assert read_cpu_ticks(os.getpid()) >= before >= 0
+
+
+def test_cpu_ms_per_request_from_two_samples() -> None:
+    # 150 ticks at 100 per second = 1.5 s of CPU over 300 requests = 5 ms each.
+    assert cpu_ms_per_request(1000, 1150, 300, 100) == pytest.approx(5.0)
+    assert cpu_ms_per_request(1000, 1000, 10, 100) == 0.0
+    assert cpu_ms_per_request(1000, 1150, 0, 100) is None
+
+
+def test_parse_levels() -> None:
+    assert parse_levels("1:200, 16:800,") == [Level(1, 200), Level(16, 800)]
+    with pytest.raises(ValueError):
+        parse_levels("0:10")
+
+
+def _ok(ttft: float) -> RequestOutput:
+    out = RequestOutput("router", ttft=ttft)
+    out.chunk_times.append(ttft)
+    return out
+
+
+def test_level_figures() -> None:
+    failed = RequestOutput("router")
+    failed.fail("stream", "broken")
+    outputs = [_ok(0.001), _ok(0.003), failed]
+    before = {"router": 100, "worker": 50}
+    after = {"router": 102, "worker": 54}
+    row = level_figures(Level(4, 5), outputs, 0.5, before, after, 100)
+    assert (row["completed"], row["failed"], row["not_sent"]) == (2, 1, 2)
+    assert row["req_s"] == pytest.approx(4.0)
+    assert row["ttft_p50_ms"] == pytest.approx(2.0)
+    assert row["router_cpu_ms_per_req"] == pytest.approx(10.0)  # 20 ms over 2 completed
+    assert row["worker_cpu_ms_per_req"] == pytest.approx(20.0)
+    assert row["errors"] == ["broken"]
