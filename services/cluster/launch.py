@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+# The last line `tandem serve` and `tandem router` print once they answer requests.
+READY = "Ctrl-C stops everything"
+
 
 class Proc:
     """A child process whose output is kept (for failure messages) and scanned for a line."""
@@ -53,6 +56,15 @@ class Proc:
                 raise RuntimeError(f"process exited ({self.proc.returncode}):\n{self.tail()}")
             time.sleep(0.1)
         raise TimeoutError(f"no {marker!r} within {timeout_s} s:\n{self.tail()}")
+
+    def wait_or_stop(self, marker: str, timeout_s: float) -> str:
+        """`wait_for`; a process that does not get there (or an interrupted wait) is
+        stopped before the error goes on."""
+        try:
+            return self.wait_for(marker, timeout_s)
+        except BaseException:
+            self.stop()
+            raise
 
     def tail(self, n: int = 40) -> str:
         return "".join(self.lines[-n:])
@@ -115,11 +127,7 @@ def start_serve(
 
     port = free_port()
     proc = Proc(["serve", f"--port={port}", *args], log_path, env)
-    try:
-        proc.wait_for("Ctrl-C stops everything", timeout_s)
-    except BaseException:
-        proc.stop()
-        raise
+    proc.wait_or_stop(READY, timeout_s)
     field = {k: proc.wait_for(k, 1).split(k, 1)[1].strip() for k in ("Ray address:", "Redis:")}
     return Served(proc, f"http://127.0.0.1:{port}", field["Redis:"], field["Ray address:"])
 
@@ -132,9 +140,5 @@ def start_router(
 
     port = free_port()
     proc = Proc(["router", f"--redis-url={redis_url}", f"--port={port}", *args], log_path)
-    try:
-        proc.wait_for("Ctrl-C stops everything", timeout_s)
-    except BaseException:
-        proc.stop()
-        raise
+    proc.wait_or_stop(READY, timeout_s)
     return proc, f"http://127.0.0.1:{port}"

@@ -1,4 +1,4 @@
-"""The router's typed client of one worker: Python objects in and out (services/wire.py
+"""The router's typed client of one worker: Python objects in and out (services/wire/
 converts), gRPC errors as WorkerError. Nothing past this module sees protobuf or grpc.
 """
 

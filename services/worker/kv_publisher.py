@@ -24,8 +24,7 @@ import redis
 
 from engine.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 from services.kv.stream import MAXLEN, PUBLISH_LUA, KVKeys, state_value
-from services.pb.events_pb2 import KVEventBatch
-from services.wire import event_to_pb
+from services.wire import events_batch, snapshot_batch
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +97,7 @@ class KVPublisher:
 
     async def _write_snapshot(self, snapshot: SnapshotFn) -> None:
         seq, hashes = await snapshot()
-        batch = self._batch(seq)
-        batch.snapshot = True
-        batch.block_hashes.extend(hashes)
+        batch = snapshot_batch(self.worker_id, self.started_at_ms, seq, hashes)
         await asyncio.to_thread(self._call, "", seq, batch, True, hashes, ())
         self._seq = seq
         self.num_snapshots += 1
@@ -108,8 +105,7 @@ class KVPublisher:
     def _write_events(self, events: Sequence[KVEvent]) -> bool:
         assert self._seq is not None
         seq = events[-1].seq if events else self._seq
-        batch = self._batch(seq)
-        batch.events.extend(event_to_pb("", e, tokens=False) for e in events)
+        batch = events_batch(self.worker_id, self.started_at_ms, seq, events)
         clear, added, removed = _net_change(events)
         expected = state_value(self.started_at_ms, self._seq)
         if not self._call(expected, seq, batch, clear, added, removed):
@@ -117,16 +113,11 @@ class KVPublisher:
         self._seq = seq
         return True
 
-    def _batch(self, seq: int) -> KVEventBatch:
-        return KVEventBatch(
-            worker_id=self.worker_id, started_at_unix_ms=self.started_at_ms, seq=seq
-        )
-
     def _call(
         self,
         expected: str,
         seq: int,
-        batch: KVEventBatch,
+        batch: bytes,  # a serialized KVEventBatch
         clear: bool,
         added: Sequence[int],
         removed: Sequence[int],
@@ -135,7 +126,7 @@ class KVPublisher:
         args: list[str | int | bytes] = [
             expected,
             state_value(self.started_at_ms, seq),
-            batch.SerializeToString(),
+            batch,
             MAXLEN,
             self._ttl_ms,
             "1" if clear else "0",

@@ -20,6 +20,7 @@ import redis
 
 from engine import Engine
 from engine.config import ROLES
+from services import wire
 from services.cluster.registry import Registry
 from services.pb import worker_pb2_grpc
 from services.pb.events_pb2 import WorkerRecord
@@ -101,8 +102,7 @@ class WorkerServer:
         return await self.worker.loop.call(snapshot)
 
     def _base_record(self, w: Worker) -> WorkerRecord:
-        peer = w.transfer.describe()
-        return WorkerRecord(
+        return wire.worker_record(
             worker_id=w.worker_id,
             role=w.role,
             grpc_address=self.address,
@@ -110,22 +110,14 @@ class WorkerServer:
             block_size=w.engine.block_size,
             num_blocks=w.engine.num_blocks,
             max_model_len=w.engine.max_model_len,
-            nixl_agent=peer.agent_name,
-            nixl_metadata=peer.metadata,
-            kv_base_addr=peer.base_addr,
-            kv_block_bytes=peer.block_bytes,
-            kv_device_id=peer.device_id,
+            peer=w.transfer.describe(),
             started_at_unix_ms=w.started_at_ms,
         )
 
     async def _heartbeat(self) -> None:
         assert self.worker is not None
-        s = self.worker.last_stats  # never waits for the engine thread
-        r = self._record
-        r.free_blocks, r.used_blocks, r.held_blocks = s.free_blocks, s.used_blocks, s.held_blocks
-        r.running, r.waiting = s.running, s.waiting
-        r.queued_prefill_tokens = s.queued_prefill_tokens
-        await asyncio.to_thread(self._registry.heartbeat, r, self.net.registry_ttl_s)
+        wire.set_load(self._record, self.worker.last_stats)  # never waits for the engine
+        await asyncio.to_thread(self._registry.heartbeat, self._record, self.net.registry_ttl_s)
 
     async def _heartbeats(self) -> None:
         while not self.stopping.is_set():

@@ -62,7 +62,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     async def Abort(
         self, request: worker_pb2.AbortRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb2.AbortResponse:
-        found = await _guard(context, lambda: self.calls.abort(request.request_id))
+        found = await _guard(context, lambda: self.calls.abort(wire.abort_from_pb(request)))
         return wire.found_to_pb(found)
 
     async def Health(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from engine import CacheConfig, Engine, EngineConfig, SamplingParams
 from engine.request import Status
+from tests.helpers.engine_steps import drain as _drain
 from tests.helpers.hf_reference import hf_greedy, load_hf
 
 
@@ -17,14 +18,6 @@ def _engine(path: Path, role: str) -> Engine:
         model=str(path), role=role, dtype="float32", cache=CacheConfig(num_blocks=64)
     )  # type: ignore[arg-type]
     return Engine(cfg, load_tokenizer_files=False)
-
-
-def _drain(engine: Engine) -> list[int]:
-    tokens: list[int] = []
-    while engine.has_unfinished():
-        for out in engine.step():
-            tokens += out.new_token_ids
-    return tokens
 
 
 def test_prefill_then_remote_decode_matches_transformers(tiny_checkpoints: dict[str, Path]) -> None:

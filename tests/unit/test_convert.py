@@ -1,4 +1,4 @@
-"""Python objects survive the trip through protobuf bytes unchanged (services/wire.py):
+"""Python objects survive the trip through protobuf bytes unchanged (services/wire/):
 engine dataclasses, and every rpc's request and reply, the worker's side and the router's."""
 
 from __future__ import annotations

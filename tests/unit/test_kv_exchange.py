@@ -13,6 +13,7 @@ from engine.config import MockTiming
 from engine.transfer.exchange import KVSink, KVSource
 from engine.transfer.leases import LeaseTable, now_ms
 from engine.transfer.local import LocalFabric, LocalKVTransfer
+from tests.helpers.engine_steps import drain as _drain
 
 BS = 16
 PROMPT = list(range(50, 95))  # 45 tokens: 3 blocks, the last partial
@@ -45,14 +46,6 @@ def _engine(model: Path, role: str) -> Engine:
         mock=MockTiming(speed=1000.0),
     )
     return Engine(cfg, load_tokenizer_files=False)
-
-
-def _drain(engine: Engine) -> list[int]:
-    tokens = []
-    while engine.has_unfinished():
-        for out in engine.step():
-            tokens += out.new_token_ids
-    return tokens
 
 
 def _pair(model: Path, leases: LeaseTable | None = None) -> tuple[Engine, KVSource, Engine, KVSink]:

@@ -23,6 +23,7 @@ from engine.scheduler import ScheduledChunk
 from services.cli import build_parser
 from services.cluster.pools import PoolSpec
 from services.cluster.serve import ClusterConfig
+from tests.helpers.engine_steps import drain as _drain
 
 VOCAB, EOS, BS = 512, 2, 16
 FAST = MockTiming(speed=1000.0)  # unit tests need the numbers, not the waiting
@@ -67,14 +68,6 @@ def _engine(
 def _runner(engine: Engine) -> MockRunner:
     assert isinstance(engine.runner, MockRunner)
     return engine.runner
-
-
-def _drain(engine: Engine) -> list[int]:
-    tokens: list[int] = []
-    while engine.has_unfinished():
-        for out in engine.step():
-            tokens += out.new_token_ids
-    return tokens
 
 
 def _idle(*engines: Engine) -> None:

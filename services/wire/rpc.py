@@ -1,15 +1,8 @@
-"""The edge between Python objects and protobuf: conversion happens here only.
+"""Every rpc's request and reply (worker.proto) as a dataclass, with `to_pb` / `from_pb`.
 
-    router                         wire                          worker
-    WorkerClient  --PrefillCall.to_pb()-->  PrefillRequest  --PrefillCall.from_pb()-->  handlers
-                  <--PrefillReply.from_pb()- PrefillResponse <--prefill_result_to_pb()--
-    (Decode, Stats, DumpKV, Health, Abort alike; KV events and registry records too)
-
-Requests and replies are plain dataclasses with `to_pb` / `from_pb` (TGI's `Batch.from_pb`).
-The worker's own results (services/worker/core.py) go out through the `*_to_pb` functions:
-the router never imports the worker, so its side of a reply is a type of its own here.
-`from_pb` raises ValueError for what a well-behaved peer never sends (a gRPC
-INVALID_ARGUMENT at the worker's edge).
+The router builds the calls and reads the replies; the worker reads the calls and sends
+its own results (services/worker/core.py) through the `*_to_pb` functions: the router
+never imports the worker, so its side of a reply is a type of its own here.
 """
 
 from __future__ import annotations
@@ -17,11 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
-from engine.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 from engine.sampling_params import SamplingParams
-from engine.transfer.base import PeerKV
 from engine.transfer.exchange import KVHandle
-from services.pb import events_pb2, worker_pb2
+from services.pb import worker_pb2
+from services.wire.engine_types import (
+    handle_from_pb,
+    handle_to_pb,
+    params_from_pb,
+    params_to_pb,
+    reason_from_pb,
+    reason_to_pb,
+)
 
 if TYPE_CHECKING:  # the worker's types, for annotations only: the router must not load them
     from services.worker.core import DecodeUpdate, PrefillResult, WorkerStats
@@ -89,6 +88,11 @@ def abort_to_pb(request_id: str) -> worker_pb2.AbortRequest:
     return worker_pb2.AbortRequest(request_id=request_id)
 
 
+def abort_from_pb(msg: worker_pb2.AbortRequest) -> str:
+    """The request to abort (an unknown or empty id is simply not found)."""
+    return msg.request_id
+
+
 def found_to_pb(found: bool) -> worker_pb2.AbortResponse:
     """Abort's answer: whether the worker still had the request."""
     return worker_pb2.AbortResponse(found=found)
@@ -113,7 +117,7 @@ class PrefillReply:
             msg.first_token,
             msg.first_logprob if msg.HasField("first_logprob") else None,
             msg.num_cached_tokens,
-            msg.finish_reason or None,
+            reason_from_pb(msg.finish_reason),
             handle_from_pb(msg.kv) if msg.HasField("kv") else None,
         )
 
@@ -122,7 +126,7 @@ def prefill_result_to_pb(res: PrefillResult) -> worker_pb2.PrefillResponse:
     msg = worker_pb2.PrefillResponse(
         first_token=res.first_token,
         num_cached_tokens=res.num_cached_tokens,
-        finish_reason=_reason(res.finish_reason),
+        finish_reason=reason_to_pb(res.finish_reason),
     )
     if res.first_logprob is not None:
         msg.first_logprob = res.first_logprob
@@ -151,7 +155,7 @@ class DecodeReply:
             list(msg.token_ids),
             list(msg.logprobs),
             msg.finished,
-            msg.finish_reason or None,
+            reason_from_pb(msg.finish_reason),
             msg.num_cached_tokens,
             msg.kv_recomputed,
             msg.kv_bytes_read,
@@ -165,7 +169,7 @@ def decode_update_to_pb(update: DecodeUpdate) -> worker_pb2.DecodeChunk:
         token_ids=out.new_token_ids,
         logprobs=out.new_logprobs,
         finished=out.finished,
-        finish_reason=_reason(out.finish_reason),
+        finish_reason=reason_to_pb(out.finish_reason),
         num_cached_tokens=out.num_cached_tokens,
     )
     if report is not None:
@@ -247,115 +251,7 @@ class KVDump:
         )
 
 
-# ---- parts -----------------------------------------------------------------------------
-def params_to_pb(p: SamplingParams) -> worker_pb2.SamplingParams:
-    msg = worker_pb2.SamplingParams(
-        max_tokens=p.max_tokens,
-        temperature=p.temperature,
-        top_k=p.top_k,
-        top_p=p.top_p,
-        stop=list(p.stop),
-        stop_token_ids=list(p.stop_token_ids),
-        ignore_eos=p.ignore_eos,
-        min_tokens=p.min_tokens,
-        logprobs=p.logprobs,
-    )
-    if p.seed is not None:
-        msg.seed = p.seed
-    return msg
-
-
-def params_from_pb(msg: worker_pb2.SamplingParams) -> SamplingParams:
-    """Raises ValueError (a gRPC INVALID_ARGUMENT at the server edge) for bad values."""
-    return SamplingParams(
-        max_tokens=msg.max_tokens,
-        temperature=msg.temperature,
-        top_k=msg.top_k,
-        top_p=msg.top_p,
-        seed=msg.seed if msg.HasField("seed") else None,
-        stop=tuple(msg.stop),
-        stop_token_ids=tuple(msg.stop_token_ids),
-        ignore_eos=msg.ignore_eos,
-        min_tokens=msg.min_tokens,
-        logprobs=msg.logprobs,
-    )
-
-
-def handle_to_pb(h: KVHandle) -> worker_pb2.KVHandle:
-    return worker_pb2.KVHandle(
-        worker_id=h.worker_id,
-        nixl_agent=h.agent_name,
-        block_ids=list(h.block_ids),
-        num_tokens=h.num_tokens,
-        lease_id=h.lease_id,
-        lease_expiry_unix_ms=h.lease_expiry_unix_ms,
-    )
-
-
-def handle_from_pb(msg: worker_pb2.KVHandle) -> KVHandle:
-    if not msg.nixl_agent or not msg.lease_id:
-        raise ValueError("a KV handle needs a NIXL agent name and a lease id")
-    return KVHandle(
-        worker_id=msg.worker_id,
-        agent_name=msg.nixl_agent,
-        block_ids=tuple(msg.block_ids),
-        num_tokens=msg.num_tokens,
-        lease_id=msg.lease_id,
-        lease_expiry_unix_ms=msg.lease_expiry_unix_ms,
-    )
-
-
-def _reason(finish_reason: str | None) -> str:
-    """A finish reason (a str, or engine's FinishReason, a StrEnum) as the wire's string."""
-    return str(finish_reason) if finish_reason else ""
-
-
 def _need_id(request_id: str) -> str:
     if not request_id:
         raise ValueError("request_id is required")
     return request_id
-
-
-# ---- KV events and registry records (Redis, not gRPC) -----------------------------------
-def event_to_pb(worker_id: str, event: KVEvent, tokens: bool = True) -> events_pb2.KVEvent:
-    """`tokens=False` leaves out a stored block's token ids: a chained hash already names
-    the whole prefix, and the ids would be most of the bytes on the wire."""
-    msg = events_pb2.KVEvent(worker_id=worker_id, seq=event.seq)
-    if isinstance(event, BlockStored):
-        stored = msg.stored
-        stored.block_hash = event.block_hash
-        if event.parent_hash is not None:
-            stored.parent_hash = event.parent_hash
-        if tokens:
-            stored.token_ids.extend(event.token_ids)
-        stored.block_id = event.block_id
-    elif isinstance(event, BlockRemoved):
-        msg.removed.block_hash = event.block_hash
-        msg.removed.block_id = event.block_id
-    elif isinstance(event, AllBlocksCleared):
-        msg.cleared.SetInParent()
-    return msg
-
-
-def event_from_pb(msg: events_pb2.KVEvent) -> KVEvent:
-    kind = msg.WhichOneof("kind")
-    if kind == "stored":
-        s = msg.stored
-        parent = s.parent_hash if s.HasField("parent_hash") else None
-        return BlockStored(msg.seq, s.block_hash, parent, tuple(s.token_ids), s.block_id)
-    if kind == "removed":
-        return BlockRemoved(msg.seq, msg.removed.block_hash, msg.removed.block_id)
-    if kind == "cleared":
-        return AllBlocksCleared(msg.seq)
-    raise ValueError(f"KV event {msg.seq} from {msg.worker_id!r} has no kind")
-
-
-def peer_from_record(record: events_pb2.WorkerRecord) -> PeerKV:
-    return PeerKV(
-        agent_name=record.nixl_agent,
-        metadata=record.nixl_metadata,
-        base_addr=record.kv_base_addr,
-        block_bytes=record.kv_block_bytes,
-        num_blocks=record.num_blocks,
-        device_id=record.kv_device_id,
-    )

@@ -1,0 +1,125 @@
+"""events.proto's messages: KV events and their batches (a worker's Redis stream), and
+the registry's worker records.
+
+These travel through Redis, not gRPC. The readers keep them as protobuf on purpose: the
+router's KV index applies a batch's decoded events as they are (services/kv/index.py, at
+millions of events; bench/kv_index.py measures it), and a registry record is the
+registry's object (services/cluster/registry.py). What becomes Python objects, and what
+Python objects become, is converted here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from engine.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from engine.transfer.base import PeerKV
+from services.pb import events_pb2
+
+if TYPE_CHECKING:  # the worker's type, for annotations only
+    from services.worker.core import WorkerStats
+
+
+# ---- KV events ---------------------------------------------------------------------------
+def event_to_pb(worker_id: str, event: KVEvent, tokens: bool = True) -> events_pb2.KVEvent:
+    """`tokens=False` leaves out a stored block's token ids: a chained hash already names
+    the whole prefix, and the ids would be most of the bytes on the wire."""
+    msg = events_pb2.KVEvent(worker_id=worker_id, seq=event.seq)
+    if isinstance(event, BlockStored):
+        stored = msg.stored
+        stored.block_hash = event.block_hash
+        if event.parent_hash is not None:
+            stored.parent_hash = event.parent_hash
+        if tokens:
+            stored.token_ids.extend(event.token_ids)
+        stored.block_id = event.block_id
+    elif isinstance(event, BlockRemoved):
+        msg.removed.block_hash = event.block_hash
+        msg.removed.block_id = event.block_id
+    elif isinstance(event, AllBlocksCleared):
+        msg.cleared.SetInParent()
+    return msg
+
+
+def event_from_pb(msg: events_pb2.KVEvent) -> KVEvent:
+    kind = msg.WhichOneof("kind")
+    if kind == "stored":
+        s = msg.stored
+        parent = s.parent_hash if s.HasField("parent_hash") else None
+        return BlockStored(msg.seq, s.block_hash, parent, tuple(s.token_ids), s.block_id)
+    if kind == "removed":
+        return BlockRemoved(msg.seq, msg.removed.block_hash, msg.removed.block_id)
+    if kind == "cleared":
+        return AllBlocksCleared(msg.seq)
+    raise ValueError(f"KV event {msg.seq} from {msg.worker_id!r} has no kind")
+
+
+def events_batch(worker_id: str, started_at_ms: int, seq: int, events: Sequence[KVEvent]) -> bytes:
+    """A stream entry: `events` (token ids left out), or a keepalive when there are none
+    (`seq` is then the last event already published)."""
+    batch = events_pb2.KVEventBatch(worker_id=worker_id, started_at_unix_ms=started_at_ms, seq=seq)
+    batch.events.extend(event_to_pb("", e, tokens=False) for e in events)
+    return batch.SerializeToString()
+
+
+def snapshot_batch(worker_id: str, started_at_ms: int, seq: int, hashes: Iterable[int]) -> bytes:
+    """A stream entry that replaces the worker's whole cache: every hash as of event `seq`."""
+    batch = events_pb2.KVEventBatch(
+        worker_id=worker_id, started_at_unix_ms=started_at_ms, seq=seq, snapshot=True
+    )
+    batch.block_hashes.extend(hashes)
+    return batch.SerializeToString()
+
+
+# ---- registry records --------------------------------------------------------------------
+def worker_record(
+    *,
+    worker_id: str,
+    role: str,
+    grpc_address: str,
+    model: str,
+    block_size: int,
+    num_blocks: int,
+    max_model_len: int,
+    peer: PeerKV,
+    started_at_unix_ms: int,
+) -> events_pb2.WorkerRecord:
+    """What a worker registers (its load is set by `set_load` at every heartbeat)."""
+    return events_pb2.WorkerRecord(
+        worker_id=worker_id,
+        role=role,
+        grpc_address=grpc_address,
+        model=model,
+        block_size=block_size,
+        num_blocks=num_blocks,
+        max_model_len=max_model_len,
+        nixl_agent=peer.agent_name,
+        nixl_metadata=peer.metadata,
+        kv_base_addr=peer.base_addr,
+        kv_block_bytes=peer.block_bytes,
+        kv_device_id=peer.device_id,
+        started_at_unix_ms=started_at_unix_ms,
+    )
+
+
+def set_load(record: events_pb2.WorkerRecord, s: WorkerStats) -> None:
+    """A heartbeat's load, from the worker's last stats."""
+    record.free_blocks = s.free_blocks
+    record.used_blocks = s.used_blocks
+    record.held_blocks = s.held_blocks
+    record.running = s.running
+    record.waiting = s.waiting
+    record.queued_prefill_tokens = s.queued_prefill_tokens
+
+
+def peer_from_record(record: events_pb2.WorkerRecord) -> PeerKV:
+    """The inverse of `worker_record`'s `peer`: what a reader loads as a NIXL peer."""
+    return PeerKV(
+        agent_name=record.nixl_agent,
+        metadata=record.nixl_metadata,
+        base_addr=record.kv_base_addr,
+        block_bytes=record.kv_block_bytes,
+        num_blocks=record.num_blocks,
+        device_id=record.kv_device_id,
+    )
