@@ -68,7 +68,8 @@ class Client:
 
 
 async def _read_events(response: httpx.Response, out: RequestOutput) -> None:
-    async for line in response.aiter_lines():
+    lines = response.aiter_lines()
+    async for line in lines:
         if not line.startswith("data:"):
             continue  # blank separators, comments, other fields
         data = line[5:].strip()
@@ -76,6 +77,11 @@ async def _read_events(response: httpx.Response, out: RequestOutput) -> None:
             out.end = time.perf_counter()
             if not out.chunk_times:
                 out.fail(EMPTY, "the stream carried no text")
+            # Read the body to its end (the chunked terminator follows [DONE]): a response
+            # closed before that closes its connection, and every request would pay for a
+            # new one, on both sides.
+            async for _ in lines:
+                pass
             return
         event = json.loads(data)
         if "error" in event or event.get("object") == "error":

@@ -10,7 +10,6 @@ Ctrl-C stops what this command started, in reverse order, and nothing else.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import os
@@ -24,7 +23,7 @@ from services.cluster.pools import NAMESPACE, Pools, PoolSpec
 from services.cluster.redis_server import RedisServer
 from services.cluster.registry import Registry
 from services.router.dispatch import MODES
-from services.router.server import add_router_args, router_options, run_router
+from services.router.server import add_router_args, router_options, run_on_uvloop, run_router
 from services.worker.engine_flags import add_engine_args, engine_config
 from services.worker.process import WorkerNetConfig
 
@@ -181,7 +180,7 @@ def cmd_serve(args: argparse.Namespace, model: str) -> int:
     try:
         with Cluster(config) as cluster:
             options = router_options(args, model, cluster.redis_url)
-            asyncio.run(run_router(options, cluster.banner()))
+            run_on_uvloop(run_router(options, cluster.banner()))
     except KeyboardInterrupt:  # Ctrl-C during start-up: all started so far is stopped
         pass
     print("tandem serve: stopped", file=sys.stderr)

@@ -25,7 +25,14 @@ from services.router.errors import SERVER_ERROR, APIError, error_body, install_e
 from services.router.generation import Generation, collect
 from services.router.metrics import RouterMetrics
 from services.router.middleware import ApiKeyMiddleware, ErrorCountMiddleware
-from services.router.openai_format import ChatFormat, CompletionFormat, Format, Logprobs, Meta
+from services.router.openai_format import (
+    ChatFormat,
+    CompletionFormat,
+    FastJSONResponse,
+    Format,
+    Logprobs,
+    Meta,
+)
 from services.router.prompts import chat_prompt_ids, completion_prompt_ids
 from services.router.protocol import (
     ChatCompletionRequest,
@@ -151,7 +158,7 @@ async def _complete(
     if answer is None:
         return Response(status_code=CLIENT_CLOSED)
     lp = logprobs.body(answer.token_ids, answer.logprobs) if logprobs else None
-    return JSONResponse(fmt.response(answer.text, answer.finish_reason, lp, gen.usage))
+    return FastJSONResponse(fmt.response(answer.text, answer.finish_reason, lp, gen.usage))
 
 
 def _ops_routes(s: _Server) -> APIRouter:

@@ -84,7 +84,7 @@ class Generation:
         if finish == FinishReason.ABORT:
             raise BackendError(503, "The request was aborted before it finished; retry it.")
         text = self._text.take(final=finish is not None)
-        return Piece(text, list(delta.token_ids), list(delta.logprobs), finish)
+        return Piece(text, delta.token_ids, delta.logprobs, finish)  # the delta's own lists
 
     def _observe(self, delta: TokenDelta) -> None:
         u = self.usage

@@ -10,10 +10,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
+from fastapi.responses import JSONResponse
+
 from engine.tokenizer import Tokenizer
 from services.router.generation import Piece, Usage
 
 Json = dict[str, Any]
+
+
+class FastJSONResponse(JSONResponse):
+    """JSONResponse written by orjson: the same compact UTF-8 bytes, in C."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,11 +14,15 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from services.router.dispatch import MODES, DispatchConfig
 from services.router.routing import ROUTINGS
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +61,17 @@ async def run_router(opts: RouterOptions, banner: list[str] | None = None) -> No
         tokenizer = await asyncio.to_thread(load_tokenizer, opts.model)
         name = served_model_name(opts.model)
         app = create_app(dispatcher, tokenizer, name, max_len, metrics, opts.api_key)
-        config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning")
+        # httptools parses HTTP in C (h11, the default, in Python); `loop` names what
+        # run_on_uvloop already runs us on (serve() never sets a loop up itself).
+        # TCP_NODELAY: uvloop and asyncio set it on every TCP transport they create.
+        config = uvicorn.Config(
+            app,
+            host=opts.host,
+            port=opts.port,
+            log_level="warning",
+            loop="uvloop",
+            http="httptools",
+        )
         server = uvicorn.Server(config)
         d = opts.dispatch
         print(f"Tandem is serving {name} ({d.mode}, {d.routing} routing)")
@@ -68,6 +82,14 @@ async def run_router(opts: RouterOptions, banner: list[str] | None = None) -> No
         await server.serve()
     finally:
         await dispatcher.close()
+
+
+def run_on_uvloop(main: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run on uvloop: the router's event loop (HTTP, SSE, gRPC streams) in C."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def add_router_args(ap: argparse.ArgumentParser) -> None:
@@ -102,6 +124,6 @@ def cmd_router(args: argparse.Namespace, model: str) -> int:
     """`tandem router`: one more router for a running cluster."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_router(router_options(args, model, args.redis_url)))
+        run_on_uvloop(run_router(router_options(args, model, args.redis_url)))
     print("tandem router: stopped", file=sys.stderr)
     return 0

@@ -8,11 +8,11 @@ as one `data: {"error": {...}}` event, followed by [DONE] like any other end.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -28,7 +28,9 @@ DONE = b"data: [DONE]\n\n"
 
 
 def event(obj: Json) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    """Compact UTF-8 JSON (as json.dumps with ensure_ascii=False and no spaces would write
+    it; a NaN or infinity becomes null, where json.dumps would write invalid JSON)."""
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
 class EventStreamResponse(StreamingResponse):
