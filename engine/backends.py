@@ -46,7 +46,10 @@ def make_runner(
     tokenizer_vocab_size: int | None,
 ) -> Runner:
     if model is not None:
-        return ModelRunner(model, num_blocks, block_size, config.attention_backend)
+        runner = ModelRunner(model, num_blocks, block_size, config.attention_backend)
+        if not config.enforce_eager:
+            runner.compile_decode(config.scheduler.max_num_seqs, config.compile_sizes)
+        return runner
     return MockRunner(
         config.mock, num_blocks, block_size, vocab_size, eos_token_ids, device, tokenizer_vocab_size
     )

@@ -102,6 +102,12 @@ class EngineConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     attention_backend: str = "auto"  # auto: flashinfer on CUDA when installed, else torch
     num_threads: int | None = None  # torch intra-op threads on CPU; None = leave as is
+    # vLLM's name: True runs every step eagerly; False captures the decode step
+    # (engine/compiled.py) for `compile_sizes` batch sizes at start-up. Eager by default
+    # for now: with the fused C++ ops a CPU step has few Python ops left, and capturing
+    # costs tens of seconds per size at start-up (docs/benchmarks.md has the figures).
+    enforce_eager: bool = True
+    compile_sizes: tuple[int, ...] | None = None  # None: engine.compiled.DEFAULT_SIZES
     max_model_len: int | None = None  # None = the model's own context length
     seed: int = 0  # for requests that sample without a seed of their own
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -117,5 +123,9 @@ class EngineConfig:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be positive, got {self.num_threads}")
+        if self.compile_sizes is not None and (
+            not self.compile_sizes or min(self.compile_sizes) < 1
+        ):
+            raise ValueError(f"compile_sizes must be positive sizes, got {self.compile_sizes}")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be positive, got {self.max_model_len}")

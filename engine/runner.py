@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from engine.attention import AttentionBackend, BatchLayout, SeqSlice, create_backend
+from engine.compiled import CompiledDecode
 from engine.model.llama import LlamaModel
 from engine.model.ops import NativeOps
 from engine.scheduler import ScheduledChunk
@@ -42,6 +43,16 @@ class ModelRunner:
         )
         if _native_kernels(self.kv_cache):
             model.ops = NativeOps()
+        self.compiled: CompiledDecode | None = None
+
+    def compile_decode(self, max_num_seqs: int, sizes: Sequence[int] | None) -> None:
+        """Capture the decode step now, where it can be (engine/compiled.py says how)."""
+        if not CompiledDecode.supported(self.model, self.kv_cache):
+            return
+        self.compiled = CompiledDecode(
+            self.model, self.kv_cache, self.block_size, max_num_seqs, sizes
+        )
+        self.compiled.capture()
 
     @property
     def device(self) -> torch.device:
@@ -51,6 +62,8 @@ class ModelRunner:
     def execute(self, chunks: Sequence[ScheduledChunk]) -> torch.Tensor:
         """Run one step's chunks; return float32 logits [n_sampling, vocab] for the chunks
         that sample, in their order."""
+        if self.compiled is not None and self.compiled.fits(chunks):
+            return self.compiled.run(chunks)
         ids: list[int] = []
         positions: list[int] = []
         seqs: list[SeqSlice] = []

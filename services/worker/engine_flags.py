@@ -20,6 +20,13 @@ def add_engine_args(ap: argparse.ArgumentParser) -> None:
         help="model: run the model; mock: no weights, modelled step times (engine/mock.py)",
     )
     ap.add_argument("--dtype", default="auto", choices=DTYPES)
+    ap.add_argument(
+        "--enforce-eager",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run every step eagerly; --no-enforce-eager captures the decode step with "
+        "torch.compile at start-up (engine/compiled.py)",
+    )
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV cache per worker")
     ap.add_argument(
@@ -55,6 +62,7 @@ def engine_config(
         role=role,  # type: ignore[arg-type]  # checked in EngineConfig.__post_init__
         backend=args.engine,
         dtype=args.dtype,
+        enforce_eager=args.enforce_eager,
         num_threads=num_threads,
         cache=CacheConfig(
             block_size=args.block_size, num_blocks=args.num_blocks, kv_cache_gb=args.kv_cache_gb

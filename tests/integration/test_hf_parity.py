@@ -12,6 +12,7 @@ import torch
 
 from engine import CacheConfig, Engine, EngineConfig, SamplingParams, SchedulerConfig
 from engine.attention.torch_backend import TorchAttention
+from engine.model.ops import TorchOps
 from tests.helpers.hf_reference import hf_greedy, load_hf
 
 NEW_TOKENS = 64
@@ -42,11 +43,17 @@ def model(
 
 
 def make_engine(
-    path: Path, num_blocks: int = 256, budget: int = 1024, max_seqs: int = 64
+    path: Path,
+    num_blocks: int = 256,
+    budget: int = 1024,
+    max_seqs: int = 64,
+    compile_sizes: tuple[int, ...] | None = None,
 ) -> Engine:
     cfg = EngineConfig(
         model=str(path),
         dtype="float32",
+        enforce_eager=compile_sizes is None,
+        compile_sizes=compile_sizes,
         cache=CacheConfig(block_size=16, num_blocks=num_blocks),
         scheduler=SchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=budget),
     )
@@ -206,6 +213,36 @@ def test_pure_torch_decode_path(model: tuple[Path, Reference]) -> None:
     attn._native = False
     assert_matches(run(engine, {0: prompts_of([3, 16, 77], seed=9)}), ref)
     assert_idle(engine)
+
+
+def test_reference_elementwise_ops(model: tuple[Path, Reference]) -> None:
+    """The torch reference norms, RoPE and MLP activation (any device) match too."""
+    path, ref = model
+    engine = make_engine(path)
+    engine.runner.model.ops = TorchOps()
+    assert_matches(run(engine, {0: prompts_of([3, 16, 77], seed=10)}), ref)
+    assert_idle(engine)
+
+
+def test_compiled_decode_step(tiny_checkpoints: dict[str, Path]) -> None:
+    """The captured decode step (engine/compiled.py) matches, padded batches included:
+    seven prompts over at most four sequences (4, then 3 padded to 4), captured at 1, 2, 4."""
+    path = tiny_checkpoints["llama"]
+    ref = Reference(path)
+    engine = make_engine(path, max_seqs=4, compile_sizes=(1, 2, 4))
+    compiled = engine.runner.compiled
+    assert compiled is not None and compiled.sizes == (1, 2, 4)
+    sizes: list[int] = []
+    real_run = compiled.run
+
+    def recording_run(chunks):  # noqa: ANN001, ANN202
+        sizes.append(len(chunks))
+        return real_run(chunks)
+
+    compiled.run = recording_run  # type: ignore[method-assign]
+    assert_matches(run(engine, {0: prompts_of([3, 16, 31, 77, 150, 5, 9], seed=11)}), ref)
+    assert_idle(engine)
+    assert {3, 4} <= set(sizes), sizes  # a full batch and a padded one ran compiled
 
 
 def test_cpu_decode_kernel_is_used() -> None:
