@@ -1,11 +1,14 @@
 """Offline throughput: the engine against transformers `generate()` on the same weights.
 
-    python -m bench.engine [--model PATH] [--concurrency 1,8,32] [--output-len 128]
+    python -m bench.engine [--model PATH] [--concurrency 1,8,32] [--output-len 64]
 
 Both run in this process, one after the other, at the same dtype and thread count, on the
 same random prompts (lengths within +-10% of --input-len), generating exactly
 --output-len tokens each (EOS ignored). Throughput counts output tokens over wall time,
-prefill included. Writes bench-results/engine.json.
+prefill included. Beside them, the machine's GEMM-only bound for the same work
+(bench/serve/roofline.py: plain F.linear on the model's shapes, in the engine's dtype).
+Goal (issue 11): the engine >= 2x transformers at 1 and at 32. Writes
+bench-results/engine.json.
 """
 
 from __future__ import annotations
@@ -71,6 +74,20 @@ def load_hf(model_path: str, dtype: torch.dtype):
     return AutoModelForCausalLM.from_pretrained(str(p), dtype=dtype).eval()
 
 
+def gemm_bound(
+    model_path: str, dtype: str, levels: list[int], args: argparse.Namespace
+) -> dict[int, float]:
+    """Output tok/s if only the GEMMs took time, per concurrency (all requests at once)."""
+    from bench.serve.roofline import measure
+
+    (times,) = [
+        t
+        for t in measure(Path(model_path), args.input_len, levels, args.threads)
+        if t.dtype == dtype
+    ]
+    return times.bound({n: n for n in levels}, args.output_len)
+
+
 def main(argv: list[str] | None = None) -> None:
     from engine.env import default_model_path
 
@@ -80,9 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default=None, help="model path (default: the pulled default model)")
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--input-len", type=int, default=256)
-    ap.add_argument("--output-len", type=int, default=128)
+    ap.add_argument("--output-len", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--dtype", default="bfloat16", help="auto measures which is faster here")
     ap.add_argument("--out", default="bench-results/engine.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -102,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     vocab = engine.model_config.vocab_size
     run_engine(engine, make_prompts(2, 32, vocab, seed=99), 4)  # warm-up, both sides
     run_hf(hf, make_prompts(2, 32, vocab, seed=99), 4, pad_id=0)
+    bound = gemm_bound(model_path, str(engine.dtype).removeprefix("torch."), levels, args)
     rows = []
     print(
         f"model={Path(model_path).name} dtype={engine.dtype} threads={args.threads} "
@@ -110,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     # prefill s: the engine's time for the prompts alone (one output token each), a floor
     # under the whole run's time at that concurrency.
     print(
-        f"{'concurrency':>11} {'engine tok/s':>13} {'hf tok/s':>9} {'ratio':>6} {'prefill s':>10}"
+        f"{'concurrency':>11} {'engine tok/s':>13} {'hf tok/s':>9} {'ratio':>6} "
+        f"{'bound tok/s':>12} {'of bound':>9} {'prefill s':>10}"
     )
     for n in levels:
         prompts = make_prompts(n, args.input_len, vocab, seed=n)
@@ -123,10 +142,16 @@ def main(argv: list[str] | None = None) -> None:
                 "engine_tok_s": round(e, 2),
                 "hf_tok_s": round(h, 2),
                 "ratio": round(e / h, 2),
+                "gemm_bound_tok_s": round(bound[n], 2),
+                "of_bound": round(e / bound[n], 2),
                 "engine_prefill_s": round(prefill, 2),
             }
         )
-        print(f"{n:>11} {e:>13.1f} {h:>9.1f} {e / h:>5.2f}x {prefill:>10.1f}", flush=True)
+        print(
+            f"{n:>11} {e:>13.1f} {h:>9.1f} {e / h:>5.2f}x {bound[n]:>12.1f} "
+            f"{e / bound[n]:>8.2f}x {prefill:>10.1f}",
+            flush=True,
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {

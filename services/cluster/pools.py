@@ -9,6 +9,8 @@ instead of fighting over both.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,11 +40,32 @@ class PoolSpec:
         return max(1, int(self.num_cpus))
 
 
+def assign_cores(specs: Sequence[PoolSpec], available: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """Dedicated cores per worker name (`<role>-<n>`), in spawn order, when every worker
+    gets whole CPUs of its own; {} when they share (pinning workers that share cores would
+    only stop the OS from balancing them). Pinned, a worker's torch threads stay on its
+    cores: no migrations, and no neighbour's threads landing on them."""
+    if any(s.num_cpus < 1 or not float(s.num_cpus).is_integer() for s in specs):
+        return {}
+    cores = sorted(available)
+    wanted = [(f"{s.role}-{i}", int(s.num_cpus)) for s in specs for i in range(s.replicas)]
+    if sum(n for _, n in wanted) > len(cores):
+        return {}
+    out: dict[str, tuple[int, ...]] = {}
+    for name, n in wanted:
+        out[name], cores = tuple(cores[:n]), cores[n:]
+    return out
+
+
 class WorkerActor:
     """Lives in its own Ray worker process; wraps a WorkerThread."""
 
-    def __init__(self, config: WorkerConfig, net: WorkerNetConfig) -> None:
+    def __init__(
+        self, config: WorkerConfig, net: WorkerNetConfig, cores: tuple[int, ...] = ()
+    ) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        if cores:  # before torch starts its threads: they inherit the process's affinity
+            os.sched_setaffinity(0, cores)
         self._thread = WorkerThread(config, net)
         self._address = self._thread.start()
 
@@ -69,8 +92,20 @@ class Pools:
         self.net = net
         self.members: dict[str, PoolMember] = {}
 
-    def start(self, specs: list[PoolSpec], timeout_s: float = 600.0) -> list[PoolMember]:
-        new = [self._spawn(spec, i) for spec in specs for i in range(spec.replicas)]
+    def start(
+        self,
+        specs: list[PoolSpec],
+        cores: dict[str, tuple[int, ...]] | None = None,
+        timeout_s: float = 600.0,
+    ) -> list[PoolMember]:
+        """Spawn every pool's workers (pinned to `cores[name]` where given) and wait until
+        all are registered."""
+        cores = cores or {}
+        new = [
+            self._spawn(spec, i, cores.get(f"{spec.role}-{i}", ()))
+            for spec in specs
+            for i in range(spec.replicas)
+        ]
         self.members.update((m.name, m) for m in new)  # so that stop() reaches them all
         # Actors load their models in parallel; wait for all of them to be registered.
         addresses = ray.get([m.actor.address.remote() for m in new], timeout=timeout_s)
@@ -78,7 +113,7 @@ class Pools:
             member.address = address
         return new
 
-    def _spawn(self, spec: PoolSpec, index: int) -> PoolMember:
+    def _spawn(self, spec: PoolSpec, index: int, cores: tuple[int, ...]) -> PoolMember:
         name = f"{spec.role}-{index}"
         engine = replace(self.engine, role=spec.role, num_threads=spec.torch_threads)  # type: ignore[arg-type]
         actor_cls = ray.remote(WorkerActor).options(
@@ -88,7 +123,7 @@ class Pools:
             num_gpus=spec.num_gpus,
             max_concurrency=2,  # stop must get through while address() waits
         )
-        actor = actor_cls.remote(WorkerConfig(name, engine), self.net)
+        actor = actor_cls.remote(WorkerConfig(name, engine), self.net, cores)
         return PoolMember(name, spec.role, actor)
 
     def stop(self, timeout_s: float = 30.0) -> None:

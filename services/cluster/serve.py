@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import redis
 
 from engine import EngineConfig
-from services.cluster.pools import NAMESPACE, Pools, PoolSpec
+from services.cluster.pools import NAMESPACE, Pools, PoolSpec, assign_cores
 from services.cluster.redis_server import RedisServer
 from services.cluster.registry import Registry
 from services.router.dispatch import MODES
@@ -75,8 +75,14 @@ class ClusterConfig:
         ]
 
 
-def placement(specs: list[PoolSpec]) -> list[str]:
+def placement(specs: list[PoolSpec], cores: dict[str, tuple[int, ...]]) -> list[str]:
     """A line per pool: its workers and what each was given (the serve banner shows it)."""
+
+    def pinned(s: PoolSpec) -> list[str]:
+        sets = [cores[f"{s.role}-{i}"] for i in range(s.replicas) if f"{s.role}-{i}" in cores]
+        if not sets:
+            return ["cores shared"]
+        return ["pinned to cores " + " | ".join(",".join(map(str, c)) for c in sets)]
 
     def each(n: float, unit: str) -> str:
         return f"{round(n, 2):g} {unit}{'' if n == 1 else 's'} each"
@@ -86,6 +92,7 @@ def placement(specs: list[PoolSpec]) -> list[str]:
         + ", ".join(
             [each(s.num_cpus, "CPU"), each(s.torch_threads, "torch thread")]
             + ([each(s.num_gpus, "GPU")] if s.num_gpus else [])
+            + pinned(s)
         )
         for s in specs
     ]
@@ -102,6 +109,7 @@ class Cluster:
         self.ray_address = ""
         self.pools: Pools | None = None
         self.specs: list[PoolSpec] = []
+        self.cores: dict[str, tuple[int, ...]] = {}
 
     def __enter__(self) -> Cluster:
         try:
@@ -136,12 +144,17 @@ class Cluster:
         self.ray_address = ray.get_runtime_context().gcs_address
         resources = ray.cluster_resources()
         self.specs = cfg.specs(resources.get("CPU", 1.0), resources.get("GPU", 0.0))
-        for line in placement(self.specs):  # before the wait: a slow start shows what it waits for
+        # Only a cluster of our own is one node whose core ids we know: pin there.
+        if address is None and self.specs[0].num_gpus == 0:
+            self.cores = assign_cores(self.specs, sorted(os.sched_getaffinity(0)))
+        for line in placement(
+            self.specs, self.cores
+        ):  # before the wait: a slow start shows what it waits for
             log.info("placement: %s", line)
         pools = Pools(cfg.engine, WorkerNetConfig(redis_url=self.redis_url))
         self._stack.callback(pools.stop)
         self.pools = pools
-        pools.start(self.specs)
+        pools.start(self.specs, self.cores)
 
     def banner(self) -> list[str]:
         """What `tandem serve` prints under the API address once it is up."""
@@ -149,7 +162,7 @@ class Cluster:
         if self.dashboard_url:
             url = self.dashboard_url.removeprefix("http://")
             lines.insert(0, f"Ray dashboard:  http://{url}")
-        return lines + [f"Workers:        {line}" for line in placement(self.specs)]
+        return lines + [f"Workers:        {line}" for line in placement(self.specs, self.cores)]
 
     def registry(self) -> Registry:
         return Registry(redis.Redis.from_url(self.redis_url))

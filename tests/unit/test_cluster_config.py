@@ -4,7 +4,7 @@ import pytest
 
 from engine import EngineConfig
 from services.cli import build_parser
-from services.cluster.pools import PoolSpec
+from services.cluster.pools import PoolSpec, assign_cores
 from services.cluster.serve import ClusterConfig, placement
 from services.router.server import served_model_name
 from services.worker.engine_flags import engine_config
@@ -32,13 +32,31 @@ def test_more_workers_than_cpus_share_them_with_one_torch_thread_each() -> None:
     assert sum(s.replicas * s.num_cpus for s in specs) == pytest.approx(2.0)  # all fit
     assert [s.torch_threads for s in specs] == [1, 1]
     assert PoolSpec("decode", 1, 3.0).torch_threads == 3
-    assert placement(specs) == [  # printed in the serve banner
-        "prefill: 1 worker, 0.67 CPUs each, 1 torch thread each",
-        "decode: 2 workers, 0.67 CPUs each, 1 torch thread each",
+    assert assign_cores(specs, [0, 1]) == {}  # sharing: the OS balances them
+    assert placement(specs, {}) == [  # printed in the serve banner
+        "prefill: 1 worker, 0.67 CPUs each, 1 torch thread each, cores shared",
+        "decode: 2 workers, 0.67 CPUs each, 1 torch thread each, cores shared",
     ]
-    assert placement([PoolSpec("both", 1, 1.0, 1.0)]) == [
-        "both: 1 worker, 1 CPU each, 1 torch thread each, 1 GPU each"
+    assert placement([PoolSpec("both", 1, 1.0, 1.0)], {}) == [
+        "both: 1 worker, 1 CPU each, 1 torch thread each, 1 GPU each, cores shared"
     ]
+
+
+def test_workers_with_whole_cpus_are_pinned_to_cores_of_their_own() -> None:
+    specs = _cluster(prefill_workers=1, decode_workers=3).specs(cpus=8, gpus=0)
+    cores = assign_cores(specs, [7, 6, 5, 4, 3, 2, 1, 0])
+    assert cores == {
+        "prefill-0": (0, 1),
+        "decode-0": (2, 3),
+        "decode-1": (4, 5),
+        "decode-2": (6, 7),
+    }
+    assert placement(specs, cores) == [
+        "prefill: 1 worker, 2 CPUs each, 2 torch threads each, pinned to cores 0,1",
+        "decode: 3 workers, 2 CPUs each, 2 torch threads each, pinned to cores 2,3 | 4,5 | 6,7",
+    ]
+    # more CPUs asked for than the process may use (--cpus-per-worker): no pinning
+    assert assign_cores([PoolSpec("decode", 3, 1.0)], [0, 1]) == {}
 
 
 def test_colocated_runs_as_many_workers_with_both_roles() -> None:
