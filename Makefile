@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.stamp-install
 PROMPT ?= What is the capital of France?
 
-.PHONY: install redis-server test lint typecheck run generate pull proto bench-engine bench-transfer bench-disagg bench-routing bench-router clean
+.PHONY: install redis-server test lint typecheck run generate pull proto bench-engine bench-transfer bench-disagg bench-routing bench-router bench-serve tcmalloc clean
 
 install: $(STAMP) redis-server
 
@@ -76,6 +76,22 @@ bench-routing: pull
 # and 64; TTFT, req/s and each process's CPU per request.
 bench-router: install
 	$(PY) -m bench.router $(ARGS)
+
+# vLLM's CPU build beside `tandem serve` (default flags and the recommended single node) on
+# the same prompts, with the machine's GEMM-only bound: bench-results/serve.json. vLLM's venv
+# and its copy of the model are built once in .bench-venvs/. ARGS, e.g. "--max-duration 120".
+bench-serve: pull tcmalloc
+	$(PY) -m bench.serve $(ARGS)
+
+# vLLM's CPU guide preloads tcmalloc: a system package, installed like redis-server.
+tcmalloc:
+	@ldconfig -p | grep -q libtcmalloc_minimal.so.4 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && apt-get install -y -q libtcmalloc-minimal4; \
+	  else \
+	    echo "error: tcmalloc is missing; install it (e.g. sudo apt-get install libtcmalloc-minimal4)" >&2; \
+	    exit 1; \
+	  fi; }
 
 clean:
 	rm -rf $(VENV) bench-results .pytest_cache .mypy_cache .ruff_cache
