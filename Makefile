@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.stamp-install
 PROMPT ?= What is the capital of France?
 
-.PHONY: install redis-server test lint typecheck run generate pull proto bench-engine bench-transfer bench-disagg bench-routing bench-router bench-serve tcmalloc clean
+.PHONY: install redis-server test lint typecheck run generate pull proto bench-engine bench-profile bench-transfer bench-disagg bench-routing bench-router bench-serve tcmalloc clean
 
 install: $(STAMP) redis-server
 
@@ -59,6 +59,11 @@ generate: pull
 
 bench-engine: pull
 	$(PY) -m bench.engine
+
+# Where a forward pass's time goes (GEMMs, attention, elementwise, overhead), torch's
+# reference elementwise ops against our fused ones: bench-results/profile.json.
+bench-profile: pull
+	$(PY) -m bench.profile_step $(ARGS)
 
 bench-transfer: install
 	$(PY) -m bench.transfer
