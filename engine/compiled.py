@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from engine.attention.base import AttentionBackend, BatchLayout
 from engine.model.llama import LlamaModel
@@ -100,9 +101,10 @@ class CompiledDecode:
 
     @staticmethod
     def supported(model: LlamaModel, kv_cache: torch.Tensor) -> bool:
-        """The graph calls our C++ attention: CPU models running NativeOps only. (A CUDA
-        capture needs a CUDA attention op inside the graph; not written yet.)"""
-        return kv_cache.device.type == "cpu" and isinstance(model.ops, NativeOps)
+        """The graph calls our C++ attention: CPU models running NativeOps with plain GEMMs
+        only. (A CUDA capture needs a CUDA attention op inside the graph; not written.)"""
+        plain_gemms = model.ops.linear is F.linear  # UpcastLinear's weight cache won't trace
+        return kv_cache.device.type == "cpu" and isinstance(model.ops, NativeOps) and plain_gemms
 
     def fits(self, chunks: Sequence[ScheduledChunk]) -> bool:
         """A step of decodes only (one new token each, all sampling), no larger than the

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
 
 from engine.attention import AttentionBackend, BatchLayout, SeqSlice, create_backend
 from engine.compiled import CompiledDecode
-from engine.model.llama import LlamaModel
+from engine.model.gemm import UpcastLinear, choose_upcast_rows
+from engine.model.llama import DecoderLayer, LlamaModel
 from engine.model.ops import NativeOps
 from engine.scheduler import ScheduledChunk
+
+log = logging.getLogger(__name__)
 
 
 class ModelRunner:
@@ -43,6 +47,10 @@ class ModelRunner:
         )
         if _native_kernels(self.kv_cache):
             model.ops = NativeOps()
+        upcast_rows = choose_upcast_rows(_widest_weight(model))
+        if upcast_rows is not None:
+            model.ops.linear = UpcastLinear(upcast_rows)
+            log.info("bfloat16 GEMMs of %d rows or more run in float32 here", upcast_rows)
         self.compiled: CompiledDecode | None = None
 
     def compile_decode(self, max_num_seqs: int, sizes: Sequence[int] | None) -> None:
@@ -99,3 +107,10 @@ def _native_kernels(kv_cache: torch.Tensor) -> bool:
     from engine.attention import cpu_kernels
 
     return cpu_kernels.load()
+
+
+def _widest_weight(model: LlamaModel) -> torch.Tensor:
+    """The first layer's gate|up projection: the GEMM shape that dominates a step."""
+    layer = model.layers[0]
+    assert isinstance(layer, DecoderLayer)
+    return layer.gate_up_weight

@@ -77,7 +77,7 @@ class DecoderLayer(nn.Module):
         cfg, n = self.cfg, x.shape[0]
         eps = cfg.rms_norm_eps
         x, h = ops.add_rms_norm(x, delta, self.input_norm, eps)
-        qkv = F.linear(h, self.qkv_weight, self.qkv_bias)
+        qkv = ops.linear(h, self.qkv_weight, self.qkv_bias)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(n, cfg.num_heads, cfg.head_dim)
         k = k.view(n, cfg.num_kv_heads, cfg.head_dim)
@@ -86,8 +86,8 @@ class DecoderLayer(nn.Module):
             q, k = ops.rms_norm(q, self.q_norm, eps), ops.rms_norm(k, self.k_norm, eps)
         q, k = ops.rope(q, k, cos, sin)
         o = attn.forward(layer, q, k, v).reshape(n, self.q_size)
-        x, h = ops.add_rms_norm(x, F.linear(o, self.o_weight), self.post_attn_norm, eps)
-        return x, F.linear(ops.silu_and_mul(F.linear(h, self.gate_up_weight)), self.down_weight)
+        x, h = ops.add_rms_norm(x, ops.linear(o, self.o_weight), self.post_attn_norm, eps)
+        return x, ops.linear(ops.silu_and_mul(ops.linear(h, self.gate_up_weight)), self.down_weight)
 
 
 class LlamaModel(nn.Module):
@@ -124,4 +124,4 @@ class LlamaModel(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [n, hidden] -> float32 logits [n, vocab]."""
         weight = self.embed if self.lm_head is None else self.lm_head
-        return F.linear(hidden, weight).float()
+        return self.ops.linear(hidden, weight).float()

@@ -9,6 +9,8 @@ The model picks one at start-up (engine/runner.py), never per call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -29,6 +31,10 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 class TorchOps:
     name = "torch"
+
+    def __init__(self) -> None:
+        # F.linear, or engine.model.gemm.UpcastLinear on CPUs slow at bfloat16 GEMMs
+        self.linear: Callable[..., torch.Tensor] = F.linear
 
     def add_rms_norm(
         self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float

@@ -1,0 +1,67 @@
+"""bfloat16 GEMMs on CPUs without bfloat16 arithmetic (no AVX512_BF16 / AMX).
+
+There, a bfloat16 GEMM runs through conversions and is several times slower than float32
+once it has more than a few rows, while at one or two rows (a small decode batch) it is
+memory-bound and bfloat16 weights, half the bytes, win. `UpcastLinear` keeps both: the
+bfloat16 weights for GEMMs with few rows, and a float32 copy of each weight for the rest,
+where activations go up to float32 and the result comes back to bfloat16.
+
+That is exact where it matters: bfloat16 -> float32 is lossless, so the products are the
+ones a native bfloat16 GEMM with float32 accumulation computes (only the order of the
+sums differs), and the output is rounded to bfloat16 as it would be there.
+
+`choose_upcast_rows` measures at start-up where the float32 path starts to win; None
+means never (the CPU has fast bfloat16, or the model is not bfloat16).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+_PROBE_ROWS = (1, 2, 4, 8, 16, 32)
+
+
+class UpcastLinear:
+    def __init__(self, upcast_rows: int) -> None:
+        self.upcast_rows = upcast_rows
+        self._fp32: dict[int, torch.Tensor] = {}  # weight's data_ptr -> its float32 copy
+
+    def __call__(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if x.shape[0] < self.upcast_rows:
+            return F.linear(x, weight, bias)
+        w32 = self._fp32.get(weight.data_ptr())
+        if w32 is None:  # the copy is made once per weight, on its first wide GEMM
+            w32 = self._fp32[weight.data_ptr()] = weight.float()
+        b32 = None if bias is None else bias.float()
+        return F.linear(x.float(), w32, b32).to(x.dtype)
+
+
+def choose_upcast_rows(weight: torch.Tensor, reps: int = 5) -> int | None:
+    """The fewest rows at which the float32 path beats bfloat16 by 25% on `weight`'s shape
+    (the model's widest GEMM), or None when it never does (checked up to 32 rows)."""
+    if weight.device.type != "cpu" or weight.dtype != torch.bfloat16:
+        return None
+    w32 = weight.float()
+    for rows in _PROBE_ROWS:
+        x = torch.randn(rows, weight.shape[1]).to(torch.bfloat16)
+        native = _best(lambda: F.linear(x, weight), reps)  # noqa: B023
+        upcast = _best(lambda: F.linear(x.float(), w32).to(torch.bfloat16), reps)  # noqa: B023
+        if upcast * 1.25 < native:
+            return rows
+    return None
+
+
+def _best(fn: object, reps: int) -> float:
+    assert callable(fn)
+    fn()  # warm-up: kernel choice, packing
+    took = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        took.append(time.perf_counter() - start)
+    return min(took)
