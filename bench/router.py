@@ -49,6 +49,7 @@ PROMPT_LEN = 64
 OUTPUT_LEN = 8
 LEVELS = ((1, 200), (16, 800), (64, 1600))
 WARMUP = 32
+IDLE_S = 5.0  # the background CPU of router and worker is measured this long first
 # Goals and today's figures (issue 11, "make bench-router").
 GOAL_ROUTER_CPU_MS = 1.0
 GOAL_TTFT_P50_MS_AT_1 = 2.0
@@ -75,6 +76,23 @@ def cpu_ms_per_request(before: int, after: int, requests: int, ticks_per_s: int)
     if requests <= 0:
         return None
     return (after - before) * 1000.0 / ticks_per_s / requests
+
+
+def cpu_ms_per_second(before: int, after: int, seconds: float, ticks_per_s: int) -> float:
+    """CPU milliseconds per wall second between two samples: a process's background cost
+    (heartbeats, the KV feed's polling) while no request runs."""
+    return (after - before) * 1000.0 / ticks_per_s / seconds
+
+
+def idle_cpu(pids: dict[str, int], seconds: float) -> dict[str, float]:
+    """Each process's CPU ms per second with no request running."""
+    before = {name: read_cpu_ticks(pid) for name, pid in pids.items()}
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    elapsed = time.perf_counter() - t0
+    after = {name: read_cpu_ticks(pid) for name, pid in pids.items()}
+    tps = ticks_per_second()
+    return {name: cpu_ms_per_second(before[name], after[name], elapsed, tps) for name in pids}
 
 
 def ticks_per_second() -> int:
@@ -253,10 +271,12 @@ def main(argv: list[str] | None = None) -> None:
     logs = out / "router-runs"
     logs.mkdir(parents=True, exist_ok=True)
     rows = []
+    idle: dict[str, float] = {}
     with RedisServer() as redis_server:
         worker, router, url = start_cluster(logs, redis_server.url)
         pids = {"router": router.proc.pid, "worker": worker.proc.pid, "client": os.getpid()}
         try:
+            idle = idle_cpu({k: pids[k] for k in ("router", "worker")}, IDLE_S)
             for level in levels:
                 row = asyncio.run(run_level(url, level, pids, args.time_cap_s))
                 rows.append(row)
@@ -273,6 +293,11 @@ def main(argv: list[str] | None = None) -> None:
     print()
     for line in goals(rows):
         print(line)
+    print(
+        "with no request running: "
+        + ", ".join(f"{name} {ms:.1f} CPU ms/s" for name, ms in idle.items())
+        + " (counted in the figures above)"
+    )
     result = {
         "setup": {
             "router": "tandem router --mode colocated (own process)",
@@ -282,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
             "warmup_requests": WARMUP,
             "cpus": os.cpu_count(),
         },
+        "idle_cpu_ms_per_s": idle,
         "rows": rows,
         "goals": {
             "router_cpu_ms_per_req": GOAL_ROUTER_CPU_MS,

@@ -9,6 +9,7 @@ import pytest
 from bench.router import (
     Level,
     cpu_ms_per_request,
+    cpu_ms_per_second,
     cpu_ticks,
     level_figures,
     parse_levels,
@@ -38,6 +39,11 @@ def test_cpu_ms_per_request_from_two_samples() -> None:
     assert cpu_ms_per_request(1000, 1150, 300, 100) == pytest.approx(5.0)
     assert cpu_ms_per_request(1000, 1000, 10, 100) == 0.0
     assert cpu_ms_per_request(1000, 1150, 0, 100) is None
+
+
+def test_cpu_ms_per_second_while_idle() -> None:
+    # 3 ticks at 100 per second over 10 s: 30 ms of CPU, 3 ms per second.
+    assert cpu_ms_per_second(500, 503, 10.0, 100) == pytest.approx(3.0)
 
 
 def test_parse_levels() -> None:
