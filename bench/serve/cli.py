@@ -29,7 +29,9 @@ TANDEM: dict[str, list[str]] = {
 INPUT_LEN, OUTPUT_LEN = 256, 64
 
 
-def scenario(concurrency: int, requests: int, max_duration: float) -> dict[str, Any]:
+def scenario(
+    concurrency: int, requests: int, max_duration: float, warmup: int = 2
+) -> dict[str, Any]:
     """One load level: its own seed (a level never finds another's prompts cached), the
     same for every system."""
     return {
@@ -44,7 +46,7 @@ def scenario(concurrency: int, requests: int, max_duration: float) -> dict[str, 
         "num_prompts": requests,
         "concurrency": concurrency,
         "ignore_eos": True,
-        "warmup": 2,
+        "warmup": warmup,
         "seed": 1000 + concurrency,
     }
 
@@ -56,7 +58,7 @@ def drive(system: str, url: str, levels: dict[int, int], args: Any) -> list[dict
     for c, n in levels.items():
         print(f"{system}: concurrency {c}, {n} requests", flush=True)
         res = run_scenario(
-            scenario(c, n, args.max_duration),
+            scenario(c, n, args.max_duration, args.warmup),
             url,
             tokenizer=str(args.model),
             out_dir=args.out / "serve-runs" / system,
@@ -150,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--levels", default="1:8,16:64,32:96", help="concurrency:requests,...")
     ap.add_argument("--max-duration", type=float, default=300.0, help="seconds per level")
     ap.add_argument("--ready-timeout", type=float, default=1500.0, help="seconds for vLLM")
+    ap.add_argument("--warmup", type=int, default=2, help="requests per level left out")
     ap.add_argument("--systems", default=",".join(report.SYSTEMS))
     ap.add_argument("--cpus", default="0-1", help="VLLM_CPU_OMP_THREADS_BIND")
     ap.add_argument("--kv-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE")
@@ -160,20 +163,17 @@ def main(argv: list[str] | None = None) -> None:
 
     print("GEMM-only bound: timing F.linear on the model's shapes", flush=True)
     times = roofline.measure(
-        args.model, INPUT_LEN, [roofline.batch_seen(c, n) for c, n in levels.items()]
+        args.model, INPUT_LEN, [roofline.batch_seen(c, n) for c, n in levels.items()], reps=3
     )
     best = roofline.pick_faster(times, levels, OUTPUT_LEN)
     bound = {str(c): v for c, v in best.bound(levels, OUTPUT_LEN).items()}
-
-    rows: list[dict[str, Any]] = []
-    for system in args.systems.split(","):
-        rows += run_system(system, starter(system, args), levels, args)
 
     meta = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "model": str(args.model),
         "workload": {"input_len": INPUT_LEN, "output_len": OUTPUT_LEN, "levels": levels},
+        "limits": {"max_duration_s": args.max_duration, "warmup": args.warmup},
         "vllm": {"spec": vllm_env.VLLM_SPEC, "torch": vllm_env.TORCH_SPEC, "dtype": "bfloat16"},
         "tandem_args": TANDEM,
         "roofline": {
@@ -183,14 +183,21 @@ def main(argv: list[str] | None = None) -> None:
             },
         },
     }
-    goals = report.check_goals(rows)
-    result = {"meta": meta, "rows": rows, "roofline_tok_s": bound, "goals": [
-        {"goal": g.line(), "met": g.met} for g in goals
-    ]}  # fmt: skip
     path = args.out / "serve.json"
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    rows: list[dict[str, Any]] = []
+    for system in args.systems.split(","):
+        rows += run_system(system, starter(system, args), levels, args)
+        write(path, meta, rows, bound)  # after each system: a later failure keeps these
     print(report.table(rows, bound))
     print(f"(GEMM-only bound in {best.dtype}, the faster of {', '.join(roofline.DTYPES)} here)")
-    for g in goals:
+    for g in report.check_goals(rows):
         print(g.line())
     print(f"wrote {path}")
+
+
+def write(
+    path: Path, meta: dict[str, Any], rows: list[dict[str, Any]], bound: dict[str, float]
+) -> None:
+    goals = [{"goal": g.line(), "met": g.met} for g in report.check_goals(rows)]
+    result = {"meta": meta, "rows": rows, "roofline_tok_s": bound, "goals": goals}
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")

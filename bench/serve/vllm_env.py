@@ -71,7 +71,7 @@ def find_lib(roots: list[Path], name: str) -> Path | None:
 def preload(venv: Path) -> list[Path]:
     """tcmalloc (the system's) and Intel OpenMP (the venv's), those that are there."""
     system = [Path("/usr/lib/x86_64-linux-gnu"), Path("/lib/x86_64-linux-gnu"), Path("/usr/lib")]
-    libs = [find_lib(system, TCMALLOC), find_lib([venv / "lib"], "libiomp5.so")]
+    libs = [find_lib(system, TCMALLOC), find_lib([venv.resolve() / "lib"], "libiomp5.so")]
     return [p for p in libs if p is not None]
 
 
