@@ -9,6 +9,7 @@ chunk (`stream_options.include_usage`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import httpx
 
 from loadtest.records import CONNECTION, EMPTY, STREAM, TIMEOUT, RequestOutput
+
+DRAIN_S = 1.0  # how long the rest of a stream after [DONE] is waited for
 
 
 def make_http(timeout: float) -> httpx.AsyncClient:
@@ -79,9 +82,12 @@ async def _read_events(response: httpx.Response, out: RequestOutput) -> None:
                 out.fail(EMPTY, "the stream carried no text")
             # Read the body to its end (the chunked terminator follows [DONE]): a response
             # closed before that closes its connection, and every request would pay for a
-            # new one, on both sides.
-            async for _ in lines:
-                pass
+            # new one, on both sides. Briefly, and whatever happens: the answer is whole,
+            # a server that keeps the stream open after [DONE] only loses its connection.
+            with contextlib.suppress(TimeoutError, httpx.TransportError):
+                async with asyncio.timeout(DRAIN_S):
+                    async for _ in lines:
+                        pass
             return
         event = json.loads(data)
         if "error" in event or event.get("object") == "error":

@@ -50,6 +50,8 @@ class Seen:
     max_in_flight: int = 0
     prompt_tokens: int = 0
     tokenized: list[dict[str, Any]] = field(default_factory=list)  # /tokenize bodies
+    # (host, port) of each completion's client: one per connection
+    clients: set[tuple[str, int]] = field(default_factory=set)
 
 
 def _event(obj: dict[str, Any]) -> bytes:
@@ -123,13 +125,19 @@ class ScriptedServer:
 
         @app.post("/v1/completions")
         async def completions(request: Request) -> Response:
+            self._saw_client(request)
             return await self._answer(await request.json(), chat=False)
 
         @app.post("/v1/chat/completions")
         async def chat(request: Request) -> Response:
+            self._saw_client(request)
             return await self._answer(await request.json(), chat=True)
 
         return app
+
+    def _saw_client(self, request: Request) -> None:
+        if request.client is not None:
+            self.seen.clients.add((request.client.host, request.client.port))
 
     async def _answer(self, body: dict[str, Any], chat: bool) -> Response:
         seen, s = self.seen, self.script

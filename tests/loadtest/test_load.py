@@ -63,6 +63,19 @@ def test_chat_role_chunk_is_not_the_first_token_and_double_chunks_split(
     assert r.itl_ms.mean == pytest.approx(r.tpot_ms.mean, rel=0.1)
 
 
+def test_requests_one_after_another_reuse_one_connection(tokenizer: HFTokenizer) -> None:
+    # The client reads each stream to its end after [DONE], so its connection goes back to
+    # the pool instead of being closed (and reopened by the next request).
+    with ScriptedServer(Script(ttft=0.0, itl=0.0)) as srv:
+        res = run(
+            srv.url,
+            tokenizer,
+            {"input_len": 8, "output_len": 3, "num_prompts": 5, "concurrency": 1},
+        )
+    assert res.workloads[res.name].completed == 5
+    assert len(srv.seen.clients) == 1
+
+
 def test_failures_are_counted_by_category(tokenizer: HFTokenizer) -> None:
     script = Script(ttft=0.02, itl=0.01, fail_every=5, break_every=7, hang_every=11)
     with ScriptedServer(script) as srv:
