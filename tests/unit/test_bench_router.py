@@ -6,15 +6,8 @@ import os
 
 import pytest
 
-from bench.router import (
-    Level,
-    cpu_ms_per_request,
-    cpu_ms_per_second,
-    cpu_ticks,
-    level_figures,
-    parse_levels,
-    read_cpu_ticks,
-)
+from bench.proc_cpu import cpu_ms_per_request, cpu_ms_per_second, cpu_ticks, read_cpu_ticks
+from bench.router import Level, level_figures, parse_levels
 from loadtest.records import RequestOutput
 
 # A real line's shape: the command name holds a space and a ')' of its own.
