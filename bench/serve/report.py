@@ -10,14 +10,16 @@ METRICS = ("output_tok_s", "ttft_mean_ms", "tpot_mean_ms", "itl_p99_ms")
 
 
 def row(system: str, concurrency: int, result: Any) -> dict[str, Any]:
-    """One system at one concurrency from a loadtest RunResult."""
+    """One system at one concurrency from a loadtest RunResult. With nothing completed (all
+    failed, or cancelled at the time bound) the figures are None, not loadtest's zeros."""
+    done = result.completed > 0
     return {
         "system": system,
         "concurrency": concurrency,
-        "output_tok_s": result.output_throughput,
-        "ttft_mean_ms": result.ttft_ms.mean,
-        "tpot_mean_ms": result.tpot_ms.mean,
-        "itl_p99_ms": result.itl_ms.p99,
+        "output_tok_s": result.output_throughput if done else None,
+        "ttft_mean_ms": result.ttft_ms.mean if done else None,
+        "tpot_mean_ms": result.tpot_ms.mean if done else None,
+        "itl_p99_ms": result.itl_ms.p99 if done else None,
         "completed": result.completed,
         "failed": result.failed,
         "cancelled": result.cancelled,
@@ -109,7 +111,7 @@ def table(rows: list[dict[str, Any]], roofline: dict[str, float]) -> str:
             f"{_fmt(tok / bound if tok is not None and bound else None, '.2f'):>8}"
             f"{_fmt(r['ttft_mean_ms']):>9}{_fmt(ratio(rows, s, c, 'ttft_mean_ms'), '.2f'):>7}"
             f"{_fmt(r['tpot_mean_ms']):>9}{_fmt(ratio(rows, s, c, 'tpot_mean_ms'), '.2f'):>7}"
-            f"{_fmt(r['itl_p99_ms']):>9}{r['failed']:>7}"
+            f"{_fmt(r['itl_p99_ms']):>9}{r['failed']:>7}{r.get('cancelled', 0):>7}"
         )
         if r.get("error"):
             lines.append(f"{'':<19}error: {r['error'].strip().splitlines()[-1][:200]}")

@@ -74,6 +74,15 @@ def test_row_shape_is_json() -> None:
     assert json.loads(json.dumps(rows + [failed]))[-1] == failed
 
 
+def test_nothing_completed_gives_no_figures() -> None:
+    res = _result(0.0, 0.0, 0.0, 0.0)
+    res.completed, res.cancelled = 0, 16  # all cut at the time bound
+    r = report.row("vllm", 16, res)
+    assert r["output_tok_s"] is None and r["ttft_mean_ms"] is None and r["cancelled"] == 16
+    assert report.ratio([r, report.row("tandem-default", 16, _result(9, 9, 9, 9))],
+                        "tandem-default", 16, "output_tok_s") is None  # fmt: skip
+
+
 def test_goals() -> None:
     goals = {(g.system, g.concurrency, g.metric): g for g in report.check_goals(_rows())}
     tok16 = goals["tandem-recommended", 16, "output_tok_s"]
