@@ -99,7 +99,7 @@ def table(rows: list[dict[str, Any]], roofline: dict[str, float]) -> str:
     """One line per row: the figures, tok/s over vLLM's and over the GEMM-only bound."""
     head = (
         f"{'system':<19}{'conc':>5}{'tok/s':>9}{'/vLLM':>7}{'/bound':>8}{'TTFT ms':>9}"
-        f"{'/vLLM':>7}{'TPOT ms':>9}{'/vLLM':>7}{'ITL p99':>9}{'failed':>7}"
+        f"{'/vLLM':>7}{'TPOT ms':>9}{'/vLLM':>7}{'ITL p99':>9}{'failed':>7}{'cancel':>7}"
     )
     lines = [head]
     for r in sorted(rows, key=lambda r: (SYSTEMS.index(r["system"]), r["concurrency"])):
