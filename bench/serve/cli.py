@@ -103,7 +103,8 @@ def start_vllm(args: Any) -> tuple[str, Callable[[], None]]:
     folder = root / "models" / args.model.stem.split(".")[0]
     vllm_env.convert_model(args.model, folder, root / "convert.log")
     logs = args.out / "serve-runs"
-    server = vllm_env.Server(py, folder, logs / "vllm-server.log", args.cpus, args.kv_gib)
+    log = logs / "vllm-server.log"
+    server = vllm_env.Server(py, folder, log, args.cpus, args.kv_gib, args.vllm_dtype)
     print(f"vLLM on {server.url}, preloaded: {server.preloaded}", flush=True)
     try:
         server.wait_ready(args.ready_timeout)
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=2, help="requests per level left out")
     ap.add_argument("--systems", default=",".join(report.SYSTEMS))
     ap.add_argument("--cpus", default="0-1", help="VLLM_CPU_OMP_THREADS_BIND")
+    ap.add_argument("--vllm-dtype", default="bfloat16", help="vLLM's --dtype")
     ap.add_argument("--kv-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE")
     args = ap.parse_args(argv)
     args.model = Path(pull_default())
@@ -174,7 +176,11 @@ def main(argv: list[str] | None = None) -> None:
         "model": str(args.model),
         "workload": {"input_len": INPUT_LEN, "output_len": OUTPUT_LEN, "levels": levels},
         "limits": {"max_duration_s": args.max_duration, "warmup": args.warmup},
-        "vllm": {"spec": vllm_env.VLLM_SPEC, "torch": vllm_env.TORCH_SPEC, "dtype": "bfloat16"},
+        "vllm": {
+            "spec": vllm_env.VLLM_SPEC,
+            "torch": vllm_env.TORCH_SPEC,
+            "dtype": args.vllm_dtype,
+        },
         "tandem_args": TANDEM,
         "roofline": {
             "dtype": best.dtype,

@@ -88,7 +88,9 @@ class Server:
     """`python -m vllm.entrypoints.openai.api_server` from the venv, in its own process group
     (so that its engine process goes with it), output kept in a log."""
 
-    def __init__(self, py: Path, model: Path, log: Path, cpus: str, kv_gib: int) -> None:
+    def __init__(
+        self, py: Path, model: Path, log: Path, cpus: str, kv_gib: int, dtype: str = "bfloat16"
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
@@ -101,7 +103,7 @@ class Server:
         }
         args = [
             str(py), "-m", "vllm.entrypoints.openai.api_server",
-            f"--model={model}", f"--served-model-name={model.name}", "--dtype=bfloat16",
+            f"--model={model}", f"--served-model-name={model.name}", f"--dtype={dtype}",
             "--host=127.0.0.1", f"--port={self.port}", "--max-model-len=2048",
         ]  # fmt: skip
         self._log = open(log, "w")  # noqa: SIM115 - closed in stop()
