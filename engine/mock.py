@@ -108,6 +108,9 @@ class MockRunner:
         self.kv_cache = torch.zeros(num_blocks, 1, 2, block_size, 1, 1, device=device)
         self._tokens = self.kv_cache[:, 0, 0, :, 0, 0]  # views: [num_blocks, block_size]
         self._values = self.kv_cache[:, 0, 1, :, 0, 0]
+        # On the CPU the same views through numpy: a step's few reads and writes cost
+        # microseconds there, and tens of them through torch (a tensor per index list).
+        self._np = (self._tokens.numpy(), self._values.numpy()) if self.kv_cache.is_cpu else None
         self.last_step_s = 0.0  # the modelled duration of the last execute()
 
     @property
@@ -134,11 +137,17 @@ class MockRunner:
             tokens += ids
             if c.samples:
                 picks.append(self._pick(value))
-        where = (self._tensor(blocks), self._tensor(slots))
-        self._tokens.index_put_(where, self._tensor(tokens, torch.float32))
-        self._values.index_put_(where, self._tensor(values, torch.float32))
-        logits = torch.zeros(len(picks), self.vocab_size)
-        logits[torch.arange(len(picks)), torch.tensor(picks, dtype=torch.long)] = _PEAK
+        if self._np is not None:
+            self._np[0][blocks, slots] = tokens
+            self._np[1][blocks, slots] = values
+        else:
+            where = (self._tensor(blocks), self._tensor(slots))
+            self._tokens.index_put_(where, self._tensor(tokens, torch.float32))
+            self._values.index_put_(where, self._tensor(values, torch.float32))
+        logits = torch.zeros(len(picks), self.vocab_size)  # on the CPU, as the sampler's
+        rows = logits.numpy()
+        for i, token in enumerate(picks):
+            rows[i, token] = _PEAK
         return logits
 
     def _values_before(self, chunks: Sequence[ScheduledChunk]) -> list[int]:
@@ -147,7 +156,11 @@ class MockRunner:
         before = [(c.request.block_ids, c.start - 1) for c in chunks if c.start > 0]
         blocks = [ids[p // self.block_size] for ids, p in before]
         slots = [p % self.block_size for _, p in before]
-        read = iter(self._values[self._tensor(blocks), self._tensor(slots)].tolist())
+        if self._np is not None:
+            got = self._np[1][blocks, slots].tolist()
+        else:
+            got = self._values[self._tensor(blocks), self._tensor(slots)].tolist()
+        read = iter(got)
         return [int(next(read)) if c.start > 0 else _SEED for c in chunks]
 
     def _tensor(self, xs: list[int], dtype: torch.dtype = torch.long) -> torch.Tensor:
