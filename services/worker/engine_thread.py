@@ -4,9 +4,10 @@ The engine is single-threaded by design; everything that touches it (requests, a
 NIXL reads, lease bookkeeping) runs on this one thread, between steps:
 
     asyncio handlers --call(fn)--> [commands] --> engine thread: run commands
-                                                                run tick hooks
+                                                                run tick hooks (due ones)
                                                                 engine.step()
     per-request asyncio queues <--call_soon_threadsafe-- outputs --+
+                               (one wake-up per step and event loop, not one per output)
 
 A step that fails kills the loop: every subscriber gets the error and later calls raise
 EngineDead (a gRPC UNAVAILABLE at the edge), never a silent hang.
@@ -19,7 +20,8 @@ import concurrent.futures
 import logging
 import queue
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from engine import Engine
@@ -36,15 +38,32 @@ class EngineDead(RuntimeError):
 _Command = tuple[Callable[[Engine], object], "concurrent.futures.Future[Any]"]
 
 
+_Item = RequestOutput | BaseException
+_Delivery = list[tuple["asyncio.Queue[_Item]", _Item]]
+
+
 class _Sub:
     __slots__ = ("loop", "queue")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue()
 
-    def put(self, item: RequestOutput | BaseException) -> None:
+    def put(self, item: _Item) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+def _deliver(items: _Delivery) -> None:
+    """Event loop: a step's outputs into their requests' queues, in one callback."""
+    for q, item in items:
+        q.put_nowait(item)
+
+
+class _Tick:
+    __slots__ = ("due", "every_s", "fn")
+
+    def __init__(self, fn: Callable[[], None], every_s: float) -> None:
+        self.fn, self.every_s, self.due = fn, every_s, 0.0
 
 
 class EngineLoop:
@@ -55,13 +74,15 @@ class EngineLoop:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._subs: dict[str, _Sub] = {}
-        self._ticks: list[Callable[[], None]] = []
+        self._ticks: list[_Tick] = []
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
         self.error: BaseException | None = None
 
-    def add_tick(self, fn: Callable[[], None]) -> None:
-        """Run `fn` on the engine thread before every step (and at least every idle_s)."""
-        self._ticks.append(fn)
+    def add_tick(self, fn: Callable[[], None], every_s: float = 0.0) -> None:
+        """Run `fn` on the engine thread before every step, or, with `every_s`, before
+        the first step at least that long after its last run (bookkeeping that need not
+        cost a step's time); in either case at least every idle_s."""
+        self._ticks.append(_Tick(fn, every_s))
 
     def start(self) -> None:
         self._thread.start()
@@ -108,6 +129,17 @@ class EngineLoop:
         if sub is not None:
             sub.put(out)
 
+    def publish_all(self, outs: Sequence[RequestOutput]) -> None:
+        """Engine thread: a step's outputs, one wake-up per event loop (a wake-up is a
+        syscall and a pass of that loop: per output, they cost more than the step)."""
+        by_loop: dict[asyncio.AbstractEventLoop, _Delivery] = {}
+        for out in outs:
+            sub = self._subs.get(out.request_id)
+            if sub is not None:
+                by_loop.setdefault(sub.loop, []).append((sub.queue, out))
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_deliver, items)
+
     # ---- the thread ----------------------------------------------------------------
     def _run(self) -> None:
         try:
@@ -130,10 +162,14 @@ class EngineLoop:
                     fut.set_result(fn(self.engine))
                 except Exception as e:  # the caller's error, not the loop's
                     fut.set_exception(e)
+        now = time.monotonic()
         for tick in self._ticks:
-            tick()
-        for out in self.engine.step():
-            self.publish(out)
+            if now >= tick.due:
+                tick.due = now + tick.every_s
+                tick.fn()
+        outs = self.engine.step()
+        if outs:
+            self.publish_all(outs)
         if not self.engine.has_running() and self._commands.empty():
             self._wake.wait(self._idle_s)
 

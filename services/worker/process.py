@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import grpc
 import redis
+import uvloop
 
 from engine import Engine
 from engine.config import ROLES
@@ -150,7 +151,7 @@ class WorkerThread:
 
     def __init__(self, config: WorkerConfig, net: WorkerNetConfig) -> None:
         self.server = WorkerServer(config, net)
-        self.event_loop = asyncio.new_event_loop()
+        self.event_loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self.event_loop.run_forever, daemon=True)
 
     def start(self, timeout_s: float = 300.0) -> str:
@@ -204,5 +205,7 @@ def run_standalone(args: argparse.Namespace, model: str) -> int:
         await server.stopping.wait()
         await server.stop()
 
-    asyncio.run(main())
+    # uvloop: the loop that carries every token (engine thread -> queue -> gRPC) in C.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
     return 0

@@ -1,0 +1,86 @@
+"""The worker's engine thread against a scripted engine: a step's outputs reach their
+requests' queues in one wake-up, throttled ticks run at most as often as asked, and a
+stream that falls behind gets the queued outputs joined into one update."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from engine.output import RequestOutput
+from engine.request import FinishReason
+from services.worker.core import _joined
+from services.worker.engine_thread import EngineLoop
+
+
+class ScriptedEngine:
+    """Steps hand out the scripted outputs, one list per step, then nothing."""
+
+    def __init__(self, steps: list[list[RequestOutput]]) -> None:
+        self.steps = steps
+
+    def step(self) -> list[RequestOutput]:
+        return self.steps.pop(0) if self.steps else []
+
+    def has_running(self) -> bool:
+        return bool(self.steps)
+
+
+def _out(rid: str, token: int, done: bool = False) -> RequestOutput:
+    reason = FinishReason.LENGTH if done else None
+    return RequestOutput(rid, [token], done, reason, 4, 0, token, [-0.1 * token])
+
+
+def test_a_steps_outputs_reach_every_subscriber_in_one_callback() -> None:
+    async def run() -> dict[str, list[int]]:
+        engine = ScriptedEngine([])
+        loop = EngineLoop(engine, idle_s=0.005)  # type: ignore[arg-type]
+        queues = {rid: loop.subscribe(rid) for rid in ("a", "b")}
+        calls: list[Any] = []
+        event_loop = asyncio.get_running_loop()
+        real = event_loop.call_soon_threadsafe
+
+        def counting(*args: Any) -> Any:
+            calls.append(args)
+            return real(*args)
+
+        event_loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        engine.steps = [[_out("a", 1), _out("b", 2), _out("gone", 3)], [_out("a", 4, True)]]
+        loop.start()
+        try:
+            got = {rid: [] for rid in queues}
+            for rid, want in (("a", 2), ("b", 1)):
+                while len(got[rid]) < want:
+                    item = await asyncio.wait_for(queues[rid].get(), 5)
+                    assert isinstance(item, RequestOutput)
+                    got[rid] += item.new_token_ids
+        finally:
+            loop.stop()
+        assert len(calls) == 2  # one per step, not one per output
+        return got
+
+    assert asyncio.run(run()) == {"a": [1, 4], "b": [2]}
+
+
+def test_a_throttled_tick_runs_at_most_every_every_s() -> None:
+    engine = ScriptedEngine([[] for _ in range(10_000)])
+    loop = EngineLoop(engine, idle_s=0.005)  # type: ignore[arg-type]
+    every, fast = [], []
+    loop.add_tick(lambda: every.append(time.monotonic()), every_s=0.05)
+    loop.add_tick(lambda: fast.append(1))
+    loop.start()
+    time.sleep(0.3)
+    loop.stop()
+    assert len(fast) > len(every)
+    assert 2 <= len(every) <= 8
+    assert all(b - a >= 0.05 for a, b in zip(every, every[1:], strict=False))
+
+
+def test_joined_outputs_keep_every_token_and_take_the_last_state() -> None:
+    a, b = _out("r", 1), _out("r", 2, done=True)
+    j = _joined(a, b)
+    assert j.new_token_ids == [1, 2]
+    assert j.new_logprobs == [-0.1, -0.2]
+    assert j.finished and j.finish_reason == FinishReason.LENGTH
+    assert j.num_output_tokens == 2
