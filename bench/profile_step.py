@@ -3,12 +3,13 @@ context, and prefills of 256 and 2,048 tokens, under torch's profiler.
 
     python -m bench.profile_step [--dtype float32] [--threads 2]   (make bench-profile)
 
-Each case runs twice in this process, interleaved: with the torch reference elementwise
-ops (`TorchOps`: norms, RoPE and the MLP activation op by op, as before our fused
-kernels) and with `NativeOps` (torch.ops.tandem.*). Time is grouped by what the operator
-is: GEMMs, attention (our paged kernels, SDPA and the cache writes), elementwise, and the
-rest (Python and dispatch overhead: wall time no operator accounts for). Writes
-bench-results/profile.json.
+Each case runs in turn in this process: with the torch reference elementwise ops
+(`TorchOps`: norms, RoPE and the MLP activation op by op, as before our fused kernels) and
+with `NativeOps` (torch.ops.tandem.*), both on float32 GEMMs; and for a GGUF model whose
+GEMMs read its quantized blocks, NativeOps with those ("gguf"). Time is grouped by what
+the operator is: GEMMs, attention (our paged kernels, SDPA and the cache writes),
+elementwise, and the rest (Python and dispatch overhead: wall time no operator accounts
+for). Writes bench-results/profile.json.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from engine.attention import BatchLayout, SeqSlice
 from engine.config import CacheConfig, EngineConfig
 from engine.engine import Engine
 from engine.model.ops import NativeOps, TorchOps
+from engine.model.quant import QuantLinear
 from engine.runner import ModelRunner
 
-GEMM = ("aten::addmm", "aten::mm", "aten::linear", "aten::matmul", "aten::bmm")
+GEMM = ("aten::addmm", "aten::mm", "aten::linear", "aten::matmul", "aten::bmm",
+        "tandem::quant_linear")  # fmt: skip
 # prefixes: SDPA's CPU kernels have several names; index_select / index_put are the
 # gathers and cache writes of the reference attention path
 ATTENTION = ("tandem::paged_decode", "tandem::write_kv", "aten::_scaled_dot_product",
@@ -107,6 +110,17 @@ def profiled(run: Callable[[], None], reps: int) -> dict[str, float]:
     return best
 
 
+def variants(engine_linear: Callable[..., torch.Tensor]) -> list[tuple[str, TorchOps]]:
+    """The reference ops and ours, both on float32 GEMMs; and ours with the GEMMs the
+    engine chose when it reads a GGUF's quantized blocks (engine/model/quant.py)."""
+    out: list[tuple[str, TorchOps]] = [("torch", TorchOps()), ("native", NativeOps())]
+    if isinstance(engine_linear, QuantLinear):
+        quant = NativeOps()
+        quant.linear = engine_linear
+        out.append(("gguf", quant))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     from engine.env import default_model_path
 
@@ -135,12 +149,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     rows = []
     for name, run in cases(engine).items():
-        for ops in (TorchOps(), NativeOps()):
+        for label, ops in variants(mdl.ops.linear):
             mdl.ops = ops
             g = profiled(run, args.reps)
-            rows.append({"case": name, "ops": ops.name, **{k: round(v, 2) for k, v in g.items()}})
+            rows.append({"case": name, "ops": label, **{k: round(v, 2) for k, v in g.items()}})
             print(
-                f"{name:<16} {ops.name:<7} {g['total']:>8.1f} {g['gemm']:>8.1f} "
+                f"{name:<16} {label:<7} {g['total']:>8.1f} {g['gemm']:>8.1f} "
                 f"{g['attention']:>8.1f} {g['elementwise']:>9.1f} {g['other']:>8.1f}",
                 flush=True,
             )

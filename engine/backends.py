@@ -65,6 +65,7 @@ def load_backend(
         device = torch.device("cpu" if config.device == "auto" else config.device)
         return read_model_config(config.model), None, torch.float32, device
     device = resolve_device(config.device)
-    model_cfg, tensors = read_checkpoint(config.model)
+    model_cfg, tensors, blocks = read_checkpoint(config.model)
     dtype = resolve_dtype(config.dtype, model_cfg, device)
-    return model_cfg, build_model(model_cfg, tensors, dtype, device, config.model), dtype, device
+    model = build_model(model_cfg, tensors, dtype, device, config.model, blocks)
+    return model_cfg, model, dtype, device

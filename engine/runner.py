@@ -12,6 +12,7 @@ from engine.compiled import CompiledDecode
 from engine.model.gemm import UpcastLinear, choose_upcast_rows
 from engine.model.llama import DecoderLayer, LlamaModel
 from engine.model.ops import NativeOps
+from engine.model.quant import QuantLinear, choose_quant_rows
 from engine.scheduler import ScheduledChunk
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,10 @@ class ModelRunner:
         if upcast_rows is not None:
             model.ops.linear = UpcastLinear(upcast_rows)
             log.info("bfloat16 GEMMs of %d rows or more run in float32 here", upcast_rows)
+        if isinstance(model.ops, NativeOps) and param.dtype == torch.float32 and model.quantized:
+            quant = _quant_linear(model)
+            if quant is not None:
+                model.ops.linear = quant
         self.compiled: CompiledDecode | None = None
 
     def compile_decode(self, max_num_seqs: int, sizes: Sequence[int] | None) -> None:
@@ -107,6 +112,20 @@ def _native_kernels(kv_cache: torch.Tensor) -> bool:
     from engine.attention import cpu_kernels
 
     return cpu_kernels.load()
+
+
+def _quant_linear(model: LlamaModel) -> QuantLinear | None:
+    """GEMMs from the GGUF blocks (engine/model/quant.py) up to the row count where they
+    measure faster than float32 here; None where they never do."""
+    params = dict(model.named_parameters())
+    probe = model.quantized.get("layers.0.gate_up_weight")
+    rows = choose_quant_rows(_widest_weight(model), probe) if probe is not None else 0
+    if rows == 0:
+        log.info("GEMMs run on float32 weights: the quantized blocks measured no faster here")
+        return None
+    log.info("GEMMs of up to %d rows read the GGUF's quantized blocks", rows)
+    weights = {params[name].data_ptr(): q for name, q in model.quantized.items()}
+    return QuantLinear(weights, rows, model.ops.linear)
 
 
 def _widest_weight(model: LlamaModel) -> torch.Tensor:

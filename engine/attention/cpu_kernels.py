@@ -14,7 +14,7 @@ import torch
 
 log = logging.getLogger(__name__)
 _CSRC = Path(__file__).parent / "csrc"
-_SOURCES = (_CSRC / "paged_attention.cpp", _CSRC / "fused_ops.cpp")
+_SOURCES = (_CSRC / "paged_attention.cpp", _CSRC / "fused_ops.cpp", _CSRC / "quant_linear.cpp")
 
 
 def _cpu_flags() -> set[str]:
@@ -32,7 +32,7 @@ def _isa_flags() -> tuple[str, list[str]]:
     cpu = _cpu_flags()
     if {"avx512f", "avx512bw", "avx512vl", "fma"} <= cpu:
         bf16 = ["-mavx512bf16"] if "avx512_bf16" in cpu else []
-        return "_avx512", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", *bf16]
+        return "_avx512", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mf16c", *bf16]
     if {"avx2", "fma", "f16c"} <= cpu:
         return "_avx2", ["-mavx2", "-mfma", "-mf16c"]
     return "", []
@@ -83,6 +83,10 @@ def _register_fakes() -> None:
         return torch.empty_like(q, memory_format=torch.contiguous_format), torch.empty_like(
             k, memory_format=torch.contiguous_format
         )
+
+    @torch.library.register_fake("tandem::quant_linear")
+    def _(x, qweight, qtype):
+        return x.new_empty((x.shape[0], qweight.shape[0]))
 
     @torch.library.register_fake("tandem::silu_and_mul")
     def _(gate_up):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from engine.model.config import ModelConfig, ModelLoadError
+from engine.model.quant import BLOCK_BYTES, QuantizedWeight
 
 _ARCHS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 _LAYER_NAMES = {
@@ -41,7 +42,11 @@ _GLOBAL_NAMES = {
 }
 
 
-def read_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def read_gguf(
+    path: Path,
+) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, QuantizedWeight]]:
+    """The config, every tensor dequantized to float32 (HF names), and the raw blocks of
+    the 2-D weights stored in a block format our CPU kernel reads (engine/model/quant.py)."""
     import gguf  # heavy import, only when a GGUF is loaded
 
     try:
@@ -63,19 +68,26 @@ def read_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     raw_cfg = _hf_config(meta, vocab, tied="output.weight" not in shapes, source=str(path))
     cfg = ModelConfig.from_hf(raw_cfg, str(path))
     tensors: dict[str, torch.Tensor] = {}
+    blocks: dict[str, QuantizedWeight] = {}
     for t in reader.tensors:
         hf_name = _hf_name(t.name)
         if hf_name is None:
             continue
         arr = gguf.quants.dequantize(t.data, t.tensor_type)
         value = torch.from_numpy(np.array(arr, dtype=np.float32))  # a writable copy
+        raw = None
+        if int(t.tensor_type) in BLOCK_BYTES and value.dim() == 2:
+            raw = torch.from_numpy(np.array(t.data, dtype=np.uint8)).view(value.shape[0], -1)
         if raw_cfg["_gguf_arch"] == "llama" and hf_name.endswith(
             ("q_proj.weight", "k_proj.weight")
         ):
             heads = cfg.num_heads if "q_proj" in hf_name else cfg.num_kv_heads
             value = _unpermute(value, heads)
+            raw = None if raw is None else _unpermute(raw, heads).contiguous()
         tensors[hf_name] = value
-    return cfg, tensors
+        if raw is not None:
+            blocks[hf_name] = QuantizedWeight(raw, int(t.tensor_type))
+    return cfg, tensors, blocks
 
 
 def read_gguf_config(path: Path) -> ModelConfig:

@@ -17,6 +17,7 @@ from torch import nn
 from engine.attention import AttentionBackend
 from engine.model.config import ModelConfig
 from engine.model.ops import TorchOps
+from engine.model.quant import QuantizedWeight
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
@@ -107,6 +108,9 @@ class LlamaModel(nn.Module):
         self.inv_freq = rope_inv_freq(cfg)
         # Elementwise kernels; engine/runner.py swaps in NativeOps where they are built.
         self.ops = TorchOps()
+        # A GGUF model's quantized blocks of its weights, by parameter name (e.g.
+        # "layers.0.qkv_weight"); engine/runner.py decides whether GEMMs read them.
+        self.quantized: dict[str, QuantizedWeight] = {}
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionBackend

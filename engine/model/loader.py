@@ -11,12 +11,19 @@ from engine.model.config import ModelConfig, ModelLoadError
 from engine.model.gguf_loader import read_gguf, read_gguf_config
 from engine.model.hf_loader import read_hf_config, read_hf_dir
 from engine.model.llama import LlamaModel, rope_inv_freq
+from engine.model.quant import QuantizedWeight
 from engine.model.weights import load_into
 
 
-def read_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def read_checkpoint(
+    path: str | Path,
+) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, QuantizedWeight]]:
+    """The config, the tensors in float32 under HF names, and for a GGUF file the raw
+    blocks of its quantized weights (none for a Hugging Face directory)."""
     p = _locate(path)
-    return read_hf_dir(p) if p.is_dir() else read_gguf(p)
+    if p.is_dir():
+        return (*read_hf_dir(p), {})
+    return read_gguf(p)
 
 
 def read_model_config(path: str | Path) -> ModelConfig:
@@ -41,11 +48,12 @@ def build_model(
     dtype: torch.dtype,
     device: torch.device,
     source: str,
+    blocks: dict[str, QuantizedWeight] | None = None,
 ) -> LlamaModel:
     with torch.device("meta"):
         model = LlamaModel(cfg)
     model.to_empty(device="cpu")
-    load_into(model, tensors, source)
+    load_into(model, tensors, source, blocks)
     model = model.to(device=device, dtype=dtype).eval()
     # Built on the meta device above, so it carries no values yet.
     model.inv_freq = rope_inv_freq(cfg).to(device)

@@ -9,12 +9,25 @@ import torch
 
 from engine.model.config import ModelConfig, ModelLoadError
 from engine.model.llama import DecoderLayer, LlamaModel
+from engine.model.quant import QuantizedWeight
 
 
-def load_into(model: LlamaModel, tensors: Mapping[str, torch.Tensor], source: str) -> None:
+def load_into(
+    model: LlamaModel,
+    tensors: Mapping[str, torch.Tensor],
+    source: str,
+    blocks: Mapping[str, QuantizedWeight] | None = None,
+) -> None:
     """Copy `tensors` (HF names, e.g. model.layers.0.self_attn.q_proj.weight) into `model`,
-    fusing q|k|v and gate|up. Raises ModelLoadError naming the first missing tensor."""
+    fusing q|k|v and gate|up, and the quantized `blocks` of those weights (GGUF) into
+    `model.quantized`, fused alike. Raises ModelLoadError naming the first missing tensor."""
     cfg: ModelConfig = model.cfg
+    blocks = blocks or {}
+
+    def keep_blocks(param: str, *names: str) -> None:
+        q = QuantizedWeight.concat([blocks.get(n) for n in names])
+        if q is not None:
+            model.quantized[param] = q
 
     def get(name: str) -> torch.Tensor:
         t = tensors.get(name)
@@ -34,12 +47,16 @@ def load_into(model: LlamaModel, tensors: Mapping[str, torch.Tensor], source: st
     put(model.norm, get("model.norm.weight"), "norm")
     if model.lm_head is not None:
         put(model.lm_head, get("lm_head.weight"), "lm_head")
+        keep_blocks("lm_head", "lm_head.weight")
+    else:  # tied: the logits' GEMM reads the embedding
+        keep_blocks("embed", "model.embed_tokens.weight")
     for i, module in enumerate(model.layers):
         layer = cast(DecoderLayer, module)
         p = f"model.layers.{i}."
         attn = p + "self_attn."
         qkv = [get(f"{attn}{x}_proj.weight") for x in "qkv"]
         put(layer.qkv_weight, torch.cat(qkv), f"{attn}qkv")
+        keep_blocks(f"layers.{i}.qkv_weight", *(f"{attn}{x}_proj.weight" for x in "qkv"))
         if cfg.qkv_bias:
             put(
                 layer.qkv_bias,
@@ -47,12 +64,15 @@ def load_into(model: LlamaModel, tensors: Mapping[str, torch.Tensor], source: st
                 f"{attn}qkv bias",
             )
         put(layer.o_weight, get(attn + "o_proj.weight"), attn + "o_proj")
+        keep_blocks(f"layers.{i}.o_weight", attn + "o_proj.weight")
         if cfg.qk_norm:
             put(layer.q_norm, get(attn + "q_norm.weight"), attn + "q_norm")
             put(layer.k_norm, get(attn + "k_norm.weight"), attn + "k_norm")
-        gate_up = torch.cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")])
-        put(layer.gate_up_weight, gate_up, p + "mlp.gate_up")
+        gate, up = p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"
+        put(layer.gate_up_weight, torch.cat([get(gate), get(up)]), p + "mlp.gate_up")
+        keep_blocks(f"layers.{i}.gate_up_weight", gate, up)
         put(layer.down_weight, get(p + "mlp.down_proj.weight"), p + "mlp.down_proj")
+        keep_blocks(f"layers.{i}.down_weight", p + "mlp.down_proj.weight")
         put(layer.input_norm, get(p + "input_layernorm.weight"), p + "input_layernorm")
         put(
             layer.post_attn_norm,

@@ -20,7 +20,7 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 def test_reads_hf_directory(tiny_checkpoints: dict[str, Path]) -> None:
-    cfg, tensors = read_checkpoint(tiny_checkpoints["qwen3"])
+    cfg, tensors, _ = read_checkpoint(tiny_checkpoints["qwen3"])
     assert cfg.architecture == "Qwen3ForCausalLM"
     assert (cfg.head_dim, cfg.num_kv_heads, cfg.qk_norm) == (24, 2, True)
     assert "model.layers.0.self_attn.q_norm.weight" in tensors
@@ -62,7 +62,7 @@ def test_missing_tensor_is_named(tiny_checkpoints: dict[str, Path], tmp_path: Pa
     tensors = load_file(str(weights))
     del tensors["model.layers.1.mlp.down_proj.weight"]
     save_file(tensors, str(weights))
-    cfg, loaded = read_checkpoint(d)
+    cfg, loaded, _ = read_checkpoint(d)
     with pytest.raises(
         ModelLoadError, match=r"model\.layers\.1\.mlp\.down_proj\.weight.* is missing"
     ):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, EngineConfig, SamplingParams
+from engine.model.quant import QuantLinear
 from tests.helpers.hf_reference import hf_greedy
 
 pytestmark = pytest.mark.slow
@@ -29,6 +30,9 @@ def engine(smollm_path: Path) -> Engine:
 
 def test_greedy_matches_transformers_on_gguf(engine: Engine, smollm_hf: object) -> None:
     assert engine.tokenizer is not None
+    # the default path: decode GEMMs read the GGUF's Q4_1/Q8_0 blocks (engine/model/quant.py)
+    linear = engine.runner.model.ops.linear  # type: ignore[attr-defined]
+    assert isinstance(linear, QuantLinear) and linear.max_rows >= 3, linear
     prompts = [
         engine.tokenizer.apply_chat_template([{"role": "user", "content": q}]) for q in QUESTIONS
     ]

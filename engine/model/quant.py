@@ -1,0 +1,97 @@
+"""GEMMs straight from a GGUF file's quantized blocks, on CPU.
+
+A GGUF model's linear weights come as Q4_1 (0.625 bytes a weight) or Q8_0 (1.06) blocks.
+We dequantize them to the model's float32 parameters, and for float32 CPU models also keep
+the blocks: a decode step at small batch is bound by reading the weights, and our kernel
+(torch.ops.tandem.quant_linear, engine/attention/csrc/quant_linear.cpp) reads the blocks,
+a sixth of float32's bytes, expanding them in registers. Its dequantized values are exactly
+gguf-py's, so only the order of the sums differs from the float32 GEMM.
+
+Past some number of rows the float32 GEMM wins (it reuses each weight across many rows
+better than our kernel does): `choose_quant_rows` measures where, at start-up, and
+`QuantLinear` sends each GEMM to the faster of the two.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# ggml's type ids of the block formats our kernel reads, and their bytes per 32 weights
+Q4_1, Q8_0 = 3, 8
+BLOCK_BYTES = {Q4_1: 20, Q8_0: 34}
+_PROBE_ROWS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
+
+
+@dataclass(frozen=True, slots=True)
+class QuantizedWeight:
+    blocks: torch.Tensor  # uint8 [out_features, in_features / 32 * block bytes], row-major
+    qtype: int  # Q4_1 or Q8_0
+
+    @staticmethod
+    def concat(parts: Sequence[QuantizedWeight | None]) -> QuantizedWeight | None:
+        """The rows of `parts` stacked (as q|k|v and gate|up are), or None unless all are
+        quantized alike."""
+        first = parts[0]
+        if first is None or any(p is None or p.qtype != first.qtype for p in parts):
+            return None
+        return QuantizedWeight(torch.cat([p.blocks for p in parts if p is not None]), first.qtype)
+
+
+Linear = Callable[..., torch.Tensor]
+
+
+class QuantLinear:
+    """ops.linear for a model whose weights (some of them) have quantized blocks: GEMMs of
+    up to `max_rows` rows on those weights read the blocks; all others go to `fallback`."""
+
+    def __init__(
+        self, weights: Mapping[int, QuantizedWeight], max_rows: int, fallback: Linear
+    ) -> None:
+        self.weights = dict(weights)  # a float32 weight's data_ptr -> its blocks
+        self.max_rows = max_rows
+        self.fallback = fallback
+
+    def __call__(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        q = self.weights.get(weight.data_ptr()) if x.shape[0] <= self.max_rows else None
+        if q is None:
+            return self.fallback(x, weight, bias)
+        y: torch.Tensor = torch.ops.tandem.quant_linear(x, q.blocks, q.qtype)
+        return y if bias is None else y.add_(bias)
+
+
+def choose_quant_rows(weight: torch.Tensor, q: QuantizedWeight, reps: int = 5) -> int:
+    """The most rows (of those probed) at which the blocks beat float32 F.linear on this
+    weight, interleaving the two so a busy neighbour slows both alike; 0 if never."""
+    best = 0
+    for rows in _PROBE_ROWS:
+        x = torch.randn(rows, weight.shape[1])
+        times = _fastest(
+            [
+                lambda: torch.ops.tandem.quant_linear(x, q.blocks, q.qtype),  # noqa: B023
+                lambda: F.linear(x, weight),  # noqa: B023
+            ],
+            reps,
+        )
+        if times[0] >= times[1]:
+            break
+        best = rows
+    return best
+
+
+def _fastest(fns: Sequence[Callable[[], object]], reps: int) -> list[float]:
+    for fn in fns:
+        fn()  # warm-up
+    took = [float("inf")] * len(fns)
+    for _ in range(reps):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            took[i] = min(took[i], time.perf_counter() - start)
+    return took
