@@ -8,12 +8,13 @@ as one `data: {"error": {...}}` event, followed by [DONE] like any other end.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from starlette.responses import StreamingResponse
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from services.router.backend import BackendError
@@ -33,22 +34,60 @@ def event(obj: Json) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-class EventStreamResponse(StreamingResponse):
-    """Closes its event generator however the response ends. When the client disconnects,
-    Starlette cancels the sending task but leaves the generator suspended; closing it here
-    (not whenever the garbage collector gets to it) is what aborts the request at once."""
+class EventStreamResponse(Response):
+    """A response of server-sent events. The request's task streams them while one watcher
+    of the connection cancels it when the client goes away; either way the event generator
+    is closed here (not whenever the garbage collector gets to it), which is what aborts
+    the request at once. The frame that holds [DONE] goes out with the end of the body:
+    one write, not two. (Starlette's StreamingResponse runs an anyio task group of two
+    more tasks per response for the same watch, and ends the body with a write of its own.)"""
 
     media_type = "text/event-stream"
 
     def __init__(self, events: AsyncIterator[bytes]) -> None:
-        super().__init__(events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        # Response.__init__ would add `content-length: 0` for its empty body.
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self._events = events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.ensure_future(_disconnected(receive))
+        gone = False
+
+        def on_gone(w: asyncio.Future[None]) -> None:
+            nonlocal gone
+            if not w.cancelled() and w.exception() is None:
+                gone = True
+                task.cancel()
+
+        watcher.add_done_callback(on_gone)
         try:
-            await super().__call__(scope, receive, send)
+            await self._stream(send)
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            task.uncancel()  # the client left: nothing more to send, nothing failed
         finally:
+            watcher.remove_done_callback(on_gone)
+            watcher.cancel()
             await self._events.aclose()  # type: ignore[attr-defined]
+
+    async def _stream(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        async for frame in self._events:
+            last = frame.endswith(DONE)
+            await send({"type": "http.response.body", "body": frame, "more_body": not last})
+            if last:
+                return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 class _Batcher:
@@ -81,22 +120,30 @@ async def sse_events(
     """`first` was taken from the pieces before the response started (so a failure before
     the first token is still a plain HTTP error); `rest` yields the others."""
     batcher = _Batcher(fmt, logprobs)
+    tail = b""  # the last piece's frame and the usage chunk go out with [DONE]
     try:
         if (start := fmt.first_chunk()) is not None:
             yield event(start)
-        if (frame := batcher.add(first)) is not None:
-            yield frame
+        last: Piece | None = first
         if first.finish_reason is None:
+            if (frame := batcher.add(first)) is not None:
+                yield frame
+            last = None
             async for piece in rest:
+                if piece.finish_reason is not None:
+                    last = piece
+                    break
                 if (frame := batcher.add(piece)) is not None:
                     yield frame
+        if last is not None:
+            tail = batcher.add(last) or b""
         if usage is not None:
-            yield event(fmt.usage_chunk(usage))
+            tail += event(fmt.usage_chunk(usage))
     except Exception as e:
-        yield _error_event(e, metrics)
+        tail += _error_event(e, metrics)
     finally:
         await rest.aclose()  # type: ignore[attr-defined]
-    yield DONE
+    yield tail + DONE
 
 
 def _error_event(err: Exception, metrics: RouterMetrics) -> bytes:
