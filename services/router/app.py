@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from engine.detokenize import DecodeStreamDecoder, IncrementalText
 from engine.tokenizer import Tokenizer
 from services.router.backend import Backend, GenerateRequest
-from services.router.disconnect import unless_disconnected
+from services.router.disconnect import DisconnectWatch
 from services.router.errors import SERVER_ERROR, APIError, error_body, install_error_handlers
 from services.router.generation import Generation, collect
 from services.router.metrics import RouterMetrics
@@ -146,15 +146,24 @@ async def _complete(
     fmt: Format = (ChatFormat if chat else CompletionFormat)(meta, body.include_usage)
     logprobs = Logprobs(s.tokenizer, chat) if params.logprobs else None
     pieces = gen.pieces()
-    if body.stream:
-        # Wait for the first token before answering 200, so that a request the backend
-        # cannot serve at all still gets a plain HTTP error status.
-        first = await unless_disconnected(request, anext(pieces))
-        if first is None:
-            return Response(status_code=CLIENT_CLOSED)
-        usage = gen.usage if body.include_usage else None
-        return EventStreamResponse(sse_events(fmt, first, pieces, logprobs, usage, s.metrics))
-    answer = await unless_disconnected(request, collect(pieces))
+    watch = DisconnectWatch(request.receive)
+    handed_over = False  # to the stream's response, which closes the watch
+    try:
+        if body.stream:
+            # Wait for the first token before answering 200, so that a request the backend
+            # cannot serve at all still gets a plain HTTP error status.
+            first = await watch.until_gone(anext(pieces))
+            if first is None:
+                return Response(status_code=CLIENT_CLOSED)
+            usage = gen.usage if body.include_usage else None
+            events = sse_events(fmt, first, pieces, logprobs, usage, s.metrics)
+            response = EventStreamResponse(events, watch)
+            handed_over = True
+            return response
+        answer = await watch.until_gone(collect(pieces))
+    finally:
+        if not handed_over:
+            watch.close()
     if answer is None:
         return Response(status_code=CLIENT_CLOSED)
     lp = logprobs.body(answer.token_ids, answer.logprobs) if logprobs else None

@@ -8,7 +8,6 @@ as one `data: {"error": {...}}` event, followed by [DONE] like any other end.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +17,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from services.router.backend import BackendError
+from services.router.disconnect import DisconnectWatch
 from services.router.errors import SERVER_ERROR, error_body
 from services.router.generation import Piece, Usage
 from services.router.metrics import RouterMetrics
@@ -35,44 +35,28 @@ def event(obj: Json) -> bytes:
 
 
 class EventStreamResponse(Response):
-    """A response of server-sent events. The request's task streams them while one watcher
-    of the connection cancels it when the client goes away; either way the event generator
-    is closed here (not whenever the garbage collector gets to it), which is what aborts
-    the request at once. The frame that holds [DONE] goes out with the end of the body:
-    one write, not two. (Starlette's StreamingResponse runs an anyio task group of two
-    more tasks per response for the same watch, and ends the body with a write of its own.)"""
+    """A response of server-sent events, streamed by the request's own task under the
+    request's DisconnectWatch (which it closes): a client that leaves cancels the stream,
+    and the event generator is closed here (not whenever the garbage collector gets to
+    it), which is what aborts the request at once. The frame that holds [DONE] goes out
+    with the end of the body: one write, not two. (Starlette's StreamingResponse runs an
+    anyio task group of two more tasks per response, and ends the body with a write of
+    its own.)"""
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[bytes]) -> None:
+    def __init__(self, events: AsyncIterator[bytes], watch: DisconnectWatch) -> None:
         # Response.__init__ would add `content-length: 0` for its empty body.
         self.status_code = 200
         self.background = None
         self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self._events = events
+        self._events, self._watch = events, watch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        watcher = asyncio.ensure_future(_disconnected(receive))
-        gone = False
-
-        def on_gone(w: asyncio.Future[None]) -> None:
-            nonlocal gone
-            if not w.cancelled() and w.exception() is None:
-                gone = True
-                task.cancel()
-
-        watcher.add_done_callback(on_gone)
         try:
-            await self._stream(send)
-        except asyncio.CancelledError:
-            if not gone:
-                raise
-            task.uncancel()  # the client left: nothing more to send, nothing failed
+            await self._watch.until_gone(self._stream(send))
         finally:
-            watcher.remove_done_callback(on_gone)
-            watcher.cancel()
+            self._watch.close()
             await self._events.aclose()  # type: ignore[attr-defined]
 
     async def _stream(self, send: Send) -> None:
@@ -83,11 +67,6 @@ class EventStreamResponse(Response):
             if last:
                 return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 class _Batcher:
