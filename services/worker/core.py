@@ -11,6 +11,7 @@ or prefilling locally when there is none); `both` serves everything (colocated m
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 import uuid
@@ -162,9 +163,12 @@ class Worker:
         queue = self.loop.subscribe(request_id)
         finished = False
         try:
-            await self.loop.call(
+            admitted = self.loop.submit(
                 lambda e: self._admit(request_id, prompt, params, handle, first_token)
             )
+            # Not awaited: a refusal comes through the queue, ahead of any output, and
+            # this loop wakes once for the first token instead of twice.
+            admitted.add_done_callback(lambda f: self._refused(request_id, f))
             first = True
             while not finished:
                 out = _unwrap(await queue.get())
@@ -194,6 +198,11 @@ class Worker:
         if handle is not None:
             assert first_token is not None
             self.sink.expect(request_id, handle, first_token)
+
+    def _refused(self, request_id: str, admitted: concurrent.futures.Future[None]) -> None:
+        """Any thread: an admission that raised fails its request's stream."""
+        if not admitted.cancelled() and (error := admitted.exception()) is not None:
+            self.loop.fail(request_id, error)
 
     def _drop(self, request_id: str) -> bool:
         """Engine thread: abort a request wherever it is, its lease and pending read too."""

@@ -129,6 +129,12 @@ class EngineLoop:
         if sub is not None:
             sub.put(out)
 
+    def fail(self, request_id: str, error: BaseException) -> None:
+        """Any thread: end one request's stream with `error`."""
+        sub = self._subs.get(request_id)
+        if sub is not None:
+            sub.put(error)
+
     def publish_all(self, outs: Sequence[RequestOutput]) -> None:
         """Engine thread: a step's outputs, one wake-up per event loop (a wake-up is a
         syscall and a pass of that loop: per output, they cost more than the step)."""

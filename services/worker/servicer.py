@@ -32,9 +32,13 @@ async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable
     try:
         return await call()
     except tuple(_CODES) as e:
-        code = next(c for t, c in _CODES.items() if isinstance(e, t))
-        await context.abort(code, str(e))
+        await _abort(context, e)
         raise  # unreachable: abort raises
+
+
+async def _abort(context: grpc.aio.ServicerContext, e: Exception) -> None:
+    code = next(c for t, c in _CODES.items() if isinstance(e, t))
+    await context.abort(code, str(e))
 
 
 class WorkerService(worker_pb2_grpc.WorkerServicer):
@@ -51,13 +55,11 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         self, request: worker_pb2.DecodeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[worker_pb2.DecodeChunk]:
         updates = await _guard(context, lambda: self.calls.decode(wire.DecodeCall.from_pb(request)))
-        stream = aiter(updates)
-        while True:
-            try:
-                update = await _guard(context, lambda: anext(stream))
-            except StopAsyncIteration:
-                return
-            yield wire.decode_update_to_pb(update)
+        try:
+            async for update in updates:
+                yield wire.decode_update_to_pb(update)
+        except tuple(_CODES) as e:
+            await _abort(context, e)
 
     async def Abort(
         self, request: worker_pb2.AbortRequest, context: grpc.aio.ServicerContext
