@@ -69,6 +69,7 @@ async def run_router(opts: RouterOptions, banner: list[str] | None = None) -> No
             host=opts.host,
             port=opts.port,
             log_level="warning",
+            access_log=False,  # it would format a line per request for a logger that drops it
             loop="uvloop",
             http="httptools",
         )
