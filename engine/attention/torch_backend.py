@@ -1,7 +1,7 @@
 """Paged attention in torch: the reference backend, on CPU and CUDA.
 
 Decoding sequences (one query each) are batched into one call: on CPU (float32 or bfloat16)
-our C++ kernel reads K/V in place from the paged cache (engine/attention/csrc); elsewhere
+our C++ kernel reads K/V in place from the paged cache (engine/kernels/csrc); elsewhere
 one SDPA call over their gathered, padded block tables. Sequences with several queries (prefill
 chunks) get one SDPA call each, using the fresh k/v directly when nothing precedes them.
 """
@@ -45,11 +45,11 @@ class TorchAttention(AttentionBackend):
         self, kv_cache: torch.Tensor, block_size: int, num_heads: int, scale: float
     ) -> None:
         super().__init__(kv_cache, block_size, num_heads, scale)
-        self._native = False  # torch.ops.tandem.* (engine/attention/csrc) are loaded
+        self._native = False  # torch.ops.tandem.* (engine/kernels/csrc) are loaded
         if kv_cache.device.type == "cpu" and kv_cache.dtype in (torch.float32, torch.bfloat16):
-            from engine.attention import cpu_kernels
+            from engine.kernels import cpu
 
-            self._native = cpu_kernels.load()
+            self._native = cpu.load()
 
     def prepare(self, layout: BatchLayout) -> None:
         dev, bs = self.kv_cache.device, self.block_size

@@ -58,7 +58,7 @@ class TorchOps:
 
 
 class NativeOps(TorchOps):
-    """Needs engine.attention.cpu_kernels.load() to have succeeded."""
+    """Needs engine.kernels.cpu.load() to have succeeded."""
 
     name = "native"
 

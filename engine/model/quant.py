@@ -1,13 +1,15 @@
 """GEMMs straight from a GGUF file's quantized blocks, on CPU.
 
 A GGUF model's linear weights come as Q4_1 (0.625 bytes a weight) or Q8_0 (1.06) blocks.
-We dequantize them to the model's float32 parameters, and for float32 CPU models also keep
-the blocks: a decode step at small batch is bound by reading the weights, and our kernel
-(torch.ops.tandem.quant_linear, engine/attention/csrc/quant_linear.cpp) reads the blocks,
+We dequantize them to the model's parameters, and for CPU models (float32 or bfloat16) also
+keep the blocks: a decode step at small batch is bound by reading the weights, and our kernel
+(torch.ops.tandem.quant_linear, engine/kernels/csrc/quant_linear.cpp) reads the blocks,
 a sixth of float32's bytes, expanding them in registers. Its dequantized values are exactly
-gguf-py's, so only the order of the sums differs from the float32 GEMM.
+gguf-py's, so only the order of the sums differs from the float32 GEMM. A bfloat16 model
+reading the blocks computes with the GGUF's values, not their bfloat16 roundings, as
+transformers does for a GGUF (it keeps the weights quantized and computes in float32).
 
-Past some number of rows the float32 GEMM wins (it reuses each weight across many rows
+Past some number of rows the dense GEMM wins (it reuses each weight across many rows
 better than our kernel does): `choose_quant_rows` measures where, at start-up, and
 `QuantLinear` sends each GEMM to the faster of the two.
 """
@@ -19,12 +21,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 # ggml's type ids of the block formats our kernel reads, and their bytes per 32 weights
 Q4_1, Q8_0 = 3, 8
 BLOCK_BYTES = {Q4_1: 20, Q8_0: 34}
-_PROBE_ROWS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
+_PROBE_ROWS = (1, 4, 8, 16, 24, 32, 48, 64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,18 @@ class QuantizedWeight:
 Linear = Callable[..., torch.Tensor]
 
 
+def quant_matmul(
+    x: torch.Tensor, q: QuantizedWeight, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """x @ dequant(q).T (+ bias), in float32, returned in x's dtype (a bfloat16 model's
+    activations go up to float32 and the result comes back rounded, as a bfloat16 GEMM
+    with float32 accumulation would round it)."""
+    y: torch.Tensor = torch.ops.tandem.quant_linear(x.float(), q.blocks, q.qtype)
+    if bias is not None:
+        y.add_(bias)
+    return y.to(x.dtype)
+
+
 class QuantLinear:
     """ops.linear for a model whose weights (some of them) have quantized blocks: GEMMs of
     up to `max_rows` rows on those weights read the blocks; all others go to `fallback`."""
@@ -52,7 +65,7 @@ class QuantLinear:
     def __init__(
         self, weights: Mapping[int, QuantizedWeight], max_rows: int, fallback: Linear
     ) -> None:
-        self.weights = dict(weights)  # a float32 weight's data_ptr -> its blocks
+        self.weights = dict(weights)  # a model weight's data_ptr -> its blocks
         self.max_rows = max_rows
         self.fallback = fallback
 
@@ -62,24 +75,28 @@ class QuantLinear:
         q = self.weights.get(weight.data_ptr()) if x.shape[0] <= self.max_rows else None
         if q is None:
             return self.fallback(x, weight, bias)
-        y: torch.Tensor = torch.ops.tandem.quant_linear(x, q.blocks, q.qtype)
-        return y if bias is None else y.add_(bias)
+        return quant_matmul(x, q, bias)
 
 
-def choose_quant_rows(weight: torch.Tensor, q: QuantizedWeight, reps: int = 5) -> int:
-    """The most rows (of those probed) at which the blocks beat float32 F.linear on this
-    weight, interleaving the two so a busy neighbour slows both alike; 0 if never."""
+def choose_quant_rows(
+    pairs: Sequence[tuple[torch.Tensor, QuantizedWeight]], fallback: Linear, reps: int = 2
+) -> int:
+    """The most rows (of those probed) at which the blocks beat `fallback` over `pairs` (a
+    model weight and its blocks; one per layer, so that, as in a real step, each GEMM
+    finds its weight out of cache: a weight in cache makes float32 look several times
+    faster than it is). 0 if never."""
     best = 0
+    weight = pairs[0][0]
     for rows in _PROBE_ROWS:
-        x = torch.randn(rows, weight.shape[1])
-        times = _fastest(
+        x = torch.randn(rows, weight.shape[1]).to(weight.dtype)
+        quant, dense = _fastest(
             [
-                lambda: torch.ops.tandem.quant_linear(x, q.blocks, q.qtype),  # noqa: B023
-                lambda: F.linear(x, weight),  # noqa: B023
+                lambda: [quant_matmul(x, q) for _, q in pairs],  # noqa: B023
+                lambda: [fallback(x, w) for w, _ in pairs],  # noqa: B023
             ],
             reps,
         )
-        if times[0] >= times[1]:
+        if quant >= dense:
             break
         best = rows
     return best

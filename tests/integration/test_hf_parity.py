@@ -246,6 +246,6 @@ def test_compiled_decode_step(tiny_checkpoints: dict[str, Path]) -> None:
 
 
 def test_cpu_decode_kernel_is_used() -> None:
-    from engine.attention import cpu_kernels
+    from engine.kernels import cpu
 
-    assert cpu_kernels.load(), "the C++ decode kernels failed to build here"
+    assert cpu.load(), "the C++ decode kernels failed to build here"

@@ -7,14 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.attention import cpu_kernels
+from engine.kernels import cpu
 
 BLOCK, KV_HEADS, GROUP, LAYERS = 16, 3, 3, 2
 
 
 @pytest.fixture(scope="module", autouse=True)
 def kernels() -> None:
-    assert cpu_kernels.load(), "the C++ CPU kernels failed to build here"
+    assert cpu.load(), "the C++ CPU kernels failed to build here"
 
 
 def _reference(q, cache, layer, tables, lens, scale):  # noqa: ANN001, ANN202

@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.attention import cpu_kernels
-from engine.model.quant import Q4_1, Q8_0, QuantizedWeight, QuantLinear
+from engine.kernels import cpu
+from engine.model.quant import Q4_1, Q8_0, QuantizedWeight, QuantLinear, quant_matmul
 
 
 @pytest.fixture(scope="module", autouse=True)
 def kernels() -> None:
-    assert cpu_kernels.load(), "the C++ CPU kernels failed to build here"
+    assert cpu.load(), "the C++ CPU kernels failed to build here"
 
 
 def quantized(
@@ -84,3 +84,12 @@ def test_concat_stacks_rows_of_one_format_only() -> None:
     assert both is not None and both.blocks.shape == (12, a.blocks.shape[1])
     assert QuantizedWeight.concat([a, c]) is None
     assert QuantizedWeight.concat([a, None]) is None
+
+
+def test_bfloat16_activations_go_up_to_float32_and_come_back_rounded() -> None:
+    q, dense = quantized(Q4_1, 24, 64)
+    x = torch.randn(3, 64).to(torch.bfloat16)
+    got = quant_matmul(x, q)
+    assert got.dtype == torch.bfloat16
+    # within one bfloat16 rounding step of the float32 product rounded once
+    torch.testing.assert_close(got, F.linear(x.float(), dense).to(torch.bfloat16))
