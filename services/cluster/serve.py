@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 
 import redis
@@ -110,6 +111,7 @@ class Cluster:
         self.pools: Pools | None = None
         self.specs: list[PoolSpec] = []
         self.cores: dict[str, tuple[int, ...]] = {}
+        self.started_s: dict[str, float] = {}  # phase -> seconds it took
 
     def __enter__(self) -> Cluster:
         try:
@@ -125,6 +127,7 @@ class Cluster:
     def _start(self) -> None:
         import ray
 
+        t0 = time.monotonic()
         cfg = self.config
         if cfg.redis_url:
             self.redis_url = cfg.redis_url
@@ -154,7 +157,9 @@ class Cluster:
         pools = Pools(cfg.engine, WorkerNetConfig(redis_url=self.redis_url))
         self._stack.callback(pools.stop)
         self.pools = pools
+        t1 = time.monotonic()
         pools.start(self.specs, self.cores)
+        self.started_s = {"ray_redis": t1 - t0, "workers": time.monotonic() - t1}
 
     def banner(self) -> list[str]:
         """What `tandem serve` prints under the API address once it is up."""
@@ -162,7 +167,14 @@ class Cluster:
         if self.dashboard_url:
             url = self.dashboard_url.removeprefix("http://")
             lines.insert(0, f"Ray dashboard:  http://{url}")
-        return lines + [f"Workers:        {line}" for line in placement(self.specs, self.cores)]
+        lines += [f"Workers:        {line}" for line in placement(self.specs, self.cores)]
+        if self.started_s:  # start-up, printed so that a slower one is seen
+            s = self.started_s
+            lines.append(
+                f"Started in:     {s['ray_redis'] + s['workers']:.1f} s (Ray and Redis "
+                f"{s['ray_redis']:.1f} s, workers loaded and warmed {s['workers']:.1f} s)"
+            )
+        return lines
 
     def registry(self) -> Registry:
         return Registry(redis.Redis.from_url(self.redis_url))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -246,3 +247,10 @@ def test_load_generator_against_the_cluster(cluster: Served, tmp_path: Path) -> 
     server = result["server_metrics"]
     assert server["requests_by_route"].get("disaggregated", 0) >= 4
     assert server["nixl_bytes"] > 0
+
+
+def test_serve_prints_where_its_start_up_went(cluster: Served) -> None:
+    log = "".join(cluster.proc.lines)
+    line = next((ln for ln in log.splitlines() if "Started in:" in ln), "")
+    total, ray_redis, workers = (float(x) for x in re.findall(r"([\d.]+) s", line))
+    assert abs(total - (ray_redis + workers)) < 0.15 and workers > 0, line
