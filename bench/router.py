@@ -6,7 +6,8 @@
 Both are plain child processes (no Ray), so their pids are known and their CPU counters
 are their own. Each level sends a fixed number of streamed /v1/completions requests
 (64 random prompt token ids, exactly 8 output tokens) through loadtest's client from
-`concurrency` closed-loop senders, after a short warm-up, and reports:
+`concurrency` closed-loop senders (each with a connection of its own, opened in the
+warm-up), after a short warm-up, and reports:
 
     TTFT p50 / p99     client side: request sent -> first chunk with text
     req/s              completed requests over the level's wall time
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -78,14 +80,14 @@ def parse_levels(spec: str) -> list[Level]:
 
 
 async def _senders(
-    client: Client, bodies: BodyMaker, concurrency: int, n: int, deadline: float
+    clients: list[Client], bodies: BodyMaker, n: int, deadline: float
 ) -> list[RequestOutput]:
-    """`concurrency` closed-loop senders share `n` requests; none starts after `deadline`."""
-    rng = random.Random(n * 1000 + concurrency)
+    """One closed-loop sender per client shares `n` requests; none starts after `deadline`."""
+    rng = random.Random(n * 1000 + len(clients))
     left = n
     outputs: list[RequestOutput] = []
 
-    async def sender() -> None:
+    async def sender(client: Client) -> None:
         nonlocal left
         while left > 0 and time.perf_counter() < deadline:
             left -= 1
@@ -93,16 +95,21 @@ async def _senders(
             body = bodies.single(prompt, OUTPUT_LEN)
             outputs.append(await client.send(bodies.path, body, "router", PROMPT_LEN))
 
-    await asyncio.gather(*(sender() for _ in range(concurrency)))
+    await asyncio.gather(*(sender(c) for c in clients))
     return outputs
 
 
 async def run_level(
     url: str, level: Level, pids: dict[str, int], time_cap_s: float
 ) -> dict[str, Any]:
-    async with make_http(60.0) as http:
-        client = Client(http, url, {}, 60.0)
-        model = str((await http.get(url + "/v1/models")).json()["data"][0]["id"])
+    # A connection pool of its own for each sender: one shared by all of them costs the
+    # client CPU per request that grows with the number of connections (httpx's pool
+    # scans them on every request and response), which at 64 took more of the shared
+    # cores than the router did.
+    async with contextlib.AsyncExitStack() as stack:
+        https = [await stack.enter_async_context(make_http(60.0)) for _ in range(level.concurrency)]
+        clients = [Client(http, url, {}, 60.0) for http in https]
+        model = str((await https[0].get(url + "/v1/models")).json()["data"][0]["id"])
         bodies = BodyMaker(
             "completions",
             model,
@@ -112,10 +119,10 @@ async def run_level(
             extra_body={},
         )
         # Warm-up: connections open, caches and code paths warm; not counted.
-        await _senders(client, bodies, level.concurrency, WARMUP, time.perf_counter() + 30)
+        await _senders(clients, bodies, max(WARMUP, level.concurrency), time.perf_counter() + 30)
         before = {name: read_cpu_ticks(pid) for name, pid in pids.items()}
         t0 = time.perf_counter()
-        outputs = await _senders(client, bodies, level.concurrency, level.requests, t0 + time_cap_s)
+        outputs = await _senders(clients, bodies, level.requests, t0 + time_cap_s)
         duration = time.perf_counter() - t0
         after = {name: read_cpu_ticks(pid) for name, pid in pids.items()}
     row = level_figures(level, outputs, duration, before, after, ticks_per_second())
