@@ -100,8 +100,11 @@ def profiled(run: Callable[[], None], reps: int) -> dict[str, float]:
                 ("attention", ATTENTION),
                 ("elementwise", ELEMENTWISE),
             ):
-                if ev.key in keys:
+                # names, or prefixes of them (SDPA); the first group wins ("aten::add"
+                # is a prefix of GEMM's "aten::addmm")
+                if ev.key.startswith(keys):
                     groups[name] += ev.self_cpu_time_total / 1000
+                    break
         groups["other"] = max(0.0, wall - sum(groups.values()))
         groups["total"] = wall
         if best is None or wall < best["total"]:
