@@ -1,8 +1,11 @@
 """Our C++ paged decode kernel against attention computed in float64 from gathered K/V:
-both ways of splitting work (per kv head for small batches, per sequence for large ones),
-built head sizes and a run-time one, partial blocks, padding rows and scattered blocks."""
+its three ways of splitting work (with 2 threads: a batch of one split over its context
+too, small batches per kv head, large ones per sequence), built head sizes and a run-time
+one, partial blocks, padding rows and scattered blocks."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,8 +16,12 @@ BLOCK, KV_HEADS, GROUP, LAYERS = 16, 3, 3, 2
 
 
 @pytest.fixture(scope="module", autouse=True)
-def kernels() -> None:
+def kernels() -> Iterator[None]:
     assert cpu.load(), "the C++ CPU kernels failed to build here"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the work splits below are chosen for 2 threads
+    yield
+    torch.set_num_threads(threads)
 
 
 def _reference(q, cache, layer, tables, lens, scale):  # noqa: ANN001, ANN202
@@ -32,10 +39,10 @@ def _reference(q, cache, layer, tables, lens, scale):  # noqa: ANN001, ANN202
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("head_dim", [64, 24])
-@pytest.mark.parametrize("batch", [1, 3, 9])
+@pytest.mark.parametrize("batch", [1, 2, 3, 9])
 def test_paged_decode_matches_reference(dtype: torch.dtype, head_dim: int, batch: int) -> None:
     g = torch.Generator().manual_seed(batch * 100 + head_dim)
-    max_blocks = 5
+    max_blocks = 9  # a batch of one splits its context into runs of 2-3 blocks
     num_blocks = batch * max_blocks + 3
     cache = torch.randn(num_blocks, LAYERS, 2, BLOCK, KV_HEADS, head_dim, generator=g).to(dtype)
     tables = torch.randperm(num_blocks, generator=g)[: batch * max_blocks].view(batch, -1)

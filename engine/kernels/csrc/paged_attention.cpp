@@ -12,13 +12,15 @@
 //                                                  lengths (0 = padding row: out is 0)
 //
 // A work item is one sequence with all its kv heads when the batch has enough sequences to
-// keep every thread busy, else one (sequence, kv head). An item walks its blocks in memory
-// order (token by token, kv head by kv head), so the hardware prefetcher sees one stream and
-// the next block is prefetched by hand; the query heads sharing a kv head are handled
-// together, so every K/V row is read once; softmax is online, a block at a time. Nothing is
-// gathered: K/V rows are read in place. Common head sizes are template parameters so the
-// inner loops are fixed-length and fully vectorised (see bench-profile in docs/benchmarks.md:
-// 3.5-4x faster at batch 32 than the per-(sequence, head) loop with a runtime size).
+// keep every thread busy, else one (sequence, kv head), and where even those are too few (a
+// batch of one), a run of one pair's blocks, the runs' softmax states merged after. An item
+// walks its blocks in memory order (token by token, kv head by kv head), so the hardware
+// prefetcher sees one stream and the next block is prefetched by hand; the query heads
+// sharing a kv head are handled together, so every K/V row is read once; softmax is online,
+// a block at a time. Nothing is gathered: K/V rows are read in place. Common head sizes are
+// template parameters so the inner loops are fixed-length and fully vectorised (measured
+// alone at batch 32, context 257, one thread: 3.5-4x faster than the per-(sequence, head)
+// loop with a run-time size it replaced).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -128,19 +130,15 @@ inline void online_softmax(float* pi, int64_t n, int64_t dim, float& m, float& l
   l = l * correction + psum;
 }
 
-// One sequence (block table `table`, context `len`), kv heads [h0, h1).
+// Blocks [blk0, blk1) of one sequence (block table `table`, context `len`), kv heads
+// [h0, h1), folded into the running state of `s` (max m, sum l, unnormalised acc).
 template <typename T, int DIM>
-void decode_item(const Geometry& g, const T* q, const T* kv, const int64_t* table, int64_t len,
-                 int64_t h0, int64_t h1, float scale, T* out, Scratch& s) {
+void attend_blocks(const Geometry& g, const T* kv, const int64_t* table, int64_t len,
+                   int64_t blk0, int64_t blk1, int64_t h0, int64_t h1, Scratch& s) {
   const int64_t nh = (h1 - h0) * g.group, bs = g.bs, D = head_size<DIM>(g.dim);
-  for (int64_t i = 0; i < nh * D; ++i) s.qf[i] = to_float(q[i]) * scale;
-  std::fill(s.acc, s.acc + nh * D, 0.f);
-  std::fill(s.m, s.m + nh, -std::numeric_limits<float>::infinity());
-  std::fill(s.l, s.l + nh, 0.f);
-  const int64_t nblocks = (len + bs - 1) / bs;
-  for (int64_t blk = 0; blk < nblocks; ++blk) {
+  for (int64_t blk = blk0; blk < blk1; ++blk) {
     const T* base = kv + table[blk] * g.block_stride;
-    if (blk + 1 < nblocks)
+    if (blk + 1 < blk1)
       prefetch_block(reinterpret_cast<const char*>(kv + table[blk + 1] * g.block_stride),
                      g.half * static_cast<int64_t>(sizeof(T)));
     const int64_t n = std::min(bs, len - blk * bs);
@@ -165,9 +163,84 @@ void decode_item(const Geometry& g, const T* q, const T* kv, const int64_t* tabl
         }
       }
   }
+}
+
+// The running state for `nh` query heads starting at q (scaled once, as float32).
+template <typename T>
+void start_state(const T* q, int64_t nh, int64_t dim, float scale, Scratch& s) {
+  for (int64_t i = 0; i < nh * dim; ++i) s.qf[i] = to_float(q[i]) * scale;
+  std::fill(s.acc, s.acc + nh * dim, 0.f);
+  std::fill(s.m, s.m + nh, -std::numeric_limits<float>::infinity());
+  std::fill(s.l, s.l + nh, 0.f);
+}
+
+template <typename T>
+void write_out(const float* acc, const float* l, int64_t nh, int64_t dim, T* out) {
   for (int64_t i = 0; i < nh; ++i) {
-    const float inv = s.l[i] > 0.f ? 1.f / s.l[i] : 0.f;  // len 0: a padding row, zeros
-    for (int64_t d = 0; d < D; ++d) from_float(s.acc[i * D + d] * inv, out + i * D + d);
+    const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;  // len 0: a padding row, zeros
+    for (int64_t d = 0; d < dim; ++d) from_float(acc[i * dim + d] * inv, out + i * dim + d);
+  }
+}
+
+// Work items of whole sequences (or one kv head of one): each walks all its blocks.
+template <typename T, int DIM>
+void decode_whole(const Geometry& g, int64_t batch, int64_t per_item, const T* qp, const T* kvp,
+                  const int64_t* tp, const int64_t* lp, float scale, T* op) {
+  const int64_t splits = g.kv_heads / per_item, nh = per_item * g.group;
+  at::parallel_for(0, batch * splits, 1, [&](int64_t begin, int64_t end) {
+    Scratch s(nh, g.dim, g.bs);
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t b = w / splits, h0 = (w % splits) * per_item;
+      const int64_t first = (b * g.heads + h0 * g.group) * g.dim;
+      start_state(qp + first, nh, g.dim, scale, s);
+      const int64_t nblocks = (lp[b] + g.bs - 1) / g.bs;
+      attend_blocks<T, DIM>(g, kvp, tp + b * g.max_blocks, lp[b], 0, nblocks, h0, h0 + per_item, s);
+      write_out(s.acc, s.l, nh, g.dim, op + first);
+    }
+  });
+}
+
+// Too few (sequence, kv head) pairs to keep the threads busy (a batch of one or two): each
+// pair's blocks are split into `parts` runs attended in parallel, and the partial softmax
+// states are merged (flash-decoding's split over the context).
+template <typename T, int DIM>
+void decode_split(const Geometry& g, int64_t batch, int64_t parts, const T* qp, const T* kvp,
+                  const int64_t* tp, const int64_t* lp, float scale, T* op) {
+  const int64_t dim = g.dim, group = g.group, state = group * (dim + 2);
+  std::vector<float> partial(batch * g.kv_heads * parts * state);
+  at::parallel_for(0, batch * g.kv_heads * parts, 1, [&](int64_t begin, int64_t end) {
+    Scratch s(group, dim, g.bs);
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t part = w % parts, h = (w / parts) % g.kv_heads, b = w / parts / g.kv_heads;
+      const int64_t nblocks = (lp[b] + g.bs - 1) / g.bs, per = (nblocks + parts - 1) / parts;
+      start_state(qp + (b * g.heads + h * group) * dim, group, dim, scale, s);
+      attend_blocks<T, DIM>(g, kvp, tp + b * g.max_blocks, lp[b], std::min(part * per, nblocks),
+                            std::min((part + 1) * per, nblocks), h, h + 1, s);
+      float* dst = partial.data() + w * state;  // [acc (group x dim), m (group), l (group)]
+      std::copy(s.acc, s.acc + group * dim, dst);
+      std::copy(s.m, s.m + group, dst + group * dim);
+      std::copy(s.l, s.l + group, dst + group * (dim + 1));
+    }
+  });
+  std::vector<float> acc(group * dim), l(group);
+  for (int64_t bh = 0; bh < batch * g.kv_heads; ++bh) {  // merge: rescale to the largest max
+    const float* first = partial.data() + bh * parts * state;
+    for (int64_t j = 0; j < group; ++j) {
+      float mmax = -std::numeric_limits<float>::infinity();
+      for (int64_t p = 0; p < parts; ++p) mmax = std::max(mmax, first[p * state + group * dim + j]);
+      l[j] = 0.f;
+      std::fill(acc.begin() + j * dim, acc.begin() + (j + 1) * dim, 0.f);
+      for (int64_t p = 0; p < parts; ++p) {
+        const float* st = first + p * state;
+        const float mp = st[group * dim + j];
+        if (mp == -std::numeric_limits<float>::infinity()) continue;  // an empty run
+        const float c = std::exp(mp - mmax);
+        l[j] += st[group * (dim + 1) + j] * c;
+        for (int64_t d = 0; d < dim; ++d) acc[j * dim + d] += st[j * dim + d] * c;
+      }
+    }
+    const int64_t b = bh / g.kv_heads, h = bh % g.kv_heads;
+    write_out(acc.data(), l.data(), group, dim, op + (b * g.heads + h * group) * dim);
   }
 }
 
@@ -176,24 +249,22 @@ void paged_decode_impl(const torch::Tensor& q, const torch::Tensor& kv_cache, in
                        const torch::Tensor& tables, const torch::Tensor& lens, double scale,
                        torch::Tensor& out) {
   const Geometry g = geometry_of(q, kv_cache, tables);
-  const int64_t batch = q.size(0);
-  const int64_t per_item = batch >= 2 * at::get_num_threads() ? g.kv_heads : 1;
-  const int64_t splits = g.kv_heads / per_item;
+  const int64_t batch = q.size(0), threads = at::get_num_threads();
   const T* qp = q.data_ptr<T>();
   const T* kvp = kv_cache.data_ptr<T>() + layer * 2 * g.half;
   const int64_t* tp = tables.data_ptr<int64_t>();
   const int64_t* lp = lens.data_ptr<int64_t>();
   T* op = out.data_ptr<T>();
   const float fscale = static_cast<float>(scale);
-  at::parallel_for(0, batch * splits, 1, [&](int64_t begin, int64_t end) {
-    Scratch s(per_item * g.group, g.dim, g.bs);
-    for (int64_t w = begin; w < end; ++w) {
-      const int64_t b = w / splits, h0 = (w % splits) * per_item;
-      const int64_t first = (b * g.heads + h0 * g.group) * g.dim;
-      decode_item<T, DIM>(g, qp + first, kvp, tp + b * g.max_blocks, lp[b], h0,
-                          h0 + per_item, fscale, op + first, s);
-    }
-  });
+  const int64_t pairs = batch * g.kv_heads;
+  if (batch >= 2 * threads)
+    decode_whole<T, DIM>(g, batch, g.kv_heads, qp, kvp, tp, lp, fscale, op);
+  else if (pairs >= 2 * threads || tables.size(1) < 2)
+    decode_whole<T, DIM>(g, batch, 1, qp, kvp, tp, lp, fscale, op);
+  else
+    decode_split<T, DIM>(g, batch, std::min<int64_t>((2 * threads + pairs - 1) / pairs * 2,
+                                                     tables.size(1)),
+                         qp, kvp, tp, lp, fscale, op);
 }
 
 template <typename T>
