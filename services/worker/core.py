@@ -82,12 +82,13 @@ class Worker:
         engine = Engine(config.engine, on_kv_event=on_kv_event)
         self.engine = engine
         # No NIXL progress thread: NIXL's spins without pause (a core per worker, idle or
-        # not). The engine loop polls notifications at least every idle_s instead, which
-        # also answers peers' connection set-up; reads themselves are one-sided.
+        # not). The engine loop polls notifications at least every idle_s instead (every
+        # quiet_s while it holds no lease and runs nothing), which also answers peers'
+        # connection set-up; reads themselves are one-sided.
         self.transfer = NixlKVTransfer(
             self.agent_name, engine.runner.kv_cache, progress_thread=False
         )
-        self.loop = EngineLoop(engine)
+        self.loop = EngineLoop(engine, quiet=self._quiet)
         self.source = (
             KVSource(engine, self.transfer, self.worker_id, LeaseTable(config.lease_s))
             if self.role != "decode"
@@ -113,6 +114,12 @@ class Worker:
         """Engine thread, every HOUSEKEEPING_S: load as of then, for heartbeats that must
         not wait behind a long step (a worker busy for seconds is still alive)."""
         self.last_stats = self._stats(integrity=False)
+
+    def _quiet(self) -> bool:
+        """Engine thread: no request anywhere (none waits for KV either) and no lease to
+        release or expire: the ticks can wait for the next call."""
+        source = self.source
+        return not self.engine.has_unfinished() and (source is None or len(source.leases) == 0)
 
     def _sink_tick(self) -> None:
         for out in self.sink.tick():

@@ -84,3 +84,23 @@ def test_joined_outputs_keep_every_token_and_take_the_last_state() -> None:
     assert j.new_logprobs == [-0.1, -0.2]
     assert j.finished and j.finish_reason == FinishReason.LENGTH
     assert j.num_output_tokens == 2
+
+
+def test_a_quiet_engine_ticks_every_quiet_s_and_a_call_still_wakes_it_at_once() -> None:
+    quiet = [True]
+    loop = EngineLoop(ScriptedEngine([]), idle_s=0.005, quiet=lambda: quiet[0], quiet_s=10.0)  # type: ignore[arg-type]
+    ticks: list[float] = []
+    loop.add_tick(lambda: ticks.append(time.monotonic()))
+    loop.start()
+    try:
+        time.sleep(0.2)
+        assert len(ticks) == 1  # the first pass, then a quiet wait
+        t0 = time.monotonic()
+        assert loop.submit(lambda e: 42).result(5) == 42
+        assert time.monotonic() - t0 < 1.0
+        quiet[0] = False
+        loop.submit(lambda e: None).result(5)
+        time.sleep(0.2)
+        assert len(ticks) > 10  # every idle_s again
+    finally:
+        loop.stop()
