@@ -76,22 +76,32 @@ class Generation:
         yield piece  # the last one, after the books are closed: nobody has to resume us
 
     def _on_delta(self, delta: TokenDelta) -> Piece:
-        self._observe(delta)
-        stopped = self._text.add(delta.token_ids)
+        ids, logprobs = delta.token_ids, delta.logprobs
+        if self._text.stop and len(ids) > 1:
+            # A delta of several tokens (a worker's stream that fell behind): the answer,
+            # its usage and logprobs end at the token that completed a stop string.
+            stopped = False
+            for k, t in enumerate(ids):
+                if self._text.add((t,)):
+                    stopped, ids, logprobs = True, ids[: k + 1], logprobs[: k + 1]
+                    break
+        else:
+            stopped = self._text.add(ids)
+        self._observe(delta, len(ids))
         finish = None
         if stopped or delta.finished:
             finish = FinishReason.STOP if stopped else delta.finish_reason or FinishReason.STOP
         if finish == FinishReason.ABORT:
             raise BackendError(503, "The request was aborted before it finished; retry it.")
         text = self._text.take(final=finish is not None)
-        return Piece(text, delta.token_ids, delta.logprobs, finish)  # the delta's own lists
+        return Piece(text, ids, logprobs, finish)  # the delta's own lists, when whole
 
-    def _observe(self, delta: TokenDelta) -> None:
+    def _observe(self, delta: TokenDelta, num_tokens: int) -> None:
         u = self.usage
         if delta.route:
             u.route = delta.route
         u.cached_tokens = max(u.cached_tokens, delta.num_cached_tokens)
-        if not delta.token_ids:
+        if not num_tokens:
             return
         now = time.monotonic()
         if self._last_token_at is None:
@@ -99,9 +109,9 @@ class Generation:
             gap = None
         else:
             gap = now - self._last_token_at
-        self._metrics.record_tokens(len(delta.token_ids), gap)
+        self._metrics.record_tokens(num_tokens, gap)
         self._last_token_at = now
-        u.completion_tokens += len(delta.token_ids)
+        u.completion_tokens += num_tokens
 
     def _finish(self, status: str) -> None:
         u = self.usage

@@ -239,3 +239,15 @@ def test_field_path(loc: tuple[str | int, ...], path: str) -> None:
 def _chat_body(**fields: Any) -> dict[str, Any]:
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 30, **fields}
     return {k: v for k, v in body.items() if v is not None}
+
+
+def test_a_delta_of_several_tokens_ends_at_the_stop_string_inside_it() -> None:
+    # A worker whose stream fell behind sends several tokens in one chunk.
+    ids = TOKENIZER.encode("hello world and more")
+    backend = ScriptedBackend([TokenDelta(ids[:3], [-0.5] * 3), TokenDelta(ids[3:], [-0.5] * 17)])
+    body = {"prompt": "x", "max_tokens": 30, "stop": "wor", "logprobs": 1}
+    r = _post(backend, "/v1/completions", body)
+    choice = r.json()["choices"][0]
+    assert (choice["text"], choice["finish_reason"]) == ("hello ", "stop")
+    assert r.json()["usage"]["completion_tokens"] == len("hello wor")
+    assert len(choice["logprobs"]["tokens"]) == len("hello wor")
