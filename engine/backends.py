@@ -46,7 +46,13 @@ def make_runner(
     tokenizer_vocab_size: int | None,
 ) -> Runner:
     if model is not None:
-        runner = ModelRunner(model, num_blocks, block_size, config.attention_backend)
+        runner = ModelRunner(
+            model,
+            num_blocks,
+            block_size,
+            config.attention_backend,
+            eager_gemms=config.enforce_eager,
+        )
         if not config.enforce_eager:
             runner.compile_decode(config.scheduler.max_num_seqs, config.compile_sizes)
         return runner

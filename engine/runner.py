@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 
 from engine.attention import AttentionBackend, BatchLayout, SeqSlice, create_backend
 from engine.compiled import CompiledDecode
+from engine.model import onednn
 from engine.model.gemm import UpcastLinear, choose_upcast_rows
 from engine.model.llama import DecoderLayer, LlamaModel
+from engine.model.onednn import PackedLinear
 from engine.model.ops import NativeOps
 from engine.model.quant import QuantLinear, choose_quant_rows
 from engine.scheduler import ScheduledChunk
@@ -26,7 +29,11 @@ class ModelRunner:
         num_blocks: int,
         block_size: int,
         attention_backend: str,
+        eager_gemms: bool = True,
     ) -> None:
+        """`eager_gemms`: pick GEMM kernels for eager steps (oneDNN on packed weights, a
+        GGUF's blocks) where they measure faster; False for a compiled decode step, whose
+        graph packs its own weights and traces plain F.linear only."""
         cfg = model.cfg
         self.model = model
         self.block_size = block_size
@@ -53,8 +60,13 @@ class ModelRunner:
         if upcast_rows is not None:
             model.ops.linear = UpcastLinear(upcast_rows)
             log.info("bfloat16 GEMMs of %d rows or more run in float32 here", upcast_rows)
+        if eager_gemms and param.dtype == torch.float32 and param.device.type == "cpu":
+            packed = _packed_linear(model)
+            if packed is not None:
+                model.ops.linear = packed
         if model.quantized:  # a GGUF's blocks: kept only where the GEMMs read them
-            quant = _quant_linear(model) if isinstance(model.ops, NativeOps) else None
+            native = eager_gemms and isinstance(model.ops, NativeOps)
+            quant = _quant_linear(model) if native else None
             if quant is None:
                 model.quantized.clear()
             else:
@@ -115,6 +127,25 @@ def _native_kernels(kv_cache: torch.Tensor) -> bool:
     from engine.kernels import cpu
 
     return cpu.load()
+
+
+def _packed_linear(model: LlamaModel) -> PackedLinear | None:
+    """float32 GEMMs through oneDNN on packed copies of the weights, where that measures
+    faster than F.linear here (engine/model/onednn.py); None where it does not."""
+    if not onednn.available():
+        return None
+    layers = [cast(DecoderLayer, layer) for layer in model.layers]
+    start = time.perf_counter()
+    if not onednn.packs_faster([layer.gate_up_weight for layer in layers[:10]]):
+        log.info("float32 GEMMs run on F.linear: oneDNN's packed weights measured no faster")
+        return None
+    weights = [model.lm_head if model.lm_head is not None else model.embed]
+    for layer in layers:
+        weights += [layer.qkv_weight, layer.o_weight, layer.gate_up_weight, layer.down_weight]
+    linear = PackedLinear({w.data_ptr(): onednn.pack(w) for w in weights}, model.ops.linear)
+    took = time.perf_counter() - start
+    log.info("float32 GEMMs run on oneDNN, weights packed (measured and packed in %.1f s)", took)
+    return linear
 
 
 def _quant_linear(model: LlamaModel) -> QuantLinear | None:

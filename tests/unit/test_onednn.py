@@ -1,0 +1,40 @@
+"""float32 GEMMs on oneDNN's packed weights (engine/model/onednn.py) against F.linear."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.model import onednn
+
+pytestmark = pytest.mark.skipif(not onednn.available(), reason="this torch has no oneDNN")
+
+
+@pytest.mark.parametrize("rows", [1, 7, 64])
+def test_packed_gemm_equals_f_linear_up_to_the_order_of_sums(rows: int) -> None:
+    g = torch.Generator().manual_seed(rows)
+    w, b = torch.randn(96, 64, generator=g), torch.randn(96, generator=g)
+    x = torch.randn(rows, 64, generator=g)
+    linear = onednn.PackedLinear({w.data_ptr(): onednn.pack(w)}, F.linear)
+    torch.testing.assert_close(linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(linear(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-4)
+    strided = torch.randn(rows, 128, generator=g)[:, ::2]  # not contiguous
+    torch.testing.assert_close(linear(strided, w), F.linear(strided, w), rtol=1e-5, atol=1e-4)
+
+
+def test_weights_without_a_packed_copy_and_other_dtypes_go_to_the_fallback() -> None:
+    w, other = torch.randn(8, 16), torch.randn(8, 16)
+    seen: list[torch.dtype] = []
+
+    def fallback(
+        x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        seen.append(x.dtype)
+        return F.linear(x, weight, bias)
+
+    linear = onednn.PackedLinear({w.data_ptr(): onednn.pack(w)}, fallback)
+    linear(torch.randn(2, 16), w)
+    linear(torch.randn(2, 16), other)
+    linear(torch.randn(2, 16).double(), w.double())
+    assert seen == [torch.float32, torch.float64]
