@@ -31,7 +31,7 @@ def sample(logits: torch.Tensor, rows: Sequence[SampleRow]) -> tuple[list[int], 
         for i, r in enumerate(rows):
             if r.banned:
                 logits[i, list(r.banned)] = float("-inf")
-    tokens = logits.argmax(dim=-1)
+    tokens = _argmax(logits)
     for i, r in enumerate(rows):
         if not r.params.greedy:
             tokens[i] = _draw(logits[i], r.params, r.generator)
@@ -44,6 +44,15 @@ def sample(logits: torch.Tensor, rows: Sequence[SampleRow]) -> tuple[list[int], 
         for i, v in zip(wanted, lp.tolist(), strict=True):
             logprobs[i] = v
     return token_list, logprobs
+
+
+def _argmax(logits: torch.Tensor) -> torch.Tensor:
+    """The first index of each row's maximum. On CPU through numpy: torch's CPU argmax is
+    not vectorised (~100 us for a 49,152-token row on a 2-core VM; numpy ~5 us), and it
+    runs for every row of every step. Both return the first maximal index."""
+    if logits.device.type == "cpu":
+        return torch.from_numpy(logits.numpy().argmax(axis=-1))
+    return logits.argmax(dim=-1)
 
 
 def _draw(row: torch.Tensor, p: SamplingParams, gen: torch.Generator) -> int:

@@ -38,6 +38,12 @@ def test_greedy_is_argmax() -> None:
     assert logprobs == [None, None]
 
 
+def test_greedy_ties_take_the_first_maximum_as_torch_does() -> None:
+    logits = torch.tensor([[0.0, 3.0, 1.0, 3.0], [5.0, 5.0, 5.0, 5.0]])
+    tokens, _ = sample(logits, [row(), row()])
+    assert tokens == logits.argmax(dim=-1).tolist() == [1, 0]
+
+
 def test_greedy_ignores_generator_state() -> None:
     a, _ = sample(LOGITS, [row(seed=1), row(seed=2)])
     b, _ = sample(LOGITS, [row(seed=3), row(seed=4)])
