@@ -74,7 +74,9 @@ def test_a_throttled_tick_runs_at_most_every_every_s() -> None:
     loop.stop()
     assert len(fast) > len(every)
     assert 2 <= len(every) <= 8
-    assert all(b - a >= 0.05 for a, b in zip(every, every[1:], strict=False))
+    # spaced by every_s from one due time to the next; a stamp taken inside the tick can be
+    # late by however long the thread was descheduled before it, so allow a fifth of that
+    assert all(b - a >= 0.04 for a, b in zip(every, every[1:], strict=False)), every
 
 
 def test_joined_outputs_keep_every_token_and_take_the_last_state() -> None:
