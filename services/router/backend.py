@@ -15,6 +15,8 @@ from engine.sampling_params import SamplingParams
 # How a request was served (a label of the `tandem_requests_total` metric).
 ROUTE_DISAGG = "disaggregated"
 ROUTE_LOCAL = "local_prefill"
+# prefilled on the decode worker because the prefill pool's queue was the longer wait
+ROUTE_LOCAL_QUEUE = "local_prefill_queue"
 ROUTE_COLOCATED = "colocated"
 
 

@@ -3,7 +3,11 @@
     disaggregated:  Prefill(prefill worker) -> first token to the client at once
                     Decode(decode worker, KV handle) -> the rest, streamed
     local prefill:  Decode(decode worker, no handle): prompts of at most
-                    `local_prefill_tokens` tokens are cheaper to compute than to move
+                    `local_prefill_tokens` tokens are cheaper to compute than to move;
+                    and with `balance_prefill`, any prompt the decode worker would start
+                    sooner than the prefill pool (its queued prefill tokens plus this
+                    prompt's are fewer than the shortest prefill worker's queue), so a
+                    burst of prompts keeps both pools computing instead of queueing on one
     colocated:      Decode(a `both` worker, no handle), for comparison
 
 A prefill worker that fails or times out is not hidden: the request is prefilled on the
@@ -31,6 +35,7 @@ from services.router.backend import (
     ROUTE_COLOCATED,
     ROUTE_DISAGG,
     ROUTE_LOCAL,
+    ROUTE_LOCAL_QUEUE,
     BackendError,
     GenerateRequest,
     TokenDelta,
@@ -53,6 +58,9 @@ class DispatchConfig:
     # Prompts this short are prefilled on the decode worker: moving their few blocks costs
     # more than computing them (conditional disaggregation).
     local_prefill_tokens: int = 64
+    # Prefill on the decode worker when it would start the prompt sooner than any prefill
+    # worker (Dynamo's disaggregated router decides on the prefill queue likewise).
+    balance_prefill: bool = True
     prefill_timeout_s: float = 120.0
     refresh_s: float = 0.5  # how often the registry is read
 
@@ -97,12 +105,26 @@ class Dispatcher:
                 yield delta
             return
         decode = self._pick("decode", request, hashes)
-        if decode.uncached <= self.config.local_prefill_tokens:
-            async for delta in self._decode(decode.worker, request, None, ROUTE_LOCAL):
+        route = self._local_route(decode)
+        if route is not None:
+            async for delta in self._decode(decode.worker, request, None, route, decode.uncached):
                 yield delta
             return
         async for delta in self._disaggregated(request, decode.worker, hashes):
             yield delta
+
+    def _local_route(self, decode: Choice) -> str | None:
+        """Why the decode worker prefills this prompt itself, or None to prefill remotely."""
+        if decode.uncached <= self.config.local_prefill_tokens:
+            return ROUTE_LOCAL
+        if not self.config.balance_prefill:
+            return None
+        # the shortest prefill queue in the pool (read only: picking would take a turn)
+        shortest = min((w.queued_tokens for w in self.cluster.serving("prefill")), default=None)
+        if shortest is None:  # no prefill worker: _disaggregated falls back, logged and counted
+            return None
+        sooner = decode.worker.queued_tokens + decode.uncached < shortest
+        return ROUTE_LOCAL_QUEUE if sooner else None
 
     def _hashes(self, prompt: list[int]) -> list[int]:
         """The prompt's chained block hashes, as the workers compute them (kv routing only).
@@ -187,7 +209,10 @@ class Dispatcher:
         request: GenerateRequest,
         prefill: PrefillReply | None,
         route: str,
+        local_tokens: int = 0,
     ) -> AsyncIterator[TokenDelta]:
+        """`local_tokens`: prompt tokens the decode worker prefills itself, counted as queued
+        on it until its first token arrives (as a prefill worker's are until its reply)."""
         call = DecodeCall(
             request.request_id,
             request.prompt_token_ids,
@@ -201,10 +226,12 @@ class Dispatcher:
         # unless the read failed and the decode worker recomputed the prompt.
         local = prefill is None
         # aclosing: a client gone mid-stream cancels the call now, and the worker aborts.
-        with self.cluster.workers.busy(ref):
+        with self.cluster.workers.busy(ref, local_tokens) as prefilling:
             try:
                 async with aclosing(ref.client.decode(call)) as stream:
                     async for chunk in stream:
+                        if first:
+                            prefilling.done()
                         if first and prefill is not None:
                             self._account_transfer(chunk, prefill, request.request_id)
                             local = chunk.kv_recomputed

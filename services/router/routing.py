@@ -172,8 +172,7 @@ class Policy:
         self, role: str, ref: WorkerRef, cached_blocks: int, uncached: int, fewest: int
     ) -> Choice:
         w, rec = self.weights, ref.record
-        queued = max(rec.queued_prefill_tokens, ref.in_flight_tokens)
-        cost = queued + w.block * rec.used_blocks
+        cost = ref.queued_tokens + w.block * rec.used_blocks
         if role == "decode":
             cost += w.read * uncached
         else:

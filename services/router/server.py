@@ -111,11 +111,21 @@ def add_router_args(ap: argparse.ArgumentParser) -> None:
         help="prompts with at most this many tokens not cached on the chosen decode worker "
         "prefill there",
     )
+    ap.add_argument(
+        "--prefill-balance",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a decode worker prefills a prompt itself when it would start it sooner than "
+        "any prefill worker (default on)",
+    )
 
 
 def router_options(args: argparse.Namespace, model: str, redis_url: str) -> RouterOptions:
     dispatch = DispatchConfig(
-        mode=args.mode, routing=args.routing, local_prefill_tokens=args.local_prefill_tokens
+        mode=args.mode,
+        routing=args.routing,
+        local_prefill_tokens=args.local_prefill_tokens,
+        balance_prefill=args.prefill_balance,
     )
     api_key = args.api_key or os.environ.get("TANDEM_API_KEY") or None
     return RouterOptions(model, redis_url, args.host, args.port, api_key, dispatch)

@@ -29,8 +29,27 @@ class WorkerRef:
     in_flight_tokens: int = 0  # prefill tokens sent and not answered yet
 
     @property
+    def queued_tokens(self) -> int:
+        """Prefill tokens waiting on the worker: the larger of its heartbeat's count and the
+        tokens this router sent it that are not answered yet (fresher)."""
+        return max(self.record.queued_prefill_tokens, self.in_flight_tokens)
+
+    @property
     def worker_id(self) -> str:
         return self.record.worker_id
+
+
+class Prefilling:
+    """Prompt tokens a call has a worker prefill, counted in its `in_flight_tokens` until
+    `done()` (idempotent)."""
+
+    def __init__(self, ref: WorkerRef, tokens: int) -> None:
+        self.ref, self.tokens = ref, tokens
+        ref.in_flight_tokens += tokens
+
+    def done(self) -> None:
+        self.ref.in_flight_tokens -= self.tokens
+        self.tokens = 0
 
 
 class WorkerSet:
@@ -75,14 +94,16 @@ class WorkerSet:
         return await ref.client.dump_kv(timeout_s=10)
 
     @contextmanager
-    def busy(self, ref: WorkerRef, prefill_tokens: int = 0) -> Iterator[WorkerRef]:
+    def busy(self, ref: WorkerRef, prefill_tokens: int = 0) -> Iterator[Prefilling]:
+        """A call in flight on `ref`, with `prefill_tokens` counted as queued on it until
+        the call ends or its first token is in (`done()`)."""
         ref.in_flight += 1
-        ref.in_flight_tokens += prefill_tokens
+        prefilling = Prefilling(ref, prefill_tokens)
         try:
-            yield ref
+            yield prefilling
         finally:
             ref.in_flight -= 1
-            ref.in_flight_tokens -= prefill_tokens
+            prefilling.done()
 
     async def close(self) -> None:
         for ref in self.workers.values():

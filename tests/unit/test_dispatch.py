@@ -63,13 +63,13 @@ class FakeWorker:
         pass
 
 
-def _dispatcher(**fakes: FakeWorker) -> tuple[Dispatcher, RouterMetrics]:
+def _dispatcher(balance: bool = True, **fakes: FakeWorker) -> tuple[Dispatcher, RouterMetrics]:
     workers = WorkerSet(registry=None)  # type: ignore[arg-type]  # never refreshed
     for worker_id, fake in fakes.items():
         record = WorkerRecord(worker_id=worker_id, role=worker_id.split("-")[0], block_size=4)
         workers.workers[worker_id] = WorkerRef(record, fake)  # type: ignore[arg-type]
     metrics = RouterMetrics()
-    config = DispatchConfig(routing="round-robin", local_prefill_tokens=8)
+    config = DispatchConfig(routing="round-robin", local_prefill_tokens=8, balance_prefill=balance)
     view = ClusterView(workers, metrics)
     return Dispatcher(view, config, metrics, Policy("round-robin", None)), metrics
 
@@ -116,6 +116,54 @@ def test_short_prompts_prefill_on_the_decode_worker() -> None:
         ([5, 6], "local_prefill", 12)
     ]
     assert prefill.prefills == [] and decode.decodes[0].handle is None
+
+
+@pytest.mark.parametrize(
+    ("prefill_queued", "decode_queued", "balance", "route"),
+    [
+        (1000, 0, True, "local_prefill_queue"),  # the decode worker starts it sooner
+        (1000, 0, False, "disaggregated"),  # --no-prefill-balance
+        (25, 10, True, "disaggregated"),  # 10 + 20 tokens here is no sooner than 25 there
+        (0, 0, True, "disaggregated"),  # an idle prefill pool always takes it
+    ],
+)
+def test_a_longer_prefill_queue_sends_the_prompt_to_the_decode_worker(
+    prefill_queued: int, decode_queued: int, balance: bool, route: str
+) -> None:
+    prefill = FakeWorker(PrefillReply(42, None, 0, None, HANDLE))
+    decode = FakeWorker(chunks=[_chunk([5], done=True, kv_bytes_read=1)])
+    d, metrics = _dispatcher(balance, **{"prefill-0": prefill, "decode-0": decode})
+    d.cluster.workers.workers["prefill-0"].record.queued_prefill_tokens = prefill_queued
+    d.cluster.workers.workers["decode-0"].record.queued_prefill_tokens = decode_queued
+    out = _run(d)
+    assert out[0].route == route
+    assert (prefill.prefills == []) == (route == "local_prefill_queue")
+    assert all(w.in_flight_tokens == 0 for w in d.cluster.workers.workers.values())
+
+
+def test_a_local_prefill_counts_as_queued_on_the_decode_worker_until_its_first_token() -> None:
+    prefill = FakeWorker()
+    decode = FakeWorker(chunks=[_chunk([5]), _chunk([6], done=True)])
+    d, _ = _dispatcher(**{"prefill-0": prefill, "decode-0": decode})
+    ref = d.cluster.workers.workers["decode-0"]
+    seen = []
+
+    async def go() -> None:
+        stream = d.generate(GenerateRequest("r1", [1, 2, 3], SamplingParams(max_tokens=4)))
+        async for _ in stream:
+            seen.append(ref.in_flight_tokens)
+        await d.close()
+
+    original = decode.decode
+
+    async def watched(call: DecodeCall) -> AsyncGenerator[DecodeReply, None]:
+        seen.append(ref.in_flight_tokens)  # the call is out, no token back yet
+        async for chunk in original(call):
+            yield chunk
+
+    decode.decode = watched  # type: ignore[method-assign]
+    asyncio.run(go())
+    assert seen == [3, 0, 0]
 
 
 def test_a_failed_prefill_falls_back_to_the_decode_worker_counted() -> None:
