@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     levels = {int(c): int(n) for c, n in (p.split(":") for p in args.levels.split(","))}
     (args.out / "serve-runs").mkdir(parents=True, exist_ok=True)
 
-    print("GEMM-only bound: timing F.linear on the model's shapes", flush=True)
+    print("GEMM-only bound: timing F.linear and oneDNN on the model's shapes", flush=True)
     times = roofline.measure(
         args.model, INPUT_LEN, [roofline.batch_seen(c, n) for c, n in levels.items()], reps=3
     )
@@ -184,8 +184,9 @@ def main(argv: list[str] | None = None) -> None:
         "tandem_args": TANDEM,
         "roofline": {
             "dtype": best.dtype,
+            "kernel": best.kernel,
             "gemm_s": {
-                t.dtype: {"prefill": t.prefill_s, "decode_step": t.decode_step_s} for t in times
+                t.label: {"prefill": t.prefill_s, "decode_step": t.decode_step_s} for t in times
             },
         },
     }
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         rows += run_system(system, starter(system, args), levels, args)
         write(path, meta, rows, bound)  # after each system: a later failure keeps these
     print(report.table(rows, bound))
-    print(f"(GEMM-only bound in {best.dtype}, the faster of {', '.join(roofline.DTYPES)} here)")
+    print(f"(GEMM-only bound: {best.label}, the fastest of {', '.join(t.label for t in times)})")
     for g in report.check_goals(rows):
         print(g.line())
     print(f"wrote {path}")

@@ -1,4 +1,6 @@
-"""The machine's GEMM-only bound for the serve workload, measured with plain `F.linear`.
+"""The machine's GEMM-only bound for the serve workload: the model's GEMMs timed alone, with
+plain `F.linear` (MKL) in each dtype, and in float32 also with oneDNN on packed weights
+(what vLLM's CPU build and our engine use where it is faster); the fastest counts.
 
 Every linear layer of the model (q, k, v, o, gate, up, down in each of the layers, and the
 LM head), each layer with weights of its own so that a decode step streams all of them
@@ -46,6 +48,11 @@ class GemmTimes:
     dtype: str
     prefill_s: float
     decode_step_s: dict[int, float]
+    kernel: str = "F.linear"  # or "oneDNN packed"
+
+    @property
+    def label(self) -> str:
+        return f"{self.dtype} {self.kernel}"
 
     def bound(self, levels: dict[int, int], output_len: int) -> dict[int, float]:
         """roofline_tok_s per concurrency; `levels` maps concurrency to its request count."""
@@ -78,7 +85,8 @@ def linear_shapes(model: Path) -> dict[str, Any]:
 def measure(
     model: Path, input_len: int, batches: Iterable[int], threads: int = 2, reps: int = 5
 ) -> list[GemmTimes]:
-    """GemmTimes for each dtype of DTYPES (the minimum over `reps` runs after a warm-up)."""
+    """GemmTimes for each dtype of DTYPES and kernel (the minimum over `reps` runs after a
+    warm-up)."""
     import torch
 
     shapes = linear_shapes(model)
@@ -96,20 +104,42 @@ def measure(
                 for _ in range(n_layers)
             ]
             head = (torch.randn(vocab, hidden, generator=gen) * 0.02).to(dt)
-            prefill = _time_gemms(layers, head, input_len, 1, reps)
-            decode = {b: _time_gemms(layers, head, b, b, reps) for b in sorted(set(batches))}
-            out.append(GemmTimes(name, prefill, decode))
+            for kernel in _kernels(name):
+                linear = _linear(kernel, [*(w for ws in layers for w in ws), head])
+                prefill = _time_gemms(linear, layers, head, input_len, 1, reps)
+                decode = {
+                    b: _time_gemms(linear, layers, head, b, b, reps) for b in sorted(set(batches))
+                }
+                out.append(GemmTimes(name, prefill, decode, kernel))
             del layers, head
     finally:
         torch.set_num_threads(old_threads)
     return out
 
 
-def _time_gemms(layers: list[list[Any]], head: Any, rows: int, head_rows: int, reps: int) -> float:
+def _kernels(dtype: str) -> list[str]:
+    import torch
+
+    packed = dtype == "float32" and torch.backends.mkldnn.is_available()
+    return ["F.linear", "oneDNN packed"] if packed else ["F.linear"]
+
+
+def _linear(kernel: str, weights: list[Any]) -> Any:
+    import torch.nn.functional as F
+
+    if kernel == "F.linear":
+        return F.linear
+    from engine.model import onednn
+
+    return onednn.PackedLinear({w.data_ptr(): onednn.pack(w) for w in weights}, F.linear)
+
+
+def _time_gemms(
+    linear: Any, layers: list[list[Any]], head: Any, rows: int, head_rows: int, reps: int
+) -> float:
     """Seconds for every layer's linears at `rows` rows and the LM head at `head_rows`: the
     minimum of `reps` runs after a warm-up."""
     import torch
-    import torch.nn.functional as F
 
     dt = head.dtype
     xs = {w.shape[1]: torch.randn(rows, w.shape[1]).to(dt) for w in layers[0]}
@@ -120,7 +150,7 @@ def _time_gemms(layers: list[list[Any]], head: Any, rows: int, head_rows: int, r
             t0 = time.perf_counter()
             for ws in layers:
                 for w in ws:
-                    F.linear(xs[w.shape[1]], w)
-            F.linear(xh, head)
+                    linear(xs[w.shape[1]], w)
+            linear(xh, head)
             took.append(time.perf_counter() - t0)
     return min(took[1:])
