@@ -19,7 +19,8 @@ from typing import Any
 from services.cluster.launch import start_serve
 
 MODES: dict[str, list[str]] = {
-    "disagg": ["--mode=disagg"],
+    # strict disaggregation: no prompt prefills on a decode worker because of a queue
+    "disagg": ["--mode=disagg", "--no-prefill-balance"],
     "colocated": ["--mode=colocated"],
 }
 FOREGROUND = "short-chats"

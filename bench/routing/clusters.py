@@ -39,6 +39,7 @@ class ClusterSpec:
             f"--block-size={self.block_size}",
             f"--cpus-per-worker={self.cpus_per_worker}",
             "--local-prefill-tokens=0",  # every prompt goes to the prefill pool
+            "--no-prefill-balance",
         ]
         if self.num_blocks is not None:
             args.append(f"--num-blocks={self.num_blocks}")

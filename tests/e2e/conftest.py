@@ -62,6 +62,9 @@ def _serve(tmp: Path, model: Path, *extra: str, env: dict[str, str] | None = Non
         "--dtype=float32",  # transformers runs float32: greedy outputs must match exactly
         "--kv-cache-gb=0.25",
         "--local-prefill-tokens=32",  # short chats local, the questions below remote
+        # every longer prompt remote, however deep the prefill queue: these tests check
+        # the disaggregated path itself (the queue rule: tests/unit/test_dispatch.py)
+        "--no-prefill-balance",
         "--cpus-per-worker=0.5",  # two clusters' workers share this machine's 2 cores
         *extra,
         env=env,
@@ -95,6 +98,7 @@ def mock_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "--decode-workers=2",
         "--cpus-per-worker=0.1",
         "--local-prefill-tokens=0",  # every prompt goes to the prefill pool
+        "--no-prefill-balance",
     )
     served = Served(s.proc, s.url, s.redis_url, s.ray_address)
     yield served
