@@ -5,8 +5,8 @@ context, and prefills of 256 and 2,048 tokens, under torch's profiler.
 
 Each case runs in turn in this process: with the torch reference elementwise ops
 (`TorchOps`: norms, RoPE and the MLP activation op by op, as before our fused kernels) and
-with `NativeOps` (torch.ops.tandem.*), both on float32 GEMMs; and for a GGUF model whose
-GEMMs read its quantized blocks, NativeOps with those ("gguf"). Time is grouped by what
+with `NativeOps` (torch.ops.tandem.*), both on F.linear; and NativeOps with the GEMMs the
+engine chose at start-up ("engine": oneDNN, GGUF blocks). Time is grouped by what
 the operator is: GEMMs, attention (our paged kernels, SDPA and the cache writes),
 elementwise, and the rest (Python and dispatch overhead: wall time no operator accounts
 for). Writes bench-results/profile.json.
@@ -23,17 +23,17 @@ from pathlib import Path
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from engine.attention import BatchLayout, SeqSlice
 from engine.config import CacheConfig, EngineConfig
 from engine.engine import Engine
 from engine.model.ops import NativeOps, TorchOps
-from engine.model.quant import QuantLinear
 from engine.runner import ModelRunner
 
 GEMM = ("aten::addmm", "aten::mm", "aten::linear", "aten::matmul", "aten::bmm",
-        "tandem::quant_linear")  # fmt: skip
+        "tandem::quant_linear", "mkldnn::_linear_pointwise")  # fmt: skip
 # prefixes: SDPA's CPU kernels have several names; index_select / index_put are the
 # gathers and cache writes of the reference attention path
 ATTENTION = ("tandem::paged_decode", "tandem::write_kv", "aten::_scaled_dot_product",
@@ -114,13 +114,14 @@ def profiled(run: Callable[[], None], reps: int) -> dict[str, float]:
 
 
 def variants(engine_linear: Callable[..., torch.Tensor]) -> list[tuple[str, TorchOps]]:
-    """The reference ops and ours, both on float32 GEMMs; and ours with the GEMMs the
-    engine chose when it reads a GGUF's quantized blocks (engine/model/quant.py)."""
+    """The reference ops and ours, both on F.linear; and ours with the GEMMs the engine
+    chose at start-up ("engine": oneDNN on packed weights, a GGUF's blocks for small
+    batches; engine/model/onednn.py, quant.py), where it chose other than F.linear."""
     out: list[tuple[str, TorchOps]] = [("torch", TorchOps()), ("native", NativeOps())]
-    if isinstance(engine_linear, QuantLinear):
-        quant = NativeOps()
-        quant.linear = engine_linear
-        out.append(("gguf", quant))
+    if engine_linear is not F.linear:
+        chosen = NativeOps()
+        chosen.linear = engine_linear
+        out.append(("engine", chosen))
     return out
 
 
