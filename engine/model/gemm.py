@@ -16,10 +16,10 @@ means never (the CPU has fast bfloat16, or the model is not bfloat16).
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn.functional as F
+
+from engine.model.probe import fastest
 
 _PROBE_ROWS = (1, 2, 4, 8, 16, 32)
 
@@ -49,19 +49,13 @@ def choose_upcast_rows(weight: torch.Tensor, reps: int = 5) -> int | None:
     w32 = weight.float()
     for rows in _PROBE_ROWS:
         x = torch.randn(rows, weight.shape[1]).to(torch.bfloat16)
-        native = _best(lambda: F.linear(x, weight), reps)  # noqa: B023
-        upcast = _best(lambda: F.linear(x.float(), w32).to(torch.bfloat16), reps)  # noqa: B023
+        native, upcast = fastest(
+            [
+                lambda: F.linear(x, weight),  # noqa: B023
+                lambda: F.linear(x.float(), w32).to(torch.bfloat16),  # noqa: B023
+            ],
+            reps,
+        )
         if upcast * 1.25 < native:
             return rows
     return None
-
-
-def _best(fn: object, reps: int) -> float:
-    assert callable(fn)
-    fn()  # warm-up: kernel choice, packing
-    took = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        took.append(time.perf_counter() - start)
-    return min(took)

@@ -10,11 +10,12 @@ measures at start-up whether it wins here at all.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
+
+from engine.model.probe import fastest
 
 Linear = Callable[..., torch.Tensor]
 _PROBE_ROWS = 256  # a prefill chunk's worth: where most of a serving step's GEMM time goes
@@ -56,11 +57,8 @@ def packs_faster(weights: Iterable[torch.Tensor], reps: int = 3) -> bool:
     pairs = [(w, pack(w)) for w in weights]
     x = torch.randn(_PROBE_ROWS, pairs[0][0].shape[1])
     linear = PackedLinear({w.data_ptr(): p for w, p in pairs}, F.linear)
-    runs = [lambda: [linear(x, w) for w, _ in pairs], lambda: [F.linear(x, w) for w, _ in pairs]]
-    took = [float("inf")] * 2
-    for _ in range(reps + 1):  # the first round warms up
-        for i, run in enumerate(runs):
-            start = time.perf_counter()
-            run()
-            took[i] = min(took[i], time.perf_counter() - start)
-    return took[0] < took[1]
+    packed, plain = fastest(
+        [lambda: [linear(x, w) for w, _ in pairs], lambda: [F.linear(x, w) for w, _ in pairs]],
+        reps,
+    )
+    return packed < plain

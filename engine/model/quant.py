@@ -16,11 +16,12 @@ better than our kernel does): `choose_quant_rows` measures where, at start-up, a
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from engine.model.probe import fastest
 
 # ggml's type ids of the block formats our kernel reads, and their bytes per 32 weights
 Q4_1, Q8_0 = 3, 8
@@ -89,7 +90,7 @@ def choose_quant_rows(
     weight = pairs[0][0]
     for rows in _PROBE_ROWS:
         x = torch.randn(rows, weight.shape[1]).to(weight.dtype)
-        quant, dense = _fastest(
+        quant, dense = fastest(
             [
                 lambda: [quant_matmul(x, q) for _, q in pairs],  # noqa: B023
                 lambda: [fallback(x, w) for w, _ in pairs],  # noqa: B023
@@ -100,15 +101,3 @@ def choose_quant_rows(
             break
         best = rows
     return best
-
-
-def _fastest(fns: Sequence[Callable[[], object]], reps: int) -> list[float]:
-    for fn in fns:
-        fn()  # warm-up
-    took = [float("inf")] * len(fns)
-    for _ in range(reps):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            took[i] = min(took[i], time.perf_counter() - start)
-    return took
