@@ -24,6 +24,17 @@ class RequestOutput:
     new_logprobs: list[float] = field(default_factory=list)
     held: bool = False  # prefill role: prompt done, blocks held for the decode worker
 
+    def extend(self, later: RequestOutput) -> RequestOutput:
+        """This output followed by `later`, the same request's next one, as one: every
+        token and logprob, and the later state. Changes and returns self."""
+        self.new_token_ids += later.new_token_ids
+        self.new_logprobs += later.new_logprobs
+        self.finished, self.finish_reason = later.finished, later.finish_reason
+        self.held = later.held
+        self.num_cached_tokens = later.num_cached_tokens
+        self.num_output_tokens = later.num_output_tokens
+        return self
+
 
 @dataclass(frozen=True, slots=True)
 class EngineLoad:

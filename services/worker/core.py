@@ -182,7 +182,7 @@ class Worker:
                 # Outputs already queued behind it go out with it: when the stream falls
                 # behind the engine, one message carries several steps' tokens.
                 while not out.finished and not queue.empty():
-                    out = _joined(out, _unwrap(queue.get_nowait()))
+                    out = out.extend(_unwrap(queue.get_nowait()))
                 # Stored before the request joined the batch, so there by its first output.
                 report = self.sink.reports.pop(request_id, None) if first and handle else None
                 first, finished = False, out.finished
@@ -283,15 +283,6 @@ def _unwrap(item: RequestOutput | BaseException) -> RequestOutput:
     if isinstance(item, BaseException):
         raise item
     return item
-
-
-def _joined(a: RequestOutput, b: RequestOutput) -> RequestOutput:
-    """Two successive outputs of one request as one (`a` is consumed)."""
-    a.new_token_ids += b.new_token_ids
-    a.new_logprobs += b.new_logprobs
-    a.finished, a.finish_reason, a.held = b.finished, b.finish_reason, b.held
-    a.num_cached_tokens, a.num_output_tokens = b.num_cached_tokens, b.num_output_tokens
-    return a
 
 
 def _check_handle(

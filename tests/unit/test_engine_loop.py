@@ -10,7 +10,6 @@ from typing import Any
 
 from engine.output import RequestOutput
 from engine.request import FinishReason
-from services.worker.core import _joined
 from services.worker.engine_thread import EngineLoop
 
 
@@ -81,7 +80,7 @@ def test_a_throttled_tick_runs_at_most_every_every_s() -> None:
 
 def test_joined_outputs_keep_every_token_and_take_the_last_state() -> None:
     a, b = _out("r", 1), _out("r", 2, done=True)
-    j = _joined(a, b)
+    j = a.extend(b)
     assert j.new_token_ids == [1, 2]
     assert j.new_logprobs == [-0.1, -0.2]
     assert j.finished and j.finish_reason == FinishReason.LENGTH
