@@ -7,6 +7,7 @@ reason and the pure-torch path, never a silent switch."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from pathlib import Path
 
@@ -14,7 +15,10 @@ import torch
 
 log = logging.getLogger(__name__)
 _CSRC = Path(__file__).parent / "csrc"
-_SOURCES = (_CSRC / "paged_attention.cpp", _CSRC / "fused_ops.cpp", _CSRC / "quant_linear.cpp")
+_SOURCES = tuple(
+    _CSRC / name
+    for name in ("paged_attention.cpp", "fused_ops.cpp", "quant_linear.cpp", "quant_panels.cpp")
+)
 
 
 def _cpu_flags() -> set[str]:
@@ -45,11 +49,14 @@ def load() -> bool:
     from torch.utils.cpp_extension import load as build
 
     suffix, isa = _isa_flags()
+    # torch's builder rebuilds when a listed source changes, not a header: the name carries
+    # a digest of every file in csrc/, so an edited header builds afresh too.
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(_CSRC.iterdir()))).hexdigest()
     # -fopenmp: at::parallel_for is inlined here and splits work with OpenMP pragmas.
     flags = ["-O3", "-ffast-math", "-fopenmp", *isa]
     try:
         build(
-            name="tandem_ops" + suffix,
+            name=f"tandem_ops{suffix}_{digest[:10]}",
             sources=[str(p) for p in _SOURCES],
             extra_cflags=flags,
             extra_ldflags=["-fopenmp"],

@@ -9,8 +9,9 @@ gguf-py's, so only the order of the sums differs from the float32 GEMM. A bfloat
 reading the blocks computes with the GGUF's values, not their bfloat16 roundings, as
 transformers does for a GGUF (it keeps the weights quantized and computes in float32).
 
-Past some number of rows the dense GEMM wins (it reuses each weight across many rows
-better than our kernel does): `choose_quant_rows` measures where, at start-up, and
+Past some number of rows the dense GEMM wins (oneDNN on packed float32 weights reuses each
+weight across a prefill chunk's rows better than our panels do): `choose_quant_rows`
+measures where, at start-up (here ~64-128 rows: a decode step's whole batch), and
 `QuantLinear` sends each GEMM to the faster of the two.
 """
 
@@ -26,7 +27,7 @@ from engine.model.probe import fastest
 # ggml's type ids of the block formats our kernel reads, and their bytes per 32 weights
 Q4_1, Q8_0 = 3, 8
 BLOCK_BYTES = {Q4_1: 20, Q8_0: 34}
-_PROBE_ROWS = (1, 4, 8, 16, 24, 32, 48, 64)
+_PROBE_ROWS = (1, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,16 +32,23 @@ def quantized(
 def test_blocks_expand_to_exactly_gguf_pys_values(qtype: int) -> None:
     q, dense = quantized(qtype, 40, 96)
     eye = torch.eye(96)
-    # x = identity rows: y = the dequantized weights' columns, in rows of 8, 8 and a tail
-    got = torch.ops.tandem.quant_linear(eye, q.blocks, q.qtype)
-    assert torch.equal(got, dense.T)
+    # x = identity rows: y = the dequantized weights' columns; 8 rows take the row path,
+    # all 96 the panel path
+    for rows in (8, 96):
+        got = torch.ops.tandem.quant_linear(eye[:rows], q.blocks, q.qtype)
+        assert torch.equal(got, dense.T[:rows])
 
 
 @pytest.mark.parametrize("qtype", [Q4_1, Q8_0])
-@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8, 19])
-def test_matches_float32_linear_over_the_dequantized_weights(qtype: int, rows: int) -> None:
-    q, dense = quantized(qtype, 72, 128)
-    x = torch.randn(rows, 128, generator=torch.Generator().manual_seed(rows))
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8, 9, 19, 40])
+@pytest.mark.parametrize("in_features", [128, 192])
+def test_matches_float32_linear_over_the_dequantized_weights(
+    qtype: int, rows: int, in_features: int
+) -> None:
+    # rows <= 8 take the row path, more the panel path: 72 outputs are 4 full panels of 16
+    # and a narrower one; 192 inputs are a chunk of 128 and a shorter one
+    q, dense = quantized(qtype, 72, in_features)
+    x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(rows))
     got = torch.ops.tandem.quant_linear(x, q.blocks, q.qtype)
     torch.testing.assert_close(got, F.linear(x, dense), rtol=1e-5, atol=1e-4)
 

@@ -9,85 +9,21 @@
 // d, 32 int8; weight = d * q).
 //
 // Why: a decode step at small batch is bound by reading the weights; a Q4_1 weight is 0.625
-// bytes against float32's 4. Each block is expanded to float32 in registers and used for
-// up to 8 rows of x at once. The dequantized values are exactly gguf-py's (d * q is exact in
-// float32: an 11-bit mantissa times a 4- or 8-bit integer), so the result differs from
+// bytes against float32's 4. Up to kFewRows rows (this file), each block is expanded to
+// float32 in registers and used for up to 8 rows of x at once; past that, quant_panels.cpp
+// expands a panel of columns once and runs register-blocked tiles of x against it. The
+// dequantized values are exactly gguf-py's (quant_blocks.h), so the result differs from
 // x @ W.T over the dequantized float32 W only in the order of the sums.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
-#include <c10/util/Half.h>
-#include <cstring>
-#if defined(__AVX2__) || defined(__F16C__)
-#include <immintrin.h>
-#endif
+
+#include "quant_blocks.h"
 
 namespace {
 
-constexpr int64_t kQ4_1 = 3, kQ8_0 = 8, kBlock = 32;
-
-inline float half_at(const uint8_t* p) {
-  uint16_t bits;
-  std::memcpy(&bits, p, 2);
-#if defined(__F16C__)
-  return _cvtsh_ss(bits);  // one instruction; c10::Half's portable conversion is ~20
-#else
-  return static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
-#endif
-}
-
-// The 32 weights of one block, as float32, into w[0..31].
-template <int64_t QT>
-inline void dequant_block(const uint8_t* blk, float* w) {
-  const float d = half_at(blk);
-  if constexpr (QT == kQ4_1) {
-    const float m = half_at(blk + 2);
-    const uint8_t* qs = blk + 4;
-    for (int j = 0; j < 16; ++j) {
-      w[j] = d * static_cast<float>(qs[j] & 15) + m;
-      w[j + 16] = d * static_cast<float>(qs[j] >> 4) + m;
-    }
-  } else {
-    const auto* qs = reinterpret_cast<const int8_t*>(blk + 2);
-    for (int j = 0; j < 32; ++j) w[j] = d * static_cast<float>(qs[j]);
-  }
-}
-
-template <int64_t QT>
-constexpr int64_t block_bytes() {
-  return QT == kQ4_1 ? 20 : 34;
-}
+using namespace tandem_quant;
 
 #if defined(__AVX2__) && defined(__FMA__)
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
-}
-
-// The block's 32 weights in four registers (weights 0-7, 8-15, 16-23, 24-31).
-template <int64_t QT>
-inline void dequant_block(const uint8_t* blk, __m256 w[4]) {
-  const __m256 d = _mm256_set1_ps(half_at(blk));
-  if constexpr (QT == kQ4_1) {
-    const __m256 m = _mm256_set1_ps(half_at(blk + 2));
-    const __m128i qs = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 4));
-    const __m128i mask = _mm_set1_epi8(15);
-    const __m128i lo = _mm_and_si128(qs, mask), hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
-    const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
-    // d * q is exact, so rounding d * q + m once (fused) equals gguf-py's multiply, then add
-    for (int i = 0; i < 4; ++i)
-      w[i] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[i])), m);
-  } else {
-    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
-    const __m128i halves[2] = {_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1)};
-    for (int i = 0; i < 4; ++i) {
-      const __m128i part = i % 2 ? _mm_srli_si128(halves[i / 2], 8) : halves[i / 2];
-      w[i] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part)));
-    }
-  }
-}
-
 // y[r, n] for rows r < MT of x and one output row n (its blocks at `wrow`).
 template <int64_t QT, int MT>
 inline void dot_rows(const float* x, int64_t ldx, const uint8_t* wrow, int64_t nblocks, float* y,
@@ -179,6 +115,13 @@ torch::Tensor quant_linear(const torch::Tensor& x_in, const torch::Tensor& qweig
               x_in.size(1) / kBlock * bytes);
   auto x = x_in.contiguous();
   auto y = torch::empty({x.size(0), qweight.size(0)}, x.options());
+#if defined(__AVX2__) && defined(__FMA__)
+  if (x.size(0) > kFewRows) {
+    panel_linear(x.data_ptr<float>(), x.size(0), x.size(1), qweight.data_ptr<uint8_t>(),
+                 qweight.size(1), qweight.size(0), qtype, y.data_ptr<float>());
+    return y;
+  }
+#endif
   if (qtype == kQ4_1)
     quant_linear_impl<kQ4_1>(x, qweight, y);
   else
