@@ -19,6 +19,7 @@ import asyncio
 import concurrent.futures
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +60,9 @@ def _deliver(items: _Delivery) -> None:
         q.put_nowait(item)
 
 
+GIL_SWITCH_S = 0.001
+
+
 class _Tick:
     __slots__ = ("due", "every_s", "fn")
 
@@ -96,6 +100,12 @@ class EngineLoop:
         self._ticks.append(_Tick(fn, every_s))
 
     def start(self) -> None:
+        # The step dispatches ~600 torch ops from Python, taking the GIL back after each;
+        # the event loop's threads (gRPC, outputs, heartbeats) hold it meanwhile. At
+        # CPython's default 5 ms switch interval the engine waited up to 5 ms per op while
+        # the second core idled: 1 ms measured +12% tok/s serving 32 streams on 2 cores
+        # (0.5 and 2 ms alike). Process-wide: the engine is what this process is for.
+        sys.setswitchinterval(GIL_SWITCH_S)
         self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
