@@ -3,7 +3,9 @@
 Decoding sequences (one query each) are batched into one call: on CPU (float32 or bfloat16)
 our C++ kernel reads K/V in place from the paged cache (engine/kernels/csrc); elsewhere
 one SDPA call over their gathered, padded block tables. Sequences with several queries (prefill
-chunks) get one SDPA call each, using the fresh k/v directly when nothing precedes them.
+chunks) likewise: on a CPU with AVX2, one call of our kernel for all of them, reading their
+context (cached prefix included) in place; elsewhere one SDPA call each, using the fresh k/v
+directly when nothing precedes them and a gather of the cached blocks when something does.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from engine.attention.base import AttentionBackend, BatchLayout
+from engine.attention.base import AttentionBackend, BatchLayout, SeqSlice
 
 
 @dataclass(slots=True)
@@ -36,6 +38,15 @@ class _Meta:
     decode_lens: torch.Tensor | None  # [Bd] context length of each decoding sequence
     decode_mask: torch.Tensor | None  # [Bd, 1, 1, max_blocks * block_size] True = attend
     prefills: list[_Prefill]
+    native_prefill: _NativePrefill | None  # the prefills' metadata for our kernel
+
+
+@dataclass(slots=True)
+class _NativePrefill:
+    block_tables: torch.Tensor  # [S, max_blocks], padded with block 0
+    starts: torch.Tensor  # [S] first row of each sequence's queries
+    query_lens: torch.Tensor  # [S]
+    context_lens: torch.Tensor  # [S]
 
 
 class TorchAttention(AttentionBackend):
@@ -46,10 +57,12 @@ class TorchAttention(AttentionBackend):
     ) -> None:
         super().__init__(kv_cache, block_size, num_heads, scale)
         self._native = False  # torch.ops.tandem.* (engine/kernels/csrc) are loaded
+        self._native_prefill = False  # and paged_prefill, which needs AVX2 and D % 16 == 0
         if kv_cache.device.type == "cpu" and kv_cache.dtype in (torch.float32, torch.bfloat16):
             from engine.kernels import cpu
 
             self._native = cpu.load()
+            self._native_prefill = cpu.vectorised() and kv_cache.shape[-1] % 16 == 0
 
     def prepare(self, layout: BatchLayout) -> None:
         dev, bs = self.kv_cache.device, self.block_size
@@ -57,23 +70,15 @@ class TorchAttention(AttentionBackend):
         decode_rows: list[int] = []
         decode_tables: list[tuple[int, ...]] = []
         decode_lens: list[int] = []
-        prefills: list[_Prefill] = []
+        prefill_seqs: list[SeqSlice] = []
         for s in layout.seqs:
-            first = s.context_len - s.query_len
-            n_blocks = -(-s.context_len // bs)
             if s.query_len == 1:
                 decode_rows.append(s.query_start)
-                decode_tables.append(s.block_ids[:n_blocks])
+                decode_tables.append(s.block_ids[: -(-s.context_len // bs)])
                 decode_lens.append(s.context_len)
-                continue
-            mask = None
-            if first > 0:  # query i sees context positions <= first + i
-                q_pos = torch.arange(first, s.context_len, device=dev)[:, None]
-                mask = torch.arange(s.context_len, device=dev)[None, :] <= q_pos
-            table = torch.tensor(s.block_ids[:n_blocks], dtype=torch.long, device=dev)
-            prefills.append(
-                _Prefill(s.query_start, s.query_start + s.query_len, s.context_len, table, mask)
-            )
+            else:
+                prefill_seqs.append(s)
+        native = self._native_prefill and bool(prefill_seqs)
         self._meta = _Meta(
             write_blocks=torch.tensor(blocks, dtype=torch.long, device=dev),
             write_offsets=torch.tensor(offsets, dtype=torch.long, device=dev),
@@ -92,7 +97,8 @@ class TorchAttention(AttentionBackend):
             decode_mask=_length_mask(decode_lens, decode_tables, bs, dev)
             if decode_rows and not self._native
             else None,
-            prefills=prefills,
+            prefills=[] if native else [_sdpa_prefill(s, bs, dev) for s in prefill_seqs],
+            native_prefill=_native_prefill(prefill_seqs, bs, dev) if native else None,
         )
 
     def forward(
@@ -105,11 +111,24 @@ class TorchAttention(AttentionBackend):
             self.write_kv(layer, k, v, m.write_blocks, m.write_offsets)
         k_cache = self.kv_cache[:, layer, 0]  # [num_blocks, block_size, kv_heads, D]
         v_cache = self.kv_cache[:, layer, 1]
-        out = q if m.all_decode else torch.empty_like(q)
+        if m.native_prefill is not None:  # the prefill rows, in place from the cache
+            n = m.native_prefill
+            out = torch.ops.tandem.paged_prefill(
+                q,
+                self.kv_cache,
+                layer,
+                n.block_tables,
+                n.starts,
+                n.query_lens,
+                n.context_lens,
+                self.scale,
+            )
+        else:
+            out = q if m.all_decode else torch.empty_like(q)
+            for p in m.prefills:
+                out[p.start : p.end] = self._prefill(p, q, k, v, k_cache, v_cache)
         if m.decode_rows is not None:
             out = self._decode(layer, q, k_cache, v_cache, out)
-        for p in m.prefills:
-            out[p.start : p.end] = self._prefill(p, q, k, v, k_cache, v_cache)
         return out
 
     def _decode(
@@ -171,6 +190,26 @@ class TorchAttention(AttentionBackend):
             enable_gqa=True,
         )
         return o[0].transpose(0, 1)
+
+
+def _sdpa_prefill(s: SeqSlice, bs: int, dev: torch.device) -> _Prefill:
+    first = s.context_len - s.query_len
+    mask = None
+    if first > 0:  # query i sees context positions <= first + i
+        q_pos = torch.arange(first, s.context_len, device=dev)[:, None]
+        mask = torch.arange(s.context_len, device=dev)[None, :] <= q_pos
+    n_blocks = -(-s.context_len // bs)
+    table = torch.tensor(s.block_ids[:n_blocks], dtype=torch.long, device=dev)
+    return _Prefill(s.query_start, s.query_start + s.query_len, s.context_len, table, mask)
+
+
+def _native_prefill(seqs: list[SeqSlice], bs: int, dev: torch.device) -> _NativePrefill:
+    return _NativePrefill(
+        block_tables=_pad_tables([s.block_ids[: -(-s.context_len // bs)] for s in seqs], dev),
+        starts=torch.tensor([s.query_start for s in seqs], dtype=torch.long, device=dev),
+        query_lens=torch.tensor([s.query_len for s in seqs], dtype=torch.long, device=dev),
+        context_lens=torch.tensor([s.context_len for s in seqs], dtype=torch.long, device=dev),
+    )
 
 
 def _pad_tables(tables: list[tuple[int, ...]], dev: torch.device) -> torch.Tensor:

@@ -17,7 +17,13 @@ log = logging.getLogger(__name__)
 _CSRC = Path(__file__).parent / "csrc"
 _SOURCES = tuple(
     _CSRC / name
-    for name in ("paged_attention.cpp", "fused_ops.cpp", "quant_linear.cpp", "quant_panels.cpp")
+    for name in (
+        "paged_attention.cpp",
+        "paged_prefill.cpp",
+        "fused_ops.cpp",
+        "quant_linear.cpp",
+        "quant_panels.cpp",
+    )
 )
 
 
@@ -70,11 +76,21 @@ def load() -> bool:
     return True
 
 
+def vectorised() -> bool:
+    """The kernels are built for AVX2 or wider: those that exist only in vector form
+    (paged_prefill) can run."""
+    return load() and _isa_flags()[0] != ""
+
+
 def _register_fakes() -> None:
     """Shapes for tracing (torch.compile): the ops' outputs without running them."""
 
     @torch.library.register_fake("tandem::paged_decode")
     def _(q, kv_cache, layer, block_tables, context_lens, scale):
+        return torch.empty_like(q)
+
+    @torch.library.register_fake("tandem::paged_prefill")
+    def _(q, kv_cache, layer, block_tables, starts, query_lens, context_lens, scale):
         return torch.empty_like(q)
 
     @torch.library.register_fake("tandem::write_kv")

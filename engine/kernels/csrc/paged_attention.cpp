@@ -21,48 +21,19 @@
 // template parameters so the inner loops are fixed-length and fully vectorised (measured
 // alone at batch 32, context 257, one thread: 3.5-4x faster than the per-(sequence, head)
 // loop with a run-time size it replaced).
-#include <torch/extension.h>
 #include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
 
+#include "paged_common.h"
+
 namespace {
 
-inline float to_float(float x) { return x; }
-inline float to_float(c10::BFloat16 x) {
-  // bfloat16 is the high half of a float32: a shift.
-  uint32_t bits = static_cast<uint32_t>(x.x) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-inline void from_float(float x, float* dst) { *dst = x; }
-inline void from_float(float x, c10::BFloat16* dst) { *dst = c10::BFloat16(x); }
-
-// DIM is the head size when it is one of the built sizes (loops of a fixed length, fully
-// vectorised), or 0 for any other size, passed at run time as `dim`.
-template <int DIM>
-inline int64_t head_size(int64_t dim) {
-  return DIM > 0 ? DIM : dim;
-}
-
-// One row of D values as float32: the row itself for float, a widened copy for bfloat16.
-template <typename T, int DIM>
-inline const float* row_as_float(const T* src, int64_t dim, float* scratch) {
-  if constexpr (std::is_same_v<T, float>) {
-    return src;
-  } else {
-    const auto* s = reinterpret_cast<const uint16_t*>(src);
-    auto* d = reinterpret_cast<uint32_t*>(scratch);
-#pragma omp simd
-    for (int64_t i = 0; i < head_size<DIM>(dim); ++i) d[i] = static_cast<uint32_t>(s[i]) << 16;
-    return scratch;
-  }
-}
+using namespace tandem_paged;
 
 template <int DIM>
 inline float dot(const float* a, const float* b, int64_t dim) {
@@ -271,24 +242,9 @@ template <typename T>
 void paged_decode_dim(const torch::Tensor& q, const torch::Tensor& kv_cache, int64_t layer,
                       const torch::Tensor& tables, const torch::Tensor& lens, double scale,
                       torch::Tensor& out) {
-  switch (q.size(2)) {  // the head sizes of the model families we load
-    case 64: return paged_decode_impl<T, 64>(q, kv_cache, layer, tables, lens, scale, out);
-    case 80: return paged_decode_impl<T, 80>(q, kv_cache, layer, tables, lens, scale, out);
-    case 96: return paged_decode_impl<T, 96>(q, kv_cache, layer, tables, lens, scale, out);
-    case 128: return paged_decode_impl<T, 128>(q, kv_cache, layer, tables, lens, scale, out);
-    case 256: return paged_decode_impl<T, 256>(q, kv_cache, layer, tables, lens, scale, out);
-    default: return paged_decode_impl<T, 0>(q, kv_cache, layer, tables, lens, scale, out);
-  }
-}
-
-void check(const torch::Tensor& kv_cache, const torch::Tensor& x, const char* what) {
-  TORCH_CHECK(kv_cache.device().is_cpu() && x.device().is_cpu(), what, ": CPU tensors only");
-  TORCH_CHECK(kv_cache.is_contiguous(), what, ": the KV cache must be contiguous");
-  TORCH_CHECK(x.scalar_type() == kv_cache.scalar_type(), what,
-              ": q/k/v and the KV cache must share a dtype");
-  TORCH_CHECK(kv_cache.scalar_type() == torch::kFloat32 ||
-                  kv_cache.scalar_type() == torch::kBFloat16,
-              what, ": float32 or bfloat16 only");
+  with_head_size(q.size(2), [&](auto dim) {
+    paged_decode_impl<T, decltype(dim)::value>(q, kv_cache, layer, tables, lens, scale, out);
+  });
 }
 
 }  // namespace
