@@ -72,6 +72,32 @@ def test_paged_prefill_matches_reference(dtype: torch.dtype, head_dim: int) -> N
         torch.testing.assert_close(out[start : start + n].double(), want, atol=tol, rtol=tol)
 
 
+def test_sequences_outside_q_or_their_block_table_are_refused() -> None:
+    cache = torch.zeros(4, 1, 2, BLOCK, KV_HEADS, 16)
+    q = torch.zeros(20, KV_HEADS * GROUP, 16)
+    table = torch.tensor([[0, 1]])
+
+    def call(start: int, query_len: int, context_len: int) -> None:
+        torch.ops.tandem.paged_prefill(
+            q,
+            cache,
+            0,
+            table,
+            torch.tensor([start]),
+            torch.tensor([query_len]),
+            torch.tensor([context_len]),
+            1.0,
+        )
+
+    call(0, 20, 32)  # fits: 20 rows, a context of two blocks
+    with pytest.raises(RuntimeError, match="not inside q"):
+        call(5, 20, 32)
+    with pytest.raises(RuntimeError, match="does not hold"):
+        call(0, 20, 33)  # a third block the table does not have
+    with pytest.raises(RuntimeError, match="does not hold"):
+        call(0, 20, 10)  # fewer positions than queries
+
+
 def test_a_head_size_not_a_multiple_of_16_is_refused() -> None:
     cache = torch.zeros(2, 1, 2, BLOCK, KV_HEADS, 24)
     q = torch.zeros(4, KV_HEADS * GROUP, 24)

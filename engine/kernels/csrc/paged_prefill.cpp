@@ -56,9 +56,9 @@ struct State {
   State(int64_t nq, int64_t dim)
       : buf(nq * dim + dim * kKeys + kKeys * dim + nq * kKeys + 2 * nq + nq * dim) {
     q = buf.data();
-    kt = q + nq * dim;     // [dim][16] the step's keys, transposed
-    v = kt + dim * kKeys;  // [16][dim] the step's values
-    s = v + kKeys * dim;   // [nq][16] scores, then probabilities
+    kt = q + nq * dim;     // [dim][kKeys] the step's keys, transposed
+    v = kt + dim * kKeys;  // [kKeys][dim] the step's values
+    s = v + kKeys * dim;   // [nq][kKeys] scores, then probabilities
     m = s + nq * kKeys;
     l = m + nq;
     acc = l + nq;  // [nq][dim]
@@ -206,6 +206,29 @@ void prefill_impl(const torch::Tensor& q, const torch::Tensor& kv_cache, int64_t
 }
 #endif  // __AVX2__ && __FMA__
 
+// Every sequence's rows inside q, its context inside its block table row: a bad call is an
+// error, not a read out of bounds.
+void check_sequences(const torch::Tensor& q, const torch::Tensor& kv_cache,
+                     const torch::Tensor& tables, const torch::Tensor& starts,
+                     const torch::Tensor& query_lens, const torch::Tensor& context_lens) {
+  const int64_t n = starts.size(0), bs = kv_cache.size(3);
+  TORCH_CHECK(q.size(1) % kv_cache.size(4) == 0, "paged_prefill: ", q.size(1),
+              " query heads do not share ", kv_cache.size(4), " kv heads evenly");
+  TORCH_CHECK(tables.dim() == 2 && tables.size(0) == n && query_lens.size(0) == n &&
+                  context_lens.size(0) == n,
+              "paged_prefill: block_tables [S, W], starts, query_lens, context_lens [S] disagree");
+  const int64_t *sp = starts.data_ptr<int64_t>(), *qlp = query_lens.data_ptr<int64_t>(),
+                *clp = context_lens.data_ptr<int64_t>();
+  for (int64_t s = 0; s < n; ++s) {
+    TORCH_CHECK(qlp[s] >= 1 && sp[s] >= 0 && sp[s] + qlp[s] <= q.size(0),
+                "paged_prefill: sequence ", s, "'s rows [", sp[s], ", ", sp[s] + qlp[s],
+                ") are not inside q's ", q.size(0));
+    TORCH_CHECK(clp[s] >= qlp[s] && (clp[s] + bs - 1) / bs <= tables.size(1),
+                "paged_prefill: sequence ", s, "'s context of ", clp[s],
+                " does not hold its queries or its block table");
+  }
+}
+
 }  // namespace
 
 torch::Tensor paged_prefill(const torch::Tensor& q_in, const torch::Tensor& kv_cache,
@@ -220,6 +243,7 @@ torch::Tensor paged_prefill(const torch::Tensor& q_in, const torch::Tensor& kv_c
   auto starts = starts_in.to(torch::kLong).contiguous();
   auto query_lens = query_lens_in.to(torch::kLong).contiguous();
   auto context_lens = context_lens_in.to(torch::kLong).contiguous();
+  check_sequences(q, kv_cache, tables, starts, query_lens, context_lens);
   auto out = torch::empty_like(q);
 #if defined(__AVX2__) && defined(__FMA__)
   with_head_size(q.size(2), [&](auto dim) {
