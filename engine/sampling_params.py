@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+_UINT32, _UINT64 = 2**32, 2**64  # what the wire (proto/worker.proto) carries
+
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
@@ -22,12 +24,16 @@ class SamplingParams:
         # Normalise so callers may pass lists.
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
-        if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.seed is not None:
+            # torch.Generator.manual_seed reads a negative seed modulo 2**64 (-1 is
+            # 2**64 - 1): so do we, and OpenAI's signed seeds fit the wire's uint64
+            object.__setattr__(self, "seed", self.seed % _UINT64)
+        if not 1 <= self.max_tokens < _UINT32:
+            raise ValueError(f"max_tokens must be in [1, 2**32), got {self.max_tokens}")
         if not 0.0 <= self.temperature <= 2.0 or self.temperature != self.temperature:
             raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 <= self.top_k < _UINT32:
+            raise ValueError(f"top_k must be in [0, 2**32) (0 = off), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0 <= self.min_tokens <= self.max_tokens:

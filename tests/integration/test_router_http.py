@@ -290,6 +290,9 @@ def test_seeded_sampling_repeats(client: openai.OpenAI) -> None:
 
     assert ask(7) == ask(7)
     assert len({ask(7), ask(8), ask(9)}) > 1
+    # OpenAI's seeds are signed; the wire's are not: a negative one is read modulo 2**64,
+    # as torch reads it, and still repeats
+    assert ask(-1) == ask(-1)
 
 
 def test_concurrent_streams_each_equal_their_offline_run(
@@ -342,6 +345,8 @@ BAD_REQUESTS: list[tuple[str, Any, int, str | None, str | None]] = [
     (CHAT_PATH, _chat(temperature=3), 400, "temperature", None),
     (CHAT_PATH, _chat(top_p=0), 400, "top_p", None),
     (CHAT_PATH, _chat(top_k=-2), 400, "top_k", None),
+    (CHAT_PATH, _chat(top_k=2**32), 400, "top_k", None),  # past the wire's uint32
+    (CHAT_PATH, _chat(seed=2**63), 400, "seed", None),
     (CHAT_PATH, _chat(n=2), 400, "n", None),
     (CHAT_PATH, _chat(logprobs=True, top_logprobs=5), 400, "top_logprobs", None),
     (CHAT_PATH, _chat(stop=[""]), 400, "stop", None),

@@ -45,3 +45,19 @@ def test_messages_round_trip() -> None:
         request_id="r", prompt_token_ids=[5], params=worker_pb2.SamplingParams(max_tokens=4)
     )
     assert not req.HasField("kv")
+
+
+def test_sampling_params_fit_the_wire() -> None:
+    # a negative seed is read modulo 2**64 (as torch.Generator.manual_seed reads it) and
+    # crosses the wire's uint64 unchanged; a top_k or max_tokens past uint32 is refused
+    # where the params are made, never failing later inside protobuf
+    from engine.sampling_params import SamplingParams
+    from services.wire.engine_types import params_from_pb, params_to_pb
+
+    p = SamplingParams(max_tokens=4, seed=-1)
+    assert p.seed == 2**64 - 1
+    assert params_from_pb(params_to_pb(p)) == p
+    with pytest.raises(ValueError, match="top_k must be in"):
+        SamplingParams(top_k=2**32)
+    with pytest.raises(ValueError, match="max_tokens must be in"):
+        SamplingParams(max_tokens=2**32)
