@@ -40,13 +40,14 @@ def test_blocks_expand_to_exactly_gguf_pys_values(qtype: int) -> None:
 
 
 @pytest.mark.parametrize("qtype", [Q4_1, Q8_0])
-@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8, 9, 19, 40])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8, 9, 19, 40, 150, 301])
 @pytest.mark.parametrize("in_features", [128, 192])
 def test_matches_float32_linear_over_the_dequantized_weights(
     qtype: int, rows: int, in_features: int
 ) -> None:
     # rows <= 8 take the row path, more the panel path: 72 outputs are 4 full panels of 16
-    # and a narrower one; 192 inputs are a chunk of 128 and a shorter one
+    # and a narrower one; 192 inputs are a chunk of 128 and a shorter one; 150 and 301
+    # rows are prefill-sized (25 tiles of 6; 51 tiles of 5 or 6)
     q, dense = quantized(qtype, 72, in_features)
     x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(rows))
     got = torch.ops.tandem.quant_linear(x, q.blocks, q.qtype)
