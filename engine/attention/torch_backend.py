@@ -74,7 +74,7 @@ class TorchAttention(AttentionBackend):
         for s in layout.seqs:
             if s.query_len == 1:
                 decode_rows.append(s.query_start)
-                decode_tables.append(s.block_ids[: -(-s.context_len // bs)])
+                decode_tables.append(_context_blocks(s, bs))
                 decode_lens.append(s.context_len)
             else:
                 prefill_seqs.append(s)
@@ -192,20 +192,24 @@ class TorchAttention(AttentionBackend):
         return o[0].transpose(0, 1)
 
 
+def _context_blocks(s: SeqSlice, bs: int) -> tuple[int, ...]:
+    """The blocks that hold s's context (its block table may reach further)."""
+    return s.block_ids[: -(-s.context_len // bs)]
+
+
 def _sdpa_prefill(s: SeqSlice, bs: int, dev: torch.device) -> _Prefill:
     first = s.context_len - s.query_len
     mask = None
     if first > 0:  # query i sees context positions <= first + i
         q_pos = torch.arange(first, s.context_len, device=dev)[:, None]
         mask = torch.arange(s.context_len, device=dev)[None, :] <= q_pos
-    n_blocks = -(-s.context_len // bs)
-    table = torch.tensor(s.block_ids[:n_blocks], dtype=torch.long, device=dev)
+    table = torch.tensor(_context_blocks(s, bs), dtype=torch.long, device=dev)
     return _Prefill(s.query_start, s.query_start + s.query_len, s.context_len, table, mask)
 
 
 def _native_prefill(seqs: list[SeqSlice], bs: int, dev: torch.device) -> _NativePrefill:
     return _NativePrefill(
-        block_tables=_pad_tables([s.block_ids[: -(-s.context_len // bs)] for s in seqs], dev),
+        block_tables=_pad_tables([_context_blocks(s, bs) for s in seqs], dev),
         starts=torch.tensor([s.query_start for s in seqs], dtype=torch.long, device=dev),
         query_lens=torch.tensor([s.query_len for s in seqs], dtype=torch.long, device=dev),
         context_lens=torch.tensor([s.context_len for s in seqs], dtype=torch.long, device=dev),
