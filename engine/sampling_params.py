@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 _UINT32, _UINT64 = 2**32, 2**64  # what the wire (proto/worker.proto) carries
+# Stop strings are searched after every token, and each one's prefixes are held to catch a
+# match split across tokens (memory and time grow with the square of a string's length):
+# bounded so that no request can buy seconds per token. OpenAI takes 4 strings; code
+# completion clients send a dozen or more.
+MAX_STOP_STRINGS = 32
+MAX_STOP_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +46,10 @@ class SamplingParams:
             raise ValueError(
                 f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens}"
             )
-        if any(not s for s in self.stop):
-            raise ValueError("stop strings must be non-empty")
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise ValueError(f"stop takes at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}")
+        if any(not 0 < len(s) <= MAX_STOP_CHARS for s in self.stop):
+            raise ValueError(f"stop strings must be 1 to {MAX_STOP_CHARS} characters long")
 
     @property
     def greedy(self) -> bool:

@@ -17,9 +17,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-import redis
-
 from engine import EngineConfig
+from services.cluster import redis_client
 from services.cluster.pools import NAMESPACE, Pools, PoolSpec, assign_cores
 from services.cluster.redis_server import RedisServer
 from services.cluster.registry import Registry
@@ -177,7 +176,7 @@ class Cluster:
         return lines
 
     def registry(self) -> Registry:
-        return Registry(redis.Redis.from_url(self.redis_url))
+        return Registry(redis_client.connect(self.redis_url))
 
 
 def add_serve_args(ap: argparse.ArgumentParser) -> None:

@@ -24,7 +24,12 @@ from services.router.disconnect import DisconnectWatch
 from services.router.errors import SERVER_ERROR, APIError, error_body, install_error_handlers
 from services.router.generation import Generation, collect
 from services.router.metrics import RouterMetrics
-from services.router.middleware import ApiKeyMiddleware, ErrorCountMiddleware
+from services.router.middleware import (
+    DEFAULT_MAX_BODY_BYTES,
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    ErrorCountMiddleware,
+)
 from services.router.openai_format import (
     ChatFormat,
     CompletionFormat,
@@ -74,10 +79,13 @@ def create_app(
     max_model_len: int,
     metrics: RouterMetrics,
     api_key: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
     server = _Server(backend, tokenizer, model_name, max_model_len, metrics, int(time.time()))
     app = FastAPI(title="Tandem router", summary="OpenAI-compatible API")
     install_error_handlers(app)
+    # Added innermost first: error counting, then the key, then the body's size.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     if api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=api_key, open_paths=frozenset({"/health"}))
     app.add_middleware(ErrorCountMiddleware, metrics=metrics)  # outermost: sees 401s too
@@ -95,7 +103,7 @@ def _openai_routes(s: _Server) -> APIRouter:
         arrival = time.monotonic()
         s.check_model(body.model)
         body.check_supported()
-        ids = chat_prompt_ids(s.tokenizer, body)
+        ids = await chat_prompt_ids(s.tokenizer, body)
         return await _complete(s, request, body, ids, "chatcmpl", arrival)
 
     @r.post("/completions")
@@ -103,7 +111,7 @@ def _openai_routes(s: _Server) -> APIRouter:
         arrival = time.monotonic()
         s.check_model(body.model)
         body.check_supported()
-        ids = completion_prompt_ids(s.tokenizer, body)
+        ids = await completion_prompt_ids(s.tokenizer, body)
         return await _complete(s, request, body, ids, "cmpl", arrival)
 
     @r.get("/models")

@@ -3,9 +3,7 @@ the cluster view that keeps them fresh, and the dispatcher that uses them."""
 
 from __future__ import annotations
 
-import redis
-import redis.asyncio as aioredis
-
+from services.cluster import redis_client
 from services.cluster.registry import Registry
 from services.kv.feed import KVFeed
 from services.kv.index import KVIndex
@@ -19,10 +17,10 @@ from services.router.workers import WorkerSet
 def make_dispatcher(redis_url: str, config: DispatchConfig, metrics: RouterMetrics) -> Dispatcher:
     """Only `kv` routing reads KV events: the other modes are the cache-blind baselines
     it is measured against."""
-    workers = WorkerSet(Registry(redis.Redis.from_url(redis_url)))
+    workers = WorkerSet(Registry(redis_client.connect(redis_url)))
     feed = None
     if config.routing == "kv":
-        feed = KVFeed(aioredis.Redis.from_url(redis_url), KVIndex(), workers.dump_kv)
+        feed = KVFeed(redis_client.connect_async(redis_url), KVIndex(), workers.dump_kv)
     policy = Policy(config.routing, feed.index if feed else None)
     # A departed worker's predicted blocks go with it (a restart must not inherit them).
     cluster = ClusterView(workers, metrics, feed, config.refresh_s, policy.predicted.forget)

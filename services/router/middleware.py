@@ -1,4 +1,4 @@
-"""Two checks around every request, written as plain ASGI middleware.
+"""Checks around every request, written as plain ASGI middleware.
 
 Plain ASGI rather than Starlette's BaseHTTPMiddleware: the latter runs the endpoint in
 another task, which gets in the way of streaming responses and of cancelling a request
@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Sequence
+from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.router.errors import error_body
+from services.router.errors import INVALID_REQUEST, error_body
 from services.router.metrics import RouterMetrics
+
+# As TGI's --payload-limit: a prompt filling a 128k-token context, as text or as token ids,
+# fits well inside it; nothing this API accepts is larger.
+DEFAULT_MAX_BODY_BYTES = 2_000_000
 
 
 class ApiKeyMiddleware:
@@ -36,18 +43,65 @@ class ApiKeyMiddleware:
             if given is not None
             else "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
         )
-        body = json.dumps(error_body(message, "invalid_request_error", None, "invalid_api_key"))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"www-authenticate", b"Bearer"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body.encode()})
+        body = error_body(message, INVALID_REQUEST, None, "invalid_api_key")
+        await _send_json(send, 401, body, [(b"www-authenticate", b"Bearer")])
+
+
+class BodyLimitMiddleware:
+    """Refuses a body over `max_bytes` with 413 before anything parses it: at once when its
+    Content-Length says so, as soon as it passes the limit when it comes in chunks."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self._max = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = _content_length(scope)
+        if declared is not None:  # the HTTP parser reads exactly that many bytes, no more
+            if declared <= self._max:
+                return await self.app(scope, receive, send)
+            return await _send_json(send, 413, error_body(self._message(), INVALID_REQUEST))
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self._max:
+                # FastAPI lets an HTTPException out of its body reading unchanged; the
+                # router's handler turns it into OpenAI's error body.
+                raise HTTPException(413, self._message())
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _message(self) -> str:
+        return f"The request body is larger than this server's limit of {self._max} bytes."
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # malformed: the HTTP parser has refused it already
+    return None
+
+
+async def _send_json(
+    send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
 
 def _bearer(scope: Scope) -> bytes | None:

@@ -1,28 +1,55 @@
-"""Prompts to token ids: the one place the router tokenizes (the workers never do)."""
+"""Prompts to token ids: the one place the router tokenizes (the workers never do).
+
+Tokenizing takes time in proportion to the text (a body at the size limit: about a second
+here), and on the event loop it would stall every stream the router is sending meanwhile:
+long prompts are tokenized on a thread. Short ones stay inline, where a thread hop would
+cost more than the work.
+"""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TypeVar
 
 from engine.tokenizer import Tokenizer
 from services.router.errors import APIError
 from services.router.protocol import ChatCompletionRequest, CompletionRequest
 
+T = TypeVar("T")
 
-def chat_prompt_ids(tokenizer: Tokenizer, body: ChatCompletionRequest) -> list[int]:
+INLINE_CHARS = 8192  # a prompt's text up to this long is tokenized on the event loop
+
+
+async def chat_prompt_ids(tokenizer: Tokenizer, body: ChatCompletionRequest) -> list[int]:
+    chat = body.chat()
     try:
-        ids = tokenizer.apply_chat_template(body.chat())
+        chars = sum(len(m["content"]) for m in chat)
+        ids = await _off_loop(chars, tokenizer.apply_chat_template, chat)
     except ValueError as e:  # no chat template
         raise APIError(400, str(e), param="messages") from None
     return _non_empty(ids, "messages")
 
 
-def completion_prompt_ids(tokenizer: Tokenizer, body: CompletionRequest) -> list[int]:
+async def completion_prompt_ids(tokenizer: Tokenizer, body: CompletionRequest) -> list[int]:
     prompt = body.single_prompt()
     if isinstance(prompt, str):
-        return _non_empty(tokenizer.encode(prompt), "prompt")
+        return _non_empty(await encode_text(tokenizer, prompt), "prompt")
     vocab = tokenizer.vocab_size
     if any(not 0 <= t < vocab for t in prompt):
         raise APIError(400, f"Token ids in the prompt must be in [0, {vocab}).", param="prompt")
     return _non_empty(list(prompt), "prompt")
+
+
+async def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
+    """A completion's text prompt as ids (no special tokens added)."""
+    return await _off_loop(len(text), tokenizer.encode, text)
+
+
+async def _off_loop(chars: int, fn: Callable[[T], list[int]], arg: T) -> list[int]:
+    if chars <= INLINE_CHARS:
+        return fn(arg)
+    return await asyncio.to_thread(fn, arg)
 
 
 def _non_empty(ids: list[int], param: str) -> list[int]:

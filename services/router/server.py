@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from services.router.dispatch import MODES, DispatchConfig
+from services.router.middleware import DEFAULT_MAX_BODY_BYTES
 from services.router.routing import ROUTINGS
 
 T = TypeVar("T")
@@ -33,6 +34,7 @@ class RouterOptions:
     port: int = 8000
     api_key: str | None = None
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
 
 def served_model_name(model: str) -> str:
@@ -60,7 +62,9 @@ async def run_router(opts: RouterOptions, banner: list[str] | None = None) -> No
         max_len = min(r.max_model_len for r in records)
         tokenizer = await asyncio.to_thread(load_tokenizer, opts.model)
         name = served_model_name(opts.model)
-        app = create_app(dispatcher, tokenizer, name, max_len, metrics, opts.api_key)
+        app = create_app(
+            dispatcher, tokenizer, name, max_len, metrics, opts.api_key, opts.max_body_bytes
+        )
         # httptools parses HTTP in C (h11, the default, in Python); `loop` names what
         # run_on_uvloop already runs us on (serve() never sets a loop up itself).
         # TCP_NODELAY: uvloop and asyncio set it on every TCP transport they create.
@@ -97,6 +101,12 @@ def add_router_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--api-key", default=None, help="require this key (default: $TANDEM_API_KEY)")
+    ap.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="larger request bodies get 413 before they are read (default %(default)s)",
+    )
     ap.add_argument("--mode", choices=MODES, default="disagg")
     ap.add_argument(
         "--routing",
@@ -128,7 +138,9 @@ def router_options(args: argparse.Namespace, model: str, redis_url: str) -> Rout
         balance_prefill=args.prefill_balance,
     )
     api_key = args.api_key or os.environ.get("TANDEM_API_KEY") or None
-    return RouterOptions(model, redis_url, args.host, args.port, api_key, dispatch)
+    return RouterOptions(
+        model, redis_url, args.host, args.port, api_key, dispatch, args.max_body_bytes
+    )
 
 
 def cmd_router(args: argparse.Namespace, model: str) -> int:

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.tokenizer import Tokenizer
-from services.router.prompts import chat_prompt_ids
+from services.router.prompts import chat_prompt_ids, encode_text
 from services.router.protocol import ChatCompletionRequest, ChatMessage
 
 
@@ -47,15 +47,15 @@ def tokenize_routes(
     async def tokenize(body: TokenizeRequest) -> JSONResponse:
         if body.model is not None:
             check_model(body.model)
-        ids = _ids(tokenizer, body)
+        ids = await _ids(tokenizer, body)
         return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": max_model_len})
 
     return r
 
 
-def _ids(tokenizer: Tokenizer, body: TokenizeRequest) -> list[int]:
+async def _ids(tokenizer: Tokenizer, body: TokenizeRequest) -> list[int]:
+    # Through the endpoints' own paths, so that they cannot drift apart.
     if body.prompt is not None:
-        return tokenizer.encode(body.prompt)  # what completion_prompt_ids runs for text
-    # Through the chat endpoint's own path, so the two cannot drift apart.
+        return await encode_text(tokenizer, body.prompt)
     chat: dict[str, Any] = {"model": body.model or "", "messages": body.messages}
-    return chat_prompt_ids(tokenizer, ChatCompletionRequest.model_validate(chat))
+    return await chat_prompt_ids(tokenizer, ChatCompletionRequest.model_validate(chat))

@@ -22,6 +22,7 @@ import uvloop
 from engine import Engine
 from engine.config import ROLES
 from services import wire
+from services.cluster import redis_client
 from services.cluster.registry import Registry
 from services.pb import worker_pb2_grpc
 from services.pb.events_pb2 import WorkerRecord
@@ -57,7 +58,7 @@ class WorkerServer:
         self.worker: Worker | None = None
         self.address = ""
         self.stopping = asyncio.Event()
-        client = redis.Redis.from_url(net.redis_url)
+        client = redis_client.connect(net.redis_url)
         self._registry = Registry(client, net.registry_prefix)
         started_at_ms = int(time.time() * 1000)
         self.publisher = KVPublisher(client, config.worker_id, started_at_ms, net.registry_prefix)

@@ -26,9 +26,11 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine import CacheConfig, Engine, EngineConfig, SamplingParams
+from engine.sampling_params import MAX_STOP_CHARS, MAX_STOP_STRINGS
 from engine.tokenizer import Tokenizer, load_tokenizer
 from services.router.app import create_app
 from services.router.metrics import RouterMetrics
+from services.router.middleware import DEFAULT_MAX_BODY_BYTES
 from tests.helpers.engine_backend import EngineBackend, engine_state
 from tests.helpers.hf_reference import build_tiny_checkpoint
 
@@ -350,6 +352,8 @@ BAD_REQUESTS: list[tuple[str, Any, int, str | None, str | None]] = [
     (CHAT_PATH, _chat(n=2), 400, "n", None),
     (CHAT_PATH, _chat(logprobs=True, top_logprobs=5), 400, "top_logprobs", None),
     (CHAT_PATH, _chat(stop=[""]), 400, "stop", None),
+    (CHAT_PATH, _chat(stop="x" * (MAX_STOP_CHARS + 1)), 400, "stop", None),
+    (CHAT_PATH, _chat(stop=[str(i) for i in range(MAX_STOP_STRINGS + 1)]), 400, "stop", None),
     (CHAT_PATH, _chat(min_tokens=9), 400, "min_tokens", None),
     (CHAT_PATH, _chat(stream_options={"include_usage": True}), 400, "stream_options", None),
     (CHAT_PATH, _chat(presence_penalty=0.5), 400, "presence_penalty", None),
@@ -378,6 +382,27 @@ def test_bad_request_gets_an_openai_error(
     assert error["type"] == "invalid_request_error" and error["message"]
     assert (error["param"], error["code"]) == (param, code), error["message"]
     assert "Traceback" not in error["message"]
+
+
+def test_a_body_over_the_limit_gets_413_before_it_is_parsed(url: str) -> None:
+    json_type = {"content-type": "application/json"}
+    just_over = json.dumps(_cmpl(prompt="x" * DEFAULT_MAX_BODY_BYTES)).encode()
+    declared = httpx.post(f"{url}{CMPL_PATH}", content=just_over, headers=json_type)
+    chunked = httpx.post(  # no Content-Length: counted as it arrives
+        f"{url}{CMPL_PATH}", content=iter([just_over[:4096], just_over[4096:]]), headers=json_type
+    )
+    for r in (declared, chunked):
+        assert r.status_code == 413, r.text
+        error = r.json()["error"]
+        assert error["type"] == "invalid_request_error"
+        assert str(DEFAULT_MAX_BODY_BYTES) in error["message"]
+    # At the limit the body is read, parsed and tokenized: refused for its length instead.
+    at_limit = _cmpl(prompt="x" * (DEFAULT_MAX_BODY_BYTES - 200))
+    at_limit["prompt"] += "x" * (DEFAULT_MAX_BODY_BYTES - len(json.dumps(at_limit)))
+    r = httpx.post(
+        f"{url}{CMPL_PATH}", content=json.dumps(at_limit), headers=json_type, timeout=120
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == TOO_LONG, r.text
 
 
 def test_not_supported_says_so(url: str) -> None:

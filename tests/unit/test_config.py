@@ -8,7 +8,7 @@ import pytest
 
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from engine.request import Request, Status
-from engine.sampling_params import SamplingParams
+from engine.sampling_params import MAX_STOP_CHARS, MAX_STOP_STRINGS, SamplingParams
 
 # ---- SamplingParams -----------------------------------------------------------------
 
@@ -39,6 +39,8 @@ def test_sampling_defaults() -> None:
         ({"min_tokens": -1}, "min_tokens"),
         ({"stop": [""]}, "stop"),
         ({"stop": ["ok", ""]}, "stop"),
+        ({"stop": ["x" * (MAX_STOP_CHARS + 1)]}, "stop"),
+        ({"stop": [str(i) for i in range(MAX_STOP_STRINGS + 1)]}, "stop"),
     ],
 )
 def test_sampling_params_rejects(kwargs: dict[str, object], match: str) -> None:
@@ -58,6 +60,7 @@ def test_sampling_params_rejects(kwargs: dict[str, object], match: str) -> None:
         {"top_k": 1},
         {"min_tokens": 4, "max_tokens": 4},
         {"stop": ["a"]},
+        {"stop": tuple(f"{i:02d}".ljust(MAX_STOP_CHARS, "x") for i in range(MAX_STOP_STRINGS))},
     ],
 )
 def test_sampling_params_accepts_boundaries(kwargs: dict[str, object]) -> None:
