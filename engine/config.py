@@ -65,6 +65,9 @@ class MockTiming:
     decode_ms_per_seq: float = 0.05
     decode_ms_per_1k_context: float = 0.04
     speed: float = 1.0  # 2.0: every step takes half as long
+    # Not a cost, a fault: > 0 makes that step's forward pass raise, so the engine loop
+    # dies inside a live worker (what failure tests inject).
+    die_at_step: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):

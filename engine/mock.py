@@ -40,6 +40,9 @@ schedules them. P counts every chunk that is not a decode (one token past the pr
 a preempted request's recompute costs prefill time too. Attention's quadratic share of
 prefill is left out.
 
+For failure tests, `die_at_step=N` makes the N-th forward pass raise (the engine loop then
+dies inside a live worker, as after a real bug or a lost device).
+
 The KV pool is MOCK_NUM_BLOCKS blocks unless CacheConfig.num_blocks says otherwise: the
 model file says nothing about the memory of the accelerator being modelled.
 """
@@ -112,6 +115,7 @@ class MockRunner:
         # microseconds there, and tens of them through torch (a tensor per index list).
         self._np = (self._tokens.numpy(), self._values.numpy()) if self.kv_cache.is_cpu else None
         self.last_step_s = 0.0  # the modelled duration of the last execute()
+        self.steps = 0
 
     @property
     def device(self) -> torch.device:
@@ -120,6 +124,9 @@ class MockRunner:
     def execute(self, chunks: Sequence[ScheduledChunk]) -> torch.Tensor:
         """Write each chunk's K/V; return float32 logits [n_sampling, vocab] whose argmax is
         the chain's pick, for the chunks that sample, in their order."""
+        self.steps += 1
+        if self.steps == self.timing.die_at_step:
+            raise RuntimeError(f"mock fault: the forward pass dies at step {self.steps}")
         self.last_step_s = step_seconds(self.timing, chunks)
         blocks: list[int] = []
         slots: list[int] = []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 _UINT32, _UINT64 = 2**32, 2**64  # what the wire (proto/worker.proto) carries
 # Stop strings are searched after every token, and each one's prefixes are held to catch a
@@ -50,6 +50,21 @@ class SamplingParams:
             raise ValueError(f"stop takes at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}")
         if any(not 0 < len(s) <= MAX_STOP_CHARS for s in self.stop):
             raise ValueError(f"stop strings must be 1 to {MAX_STOP_CHARS} characters long")
+
+    def remaining(self, generated: int) -> SamplingParams:
+        """What is left to ask once `generated` tokens are out: a request resumed on another
+        worker generates only the rest. (A seeded sample then draws afresh: only greedy
+        output continues exactly as it would have.)"""
+        if not 0 <= generated < self.max_tokens:
+            raise ValueError(
+                f"max_tokens must exceed the tokens already generated ({generated}), "
+                f"got {self.max_tokens}"
+            )
+        return replace(
+            self,
+            max_tokens=self.max_tokens - generated,
+            min_tokens=max(0, self.min_tokens - generated),
+        )
 
     @property
     def greedy(self) -> bool:

@@ -23,5 +23,7 @@ def make_dispatcher(redis_url: str, config: DispatchConfig, metrics: RouterMetri
         feed = KVFeed(redis_client.connect_async(redis_url), KVIndex(), workers.dump_kv)
     policy = Policy(config.routing, feed.index if feed else None)
     # A departed worker's predicted blocks go with it (a restart must not inherit them).
-    cluster = ClusterView(workers, metrics, feed, config.refresh_s, policy.predicted.forget)
+    cluster = ClusterView(
+        workers, metrics, feed, config.refresh_s, policy.predicted.forget, config.health_s
+    )
     return Dispatcher(cluster, config, metrics, policy)

@@ -40,13 +40,21 @@ class TokenDelta:
 
 
 class BackendError(Exception):
-    """A failure the client should see, with the HTTP status it maps to."""
+    """A failure the client should see, with the HTTP status it maps to (and, for a
+    client that should simply come back, the seconds its Retry-After header says)."""
 
-    def __init__(self, status: int, message: str, type_: str = "server_error") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "server_error",
+        retry_after_s: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type_
+        self.retry_after_s = retry_after_s
 
 
 class Backend(Protocol):

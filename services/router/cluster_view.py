@@ -3,6 +3,8 @@
     every refresh_s:  registry -> WorkerSet (who is up, their load)
                       -> KVFeed.sync (whose KV events to follow)
                       -> metrics gauges (queue depth, KV blocks, KV index size)
+    every health_s:   each worker's grpc.health.v1 check -> routable or not
+                      (health_checks.py)
     all the time:     KVFeed.run (KV events -> the KV index)
 
 Per-request decisions are services/router/dispatch.py's; this only keeps what they read true.
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from engine.config import ROLES
 from services.kv.feed import KVFeed
 from services.pb.events_pb2 import WorkerRecord
+from services.router.health_checks import HealthChecks
 from services.router.metrics import RouterMetrics
 from services.router.workers import WorkerRef, WorkerSet
 
@@ -31,9 +34,11 @@ class ClusterView:
         feed: KVFeed | None = None,
         refresh_s: float = 0.5,
         on_departed: Callable[[str], None] = lambda worker_id: None,
+        health_s: float | None = None,
     ) -> None:
         """`feed` keeps a KV index true (kv routing only); `on_departed` hears of each
-        worker that left the registry (routing state about it can go)."""
+        worker that left the registry (routing state about it can go); `health_s` None
+        checks no worker's health (tests that drive the workers by hand)."""
         self.workers = workers
         self.metrics = metrics
         self.feed = feed
@@ -42,11 +47,14 @@ class ClusterView:
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._exported: set[str] = set()  # workers with load series in the metrics
+        self.health = HealthChecks(workers, metrics, health_s) if health_s else None
 
     async def start(self) -> None:
         """Read the registry once (so the first request sees the workers), then keep on."""
         await self.refresh()
         self._tasks.append(asyncio.create_task(self._refresh_forever()))
+        if self.health is not None:
+            self._tasks.append(asyncio.create_task(self.health.run(self._stop)))
         if self.feed is not None:
             self._tasks.append(asyncio.create_task(self.feed.run(self._stop)))
 

@@ -11,26 +11,27 @@
     colocated:      Decode(a `both` worker, no handle), for comparison
 
 A prefill worker that fails or times out is not hidden: the request is prefilled on the
-decode worker, counted in `tandem_prefill_fallbacks_total{reason}` and logged.
+decode worker, counted in `tandem_prefill_fallbacks_total{reason}` and logged. A decode
+worker that fails (dies, loses its engine, cuts the stream) has the request resumed on
+another one with the prompt plus the tokens already streamed, counted in
+`tandem_decode_retries_total{when}` and logged; the client's stream goes on without a gap.
 A client that goes away (the iterator is closed early) aborts the request on both workers.
 
 Which workers: services/router/routing.py (--routing), among those the ClusterView
 (cluster_view.py) keeps current. With `kv` the decode worker is chosen first, and the
 local-vs-remote decision counts only the prompt tokens *it* does not hold: a conversation
 that comes back to the worker holding its history prefills its new turn there. Workers
-are spoken to through their WorkerClient (worker_client.py): no protobuf here.
+are called through worker_calls.py (and their WorkerClient): no protobuf here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Coroutine
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from engine.hashing import chain_hashes
+from services.router.admission import DEFAULT_QUEUE_PER_SEQ, Admission
 from services.router.backend import (
     ROUTE_COLOCATED,
     ROUTE_DISAGG,
@@ -43,12 +44,14 @@ from services.router.backend import (
 from services.router.cluster_view import ClusterView
 from services.router.metrics import RouterMetrics
 from services.router.routing import ROUTINGS, Choice, Policy
+from services.router.worker_calls import WorkerCalls
 from services.router.worker_client import WorkerError
 from services.router.workers import WorkerRef
-from services.wire import DecodeCall, DecodeReply, PrefillCall, PrefillReply
+from services.wire import DecodeCall, PrefillReply
 
 log = logging.getLogger(__name__)
 MODES = ("disagg", "colocated")
+DEFAULT_DECODE_ATTEMPTS = 3  # decode workers a request may run on (the first included)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +65,10 @@ class DispatchConfig:
     # worker (Dynamo's disaggregated router decides on the prefill queue likewise).
     balance_prefill: bool = True
     prefill_timeout_s: float = 120.0
+    decode_attempts: int = DEFAULT_DECODE_ATTEMPTS
+    queue_per_seq: float = DEFAULT_QUEUE_PER_SEQ  # admission.py; < 0 accepts everything
     refresh_s: float = 0.5  # how often the registry is read
+    health_s: float = 1.0  # how often each worker's health is checked (health_checks.py)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -71,6 +77,8 @@ class DispatchConfig:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
         if self.local_prefill_tokens < 0:
             raise ValueError("local_prefill_tokens must be >= 0")
+        if self.decode_attempts < 1:
+            raise ValueError("decode_attempts must be >= 1")
 
 
 class Dispatcher:
@@ -82,13 +90,14 @@ class Dispatcher:
         self.config = config
         self.metrics = metrics
         self.policy = policy
-        self._background: set[asyncio.Task[Any]] = set()
+        self.calls = WorkerCalls(cluster, metrics)
+        self.admission = Admission(config.queue_per_seq)
 
     async def start(self) -> None:
         await self.cluster.start()
 
     async def close(self) -> None:
-        await asyncio.gather(*self._background, return_exceptions=True)  # aborts in flight
+        await self.calls.close()
         await self.cluster.close()
 
     async def ready(self) -> bool:
@@ -98,6 +107,12 @@ class Dispatcher:
 
     # ---- requests --------------------------------------------------------------------
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
+        pool = "both" if self.config.mode == "colocated" else "decode"
+        with self.admission.place(pool, self.cluster.serving(pool)):
+            async for delta in self._generate(request):
+                yield delta
+
+    async def _generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
         hashes = self._hashes(request.prompt_token_ids)
         if self.config.mode == "colocated":
             worker = self._pick("both", request, hashes).worker
@@ -135,14 +150,16 @@ class Dispatcher:
         return chain_hashes(prompt, records[0].block_size)
 
     def _pick(self, role: str, request: GenerateRequest, hashes: list[int]) -> Choice:
-        choice = self._choose(role, request, hashes)
+        choice = self._choose(role, request.prompt_token_ids, hashes)
         if choice is None:
             raise BackendError(503, f"no {role} worker is available", "service_unavailable")
         return choice
 
-    def _choose(self, role: str, request: GenerateRequest, hashes: list[int]) -> Choice | None:
-        prompt_len = len(request.prompt_token_ids)
-        choice = self.policy.pick(role, self.cluster.serving(role), hashes, prompt_len)
+    def _choose(
+        self, role: str, prompt: list[int], hashes: list[int], exclude: Sequence[str] = ()
+    ) -> Choice | None:
+        candidates = [w for w in self.cluster.serving(role) if w.worker_id not in exclude]
+        choice = self.policy.pick(role, candidates, hashes, len(prompt))
         if choice is not None:
             self.policy.routed(choice, hashes)
             self.metrics.record_route(role, choice.worker.worker_id, choice.cached_blocks)
@@ -151,7 +168,7 @@ class Dispatcher:
     async def _disaggregated(
         self, request: GenerateRequest, decode: WorkerRef, hashes: list[int]
     ) -> AsyncIterator[TokenDelta]:
-        chosen = self._choose("prefill", request, hashes)
+        chosen = self._choose("prefill", request.prompt_token_ids, hashes)
         reply = None
         if chosen is None:
             self._fell_back(request, "no_prefill_worker", "no prefill worker is registered")
@@ -182,20 +199,17 @@ class Dispatcher:
                 yield delta
         finally:
             if not released:  # nobody will read the held blocks: free them now
-                self._later(self._abort(chosen.worker, request.request_id))
+                self.calls.abort_later(chosen.worker, request.request_id)
 
     async def _prefill(
         self, ref: WorkerRef, request: GenerateRequest, uncached: int
     ) -> PrefillReply | None:
-        call = PrefillCall(request.request_id, request.prompt_token_ids, request.params)
-        with self.cluster.workers.busy(ref, uncached):
-            try:
-                return await ref.client.prefill(call, self.config.prefill_timeout_s)
-            except WorkerError as e:
-                _raise_client_error(e)
-                reason = e.code
+        try:
+            return await self.calls.prefill(ref, request, uncached, self.config.prefill_timeout_s)
+        except WorkerError as e:
+            reason = e.code
         self._fell_back(request, reason, f"prefill on {ref.worker_id} failed ({reason})")
-        self._later(self._abort(ref, request.request_id))
+        self.calls.abort_later(ref, request.request_id)
         return None
 
     def _fell_back(self, request: GenerateRequest, reason: str, why: str) -> None:
@@ -211,8 +225,12 @@ class Dispatcher:
         route: str,
         local_tokens: int = 0,
     ) -> AsyncIterator[TokenDelta]:
-        """`local_tokens`: prompt tokens the decode worker prefills itself, counted as queued
-        on it until its first token arrives (as a prefill worker's are until its reply)."""
+        """The request's tokens from `ref`; when `ref` fails (anything but refusing the
+        request), the rest from another decode worker, resumed from the prompt plus every
+        token the client already has (services/worker/handlers.py recomputes them), at
+        most `decode_attempts` workers in all. Greedy, the text is what it would have been.
+        `local_tokens`: prompt tokens the worker prefills itself (see WorkerCalls.decode)."""
+        streamed = [prefill.first_token] if prefill is not None else []
         call = DecodeCall(
             request.request_id,
             request.prompt_token_ids,
@@ -220,62 +238,53 @@ class Dispatcher:
             handle=prefill.handle if prefill is not None else None,
             first_token=prefill.first_token if prefill is not None else None,
         )
-        first = True
-        # Cached tokens are prompt tokens nobody computed: with a remote prefill that is
-        # the prefill worker's count (the decode worker's own hits only spare reads),
-        # unless the read failed and the decode worker recomputed the prompt.
-        local = prefill is None
-        # aclosing: a client gone mid-stream cancels the call now, and the worker aborts.
-        with self.cluster.workers.busy(ref, local_tokens) as prefilling:
+        tried = [ref.worker_id]
+        labelled = False  # the request's route rides on the first delta the client gets
+        while True:
             try:
-                async with aclosing(ref.client.decode(call)) as stream:
-                    async for chunk in stream:
-                        if first:
-                            prefilling.done()
-                        if first and prefill is not None:
-                            self._account_transfer(chunk, prefill, request.request_id)
-                            local = chunk.kv_recomputed
-                        yield TokenDelta(
-                            chunk.token_ids,
-                            chunk.logprobs,
-                            finished=chunk.finished,
-                            finish_reason=chunk.finish_reason,
-                            num_cached_tokens=chunk.num_cached_tokens if local else 0,
-                            route=route if first else "",
-                        )
-                        first = False
-            except WorkerError as e:
-                _raise_client_error(e)
-                raise BackendError(
-                    502, f"decode worker {ref.worker_id} failed: {e.details}"
-                ) from None
+                async for delta in self.calls.decode(ref, call, prefill, route, local_tokens):
+                    if labelled:
+                        delta.route = ""
+                    labelled = True
+                    streamed.extend(delta.token_ids)
+                    yield delta
+                return
+            except WorkerError as e:  # a refusal of the request was raised as a 400 instead
+                failed, error = ref, e
+            if prefill is not None and not labelled:  # its held blocks will not be read now
+                self.calls.release_prefill(prefill, request.request_id)
+            prefill = None
+            self.calls.abort_later(failed, request.request_id)  # if it lives, it stops
+            next_ref = self._resume_target(request, streamed, tried, error)
+            when = "mid_stream" if streamed else "before_first_token"
+            self.metrics.record_decode_retry(when)
+            log.warning(
+                "%s: decode worker %s failed (%s: %s) %s; resuming on %s with %d tokens",
+                request.request_id, failed.worker_id, error.code, error.details,
+                when.replace("_", " "), next_ref.worker_id, len(streamed),
+            )  # fmt: skip
+            tried.append(next_ref.worker_id)
+            ref, local_tokens = next_ref, len(request.prompt_token_ids) + len(streamed)
+            call = DecodeCall(
+                request.request_id,
+                request.prompt_token_ids,
+                request.params,
+                generated_token_ids=list(streamed),
+            )
 
-    def _account_transfer(self, chunk: DecodeReply, prefill: PrefillReply, request_id: str) -> None:
-        if chunk.kv_recomputed:
-            self.metrics.record_recompute()
-            # The read failed or came too late; the prefill worker may still hold the
-            # blocks until its lease ends: release them now.
-            assert prefill.handle is not None
-            ref = self.cluster.get(prefill.handle.worker_id)
-            if ref is not None:
-                self._later(self._abort(ref, request_id))
-            return
-        self.metrics.record_transfer(chunk.kv_bytes_read, chunk.kv_read_seconds)
-
-    async def _abort(self, ref: WorkerRef, request_id: str) -> None:
-        try:
-            await ref.client.abort(request_id, timeout_s=5)
-        except WorkerError as e:
-            log.warning("abort of %s on %s failed: %s", request_id, ref.worker_id, e.details)
-
-    def _later(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Fire and forget, but keep a reference until done (and wait for it on close)."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-
-def _raise_client_error(e: WorkerError) -> None:
-    """The worker rejected the request itself: the client's fault, say so."""
-    if e.rejected:
-        raise BackendError(400, e.details or "invalid request", "invalid_request_error")
+    def _resume_target(
+        self, request: GenerateRequest, streamed: list[int], tried: list[str], error: WorkerError
+    ) -> WorkerRef:
+        """Another decode worker for a request whose worker failed, or a 502 that says why
+        there is none (the worker's own error stays in the log: it is no use to a client)."""
+        if len(tried) >= self.config.decode_attempts:
+            why = f"it failed on {len(tried)} decode workers"
+        else:
+            role = "both" if self.config.mode == "colocated" else "decode"
+            prompt = request.prompt_token_ids + streamed
+            choice = self._choose(role, prompt, self._hashes(prompt), exclude=tried)
+            if choice is not None:
+                return choice.worker
+            why = "its decode worker failed and no other one is available"
+        log.warning("%s: giving up: %s (last: %s)", request.request_id, why, error)
+        raise BackendError(502, f"The request could not be completed: {why}.")

@@ -70,7 +70,8 @@ async def _on_api_error(_: Request, err: APIError) -> JSONResponse:
 
 
 async def _on_backend_error(_: Request, err: BackendError) -> JSONResponse:
-    return error_response(from_backend(err))
+    retry = {"Retry-After": str(err.retry_after_s)} if err.retry_after_s is not None else None
+    return error_response(from_backend(err), headers=retry)
 
 
 async def _on_validation_error(request: Request, err: RequestValidationError) -> JSONResponse:

@@ -94,6 +94,26 @@ class RouterMetrics:
             registry=r,
         )
         self._routing_metrics(r)
+        self._fault_metrics(r)
+
+    def _fault_metrics(self, r: CollectorRegistry) -> None:
+        self.health_check_failures = Counter(
+            "tandem_worker_health_check_failures",
+            "Health checks a worker failed (NOT_SERVING, an error, or no answer in time).",
+            ["worker"],
+            registry=r,
+        )
+        self.workers_unroutable = Gauge(
+            "tandem_workers_unroutable",
+            "Registered workers the router's health checks keep out of routing.",
+            registry=r,
+        )
+        self.decode_retries = Counter(
+            "tandem_decode_retries",
+            "Requests resumed on another decode worker after theirs failed, by when it failed.",
+            ["when"],
+            registry=r,
+        )
 
     def _routing_metrics(self, r: CollectorRegistry) -> None:
         self.routed = Counter(
@@ -185,3 +205,14 @@ class RouterMetrics:
 
     def record_prefill_fallback(self, reason: str) -> None:
         self.prefill_fallbacks.labels(reason=reason).inc()
+
+    # ---- faults -------------------------------------------------------------------------
+    def record_health_check_failure(self, worker: str) -> None:
+        self.health_check_failures.labels(worker=worker).inc()
+
+    def set_unroutable(self, count: int) -> None:
+        self.workers_unroutable.set(count)
+
+    def record_decode_retry(self, when: str) -> None:
+        """`when`: before_first_token | mid_stream."""
+        self.decode_retries.labels(when=when).inc()

@@ -12,18 +12,22 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import signal
 import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from services.router.dispatch import MODES, DispatchConfig
+from services.router.admission import DEFAULT_QUEUE_PER_SEQ
+from services.router.dispatch import DEFAULT_DECODE_ATTEMPTS, MODES, DispatchConfig
 from services.router.middleware import DEFAULT_MAX_BODY_BYTES
 from services.router.routing import ROUTINGS
 
 T = TypeVar("T")
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +39,7 @@ class RouterOptions:
     api_key: str | None = None
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
 
 
 def served_model_name(model: str) -> str:
@@ -76,6 +81,8 @@ async def run_router(opts: RouterOptions, banner: list[str] | None = None) -> No
             access_log=False,  # it would format a line per request for a logger that drops it
             loop="uvloop",
             http="httptools",
+            # SIGTERM or Ctrl-C: stop accepting, let the requests in flight finish
+            timeout_graceful_shutdown=math.ceil(opts.drain_timeout_s),
         )
         server = uvicorn.Server(config)
         d = opts.dispatch
@@ -84,9 +91,20 @@ async def run_router(opts: RouterOptions, banner: list[str] | None = None) -> No
         for line in banner or []:
             print(f"  {line}")
         print("  Ctrl-C stops everything.", flush=True)
-        await server.serve()
+        await _serve_draining(server)
     finally:
         await dispatcher.close()
+
+
+async def _serve_draining(server: Any) -> None:
+    """uvicorn drains on SIGTERM, then delivers the signal again to whatever handler was
+    there before it: with this one, that ends serving like Ctrl-C does (the dispatcher
+    closes, `tandem serve` stops its cluster, exit 0) instead of killing the process."""
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        await server.serve()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_on_uvloop(main: Coroutine[Any, Any, T]) -> T:
@@ -107,6 +125,13 @@ def add_router_args(ap: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_BODY_BYTES,
         help="larger request bodies get 413 before they are read (default %(default)s)",
     )
+    ap.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=DEFAULT_DRAIN_TIMEOUT_S,
+        help="on SIGTERM or Ctrl-C: stop accepting, and give the requests in flight this "
+        "long to finish (default %(default)s)",
+    )
     ap.add_argument("--mode", choices=MODES, default="disagg")
     ap.add_argument(
         "--routing",
@@ -120,6 +145,21 @@ def add_router_args(ap: argparse.ArgumentParser) -> None:
         default=64,
         help="prompts with at most this many tokens not cached on the chosen decode worker "
         "prefill there",
+    )
+    ap.add_argument(
+        "--decode-attempts",
+        type=int,
+        default=DEFAULT_DECODE_ATTEMPTS,
+        help="decode workers a request may run on: when one fails, the request resumes on "
+        "another with the tokens already streamed (default %(default)s)",
+    )
+    ap.add_argument(
+        "--queue-per-seq",
+        type=float,
+        default=DEFAULT_QUEUE_PER_SEQ,
+        help="requests accepted per worker beyond its batch, per batch slot: past "
+        "max_num_seqs x (1 + this) per worker the router answers 429 (default %(default)s; "
+        "-1: accept everything)",
     )
     ap.add_argument(
         "--prefill-balance",
@@ -136,10 +176,19 @@ def router_options(args: argparse.Namespace, model: str, redis_url: str) -> Rout
         routing=args.routing,
         local_prefill_tokens=args.local_prefill_tokens,
         balance_prefill=args.prefill_balance,
+        decode_attempts=args.decode_attempts,
+        queue_per_seq=args.queue_per_seq,
     )
     api_key = args.api_key or os.environ.get("TANDEM_API_KEY") or None
     return RouterOptions(
-        model, redis_url, args.host, args.port, api_key, dispatch, args.max_body_bytes
+        model,
+        redis_url,
+        args.host,
+        args.port,
+        api_key,
+        dispatch,
+        args.max_body_bytes,
+        args.drain_timeout_s,
     )
 
 

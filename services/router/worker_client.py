@@ -8,6 +8,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services import wire
 from services.pb import worker_pb2, worker_pb2_grpc
@@ -37,6 +38,7 @@ class WorkerClient:
         self.address = address
         self._channel = grpc.aio.insecure_channel(address)
         self._stub = worker_pb2_grpc.WorkerStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def prefill(self, call: wire.PrefillCall, timeout_s: float) -> wire.PrefillReply:
         msg = await self._unary(self._stub.Prefill, call.to_pb(), timeout_s)
@@ -66,6 +68,12 @@ class WorkerClient:
     async def health(self, timeout_s: float = 5.0) -> wire.HealthReply:
         msg = await self._unary(self._stub.Health, worker_pb2.HealthRequest(), timeout_s)
         return wire.HealthReply.from_pb(msg)
+
+    async def serving(self, timeout_s: float) -> bool:
+        """The standard grpc.health.v1 check of the whole server: True when SERVING."""
+        request = health_pb2.HealthCheckRequest(service="")
+        msg = await self._unary(self._health.Check, request, timeout_s)
+        return bool(msg.status == health_pb2.HealthCheckResponse.SERVING)
 
     async def dump_kv(self, timeout_s: float = 10.0) -> wire.KVDump:
         """The worker's whole KV cache, for a KV index's resync."""

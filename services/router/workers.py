@@ -27,6 +27,8 @@ class WorkerRef:
     client: WorkerClient
     in_flight: int = 0
     in_flight_tokens: int = 0  # prefill tokens sent and not answered yet
+    failed_checks: int = 0  # health checks failed in a row (services/router/health_checks.py)
+    routable: bool = True  # false while its health checks fail
 
     @property
     def queued_tokens(self) -> int:
@@ -82,8 +84,9 @@ class WorkerSet:
         task.add_done_callback(self._closing.discard)
 
     def serving(self, role: str) -> list[WorkerRef]:
-        """In worker id order: round-robin then takes the same turns in every router."""
-        refs = [w for w in self.workers.values() if w.record.role in (role, "both")]
+        """Routable workers that serve `role`, in worker id order: round-robin then takes
+        the same turns in every router."""
+        refs = [w for w in self.workers.values() if w.routable and w.record.role in (role, "both")]
         return sorted(refs, key=lambda w: w.worker_id)
 
     async def dump_kv(self, worker_id: str) -> KVDump:

@@ -82,6 +82,7 @@ def worker_record(
     block_size: int,
     num_blocks: int,
     max_model_len: int,
+    max_num_seqs: int,
     peer: PeerKV,
     started_at_unix_ms: int,
 ) -> events_pb2.WorkerRecord:
@@ -94,6 +95,7 @@ def worker_record(
         block_size=block_size,
         num_blocks=num_blocks,
         max_model_len=max_model_len,
+        max_num_seqs=max_num_seqs,
         nixl_agent=peer.agent_name,
         nixl_metadata=peer.metadata,
         kv_base_addr=peer.base_addr,

@@ -8,7 +8,7 @@ import argparse
 import dataclasses
 
 from engine import CacheConfig, EngineConfig
-from engine.config import BACKENDS, DTYPES, MockTiming
+from engine.config import BACKENDS, DTYPES, MockTiming, SchedulerConfig
 
 
 def add_engine_args(ap: argparse.ArgumentParser) -> None:
@@ -28,6 +28,12 @@ def add_engine_args(ap: argparse.ArgumentParser) -> None:
         "torch.compile at start-up (engine/compiled.py)",
     )
     ap.add_argument("--block-size", type=int, default=16)
+    ap.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=SchedulerConfig().max_num_seqs,
+        help="requests a worker runs at once (vLLM's name; default %(default)s)",
+    )
     ap.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV cache per worker")
     ap.add_argument(
         "--num-blocks",
@@ -67,5 +73,6 @@ def engine_config(
         cache=CacheConfig(
             block_size=args.block_size, num_blocks=args.num_blocks, kv_cache_gb=args.kv_cache_gb
         ),
+        scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs),
         mock=args.mock_timing,
     )

@@ -92,6 +92,9 @@ class EngineLoop:
         self._ticks: list[_Tick] = []
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
         self.error: BaseException | None = None
+        # When the loop last went round (monotonic): proof of progress, read by the
+        # worker's liveness check from another thread (a float store is atomic).
+        self.last_iteration = time.monotonic()
 
     def add_tick(self, fn: Callable[[], None], every_s: float = 0.0) -> None:
         """Run `fn` on the engine thread before every step, or, with `every_s`, before
@@ -178,6 +181,7 @@ class EngineLoop:
             self._fail_everyone(e)
 
     def _iterate(self) -> None:
+        self.last_iteration = time.monotonic()
         self._wake.clear()
         while True:
             try:

@@ -3,7 +3,9 @@ and the rules that sit between the two (services/worker/servicer.py stays conver
 
     Decode with a KV handle  -> its prefill worker is loaded as a NIXL peer first, if it
                                 joined a moment ago (PeerWatcher.ensure)
-    Decode resuming tokens   -> refused: migration is a later issue, never half-done
+    Decode resuming tokens   -> a request whose decode worker failed: the tokens already
+                                streamed join the prompt (recomputed here, or found in this
+                                worker's prefix cache) and only the rest is generated
 """
 
 from __future__ import annotations
@@ -12,35 +14,38 @@ from collections.abc import AsyncIterator
 
 from services.wire import DecodeCall, HealthReply, KVDump, PrefillCall
 from services.worker.core import DecodeUpdate, PrefillResult, Worker, WorkerStats
+from services.worker.liveness import Liveness
 from services.worker.peers import PeerWatcher
 
 
 class WorkerCalls:
-    def __init__(self, worker: Worker, peers: PeerWatcher | None) -> None:
+    def __init__(self, worker: Worker, peers: PeerWatcher | None, liveness: Liveness) -> None:
         """`peers` is None on a prefill worker: it reads from nobody."""
         self.worker = worker
         self.peers = peers
+        self.liveness = liveness
 
     async def prefill(self, call: PrefillCall) -> PrefillResult:
         return await self.worker.prefill(call.request_id, call.prompt_token_ids, call.params)
 
     async def decode(self, call: DecodeCall) -> AsyncIterator[DecodeUpdate]:
         """Awaited before the stream starts, so a refusal comes before any token."""
-        handle = call.handle
+        handle, prompt, params = call.handle, call.prompt_token_ids, call.params
+        if call.generated_token_ids:
+            if handle is not None or call.first_token is not None:
+                raise ValueError("a resumed request carries no KV handle and no first token")
+            prompt = prompt + call.generated_token_ids
+            params = params.remaining(len(call.generated_token_ids))
         if handle is not None and self.peers is not None:
             await self.peers.ensure(handle.worker_id, handle.agent_name)
-        if call.generated_token_ids:
-            raise ValueError("resuming a migrated request is not supported yet")
-        return self.worker.decode(
-            call.request_id, call.prompt_token_ids, call.params, handle, call.first_token
-        )
+        return self.worker.decode(call.request_id, prompt, params, handle, call.first_token)
 
     async def abort(self, request_id: str) -> bool:
         return await self.worker.abort(request_id)
 
     def health(self) -> HealthReply:
         w = self.worker
-        return HealthReply(ok=w.loop.alive, worker_id=w.worker_id, role=w.role)
+        return HealthReply(ok=self.liveness.problem() is None, worker_id=w.worker_id, role=w.role)
 
     async def stats(self) -> WorkerStats:
         """Audits the block pool too (O(blocks)): Stats is for tests and operators."""

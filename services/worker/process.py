@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import grpc
 import redis
 import uvloop
+from grpc_health.v1 import health_pb2_grpc
 
 from engine import Engine
 from engine.config import ROLES
@@ -30,6 +31,7 @@ from services.worker.core import Worker, WorkerConfig
 from services.worker.engine_flags import add_engine_args, engine_config
 from services.worker.handlers import WorkerCalls
 from services.worker.kv_publisher import KVPublisher
+from services.worker.liveness import DEFAULT_STALL_S, Liveness
 from services.worker.peers import PeerWatcher
 from services.worker.servicer import WorkerService
 
@@ -47,6 +49,11 @@ class WorkerNetConfig:
     heartbeat_s: float = 1.0
     registry_ttl_s: float = 5.0  # a worker silent this long drops out of routing
     registry_prefix: str = "tandem"
+    stall_s: float = DEFAULT_STALL_S  # an engine in one step this long leaves the registry
+    # On stop: out of the registry at once, then streams in flight get this long to finish
+    # (a stream cut after it resumes on another decode worker). Short under `tandem serve`,
+    # whose Ctrl-C stops the whole cluster; `tandem worker` (a pod) waits longer.
+    drain_s: float = 2.0
 
 
 class WorkerServer:
@@ -70,19 +77,22 @@ class WorkerServer:
         )
         self.worker = worker
         worker.start()
+        self.liveness = Liveness(worker.loop, self.net.stall_s)
+        self._listed = False  # whether our record is in the registry (as far as we know)
         # Its KV state is in Redis before the worker is in the registry.
         await self.publisher.flush(self._kv_snapshot)
         peers = None
         if worker.role != "prefill":
             peers = PeerWatcher(self._registry, worker.loop, worker.transfer, worker.worker_id)
         self._server = grpc.aio.server()
-        service = WorkerService(WorkerCalls(worker, peers))
+        service = WorkerService(WorkerCalls(worker, peers, self.liveness))
         worker_pb2_grpc.add_WorkerServicer_to_server(service, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.liveness.servicer, self._server)
         port = self._server.add_insecure_port(f"{self.net.host}:{self.net.port}")
         await self._server.start()
         self.address = f"{self.net.advertise_host or self.net.host}:{port}"
         self._record = self._base_record(worker)
-        await self._heartbeat()  # registered before we say we are up
+        await self._beat()  # registered before we say we are up
         self._tasks = [
             asyncio.create_task(self._heartbeats()),
             asyncio.create_task(self.publisher.run(self._kv_snapshot, self.stopping)),
@@ -112,14 +122,27 @@ class WorkerServer:
             block_size=w.engine.block_size,
             num_blocks=w.engine.num_blocks,
             max_model_len=w.engine.max_model_len,
+            max_num_seqs=self.config.engine.scheduler.max_num_seqs,
             peer=w.transfer.describe(),
             started_at_unix_ms=w.started_at_ms,
         )
 
-    async def _heartbeat(self) -> None:
+    async def _beat(self) -> None:
+        """Renew our record while the worker is fit; leave the registry when it is not."""
         assert self.worker is not None
-        wire.set_load(self._record, self.worker.last_stats)  # never waits for the engine
-        await asyncio.to_thread(self._registry.heartbeat, self._record, self.net.registry_ttl_s)
+        problem = await self.liveness.update()
+        if problem is None:
+            wire.set_load(self._record, self.worker.last_stats)  # never waits for the engine
+            ttl_s = self.net.registry_ttl_s
+            await asyncio.to_thread(self._registry.heartbeat, self._record, ttl_s)
+            if not self._listed:
+                log.info("%s is in the registry", self.worker.worker_id)
+            self._listed = True
+            return
+        if self._listed:
+            log.error("%s leaves the registry: %s", self.worker.worker_id, problem)
+            await asyncio.to_thread(self._registry.remove, self.worker.worker_id)
+            self._listed = False
 
     async def _heartbeats(self) -> None:
         while not self.stopping.is_set():
@@ -128,12 +151,14 @@ class WorkerServer:
             if self.stopping.is_set():
                 break
             try:
-                await self._heartbeat()
+                await self._beat()
             except Exception:
                 log.exception("heartbeat failed")
 
-    async def stop(self, grace_s: float = 2.0) -> None:
+    async def stop(self) -> None:
         self.stopping.set()
+        if hasattr(self, "liveness"):
+            await self.liveness.shutting_down()
         if self.worker is not None:
             await asyncio.to_thread(self._registry.remove, self.worker.worker_id)
         await asyncio.gather(*getattr(self, "_tasks", []), return_exceptions=True)
@@ -141,7 +166,7 @@ class WorkerServer:
             with contextlib.suppress(redis.RedisError):
                 await asyncio.to_thread(self.publisher.remove)
         if hasattr(self, "_server"):
-            await self._server.stop(grace_s)
+            await self._server.stop(self.net.drain_s)
         if self.worker is not None:
             self.worker.close()
 
@@ -183,6 +208,20 @@ def add_worker_args(ap: argparse.ArgumentParser) -> None:
     add_engine_args(ap)  # --engine, --dtype, --block-size, --kv-cache-gb, --num-blocks, ...
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--lease-s", type=float, default=30.0)
+    ap.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=30.0,
+        help="on SIGTERM: out of the registry at once, then this long for the streams in "
+        "flight to finish (default %(default)s)",
+    )
+    ap.add_argument(
+        "--stall-timeout-s",
+        type=float,
+        default=DEFAULT_STALL_S,
+        help="an engine in one step this long takes the worker out of the registry "
+        "(default %(default)s; more than the longest step)",
+    )
 
 
 def run_standalone(args: argparse.Namespace, model: str) -> int:
@@ -194,6 +233,8 @@ def run_standalone(args: argparse.Namespace, model: str) -> int:
         host=args.host,
         port=args.port,
         advertise_host=args.advertise_host,
+        stall_s=args.stall_timeout_s,
+        drain_s=args.drain_timeout_s,
     )
     server = WorkerServer(WorkerConfig(args.worker_id, engine, lease_s=args.lease_s), net)
 

@@ -211,7 +211,7 @@ def test_cancelled_decode_and_abandoned_prefill_free_their_blocks(
         ("no_request_id", grpc.StatusCode.INVALID_ARGUMENT),
         ("handle_for_another_prompt", grpc.StatusCode.INVALID_ARGUMENT),
         ("token_out_of_vocab", grpc.StatusCode.INVALID_ARGUMENT),
-        ("migrated_request", grpc.StatusCode.INVALID_ARGUMENT),
+        ("resumed_past_max_tokens", grpc.StatusCode.INVALID_ARGUMENT),
     ],
 )
 def test_bad_calls_get_status_codes_and_leak_nothing(
@@ -238,10 +238,10 @@ def test_bad_calls_get_status_codes_and_leak_nothing(
             workers, "x", prompt[:-3], _prefill(workers, "prefill-a", "x", prompt)
         ),
         "token_out_of_vocab": lambda: _prefill(workers, "prefill-a", "x", [10**6]),
-        "migrated_request": lambda: list(
+        "resumed_past_max_tokens": lambda: list(
             workers.stub("decode-a").Decode(
                 worker_pb2.DecodeRequest(
-                    request_id="x", prompt_token_ids=prompt, params=ok, generated_token_ids=[5]
+                    request_id="x", prompt_token_ids=prompt, params=ok, generated_token_ids=[5] * 24
                 )
             )
         ),
@@ -252,6 +252,23 @@ def test_bad_calls_get_status_codes_and_leak_nothing(
     assert err.value.details()
     if call == "handle_for_another_prompt":  # the router would abort the orphaned prefill
         workers.stub("prefill-a").Abort(worker_pb2.AbortRequest(request_id="x"))
+    _assert_idle(workers)
+
+
+def test_a_resumed_request_continues_as_if_never_interrupted(
+    workers: Workers, tokenizer: Tokenizer, smollm_hf: object
+) -> None:
+    """What the router sends when a request's decode worker failed mid-stream: the prompt
+    and the tokens already streamed. Greedy, the rest is what the whole run would give."""
+    prompt = _prompt(tokenizer, "Which planet is the largest, and why?")
+    want = hf_greedy(smollm_hf, prompt, 16)[0]
+    req = worker_pb2.DecodeRequest(
+        request_id="resumed", prompt_token_ids=prompt, params=_params(16)
+    )
+    req.generated_token_ids.extend(want[:6])
+    chunks = list(workers.stub("decode-a").Decode(req, timeout=120))
+    assert [t for c in chunks for t in c.token_ids] == want[6:]
+    assert chunks[-1].finished and chunks[-1].finish_reason == "length"
     _assert_idle(workers)
 
 

@@ -204,3 +204,13 @@ def test_engine_config_defaults_and_nesting() -> None:
     assert (edge.num_threads, edge.max_model_len) == (1, 1)
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.role = "decode"  # type: ignore[misc]
+
+
+def test_what_remains_of_a_request_resumed_elsewhere() -> None:
+    p = SamplingParams(max_tokens=10, min_tokens=5, temperature=0.7, seed=3, stop=["x"])
+    rest = p.remaining(3)
+    assert (rest.max_tokens, rest.min_tokens) == (7, 2)
+    assert (rest.temperature, rest.seed, rest.stop) == (0.7, 3, ("x",))
+    assert p.remaining(6).min_tokens == 0 and p.remaining(0) == p
+    with pytest.raises(ValueError, match="max_tokens"):
+        p.remaining(10)  # nothing would be left to generate

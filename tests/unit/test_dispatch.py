@@ -63,13 +63,20 @@ class FakeWorker:
         pass
 
 
-def _dispatcher(balance: bool = True, **fakes: FakeWorker) -> tuple[Dispatcher, RouterMetrics]:
+def _dispatcher(
+    balance: bool = True, attempts: int = 3, **fakes: FakeWorker
+) -> tuple[Dispatcher, RouterMetrics]:
     workers = WorkerSet(registry=None)  # type: ignore[arg-type]  # never refreshed
     for worker_id, fake in fakes.items():
         record = WorkerRecord(worker_id=worker_id, role=worker_id.split("-")[0], block_size=4)
         workers.workers[worker_id] = WorkerRef(record, fake)  # type: ignore[arg-type]
     metrics = RouterMetrics()
-    config = DispatchConfig(routing="round-robin", local_prefill_tokens=8, balance_prefill=balance)
+    config = DispatchConfig(
+        routing="round-robin",
+        local_prefill_tokens=8,
+        balance_prefill=balance,
+        decode_attempts=attempts,
+    )
     view = ClusterView(workers, metrics)
     return Dispatcher(view, config, metrics, Policy("round-robin", None)), metrics
 
@@ -184,12 +191,60 @@ def test_a_rejected_request_is_the_clients_error() -> None:
     assert (e.value.status, e.value.message) == (400, "top_p must be in (0, 1]")
 
 
-def test_a_decode_worker_failing_mid_stream_is_a_502() -> None:
-    decode = FakeWorker(chunks=[_chunk([5])], fail=WorkerError("unavailable", "died"))
-    d, _ = _dispatcher(**{"decode-0": decode})
+def _retries(metrics: RouterMetrics, when: str) -> float:
+    return metrics.decode_retries.labels(when=when)._value.get()  # type: ignore[no-any-return]
+
+
+def test_a_decode_worker_failing_mid_stream_hands_the_rest_to_another() -> None:
+    dies = FakeWorker(chunks=[_chunk([5])], fail=WorkerError("unavailable", "Stream removed"))
+    takes_over = FakeWorker(chunks=[_chunk([6]), _chunk([7], done=True)])
+    d, metrics = _dispatcher(**{"decode-0": dies, "decode-1": takes_over})
+    out = _run(d, prompt=[1])
+    assert [o.token_ids for o in out] == [[5], [6], [7]]  # no gap, nothing twice
+    assert [o.route for o in out] == ["local_prefill", "", ""]
+    assert [o.num_cached_tokens for o in out] == [12, 0, 0]  # its hits cover our own output
+    resumed = takes_over.decodes[0]
+    assert (resumed.prompt_token_ids, resumed.generated_token_ids) == ([1], [5])
+    assert resumed.handle is None and resumed.params == SamplingParams(max_tokens=4)
+    assert dies.aborted == ["r1"] and _retries(metrics, "mid_stream") == 1
+
+
+def test_a_disaggregated_decode_failing_before_its_first_token_resumes_and_frees_the_kv() -> None:
+    prefill = FakeWorker(PrefillReply(42, None, 8, None, HANDLE))
+    dies = FakeWorker(fail=WorkerError("unavailable", "connection reset"))
+    takes_over = FakeWorker(chunks=[_chunk([6], done=True)])
+    d, metrics = _dispatcher(**{"prefill-0": prefill, "decode-0": dies, "decode-1": takes_over})
+    out = _run(d)
+    assert [o.token_ids for o in out] == [[42], [6]]
+    assert takes_over.decodes[0].generated_token_ids == [42]  # the client has it already
+    assert prefill.aborted == ["r1"]  # its held blocks will never be read now
+    assert _retries(metrics, "mid_stream") == 1
+
+
+def test_a_stream_cut_short_is_a_failure_too() -> None:
+    cut = FakeWorker(chunks=[_chunk([5])])  # ends without a finished chunk, no error
+    takes_over = FakeWorker(chunks=[_chunk([6], done=True)])
+    d, _ = _dispatcher(**{"decode-0": cut, "decode-1": takes_over})
+    assert [o.token_ids for o in _run(d, prompt=[1])] == [[5], [6]]
+
+
+def test_with_no_other_decode_worker_the_client_gets_a_502_that_says_why() -> None:
+    dies = FakeWorker(chunks=[_chunk([5])], fail=WorkerError("unavailable", "recvmsg: reset"))
+    d, _ = _dispatcher(**{"decode-0": dies})
     with pytest.raises(BackendError) as e:
         _run(d, prompt=[1])
-    assert e.value.status == 502 and "decode-0 failed: died" in e.value.message
+    assert e.value.status == 502 and "no other one is available" in e.value.message
+    assert "recvmsg" not in e.value.message  # an internal detail: logged, not sent
+
+
+def test_decode_attempts_are_bounded() -> None:
+    fakes = {f"decode-{i}": FakeWorker(fail=WorkerError("unavailable", "down")) for i in range(3)}
+    d, metrics = _dispatcher(attempts=2, **fakes)
+    with pytest.raises(BackendError) as e:
+        _run(d, prompt=[1])
+    assert e.value.status == 502 and "failed on 2 decode workers" in e.value.message
+    assert sorted(len(f.decodes) for f in fakes.values()) == [0, 1, 1]  # two workers, once each
+    assert _retries(metrics, "before_first_token") == 1
 
 
 def test_a_recomputed_prompt_releases_the_prefill_workers_lease() -> None:

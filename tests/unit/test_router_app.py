@@ -164,6 +164,14 @@ def test_a_failure_before_the_first_token_keeps_its_status() -> None:
     assert r.status_code == 503 and r.json()["error"]["message"] == "no decode worker"
 
 
+def test_overload_is_a_429_that_says_when_to_come_back() -> None:
+    backend = ScriptedBackend([], fail=BackendError(429, "at capacity", "overloaded", 1))
+    for stream in (True, False):
+        r = _post(backend, "/v1/chat/completions", _chat_body(stream=stream))
+        assert (r.status_code, r.headers["retry-after"]) == (429, "1"), r.text
+        assert r.json()["error"]["type"] == "overloaded"
+
+
 def test_a_bug_is_a_500_without_a_traceback() -> None:
     backend = ScriptedBackend([], fail=RuntimeError("secret internals"))
     metrics = RouterMetrics()

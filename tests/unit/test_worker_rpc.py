@@ -41,8 +41,8 @@ class ScriptedCalls:
 
     async def decode(self, call: DecodeCall) -> AsyncIterator[DecodeUpdate]:
         self.seen.append(call)
-        if call.generated_token_ids:
-            raise ValueError("resuming a migrated request is not supported yet")
+        if call.generated_token_ids and call.first_token is not None:
+            raise ValueError("a resumed request carries no KV handle and no first token")
         return self._stream(call.request_id)
 
     async def _stream(self, request_id: str) -> AsyncIterator[DecodeUpdate]:
@@ -104,7 +104,11 @@ def test_prefill_and_decode_carry_python_objects_both_ways() -> None:
     [
         (PrefillCall("", [1], PARAMS), "invalid_argument", "request_id is required"),
         (PrefillCall("decode-only", [1], PARAMS), "failed_precondition", "does not prefill"),
-        (DecodeCall("r", [1], PARAMS, generated_token_ids=[4]), "invalid_argument", "migrated"),
+        (
+            DecodeCall("r", [1], PARAMS, first_token=3, generated_token_ids=[4]),
+            "invalid_argument",
+            "resumed",
+        ),
         (DecodeCall("dies", [1], PARAMS), "unavailable", "engine loop has stopped"),
     ],
 )
