@@ -35,7 +35,10 @@ class HealthChecks:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await self.check_all()
+            try:
+                await self.check_all()
+            except Exception:  # a bug here must not end health checking for good
+                log.exception("checking the workers' health failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.every_s)
 

@@ -29,7 +29,9 @@ class WorkerError(Exception):
         return self.code == "invalid_argument"
 
     @classmethod
-    def of(cls, e: grpc.aio.AioRpcError) -> WorkerError:
+    def of(cls, e: grpc.aio.AioRpcError | grpc.aio.UsageError) -> WorkerError:
+        if isinstance(e, grpc.aio.UsageError):  # our channel to it is closed: it left
+            return cls("closed", str(e))
         return cls(e.code().name.lower(), e.details() or "")
 
 
@@ -47,11 +49,14 @@ class WorkerClient:
     async def decode(self, call: wire.DecodeCall) -> AsyncGenerator[wire.DecodeReply, None]:
         """The worker's stream. Close it (`contextlib.aclosing`) when you stop reading
         early: that cancels the call, and the worker aborts the request."""
-        stream = self._stub.Decode(call.to_pb())
+        try:
+            stream = self._stub.Decode(call.to_pb())
+        except grpc.aio.UsageError as e:
+            raise WorkerError.of(e) from None
         try:
             async for chunk in stream:
                 yield wire.DecodeReply.from_pb(chunk)
-        except grpc.aio.AioRpcError as e:
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError) as e:
             raise WorkerError.of(e) from None
         finally:
             stream.cancel()  # a no-op when the stream ended
@@ -83,7 +88,7 @@ class WorkerClient:
     async def _unary(self, method: Any, msg: Any, timeout_s: float) -> Any:
         try:
             return await method(msg, timeout=timeout_s)
-        except grpc.aio.AioRpcError as e:
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError) as e:
             raise WorkerError.of(e) from None
 
     async def close(self, grace_s: float | None = None) -> None:

@@ -149,3 +149,22 @@ def test_an_unreachable_worker_is_a_worker_error() -> None:
             await client.close()
 
     asyncio.run(test())
+
+
+def test_a_closed_channel_is_a_worker_error_too() -> None:
+    """A worker the router dropped (its channel closed) while a call was being started."""
+
+    async def test() -> None:
+        client = WorkerClient("127.0.0.1:1")
+        await client.close()
+        calls = (
+            client.abort("r", timeout_s=1),
+            client.serving(timeout_s=1),
+            anext(client.decode(DecodeCall("r", [1], PARAMS))),
+        )
+        for call in calls:
+            with pytest.raises(WorkerError) as e:
+                await call
+            assert e.value.code == "closed" and not e.value.rejected
+
+    asyncio.run(test())
