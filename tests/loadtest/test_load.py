@@ -160,10 +160,11 @@ def test_trace_is_replayed_by_timestamp(tokenizer: HFTokenizer, tmp_path: Path) 
             {"dataset": "mooncake", "dataset_path": str(trace), "time_scale": 0.5},
         )
     assert [len(b["prompt"]) for b in srv.seen.bodies] == [10, 20, 30, 40]
-    gaps_ms = [
-        (b - a) * 1000 for a, b in zip(srv.seen.arrivals[:-1], srv.seen.arrivals[1:], strict=True)
-    ]
-    for got, want in zip(gaps_ms, [100, 150, 50], strict=True):  # (200, 300, 100) x 0.5
+    # Offsets from the first arrival, not gaps between neighbours: one arrival a busy
+    # machine delays shortens the gap after it, though the replay kept its schedule.
+    first = srv.seen.arrivals[0]
+    offsets_ms = [(t - first) * 1000 for t in srv.seen.arrivals[1:]]
+    for got, want in zip(offsets_ms, [100, 250, 300], strict=True):  # (200, 500, 600) x 0.5
         assert want - 5 <= got <= want + SLACK_MS
 
 
