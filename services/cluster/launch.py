@@ -91,6 +91,7 @@ def start_worker(
     model: Path,
     *extra: str,
     timeout_s: float = 240.0,
+    env: dict[str, str] | None = None,
 ) -> tuple[Proc, str]:
     """A `tandem worker` process; returns it and its gRPC address once it is registered."""
     args = [
@@ -104,7 +105,7 @@ def start_worker(
         "--kv-cache-gb=0.05",
         *extra,
     ]
-    proc = Proc(args, tmp / f"{worker_id}.log")
+    proc = Proc(args, tmp / f"{worker_id}.log", env)
     line = proc.wait_for("serving on", timeout_s)
     return proc, line.rsplit(" ", 1)[-1].strip()
 
@@ -133,12 +134,16 @@ def start_serve(
 
 
 def start_router(
-    log_path: Path, redis_url: str, *args: str, timeout_s: float = 120.0
+    log_path: Path,
+    redis_url: str,
+    *args: str,
+    timeout_s: float = 120.0,
+    env: dict[str, str] | None = None,
 ) -> tuple[Proc, str]:
     """`tandem router` (one more router for a running cluster); returns it and its URL."""
     from services.cluster.redis_server import free_port
 
     port = free_port()
-    proc = Proc(["router", f"--redis-url={redis_url}", f"--port={port}", *args], log_path)
+    proc = Proc(["router", f"--redis-url={redis_url}", f"--port={port}", *args], log_path, env)
     proc.wait_or_stop(READY, timeout_s)
     return proc, f"http://127.0.0.1:{port}"

@@ -15,10 +15,11 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from engine import EngineConfig
 from services.cluster import redis_client
+from services.cluster.cluster_token import new_token, token_from_env
 from services.cluster.pools import NAMESPACE, Pools, PoolSpec, assign_cores
 from services.cluster.redis_server import RedisServer
 from services.cluster.registry import Registry
@@ -39,6 +40,7 @@ class ClusterConfig:
     cpus_per_worker: float | None = None  # None: the node's CPUs shared out evenly
     redis_url: str | None = None
     dashboard: bool = True
+    cluster_token: str | None = None  # what worker gRPC callers must show (cluster_token.py)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -153,7 +155,8 @@ class Cluster:
             self.specs, self.cores
         ):  # before the wait: a slow start shows what it waits for
             log.info("placement: %s", line)
-        pools = Pools(cfg.engine, WorkerNetConfig(redis_url=self.redis_url))
+        net = WorkerNetConfig(redis_url=self.redis_url, cluster_token=cfg.cluster_token)
+        pools = Pools(cfg.engine, net)
         self._stack.callback(pools.stop)
         self.pools = pools
         t1 = time.monotonic()
@@ -200,10 +203,13 @@ def cmd_serve(args: argparse.Namespace, model: str) -> int:
         cpus_per_worker=args.cpus_per_worker,
         redis_url=args.redis_url,
         dashboard=not args.no_dashboard,
+        # Our workers' gRPC opens to this token only: the variable's, or a new one.
+        cluster_token=token_from_env() or new_token(),
     )
     try:
         with Cluster(config) as cluster:
             options = router_options(args, model, cluster.redis_url)
+            options = replace(options, cluster_token=config.cluster_token)
             run_on_uvloop(run_router(options, cluster.banner()))
     except KeyboardInterrupt:  # Ctrl-C during start-up: all started so far is stopped
         pass

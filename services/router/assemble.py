@@ -14,10 +14,12 @@ from services.router.routing import Policy
 from services.router.workers import WorkerSet
 
 
-def make_dispatcher(redis_url: str, config: DispatchConfig, metrics: RouterMetrics) -> Dispatcher:
+def make_dispatcher(
+    redis_url: str, config: DispatchConfig, metrics: RouterMetrics, token: str | None = None
+) -> Dispatcher:
     """Only `kv` routing reads KV events: the other modes are the cache-blind baselines
     it is measured against."""
-    workers = WorkerSet(Registry(redis_client.connect(redis_url)))
+    workers = WorkerSet(Registry(redis_client.connect(redis_url)), token)
     feed = None
     if config.routing == "kv":
         feed = KVFeed(redis_client.connect_async(redis_url), KVIndex(), workers.dump_kv)

@@ -10,8 +10,10 @@
                     burst of prompts keeps both pools computing instead of queueing on one
     colocated:      Decode(a `both` worker, no handle), for comparison
 
-A prefill worker that fails or times out is not hidden: the request is prefilled on the
-decode worker, counted in `tandem_prefill_fallbacks_total{reason}` and logged. A decode
+A prefill worker that fails or misses its deadline (prefill_deadline.py) is not hidden: the
+prompt goes to another prefill worker (`tandem_prefill_retries_total{reason}`), and when
+none can take it, it is prefilled on the decode worker (`tandem_prefill_fallbacks_total
+{reason}`), each logged. A worker whose calls keep failing has its breaker opened. A decode
 worker that fails (dies, loses its engine, cuts the stream) has the request resumed on
 another one with the prompt plus the tokens already streamed, counted in
 `tandem_decode_retries_total{when}` and logged; the client's stream goes on without a gap.
@@ -43,6 +45,7 @@ from services.router.backend import (
 )
 from services.router.cluster_view import ClusterView
 from services.router.metrics import RouterMetrics
+from services.router.prefill_deadline import PrefillDeadline
 from services.router.routing import ROUTINGS, Choice, Policy
 from services.router.worker_calls import WorkerCalls
 from services.router.worker_client import WorkerError
@@ -52,6 +55,7 @@ from services.wire import DecodeCall, PrefillReply
 log = logging.getLogger(__name__)
 MODES = ("disagg", "colocated")
 DEFAULT_DECODE_ATTEMPTS = 3  # decode workers a request may run on (the first included)
+PREFILL_ATTEMPTS = 2  # prefill workers a request may try before it prefills locally
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +68,7 @@ class DispatchConfig:
     # Prefill on the decode worker when it would start the prompt sooner than any prefill
     # worker (Dynamo's disaggregated router decides on the prefill queue likewise).
     balance_prefill: bool = True
-    prefill_timeout_s: float = 120.0
+    prefill_timeout_s: float | None = None  # None: from the prompt (prefill_deadline.py)
     decode_attempts: int = DEFAULT_DECODE_ATTEMPTS
     queue_per_seq: float = DEFAULT_QUEUE_PER_SEQ  # admission.py; < 0 accepts everything
     refresh_s: float = 0.5  # how often the registry is read
@@ -90,7 +94,7 @@ class Dispatcher:
         self.config = config
         self.metrics = metrics
         self.policy = policy
-        self.calls = WorkerCalls(cluster, metrics)
+        self.calls = WorkerCalls(cluster, metrics, PrefillDeadline(config.prefill_timeout_s))
         self.admission = Admission(config.queue_per_seq)
 
     async def start(self) -> None:
@@ -168,17 +172,12 @@ class Dispatcher:
     async def _disaggregated(
         self, request: GenerateRequest, decode: WorkerRef, hashes: list[int]
     ) -> AsyncIterator[TokenDelta]:
-        chosen = self._choose("prefill", request.prompt_token_ids, hashes)
-        reply = None
-        if chosen is None:
-            self._fell_back(request, "no_prefill_worker", "no prefill worker is registered")
-        else:
-            reply = await self._prefill(chosen.worker, request, chosen.uncached)
-        if reply is None:  # counted and logged; the request still runs
+        prefilled = await self._remote_prefill(request, hashes)
+        if prefilled is None:  # counted and logged; the request still runs
             async for delta in self._decode(decode, request, None, ROUTE_LOCAL):
                 yield delta
             return
-        assert chosen is not None
+        prefill_ref, reply = prefilled
         done = reply.finish_reason is not None
         first = TokenDelta(
             [reply.first_token],
@@ -199,23 +198,33 @@ class Dispatcher:
                 yield delta
         finally:
             if not released:  # nobody will read the held blocks: free them now
-                self.calls.abort_later(chosen.worker, request.request_id)
+                self.calls.abort_later(prefill_ref, request.request_id)
 
-    async def _prefill(
-        self, ref: WorkerRef, request: GenerateRequest, uncached: int
-    ) -> PrefillReply | None:
-        try:
-            return await self.calls.prefill(ref, request, uncached, self.config.prefill_timeout_s)
-        except WorkerError as e:
-            reason = e.code
-        self._fell_back(request, reason, f"prefill on {ref.worker_id} failed ({reason})")
-        self.calls.abort_later(ref, request.request_id)
-        return None
-
-    def _fell_back(self, request: GenerateRequest, reason: str, why: str) -> None:
-        """Never silent: every request that loses its remote prefill is logged and counted."""
+    async def _remote_prefill(
+        self, request: GenerateRequest, hashes: list[int]
+    ) -> tuple[WorkerRef, PrefillReply] | None:
+        """A prefill worker's reply, from another one when the first fails or misses its
+        deadline (PREFILL_ATTEMPTS in all); None when none could: the decode worker
+        prefills then. Never silent: each failure is logged and counted."""
+        tried: list[str] = []
+        reason, why = "no_prefill_worker", "no prefill worker is available"
+        while len(tried) < PREFILL_ATTEMPTS:
+            chosen = self._choose("prefill", request.prompt_token_ids, hashes, exclude=tried)
+            if chosen is None:
+                break
+            if tried:
+                log.warning("%s: %s; trying %s", request.request_id, why, chosen.worker.worker_id)
+                self.metrics.record_prefill_retry(reason)
+            ref = chosen.worker
+            try:
+                return ref, await self.calls.prefill(ref, request, chosen.uncached)
+            except WorkerError as e:
+                reason, why = e.code, f"prefill on {ref.worker_id} failed ({e.code})"
+            self.calls.abort_later(ref, request.request_id)
+            tried.append(ref.worker_id)
         log.warning("%s: %s; prefilling on the decode worker instead", request.request_id, why)
         self.metrics.record_prefill_fallback(reason)
+        return None
 
     async def _decode(
         self,

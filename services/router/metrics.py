@@ -108,6 +108,18 @@ class RouterMetrics:
             "Registered workers the router's health checks keep out of routing.",
             registry=r,
         )
+        self.prefill_retries = Counter(
+            "tandem_prefill_retries",
+            "Remote prefills that failed and were tried on another prefill worker, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.breaker_changes = Counter(
+            "tandem_worker_breaker",
+            "A worker's circuit breaker opening or closing (services/router/breaker.py).",
+            ["worker", "change"],
+            registry=r,
+        )
         self.decode_retries = Counter(
             "tandem_decode_retries",
             "Requests resumed on another decode worker after theirs failed, by when it failed.",
@@ -212,6 +224,13 @@ class RouterMetrics:
 
     def set_unroutable(self, count: int) -> None:
         self.workers_unroutable.set(count)
+
+    def record_prefill_retry(self, reason: str) -> None:
+        self.prefill_retries.labels(reason=reason).inc()
+
+    def record_breaker(self, worker: str, change: str) -> None:
+        """`change`: opened | closed."""
+        self.breaker_changes.labels(worker=worker, change=change).inc()
 
     def record_decode_retry(self, when: str) -> None:
         """`when`: before_first_token | mid_stream."""

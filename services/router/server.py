@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from services.cluster.cluster_token import token_from_env
 from services.router.admission import DEFAULT_QUEUE_PER_SEQ
 from services.router.dispatch import DEFAULT_DECODE_ATTEMPTS, MODES, DispatchConfig
 from services.router.middleware import DEFAULT_MAX_BODY_BYTES
@@ -40,6 +41,7 @@ class RouterOptions:
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
+    cluster_token: str | None = None  # for the workers' gRPC (cluster_token.py)
 
 
 def served_model_name(model: str) -> str:
@@ -58,7 +60,7 @@ async def run_router(opts: RouterOptions, banner: list[str] | None = None) -> No
     from services.router.metrics import RouterMetrics
 
     metrics = RouterMetrics()
-    dispatcher = make_dispatcher(opts.redis_url, opts.dispatch, metrics)
+    dispatcher = make_dispatcher(opts.redis_url, opts.dispatch, metrics, opts.cluster_token)
     await dispatcher.start()
     try:
         records = dispatcher.cluster.records()
@@ -147,6 +149,13 @@ def add_router_args(ap: argparse.ArgumentParser) -> None:
         "prefill there",
     )
     ap.add_argument(
+        "--prefill-timeout-s",
+        type=float,
+        default=None,
+        help="how long a remote prefill may take before another prefill worker, then the "
+        "decode worker, takes it over (default: from the prompt and the measured speed)",
+    )
+    ap.add_argument(
         "--decode-attempts",
         type=int,
         default=DEFAULT_DECODE_ATTEMPTS,
@@ -178,6 +187,7 @@ def router_options(args: argparse.Namespace, model: str, redis_url: str) -> Rout
         balance_prefill=args.prefill_balance,
         decode_attempts=args.decode_attempts,
         queue_per_seq=args.queue_per_seq,
+        prefill_timeout_s=args.prefill_timeout_s,
     )
     api_key = args.api_key or os.environ.get("TANDEM_API_KEY") or None
     return RouterOptions(
@@ -189,6 +199,7 @@ def router_options(args: argparse.Namespace, model: str, redis_url: str) -> Rout
         dispatch,
         args.max_body_bytes,
         args.drain_timeout_s,
+        token_from_env(),
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import aclosing
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from services.router.backend import BackendError, GenerateRequest, TokenDelta
 from services.router.cluster_view import ClusterView
 from services.router.metrics import RouterMetrics
+from services.router.prefill_deadline import PrefillDeadline
 from services.router.worker_client import WorkerError
 from services.router.workers import WorkerRef
 from services.wire import DecodeCall, DecodeReply, PrefillCall, PrefillReply
@@ -27,25 +29,35 @@ log = logging.getLogger(__name__)
 
 
 class WorkerCalls:
-    def __init__(self, cluster: ClusterView, metrics: RouterMetrics) -> None:
+    def __init__(
+        self, cluster: ClusterView, metrics: RouterMetrics, deadline: PrefillDeadline
+    ) -> None:
         self.cluster = cluster
         self.metrics = metrics
+        self.deadline = deadline
         self._background: set[asyncio.Task[Any]] = set()
 
     async def close(self) -> None:
         await asyncio.gather(*self._background, return_exceptions=True)  # aborts in flight
 
     async def prefill(
-        self, ref: WorkerRef, request: GenerateRequest, uncached: int, timeout_s: float
+        self, ref: WorkerRef, request: GenerateRequest, uncached: int
     ) -> PrefillReply:
-        """`uncached` prompt tokens count as queued on `ref` until it answers."""
+        """`uncached` prompt tokens count as queued on `ref` until it answers, which it
+        must do by the deadline those and the tokens queued ahead of them allow."""
+        ahead = ref.queued_tokens + uncached
         call = PrefillCall(request.request_id, request.prompt_token_ids, request.params)
+        started = time.monotonic()
         with self.cluster.workers.busy(ref, uncached):
             try:
-                return await ref.client.prefill(call, timeout_s)
+                reply = await ref.client.prefill(call, self.deadline.for_tokens(ahead))
             except WorkerError as e:
                 raise_client_error(e)
+                self._outcome(ref, ok=False)
                 raise
+        self.deadline.observe(ahead, time.monotonic() - started)
+        self._outcome(ref, ok=True)
+        return reply
 
     async def decode(
         self,
@@ -86,9 +98,17 @@ class WorkerCalls:
                         first = False
             except WorkerError as e:
                 raise_client_error(e)
+                self._outcome(ref, ok=False)
                 raise
+        self._outcome(ref, ok=finished)
         if not finished:
             raise WorkerError("cut_short", f"{ref.worker_id} ended the stream unfinished")
+
+    def _outcome(self, ref: WorkerRef, ok: bool) -> None:
+        change = ref.breaker.record(ok)
+        if change is not None:
+            log.warning("circuit breaker of %s %s", ref.worker_id, change)
+            self.metrics.record_breaker(ref.worker_id, change)
 
     def release_prefill(self, prefill: PrefillReply, request_id: str) -> None:
         """The prefill worker holds the prompt's blocks for a reader that will not come."""

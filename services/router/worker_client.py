@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services import wire
+from services.cluster.cluster_token import call_metadata
 from services.pb import worker_pb2, worker_pb2_grpc
 
 
@@ -36,8 +37,10 @@ class WorkerError(Exception):
 
 
 class WorkerClient:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token: str | None = None) -> None:
+        """`token`: the cluster token, sent with every call (cluster_token.py)."""
         self.address = address
+        self._metadata = call_metadata(token)
         self._channel = grpc.aio.insecure_channel(address)
         self._stub = worker_pb2_grpc.WorkerStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -50,7 +53,7 @@ class WorkerClient:
         """The worker's stream. Close it (`contextlib.aclosing`) when you stop reading
         early: that cancels the call, and the worker aborts the request."""
         try:
-            stream = self._stub.Decode(call.to_pb())
+            stream = self._stub.Decode(call.to_pb(), metadata=self._metadata)
         except grpc.aio.UsageError as e:
             raise WorkerError.of(e) from None
         try:
@@ -87,7 +90,7 @@ class WorkerClient:
 
     async def _unary(self, method: Any, msg: Any, timeout_s: float) -> Any:
         try:
-            return await method(msg, timeout=timeout_s)
+            return await method(msg, timeout=timeout_s, metadata=self._metadata)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError) as e:
             raise WorkerError.of(e) from None
 

@@ -10,10 +10,11 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.cluster.registry import Registry
 from services.pb.events_pb2 import WorkerRecord
+from services.router.breaker import Breaker
 from services.router.worker_client import WorkerClient
 from services.wire import KVDump
 
@@ -29,6 +30,7 @@ class WorkerRef:
     in_flight_tokens: int = 0  # prefill tokens sent and not answered yet
     failed_checks: int = 0  # health checks failed in a row (services/router/health_checks.py)
     routable: bool = True  # false while its health checks fail
+    breaker: Breaker = field(default_factory=Breaker)  # of its calls (breaker.py)
 
     @property
     def queued_tokens(self) -> int:
@@ -55,8 +57,12 @@ class Prefilling:
 
 
 class WorkerSet:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, token: str | None = None) -> None:
+        """`token`: the cluster token every call to a worker carries."""
         self.registry = registry
+        self._token = token
+        # worker id -> (its process's start time, its breaker): see _breaker
+        self._breakers: dict[str, tuple[int, Breaker]] = {}
         self.workers: dict[str, WorkerRef] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -69,10 +75,24 @@ class WorkerSet:
             if ref is None or _restarted(ref.record, record):
                 if ref is not None:
                     await self._drop(worker_id)
-                ref = WorkerRef(record, WorkerClient(record.grpc_address))
+                ref = WorkerRef(
+                    record,
+                    WorkerClient(record.grpc_address, self._token),
+                    breaker=self._breaker(record),
+                )
                 self.workers[worker_id] = ref
                 log.info("worker %s (%s) at %s", worker_id, record.role, record.grpc_address)
             ref.record = record
+
+    def _breaker(self, record: WorkerRecord) -> Breaker:
+        """A worker's breaker outlives its absences from the registry (one frozen past its
+        TTL comes back with the failures it had: flapping does not reset it); a restarted
+        process (a new start time) starts afresh."""
+        started, breaker = self._breakers.get(record.worker_id, (None, None))
+        if breaker is None or started != record.started_at_unix_ms:
+            breaker = Breaker()
+            self._breakers[record.worker_id] = (record.started_at_unix_ms, breaker)
+        return breaker
 
     async def _drop(self, worker_id: str) -> None:
         """No new requests go to it; those in flight get a grace period to finish (a
@@ -84,9 +104,13 @@ class WorkerSet:
         task.add_done_callback(self._closing.discard)
 
     def serving(self, role: str) -> list[WorkerRef]:
-        """Routable workers that serve `role`, in worker id order: round-robin then takes
-        the same turns in every router."""
-        refs = [w for w in self.workers.values() if w.routable and w.record.role in (role, "both")]
+        """Workers that serve `role`, pass their health checks and whose breaker lets calls
+        through, in worker id order: round-robin then takes the same turns in every router."""
+        refs = [
+            w
+            for w in self.workers.values()
+            if w.routable and w.breaker.allows() and w.record.role in (role, "both")
+        ]
         return sorted(refs, key=lambda w: w.worker_id)
 
     async def dump_kv(self, worker_id: str) -> KVDump:

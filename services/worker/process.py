@@ -24,6 +24,7 @@ from engine import Engine
 from engine.config import ROLES
 from services import wire
 from services.cluster import redis_client
+from services.cluster.cluster_token import TokenInterceptor, token_from_env
 from services.cluster.registry import Registry
 from services.pb import worker_pb2_grpc
 from services.pb.events_pb2 import WorkerRecord
@@ -54,6 +55,7 @@ class WorkerNetConfig:
     # (a stream cut after it resumes on another decode worker). Short under `tandem serve`,
     # whose Ctrl-C stops the whole cluster; `tandem worker` (a pod) waits longer.
     drain_s: float = 2.0
+    cluster_token: str | None = None  # None: any caller may call (cluster_token.py)
 
 
 class WorkerServer:
@@ -84,7 +86,8 @@ class WorkerServer:
         peers = None
         if worker.role != "prefill":
             peers = PeerWatcher(self._registry, worker.loop, worker.transfer, worker.worker_id)
-        self._server = grpc.aio.server()
+        token = self.net.cluster_token
+        self._server = grpc.aio.server(interceptors=[TokenInterceptor(token)] if token else None)
         service = WorkerService(WorkerCalls(worker, peers, self.liveness))
         worker_pb2_grpc.add_WorkerServicer_to_server(service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.liveness.servicer, self._server)
@@ -235,6 +238,7 @@ def run_standalone(args: argparse.Namespace, model: str) -> int:
         advertise_host=args.advertise_host,
         stall_s=args.stall_timeout_s,
         drain_s=args.drain_timeout_s,
+        cluster_token=token_from_env(),
     )
     server = WorkerServer(WorkerConfig(args.worker_id, engine, lease_s=args.lease_s), net)
 

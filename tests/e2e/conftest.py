@@ -15,10 +15,14 @@ import redis
 
 from loadtest.prometheus import parse_metrics
 from services.cluster import launch
+from services.cluster.cluster_token import METADATA_KEY, TOKEN_ENV
 from services.cluster.registry import Registry
 from services.pb import worker_pb2, worker_pb2_grpc
 
 API_KEY = "e2e-secret"
+# The workers' gRPC opens to this token only (tandem serve reads it from its environment).
+CLUSTER_TOKEN = "e2e-cluster-token"
+TOKEN_METADATA = ((METADATA_KEY, CLUSTER_TOKEN),)
 MODEL = "SmolLM2-135M-Instruct"
 
 
@@ -42,7 +46,8 @@ class Served(launch.Served):
         for r in records:
             with grpc.insecure_channel(r.grpc_address) as ch:
                 stub = worker_pb2_grpc.WorkerStub(ch)
-                stats[r.worker_id] = stub.Stats(worker_pb2.StatsRequest(), timeout=10)
+                request = worker_pb2.StatsRequest()
+                stats[r.worker_id] = stub.Stats(request, timeout=10, metadata=TOKEN_METADATA)
         return stats
 
 
@@ -67,7 +72,7 @@ def _serve(tmp: Path, model: Path, *extra: str, env: dict[str, str] | None = Non
         "--no-prefill-balance",
         "--cpus-per-worker=0.5",  # two clusters' workers share this machine's 2 cores
         *extra,
-        env=env,
+        env={TOKEN_ENV: CLUSTER_TOKEN, **(env or {})},
     )
     return Served(s.proc, s.url, s.redis_url, s.ray_address)
 
@@ -99,6 +104,7 @@ def mock_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "--cpus-per-worker=0.1",
         "--local-prefill-tokens=0",  # every prompt goes to the prefill pool
         "--no-prefill-balance",
+        env={TOKEN_ENV: CLUSTER_TOKEN},
     )
     served = Served(s.proc, s.url, s.redis_url, s.ray_address)
     yield served

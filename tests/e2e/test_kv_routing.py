@@ -14,10 +14,11 @@ import pytest
 import redis
 
 from services.cluster import launch
+from services.cluster.cluster_token import TOKEN_ENV
 from services.cluster.registry import Registry
 from services.kv.stream import KVKeys, parse_state
 from services.pb import worker_pb2, worker_pb2_grpc
-from tests.e2e.conftest import MODEL, Served
+from tests.e2e.conftest import CLUSTER_TOKEN, MODEL, TOKEN_METADATA, Served
 
 BLOCK = 16
 PREFIX_BLOCKS = 30
@@ -59,7 +60,8 @@ def test_a_shared_prefix_goes_to_the_worker_that_holds_it(mock_cluster: Served) 
 
 @pytest.fixture()
 def late_router(mock_cluster: Served, tmp_path: Path) -> Iterator[str]:
-    proc, url = launch.start_router(tmp_path / "router.log", mock_cluster.redis_url)
+    env = {TOKEN_ENV: CLUSTER_TOKEN}  # the cluster's, as a second router would be given it
+    proc, url = launch.start_router(tmp_path / "router.log", mock_cluster.redis_url, env=env)
     yield url
     assert proc.stop() == 0, proc.tail()
 
@@ -84,7 +86,8 @@ def test_each_worker_dump_matches_its_state_in_redis(mock_cluster: Served) -> No
         keys = KVKeys.of(rec.worker_id)
         for _ in range(50):  # bounded: events in flight reach Redis within 50 ms
             with grpc.insecure_channel(rec.grpc_address) as ch:
-                dump = worker_pb2_grpc.WorkerStub(ch).DumpKV(worker_pb2.DumpKVRequest(), timeout=10)
+                stub = worker_pb2_grpc.WorkerStub(ch)
+                dump = stub.DumpKV(worker_pb2.DumpKVRequest(), timeout=10, metadata=TOKEN_METADATA)
             state = parse_state(r.get(keys.state))
             if state == (dump.started_at_unix_ms, dump.seq):
                 break

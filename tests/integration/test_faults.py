@@ -31,6 +31,7 @@ from services.cluster.launch import Proc, start_router, start_worker
 from services.cluster.redis_server import RedisServer
 from services.cluster.registry import Registry
 from services.pb import worker_pb2, worker_pb2_grpc
+from services.router.breaker import COOLDOWN_S
 from tests.helpers.idle import assert_idle
 
 pytestmark = pytest.mark.slow
@@ -74,7 +75,11 @@ class Cluster:
 
 
 def _start(
-    tmp: Path, model: Path, timings: dict[str, str], decode_args: tuple[str, ...]
+    tmp: Path,
+    model: Path,
+    timings: dict[str, str],
+    decode_args: tuple[str, ...],
+    router_args: tuple[str, ...],
 ) -> Cluster:
     redis = RedisServer()
     workers: dict[str, Proc] = {}
@@ -101,6 +106,7 @@ def _start(
             "--routing=round-robin",
             "--local-prefill-tokens=0",
             "--no-prefill-balance",
+            *router_args,
         )
     except BaseException:
         for proc in workers.values():
@@ -114,9 +120,11 @@ def _start(
 def cluster_factory(tmp_path: Path, smollm_path: Path) -> Iterator:  # type: ignore[type-arg]
     started: list[Cluster] = []
 
-    def make(decode_args: tuple[str, ...] = (), **timings: str) -> Cluster:
-        """Workers named by `timings` (decode-N: its mock timing) beside prefill-0."""
-        started.append(_start(tmp_path, smollm_path, timings, decode_args))
+    def make(
+        decode_args: tuple[str, ...] = (), router_args: tuple[str, ...] = (), **timings: str
+    ) -> Cluster:
+        """Workers named by `timings` (each with its mock timing) beside prefill-0."""
+        started.append(_start(tmp_path, smollm_path, timings, decode_args, router_args))
         return started[-1]
 
     yield make
@@ -258,3 +266,30 @@ def test_a_burst_of_ten_times_capacity_is_refused_at_once_and_loses_nothing(
     # Told at once, not queued: every refusal came back before the first answer did.
     assert max(s for _, s in refused) < min(s for _, s in served)
     assert_idle(c.stats)  # nothing left running, held or leaked on any worker
+
+
+def test_a_hung_then_killed_prefill_worker_costs_seconds_and_loses_nothing(cluster_factory) -> None:  # type: ignore[no-untyped-def]
+    # A fixed 3 s deadline: these prompts are too short for the measured one (unit-tested).
+    c = cluster_factory(
+        router_args=("--prefill-timeout-s=3",),
+        **{"prefill-1": TIMING, "decode-0": TIMING, "decode-1": TIMING},
+    )
+    want = asyncio.run(_run(c.url))
+    hung = c.workers["prefill-1"].proc.pid
+    os.kill(hung, signal.SIGSTOP)  # round-robin: half the next prompts go to it
+    try:
+        t0 = time.monotonic()
+        assert asyncio.run(_run(c.url)) == want
+        assert time.monotonic() - t0 < 30  # one deadline, not the old 120 s per request
+    finally:
+        os.kill(hung, signal.SIGCONT)
+    assert c.metric("tandem_prefill_retries_total", reason="deadline_exceeded") >= 3
+    assert c.metric("tandem_worker_breaker_total", worker="prefill-1", change="opened") == 1
+    time.sleep(COOLDOWN_S)  # then half-open: its next prefill that succeeds closes it
+    deadline = time.monotonic() + 60
+    while c.metric("tandem_worker_breaker_total", worker="prefill-1", change="closed") < 1:
+        assert time.monotonic() < deadline, httpx.get(f"{c.url}/metrics").text + c.router.tail()
+        assert asyncio.run(_run(c.url)) == want
+    os.kill(hung, signal.SIGKILL)  # and gone for good: its calls fail at once
+    assert asyncio.run(_run(c.url)) == want
+    assert c.metric("tandem_prefill_fallbacks_total") == 0  # prefill-0 took every one

@@ -183,6 +183,42 @@ def test_a_failed_prefill_falls_back_to_the_decode_worker_counted() -> None:
     assert prefill.aborted == ["r1"]  # whatever it did is freed
 
 
+def test_a_failed_prefill_is_tried_on_another_prefill_worker_first() -> None:
+    hung = FakeWorker(WorkerError("deadline_exceeded", "no answer in time"))
+    works = FakeWorker(PrefillReply(42, None, 8, None, HANDLE))
+    decode = FakeWorker(chunks=[_chunk([6], done=True)])
+    d, metrics = _dispatcher(**{"prefill-0": hung, "prefill-1": works, "decode-0": decode})
+    out = _run(d)
+    assert [o.token_ids for o in out] == [[42], [6]]
+    assert len(hung.prefills) == len(works.prefills) == 1 and hung.aborted == ["r1"]
+    assert decode.decodes[0].handle == HANDLE  # from the worker that answered
+    assert metrics.prefill_retries.labels(reason="deadline_exceeded")._value.get() == 1
+    assert metrics.prefill_fallbacks.labels(reason="deadline_exceeded")._value.get() == 0
+
+
+def test_a_worker_that_keeps_failing_opens_its_breaker_and_gets_no_more_calls() -> None:
+    failing = FakeWorker(WorkerError("unavailable", "broken"))
+    other = FakeWorker(WorkerError("unavailable", "broken too"))
+    decode = FakeWorker(chunks=[_chunk([5], done=True)])
+    d, metrics = _dispatcher(**{"prefill-0": failing, "prefill-1": other, "decode-0": decode})
+
+    async def four_requests() -> list[list[str]]:
+        routes = []
+        for i in range(4):  # each tries both prefill workers, then prefills locally
+            request = GenerateRequest(f"r{i}", PROMPT, SamplingParams(max_tokens=4))
+            routes.append([delta.route async for delta in d.generate(request)])
+        await d.close()
+        return routes
+
+    routes = asyncio.run(four_requests())
+    assert routes == [["local_prefill"]] * 4
+    # Three failures in a row open each breaker: the fourth request asks neither.
+    assert len(failing.prefills) == len(other.prefills) == 3
+    for worker in ("prefill-0", "prefill-1"):
+        assert metrics.breaker_changes.labels(worker=worker, change="opened")._value.get() == 1
+    assert metrics.prefill_fallbacks.labels(reason="no_prefill_worker")._value.get() == 1
+
+
 def test_a_rejected_request_is_the_clients_error() -> None:
     prefill = FakeWorker(WorkerError("invalid_argument", "top_p must be in (0, 1]"))
     d, _ = _dispatcher(**{"prefill-0": prefill, "decode-0": FakeWorker()})
