@@ -104,14 +104,17 @@ class Dispatcher:
         await self.calls.close()
         await self.cluster.close()
 
+    @property
+    def _serving_pool(self) -> str:
+        """The pool every request streams its tokens from."""
+        return "both" if self.config.mode == "colocated" else "decode"
+
     async def ready(self) -> bool:
-        if self.config.mode == "colocated":
-            return bool(self.cluster.serving("both"))
-        return bool(self.cluster.serving("decode"))
+        return bool(self.cluster.serving(self._serving_pool))
 
     # ---- requests --------------------------------------------------------------------
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
-        pool = "both" if self.config.mode == "colocated" else "decode"
+        pool = self._serving_pool
         with self.admission.place(pool, self.cluster.serving(pool)):
             async for delta in self._generate(request):
                 yield delta
@@ -289,9 +292,8 @@ class Dispatcher:
         if len(tried) >= self.config.decode_attempts:
             why = f"it failed on {len(tried)} decode workers"
         else:
-            role = "both" if self.config.mode == "colocated" else "decode"
             prompt = request.prompt_token_ids + streamed
-            choice = self._choose(role, prompt, self._hashes(prompt), exclude=tried)
+            choice = self._choose(self._serving_pool, prompt, self._hashes(prompt), exclude=tried)
             if choice is not None:
                 return choice.worker
             why = "its decode worker failed and no other one is available"

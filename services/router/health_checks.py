@@ -5,7 +5,8 @@ that it can serve. Every `every_s`, each worker is asked at once (grpc.health.v1
 the channel the router already holds, with a deadline of `every_s`):
 
     SERVING                                  -> routable (again: a stall that ended)
-    NOT_SERVING, an error, no answer in time -> FAILURES_TO_EXCLUDE in a row: out of routing
+    NOT_SERVING, an error, no answer in time -> FAILURES_TO_EXCLUDE (workers.py) in a row:
+                                                out of routing
 
 A killed worker's channel fails at once and a frozen one times out, so either is out of
 routing within about two checks (2 s by default), where its record would take the registry
@@ -24,7 +25,6 @@ from services.router.worker_client import WorkerError
 from services.router.workers import WorkerRef, WorkerSet
 
 log = logging.getLogger(__name__)
-FAILURES_TO_EXCLUDE = 2
 
 
 class HealthChecks:
@@ -53,13 +53,13 @@ class HealthChecks:
             why = "" if serving else "it answers NOT_SERVING"
         except WorkerError as e:
             why = f"its health check failed ({e.code})"
+        was_routable = ref.routable
         if not why:
-            if not ref.routable:
+            ref.failed_checks = 0
+            if not was_routable:
                 log.info("worker %s passes its health check again: routable", ref.worker_id)
-            ref.failed_checks, ref.routable = 0, True
             return
         self.metrics.record_health_check_failure(ref.worker_id)
         ref.failed_checks += 1
-        if ref.routable and ref.failed_checks >= FAILURES_TO_EXCLUDE:
-            ref.routable = False
+        if was_routable and not ref.routable:
             log.warning("worker %s is out of routing: %s", ref.worker_id, why)

@@ -20,6 +20,7 @@ from services.wire import KVDump
 
 log = logging.getLogger(__name__)
 DRAIN_GRACE_S = 60.0
+FAILURES_TO_EXCLUDE = 2  # health checks failed in a row that take a worker out of routing
 
 
 @dataclass(slots=True)
@@ -29,7 +30,6 @@ class WorkerRef:
     in_flight: int = 0
     in_flight_tokens: int = 0  # prefill tokens sent and not answered yet
     failed_checks: int = 0  # health checks failed in a row (services/router/health_checks.py)
-    routable: bool = True  # false while its health checks fail
     breaker: Breaker = field(default_factory=Breaker)  # of its calls (breaker.py)
 
     @property
@@ -37,6 +37,11 @@ class WorkerRef:
         """Prefill tokens waiting on the worker: the larger of its heartbeat's count and the
         tokens this router sent it that are not answered yet (fresher)."""
         return max(self.record.queued_prefill_tokens, self.in_flight_tokens)
+
+    @property
+    def routable(self) -> bool:
+        """Out of routing while its last FAILURES_TO_EXCLUDE health checks failed."""
+        return self.failed_checks < FAILURES_TO_EXCLUDE
 
     @property
     def worker_id(self) -> str:

@@ -13,10 +13,10 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from services.pb.events_pb2 import WorkerRecord
-from services.router.health_checks import FAILURES_TO_EXCLUDE, HealthChecks
+from services.router.health_checks import HealthChecks
 from services.router.metrics import RouterMetrics
 from services.router.worker_client import WorkerClient
-from services.router.workers import WorkerRef, WorkerSet
+from services.router.workers import FAILURES_TO_EXCLUDE, WorkerRef, WorkerSet
 from services.worker.engine_thread import EngineLoop
 from services.worker.liveness import Liveness
 from tests.unit.test_engine_loop import ScriptedEngine
