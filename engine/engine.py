@@ -95,14 +95,23 @@ class Engine:
         prompt: str | Sequence[int],
         params: SamplingParams | None = None,
         remote_prefill: bool = False,
+        cache_salt: str = "",
     ) -> Request:
-        """Queue a prompt (text, or token ids). Raises ValueError for what cannot run."""
+        """Queue a prompt (text, or token ids). Raises ValueError for what cannot run.
+        `cache_salt`: prefix-cache hits only on blocks of requests with the same salt."""
         params = params or SamplingParams()
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         ids = self._tokenize(prompt)
         self._check_fits(len(ids), params.max_tokens)
-        req = Request(request_id, ids, params, time.monotonic(), remote_prefill=remote_prefill)
+        req = Request(
+            request_id,
+            ids,
+            params,
+            time.monotonic(),
+            remote_prefill=remote_prefill,
+            cache_salt=cache_salt,
+        )
         self.requests[request_id] = req
         self._rows[request_id] = SampleRow(params, self._generator(params))
         self.scheduler.add(req)
@@ -250,6 +259,10 @@ class Engine:
     def has_running(self) -> bool:
         """Requests in the batch: the next step has work (a cheap check, every loop)."""
         return bool(self.scheduler.running)
+
+    def num_waiting(self) -> int:
+        """Requests not admitted yet (a worker bounds this queue)."""
+        return len(self.scheduler.waiting)
 
     def load(self) -> EngineLoad:
         sched, pool = self.scheduler, self.pool

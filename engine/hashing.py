@@ -16,6 +16,13 @@ A hash therefore names a block *and* everything before it: two workers holding a
 with the same hash hold the same prefix. `extra` salts the chain for things that change
 the KV without changing tokens (a LoRA adapter, a multimodal input); it is b"" by default.
 Only full blocks are hashed: a partial block is never shared.
+
+A cache salt (a request's `cache_salt`, as vLLM's) replaces SEED for that request's chain:
+
+    salted_seed(salt) = H(SEED, no tokens, b"cache_salt:" || salt as UTF-8)   (SEED for "")
+
+so its blocks share a prefix only with requests of the same salt: a tenant cannot learn
+from another's cache hits (their timing, their routing) what that tenant sent.
 """
 
 from __future__ import annotations
@@ -35,6 +42,11 @@ def hash_block(parent: int, tokens: Sequence[int], extra: bytes = b"") -> int:
     if extra:
         h.update(extra)
     return _U64.unpack(h.digest()[:8])[0]
+
+
+def salted_seed(salt: str) -> int:
+    """The parent of a request's first block: SEED, or SEED salted with `salt`."""
+    return hash_block(SEED, (), b"cache_salt:" + salt.encode()) if salt else SEED
 
 
 def chain_hashes(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from engine.hashing import SEED, chain_hashes
+from engine.hashing import chain_hashes, salted_seed
 from engine.sampling_params import SamplingParams
 
 
@@ -43,6 +43,7 @@ class Request:
     params: SamplingParams
     arrival_time: float
     remote_prefill: bool = False  # KV for the prompt comes from another worker
+    cache_salt: str = ""  # shares cached blocks only with requests of the same salt
     status: Status = Status.WAITING
     token_ids: list[int] = field(default_factory=list)  # prompt + output, grows each step
     num_computed_tokens: int = 0
@@ -85,7 +86,7 @@ class Request:
 
     def update_hashes(self, block_size: int) -> list[int]:
         """Extend `block_hashes` to cover every full block of `token_ids`."""
-        parent = self.block_hashes[-1] if self.block_hashes else SEED
+        parent = self.block_hashes[-1] if self.block_hashes else salted_seed(self.cache_salt)
         self.block_hashes += chain_hashes(
             self.token_ids, block_size, parent=parent, start_block=len(self.block_hashes)
         )

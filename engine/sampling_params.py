@@ -11,6 +11,11 @@ _UINT32, _UINT64 = 2**32, 2**64  # what the wire (proto/worker.proto) carries
 # completion clients send a dozen or more.
 MAX_STOP_STRINGS = 32
 MAX_STOP_CHARS = 256
+# A temperature above 0 and below this is refused: the sampler divides the logits by it, a
+# float32 overflows to inf, and the draw then fails inside the engine's step (one request
+# would stop a worker). The router sends such a temperature as 0, greedy, as vLLM treats
+# those below 1e-5. A power of two, so a value at or above it stays so as the wire's float32.
+MIN_TEMPERATURE = 2.0**-16
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +43,11 @@ class SamplingParams:
             raise ValueError(f"max_tokens must be in [1, 2**32), got {self.max_tokens}")
         if not 0.0 <= self.temperature <= 2.0 or self.temperature != self.temperature:
             raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
+        if 0.0 < self.temperature < MIN_TEMPERATURE:
+            raise ValueError(
+                f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, "
+                f"got {self.temperature}"
+            )
         if not 0 <= self.top_k < _UINT32:
             raise ValueError(f"top_k must be in [0, 2**32) (0 = off), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:

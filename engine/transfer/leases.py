@@ -2,14 +2,16 @@
 
 A prefill worker keeps a finished prompt's blocks pinned until the decode worker has read
 them. The pin is a lease: released when the reader's NIXL notification arrives, or when
-the lease runs out (the reader died or gave up). The decode side compares the time its
-read completed with the lease's expiry and throws the data away if the read may have
-ended after it: blocks freed at expiry can be reused and overwritten at once.
+the lease runs out (the reader died or gave up). The decode side throws the data away if
+its read may have ended after the lease: blocks freed at expiry can be reused and
+overwritten at once.
 
     grant ──> held ──(notify with lease id)──> released
-                  └──(now >= expiry)─────────> expired (counted)
+                  └──(now >= deadline)───────> expired (counted)
 
-Times are Unix milliseconds: the expiry travels to another process (in the KV handle).
+No wall clock is compared across hosts: a deadline is on this process's monotonic clock,
+and it travels as the time left (services/wire: each process that receives it adds the
+time left to its own clock at the moment the sender's time started counting, or earlier).
 """
 
 from __future__ import annotations
@@ -22,22 +24,20 @@ from dataclasses import dataclass
 DEFAULT_LEASE_S = 30.0
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 @dataclass(frozen=True, slots=True)
 class Lease:
     lease_id: str
     request_id: str
-    expiry_unix_ms: int
+    deadline: float  # time.monotonic() of this process
 
 
 class LeaseTable:
-    def __init__(self, ttl_s: float = DEFAULT_LEASE_S, clock: Callable[[], int] = now_ms) -> None:
+    def __init__(
+        self, ttl_s: float = DEFAULT_LEASE_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if ttl_s <= 0:
             raise ValueError(f"lease ttl must be positive, got {ttl_s}")
-        self.ttl_ms = int(ttl_s * 1000)
+        self.ttl_s = ttl_s
         self._clock = clock
         self._by_id: dict[str, Lease] = {}
         self._by_request: dict[str, str] = {}
@@ -46,7 +46,7 @@ class LeaseTable:
     def grant(self, request_id: str) -> Lease:
         if request_id in self._by_request:
             raise ValueError(f"request {request_id!r} already holds a lease")
-        lease = Lease(uuid.uuid4().hex, request_id, self._clock() + self.ttl_ms)
+        lease = Lease(uuid.uuid4().hex, request_id, self._clock() + self.ttl_s)
         self._by_id[lease.lease_id] = lease
         self._by_request[request_id] = lease.lease_id
         return lease
@@ -69,7 +69,7 @@ class LeaseTable:
     def pop_expired(self) -> list[Lease]:
         """End and return every lease whose time is up."""
         now = self._clock()
-        expired = [lease for lease in self._by_id.values() if now >= lease.expiry_unix_ms]
+        expired = [lease for lease in self._by_id.values() if now >= lease.deadline]
         for lease in expired:
             self.release(lease.lease_id)
         self.num_expired += len(expired)

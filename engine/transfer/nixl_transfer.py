@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from engine.transfer.base import PeerKV, ReadResult, TransferError
+from engine.transfer.base import PeerKV, ReadResult, TransferError, wait
 from engine.transfer.runs import coalesce
 
 __all__ = ["NixlKVTransfer", "PeerKV", "ReadResult", "TransferError"]
@@ -82,8 +82,18 @@ class NixlKVTransfer:
         timeout_s: float = 10.0,
         notify: bytes = b"",
     ) -> ReadResult:
-        """Copy the peer's `remote_blocks` into our `local_blocks`; blocks until done.
-        `notify` is delivered to the peer when the read completes."""
+        """A read polled to its end (tests, benchmarks); workers poll from their loop."""
+        return wait(self.start_read(peer_name, remote_blocks, local_blocks, notify), timeout_s)
+
+    def start_read(
+        self,
+        peer_name: str,
+        remote_blocks: Sequence[int],
+        local_blocks: Sequence[int],
+        notify: bytes = b"",
+    ) -> _NixlRead:
+        """Post a READ of the peer's `remote_blocks` into our `local_blocks`, one
+        descriptor per run of adjacent blocks. `notify` reaches the peer on completion."""
         peer = self._peers.get(peer_name)
         if peer is None:
             raise TransferError(f"unknown peer {peer_name!r}: add_peer() it first")
@@ -102,27 +112,23 @@ class NixlKVTransfer:
         remote = [
             (peer.base_addr + r.remote_start * bb, r.count * bb, peer.device_id) for r in runs
         ]
-        start = time.perf_counter()
-        handle = self._agent.initialize_xfer(
-            "READ",
-            self._agent.get_xfer_descs(local, self.mem_type),
-            self._agent.get_xfer_descs(remote, self.mem_type),
-            peer_name,
-            notify,
-        )
+        try:  # NIXL raises its own errors (a peer gone: nixlRemoteDisconnectError)
+            handle = self._agent.initialize_xfer(
+                "READ",
+                self._agent.get_xfer_descs(local, self.mem_type),
+                self._agent.get_xfer_descs(remote, self.mem_type),
+                peer_name,
+                notify,
+            )
+        except Exception as e:
+            raise TransferError(f"NIXL read of {peer_name} not started: {e!r}") from e
+        read = _NixlRead(self._agent, handle, len(local_blocks) * bb, len(runs))
         try:
-            self._wait(handle, self._agent.transfer(handle), start + timeout_s)
-        finally:
-            self._agent.release_xfer_handle(handle)
-        return ReadResult(len(local_blocks) * bb, len(runs), time.perf_counter() - start)
-
-    def _wait(self, handle: Any, state: str, deadline: float) -> None:
-        while state == "PROC":
-            if time.perf_counter() > deadline:
-                raise TransferError("NIXL read timed out")
-            state = self._agent.check_xfer_state(handle)
-        if state != "DONE":
-            raise TransferError(f"NIXL read failed: state {state}")
+            read.state = self._agent.transfer(handle)
+        except Exception as e:
+            read.cancel()
+            raise TransferError(f"NIXL read of {peer_name} failed: {e!r}") from e
+        return read
 
     def notifications(self) -> dict[str, list[bytes]]:
         """Messages peers attached to reads of our memory, by peer name."""
@@ -132,3 +138,33 @@ class NixlKVTransfer:
         for name in list(self._peers):
             self.remove_peer(name)
         self._agent.deregister_memory(self._registration)
+
+
+class _NixlRead:
+    """One posted READ; its handle is released once the read has ended or is cancelled."""
+
+    def __init__(self, agent: Any, handle: Any, nbytes: int, descriptors: int) -> None:
+        self._agent, self._handle = agent, handle
+        self._bytes, self._descriptors = nbytes, descriptors
+        self._start = time.perf_counter()
+        self.state = "PROC"
+
+    def poll(self) -> ReadResult | None:
+        if self.state == "PROC":
+            try:
+                self.state = self._agent.check_xfer_state(self._handle)
+            except Exception as e:  # as "ERR": the peer is gone, the read did not finish
+                self.state = f"ERR ({e!r})"
+            if self.state == "PROC":
+                return None
+        self.cancel()  # ended: this only frees the handle
+        if self.state != "DONE":
+            raise TransferError(f"NIXL read failed: state {self.state}")
+        return ReadResult(self._bytes, self._descriptors, time.perf_counter() - self._start)
+
+    def cancel(self) -> bool:
+        try:  # NIXL aborts an active transfer, and raises when it cannot
+            self._agent.release_xfer_handle(self._handle)
+        except Exception:
+            return False
+        return True

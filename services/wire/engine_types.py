@@ -1,7 +1,10 @@
 """The engine's own types that ride inside rpc messages: SamplingParams, KVHandle, and a
-finish reason as the wire's string."""
+finish reason as the wire's string. A handle's lease deadline is on its process's monotonic
+clock: the wire carries the time left, never a wall-clock time."""
 
 from __future__ import annotations
+
+import time
 
 from engine.sampling_params import SamplingParams
 from engine.transfer.exchange import KVHandle
@@ -48,11 +51,13 @@ def handle_to_pb(h: KVHandle) -> worker_pb2.KVHandle:
         block_ids=list(h.block_ids),
         num_tokens=h.num_tokens,
         lease_id=h.lease_id,
-        lease_expiry_unix_ms=h.lease_expiry_unix_ms,
+        lease_ms_left=min(max(0, int((h.lease_deadline - time.monotonic()) * 1000)), 2**32 - 1),
     )
 
 
-def handle_from_pb(msg: worker_pb2.KVHandle) -> KVHandle:
+def handle_from_pb(msg: worker_pb2.KVHandle, since: float | None = None) -> KVHandle:
+    """`since`: when the time left started counting at the latest, on our monotonic clock
+    (when the call that brought the handle began); by default, now."""
     if not msg.nixl_agent or not msg.lease_id:
         raise ValueError("a KV handle needs a NIXL agent name and a lease id")
     return KVHandle(
@@ -61,7 +66,7 @@ def handle_from_pb(msg: worker_pb2.KVHandle) -> KVHandle:
         block_ids=tuple(msg.block_ids),
         num_tokens=msg.num_tokens,
         lease_id=msg.lease_id,
-        lease_expiry_unix_ms=msg.lease_expiry_unix_ms,
+        lease_deadline=(time.monotonic() if since is None else since) + msg.lease_ms_left / 1000,
     )
 
 

@@ -18,7 +18,7 @@ from engine.transfer.base import PeerKV
 from services.pb import events_pb2
 
 if TYPE_CHECKING:  # the worker's type, for annotations only
-    from services.worker.core import WorkerStats
+    from services.worker.stats import WorkerStats
 
 
 # ---- KV events ---------------------------------------------------------------------------

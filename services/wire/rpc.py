@@ -23,7 +23,8 @@ from services.wire.engine_types import (
 )
 
 if TYPE_CHECKING:  # the worker's types, for annotations only: the router must not load them
-    from services.worker.core import DecodeUpdate, PrefillResult, WorkerStats
+    from services.worker.core import DecodeUpdate, PrefillResult
+    from services.worker.stats import WorkerStats
 
 
 # ---- requests --------------------------------------------------------------------------
@@ -32,17 +33,24 @@ class PrefillCall:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
+    cache_salt: str = ""
 
     def to_pb(self) -> worker_pb2.PrefillRequest:
         return worker_pb2.PrefillRequest(
             request_id=self.request_id,
             prompt_token_ids=self.prompt_token_ids,
             params=params_to_pb(self.params),
+            cache_salt=self.cache_salt,
         )
 
     @classmethod
     def from_pb(cls, msg: worker_pb2.PrefillRequest) -> PrefillCall:
-        return cls(_need_id(msg.request_id), list(msg.prompt_token_ids), params_from_pb(msg.params))
+        return cls(
+            _need_id(msg.request_id),
+            list(msg.prompt_token_ids),
+            params_from_pb(msg.params),
+            msg.cache_salt,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +64,7 @@ class DecodeCall:
     handle: KVHandle | None = None
     first_token: int | None = None
     generated_token_ids: list[int] = field(default_factory=list)  # a migrated request
+    cache_salt: str = ""
 
     def to_pb(self) -> worker_pb2.DecodeRequest:
         msg = worker_pb2.DecodeRequest(
@@ -63,6 +72,7 @@ class DecodeCall:
             prompt_token_ids=self.prompt_token_ids,
             params=params_to_pb(self.params),
             generated_token_ids=self.generated_token_ids,
+            cache_salt=self.cache_salt,
         )
         if self.handle is not None:
             msg.kv.CopyFrom(handle_to_pb(self.handle))
@@ -81,6 +91,7 @@ class DecodeCall:
             handle_from_pb(msg.kv) if msg.HasField("kv") else None,
             msg.first_token if msg.HasField("first_token") else None,
             list(msg.generated_token_ids),
+            msg.cache_salt,
         )
 
 
@@ -112,13 +123,15 @@ class PrefillReply:
     handle: KVHandle | None  # None when finished: nothing is held
 
     @classmethod
-    def from_pb(cls, msg: worker_pb2.PrefillResponse) -> PrefillReply:
+    def from_pb(cls, msg: worker_pb2.PrefillResponse, called_at: float) -> PrefillReply:
+        """`called_at`: when the call began (monotonic). The lease's time left counts from
+        then: the worker sent it later, so the lease can only end later than we think."""
         return cls(
             msg.first_token,
             msg.first_logprob if msg.HasField("first_logprob") else None,
             msg.num_cached_tokens,
             reason_from_pb(msg.finish_reason),
-            handle_from_pb(msg.kv) if msg.HasField("kv") else None,
+            handle_from_pb(msg.kv, since=called_at) if msg.HasField("kv") else None,
         )
 
 

@@ -25,16 +25,23 @@ from engine.transfer.exchange import KVHandle, KVSink, KVSource, ReadReport
 from engine.transfer.leases import DEFAULT_LEASE_S, LeaseTable
 from engine.transfer.nixl_transfer import NixlKVTransfer
 from services.worker.engine_thread import EngineLoop
+from services.worker.stats import WorkerStats, collect_stats
 
 log = logging.getLogger(__name__)
 # How often the engine thread polls NIXL notifications (lease releases), expires leases
 # and snapshots its load while it steps: together ~10 us, a few % of a mock step's cost
 # when steps take no modelled time, and none of them needs to be fresher than this.
 HOUSEKEEPING_S = 0.005
+POLL_S, IDLE_S, QUIET_S = 0.0005, 0.02, 0.1
+WAITING_PER_SEQ = 4
 
 
 class RoleError(Exception):
     """This worker's role does not serve that call (a gRPC FAILED_PRECONDITION)."""
+
+
+class Overloaded(Exception):
+    """This worker's waiting queue is full (a gRPC RESOURCE_EXHAUSTED): try another."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +50,20 @@ class WorkerConfig:
     engine: EngineConfig  # its role is the worker's role
     lease_s: float = DEFAULT_LEASE_S
     read_timeout_s: float = 10.0
+    # Requests that may wait for a place in the batch; None: WAITING_PER_SEQ x max_num_seqs.
+    # Each router bounds what it sends a pool (services/router/admission.py); this bounds
+    # what several routers together, or one with an unbalanced pool, can pile up here.
+    max_waiting: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_waiting is not None and self.max_waiting < 0:
+            raise ValueError(f"max_waiting must not be negative, got {self.max_waiting}")
+
+    @property
+    def waiting_limit(self) -> int:
+        if self.max_waiting is not None:
+            return self.max_waiting
+        return WAITING_PER_SEQ * self.engine.scheduler.max_num_seqs
 
     @property
     def role(self) -> str:
@@ -82,13 +103,12 @@ class Worker:
         engine = Engine(config.engine, on_kv_event=on_kv_event)
         self.engine = engine
         # No NIXL progress thread: NIXL's spins without pause (a core per worker, idle or
-        # not). The engine loop polls notifications at least every idle_s instead (every
-        # quiet_s while it holds no lease and runs nothing), which also answers peers'
-        # connection set-up; reads themselves are one-sided.
+        # not). The engine loop polls notifications instead (see _idle_wait), which also
+        # answers peers' connection set-up; reads themselves are one-sided.
         self.transfer = NixlKVTransfer(
             self.agent_name, engine.runner.kv_cache, progress_thread=False
         )
-        self.loop = EngineLoop(engine, quiet=self._quiet)
+        self.loop = EngineLoop(engine, idle_wait=self._idle_wait)
         self.source = (
             KVSource(engine, self.transfer, self.worker_id, LeaseTable(config.lease_s))
             if self.role != "decode"
@@ -115,11 +135,15 @@ class Worker:
         not wait behind a long step (a worker busy for seconds is still alive)."""
         self.last_stats = self._stats(integrity=False)
 
-    def _quiet(self) -> bool:
-        """Engine thread: no request anywhere (none waits for KV either) and no lease to
-        release or expire: the ticks can wait for the next call."""
+    def _idle_wait(self) -> float:
+        """Engine thread, nothing running: how long the ticks may wait for a call. Reads
+        in flight are polled every POLL_S; leases and requests waiting for KV are looked
+        at every IDLE_S; with neither, every QUIET_S (a call wakes the loop anyway)."""
+        if self.sink.reading:
+            return POLL_S
         source = self.source
-        return not self.engine.has_unfinished() and (source is None or len(source.leases) == 0)
+        busy = self.engine.has_unfinished() or (source is not None and len(source.leases) > 0)
+        return IDLE_S if busy else QUIET_S
 
     def _sink_tick(self) -> None:
         for out in self.sink.tick():
@@ -127,7 +151,7 @@ class Worker:
 
     # ---- calls -----------------------------------------------------------------------
     async def prefill(
-        self, request_id: str, prompt: Sequence[int], params: SamplingParams
+        self, request_id: str, prompt: Sequence[int], params: SamplingParams, cache_salt: str = ""
     ) -> PrefillResult:
         source = self.source
         if source is None:
@@ -135,7 +159,7 @@ class Worker:
         queue = self.loop.subscribe(request_id)
         done = False
         try:
-            await self.loop.call(lambda e: e.add_request(request_id, prompt, params))
+            await self.loop.call(lambda e: self._add(request_id, prompt, params, cache_salt))
             out = _unwrap(await queue.get())
             handle = None
             if out.held:  # not finished: it goes on on a decode worker
@@ -160,6 +184,7 @@ class Worker:
         params: SamplingParams,
         handle: KVHandle | None = None,
         first_token: int | None = None,
+        cache_salt: str = "",
     ) -> AsyncIterator[DecodeUpdate]:
         """Stream a request's tokens. With a handle, the prompt's KV is read from the
         prefill worker (and `first_token`, already sent to the client, is not repeated)."""
@@ -171,7 +196,7 @@ class Worker:
         finished = False
         try:
             admitted = self.loop.submit(
-                lambda e: self._admit(request_id, prompt, params, handle, first_token)
+                lambda e: self._admit(request_id, prompt, params, handle, first_token, cache_salt)
             )
             # Not awaited: a refusal comes through the queue, ahead of any output, and
             # this loop wakes once for the first token instead of twice.
@@ -199,12 +224,30 @@ class Worker:
         params: SamplingParams,
         handle: KVHandle | None,
         first_token: int | None,
+        cache_salt: str,
     ) -> None:
         """Engine thread."""
-        self.engine.add_request(request_id, prompt, params, remote_prefill=handle is not None)
+        self._add(request_id, prompt, params, cache_salt, remote_prefill=handle is not None)
         if handle is not None:
             assert first_token is not None
             self.sink.expect(request_id, handle, first_token)
+
+    def _add(
+        self,
+        request_id: str,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        cache_salt: str,
+        remote_prefill: bool = False,
+    ) -> None:
+        """Engine thread: queue a request, unless the queue is full."""
+        if self.engine.num_waiting() >= self.config.waiting_limit:
+            raise Overloaded(
+                f"{self.worker_id} has {self.engine.num_waiting()} requests waiting already"
+            )
+        self.engine.add_request(
+            request_id, prompt, params, remote_prefill=remote_prefill, cache_salt=cache_salt
+        )
 
     def _refused(self, request_id: str, admitted: concurrent.futures.Future[None]) -> None:
         """Any thread: an admission that raised fails its request's stream."""
@@ -232,51 +275,7 @@ class Worker:
 
     def _stats(self, integrity: bool) -> WorkerStats:
         """Engine thread."""
-        load, source = self.engine.load(), self.source
-        return WorkerStats(
-            running=load.running,
-            waiting=load.waiting,
-            num_blocks=load.num_blocks,
-            free_blocks=load.free_blocks,
-            cached_blocks=load.cached_blocks,
-            used_blocks=load.used_blocks,
-            held_blocks=load.held_blocks,
-            leases=len(source.leases) if source else 0,
-            leases_expired=source.leases.num_expired if source else 0,
-            queued_prefill_tokens=load.queued_prefill_tokens,
-            kv_reads=self.sink.num_reads,
-            kv_bytes_read=self.sink.bytes_read,
-            kv_recomputed=self.sink.num_recomputed,
-            idle=load.idle,
-            integrity_error=_integrity_error(self.engine) if integrity else "",
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerStats:
-    running: int
-    waiting: int
-    num_blocks: int
-    free_blocks: int
-    cached_blocks: int
-    used_blocks: int
-    held_blocks: int
-    leases: int
-    leases_expired: int
-    queued_prefill_tokens: int
-    kv_reads: int
-    kv_bytes_read: int
-    kv_recomputed: int
-    idle: bool
-    integrity_error: str  # empty when the block pool's books balance (or not audited)
-
-
-def _integrity_error(engine: Engine) -> str:
-    try:
-        engine.check_integrity()
-    except AssertionError as e:
-        return str(e) or "block pool integrity check failed"
-    return ""
+        return collect_stats(self.engine, self.source, self.sink, integrity)
 
 
 def _unwrap(item: RequestOutput | BaseException) -> RequestOutput:

@@ -75,16 +75,15 @@ class EngineLoop:
         self,
         engine: Engine,
         idle_s: float = 0.02,
-        quiet: Callable[[], bool] | None = None,
-        quiet_s: float = 0.1,
+        idle_wait: Callable[[], float] | None = None,
     ) -> None:
-        """`quiet()` (engine thread) says the ticks have nothing to do until a call comes
-        (which wakes the loop at once): then they run every quiet_s, not every idle_s.
-        A wake-up of an idle thread costs ~0.15 ms of CPU on a small VM, and a host runs
-        many mock workers."""
+        """With nothing running and no call queued, the loop waits `idle_wait()` seconds
+        (engine thread; default `idle_s`) for a call, which wakes it at once. Waits are
+        how often the ticks run meanwhile: a worker makes them long when there is nothing
+        to tick (a wake-up of an idle thread costs ~0.15 ms of CPU on a small VM, and a
+        host runs many mock workers) and short while it polls KV reads."""
         self.engine = engine
-        self._idle_s = idle_s  # how often ticks run while nothing else happens
-        self._quiet, self._quiet_s = quiet, quiet_s
+        self._idle_wait = idle_wait or (lambda: idle_s)
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -99,7 +98,7 @@ class EngineLoop:
     def add_tick(self, fn: Callable[[], None], every_s: float = 0.0) -> None:
         """Run `fn` on the engine thread before every step, or, with `every_s`, before
         the first step at least that long after its last run (bookkeeping that need not
-        cost a step's time); in either case at least every idle_s."""
+        cost a step's time); in either case at least once per idle wait."""
         self._ticks.append(_Tick(fn, every_s))
 
     def start(self) -> None:
@@ -202,8 +201,7 @@ class EngineLoop:
         if outs:
             self.publish_all(outs)
         if not self.engine.has_running() and self._commands.empty():
-            quiet = self._quiet is not None and self._quiet()
-            self._wake.wait(self._quiet_s if quiet else self._idle_s)
+            self._wake.wait(self._idle_wait())
 
     def _fail_everyone(self, error: BaseException) -> None:
         dead = EngineDead(f"the engine loop died: {error!r}")

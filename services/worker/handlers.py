@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from services.wire import DecodeCall, HealthReply, KVDump, PrefillCall
-from services.worker.core import DecodeUpdate, PrefillResult, Worker, WorkerStats
+from services.worker.core import DecodeUpdate, PrefillResult, Worker
 from services.worker.liveness import Liveness
 from services.worker.peers import PeerWatcher
+from services.worker.stats import WorkerStats
 
 
 class WorkerCalls:
@@ -26,7 +27,9 @@ class WorkerCalls:
         self.liveness = liveness
 
     async def prefill(self, call: PrefillCall) -> PrefillResult:
-        return await self.worker.prefill(call.request_id, call.prompt_token_ids, call.params)
+        return await self.worker.prefill(
+            call.request_id, call.prompt_token_ids, call.params, call.cache_salt
+        )
 
     async def decode(self, call: DecodeCall) -> AsyncIterator[DecodeUpdate]:
         """Awaited before the stream starts, so a refusal comes before any token."""
@@ -38,7 +41,9 @@ class WorkerCalls:
             params = params.remaining(len(call.generated_token_ids))
         if handle is not None and self.peers is not None:
             await self.peers.ensure(handle.worker_id, handle.agent_name)
-        return self.worker.decode(call.request_id, prompt, params, handle, call.first_token)
+        return self.worker.decode(
+            call.request_id, prompt, params, handle, call.first_token, call.cache_salt
+        )
 
     async def abort(self, request_id: str) -> bool:
         return await self.worker.abort(request_id)

@@ -3,6 +3,7 @@
 
 ValueError (bad input)          -> INVALID_ARGUMENT
 RoleError (wrong kind of worker) -> FAILED_PRECONDITION
+Overloaded (waiting queue full)  -> RESOURCE_EXHAUSTED
 EngineDead                       -> UNAVAILABLE
 """
 
@@ -15,7 +16,7 @@ import grpc
 
 from services import wire
 from services.pb import worker_pb2, worker_pb2_grpc
-from services.worker.core import RoleError
+from services.worker.core import Overloaded, RoleError
 from services.worker.engine_thread import EngineDead
 from services.worker.handlers import WorkerCalls
 
@@ -23,6 +24,7 @@ T = TypeVar("T")
 _CODES: dict[type[Exception], grpc.StatusCode] = {
     ValueError: grpc.StatusCode.INVALID_ARGUMENT,
     RoleError: grpc.StatusCode.FAILED_PRECONDITION,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     EngineDead: grpc.StatusCode.UNAVAILABLE,
 }
 

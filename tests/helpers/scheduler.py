@@ -39,13 +39,16 @@ def make(
     )
 
 
-def mkreq(rid: str, prompt: list[int], max_tokens: int = 4, remote: bool = False) -> Request:
+def mkreq(
+    rid: str, prompt: list[int], max_tokens: int = 4, remote: bool = False, salt: str = ""
+) -> Request:
     return Request(
         rid,
         list(prompt),
         SamplingParams(max_tokens=max_tokens),
         arrival_time=0.0,
         remote_prefill=remote,
+        cache_salt=salt,
     )
 
 

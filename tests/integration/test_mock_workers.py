@@ -4,16 +4,20 @@ a worker holds, so matching an in-process mock engine proves the blocks arrived 
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from engine import CacheConfig, Engine, EngineConfig, SamplingParams
 from engine.model.loader import read_checkpoint, read_model_config
 from services.cluster.launch import start_worker
+from services.pb import worker_pb2, worker_pb2_grpc
+from services.wire import params_to_pb
 from tests.integration.test_workers import (
     Workers,
     _assert_idle,
@@ -92,3 +96,49 @@ def test_prefix_cached_on_the_decode_worker_is_not_read_again(workers: Workers) 
 
 def test_the_mock_reads_the_real_config_without_the_weights(smollm_path: Path) -> None:
     assert read_model_config(smollm_path) == read_checkpoint(smollm_path)[0]
+
+
+def test_a_full_worker_refuses_at_once_and_serves_what_it_took(
+    tmp_path: Path, redis_url: str, smollm_path: Path
+) -> None:
+    """One place in the batch and one in the queue: of four calls at once, those that find
+    the queue full get RESOURCE_EXHAUSTED at once (the router then tries another worker),
+    and those it took run to their end."""
+    proc, address = start_worker(
+        tmp_path,
+        "decode-full",
+        "decode",
+        redis_url,
+        smollm_path,
+        "--engine=mock",
+        "--num-blocks=64",
+        "--max-num-seqs=1",
+        "--max-waiting=1",
+        f"--mock-timing=decode_ms={DECODE_MS}",
+    )
+    params = params_to_pb(SamplingParams(max_tokens=8, ignore_eos=True))
+
+    async def one(stub: worker_pb2_grpc.WorkerStub, i: int) -> int | grpc.StatusCode:
+        req = worker_pb2.DecodeRequest(
+            request_id=f"r{i}", prompt_token_ids=[1, 2, 3], params=params
+        )
+        try:
+            return sum([len(c.token_ids) async for c in stub.Decode(req, timeout=60)])
+        except grpc.aio.AioRpcError as e:
+            return e.code()
+
+    async def four() -> list[int | grpc.StatusCode]:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = worker_pb2_grpc.WorkerStub(channel)
+            return await asyncio.gather(*(one(stub, i) for i in range(4)))
+
+    try:
+        results = asyncio.run(four())
+        served = [r for r in results if isinstance(r, int)]
+        assert 1 <= len(served) <= 2 and all(n == 8 for n in served), results
+        assert results.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 4 - len(served)
+        with grpc.insecure_channel(address) as channel:
+            stats = worker_pb2_grpc.WorkerStub(channel).Stats(worker_pb2.StatsRequest(), timeout=10)
+        assert stats.idle and stats.running == stats.waiting == 0
+    finally:
+        proc.stop(signal.SIGTERM)

@@ -60,3 +60,15 @@ def test_unknown_peer_and_bad_block_ids(reader: NixlKVTransfer) -> None:
     with pytest.raises(TransferError, match="out of range"):
         reader.read("peer-c", [SHAPE[0]], [0])
     peer.finish()
+
+
+def test_a_peer_that_died_is_a_transfer_error(reader: NixlKVTransfer) -> None:
+    """NIXL's own exceptions (nixlRemoteDisconnectError) never escape: a worker's engine
+    loop recomputes on a TransferError, and anything else would kill it."""
+    peer = spawn_peer("peer-d", generation=1)
+    reader.add_peer(peer.kv)
+    reader.read("peer-d", [1], [1])
+    peer.kill()
+    for _ in range(3):  # the first may still be posted; the disconnect shows after
+        with pytest.raises(TransferError):
+            reader.read("peer-d", [2], [2], timeout_s=5)

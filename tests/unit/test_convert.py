@@ -3,6 +3,9 @@ engine dataclasses, and every rpc's request and reply, the worker's side and the
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+
 import pytest
 
 from engine.block_pool import BlockPool
@@ -10,13 +13,15 @@ from engine.kv_events import AllBlocksCleared, BlockStored, KVEvent
 from engine.output import RequestOutput
 from engine.request import FinishReason
 from engine.sampling_params import SamplingParams
-from engine.transfer.exchange import KVHandle, ReadReport
+from engine.transfer.exchange import ReadReport
 from services import wire
 from services.pb import events_pb2, worker_pb2
 from services.wire import event_from_pb, event_to_pb, params_from_pb, params_to_pb
-from services.worker.core import DecodeUpdate, PrefillResult, WorkerStats
+from services.worker.core import DecodeUpdate, PrefillResult
+from services.worker.stats import WorkerStats
+from tests.helpers.handles import assert_same_but_lease, handle
 
-HANDLE = KVHandle("prefill-0", "prefill-0-ab12", (4, 9, 2), 40, "lease-1", 2**41)
+HANDLE = handle("prefill-0", "prefill-0-ab12", (4, 9, 2), 40, "lease-1")
 
 
 @pytest.mark.parametrize(
@@ -83,7 +88,7 @@ def _bytes(msg):  # type: ignore[no-untyped-def]
 
 
 def test_prefill_call_round_trip_and_validation() -> None:
-    call = wire.PrefillCall("r1", [1, 2, 3], SamplingParams(max_tokens=5, seed=3))
+    call = wire.PrefillCall("r1", [1, 2, 3], SamplingParams(max_tokens=5, seed=3), "tenant")
     assert wire.PrefillCall.from_pb(_bytes(call.to_pb())) == call
     with pytest.raises(ValueError, match="request_id is required"):
         wire.PrefillCall.from_pb(worker_pb2.PrefillRequest(prompt_token_ids=[1]))
@@ -95,11 +100,12 @@ def test_prefill_call_round_trip_and_validation() -> None:
         wire.DecodeCall("r2", [5, 6], SamplingParams()),
         wire.DecodeCall("r3", [5, 6], SamplingParams(), HANDLE, first_token=0),
         wire.DecodeCall("r4", [5], SamplingParams(), generated_token_ids=[7, 8]),
+        wire.DecodeCall("r5", [5], SamplingParams(), cache_salt="tenant"),
     ],
 )
 def test_decode_call_round_trip(call: wire.DecodeCall) -> None:
     """first_token 0 is a token, not "no first token"."""
-    assert wire.DecodeCall.from_pb(_bytes(call.to_pb())) == call
+    assert_same_but_lease(wire.DecodeCall.from_pb(_bytes(call.to_pb())), call)
 
 
 def test_decode_call_with_a_handle_lacking_a_lease_is_rejected() -> None:
@@ -117,14 +123,29 @@ def test_decode_call_with_a_handle_lacking_a_lease_is_rejected() -> None:
     ],
 )
 def test_prefill_result_reaches_the_router_as_a_reply(result: PrefillResult) -> None:
-    reply = wire.PrefillReply.from_pb(_bytes(wire.prefill_result_to_pb(result)))
-    assert reply == wire.PrefillReply(
+    called_at = time.monotonic()
+    reply = wire.PrefillReply.from_pb(_bytes(wire.prefill_result_to_pb(result)), called_at)
+    want = wire.PrefillReply(
         result.first_token,
         result.first_logprob,
         result.num_cached_tokens,
         result.finish_reason,
         result.handle,
     )
+    assert_same_but_lease(reply, want)
+
+
+def test_a_lease_travels_as_time_left_counted_from_the_call() -> None:
+    """No wall clock crosses hosts: the router counts the time left from when it called
+    (the worker answered later, so the lease can only end later than the router thinks)."""
+    fresh = replace(HANDLE, lease_deadline=time.monotonic() + 30.0)
+    msg = _bytes(wire.prefill_result_to_pb(PrefillResult(7, None, 0, None, fresh)))
+    assert 29_000 < msg.kv.lease_ms_left <= 30_000
+    reply = wire.PrefillReply.from_pb(msg, called_at=time.monotonic() - 10.0)
+    assert reply.handle is not None
+    assert 18.9 < reply.handle.lease_deadline - time.monotonic() < 20.1
+    gone = wire.handle_to_pb(replace(HANDLE, lease_deadline=time.monotonic() - 1))
+    assert gone.lease_ms_left == 0  # already over: nothing left, not a negative number
 
 
 def test_decode_update_reaches_the_router_as_a_reply() -> None:

@@ -87,9 +87,9 @@ def test_joined_outputs_keep_every_token_and_take_the_last_state() -> None:
     assert j.num_output_tokens == 2
 
 
-def test_a_quiet_engine_ticks_every_quiet_s_and_a_call_still_wakes_it_at_once() -> None:
+def test_a_quiet_engine_waits_long_and_a_call_still_wakes_it_at_once() -> None:
     quiet = [True]
-    loop = EngineLoop(ScriptedEngine([]), idle_s=0.005, quiet=lambda: quiet[0], quiet_s=10.0)  # type: ignore[arg-type]
+    loop = EngineLoop(ScriptedEngine([]), idle_wait=lambda: 10.0 if quiet[0] else 0.005)  # type: ignore[arg-type]
     ticks: list[float] = []
     loop.add_tick(lambda: ticks.append(time.monotonic()))
     loop.start()
@@ -102,6 +102,6 @@ def test_a_quiet_engine_ticks_every_quiet_s_and_a_call_still_wakes_it_at_once() 
         quiet[0] = False
         loop.submit(lambda e: None).result(5)
         time.sleep(0.2)
-        assert len(ticks) > 10  # every idle_s again
+        assert len(ticks) > 10  # every 5 ms again
     finally:
         loop.stop()

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from engine.hashing import SEED, chain_hashes, hash_block
+from engine.hashing import SEED, chain_hashes, hash_block, salted_seed
 
 # Pinned once from the documented definition (see `_ref_hash`), for tokens 1..8, B=4.
 PINNED_TOKENS = [1, 2, 3, 4, 5, 6, 7, 8]
@@ -143,3 +143,14 @@ def test_token_ids_are_unsigned_32_bit() -> None:
         hash_block(SEED, [2**32])
     with pytest.raises(struct.error):
         hash_block(SEED, [-1])
+
+
+def test_a_cache_salt_seeds_the_whole_chain() -> None:
+    tokens = list(range(8))
+    assert salted_seed("") == SEED  # no salt: the chain every unsalted request shares
+    seed = salted_seed("tenant-a")
+    assert seed == _ref_hash(SEED, [], b"cache_salt:tenant-a")
+    salted = chain_hashes(tokens, 4, parent=seed)
+    assert salted == [_ref_hash(seed, tokens[:4]), _ref_hash(salted[0], tokens[4:])]
+    plain, other = chain_hashes(tokens, 4), chain_hashes(tokens, 4, parent=salted_seed("b"))
+    assert not set(salted) & (set(plain) | set(other))

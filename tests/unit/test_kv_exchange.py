@@ -1,17 +1,21 @@
 """A prefill -> decode hand-off in one process: two mock engines, their KV caches joined by
-the in-process transfer, driven by the same KVSource / KVSink a worker runs."""
+the in-process transfer, driven by the same KVSource / KVSink a worker runs. Reads are
+polled between steps: a slow, hung or late one never stops the other requests, and its
+blocks are never reused while it may still write them."""
 
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from engine import CacheConfig, Engine, EngineConfig, SamplingParams
 from engine.config import MockTiming
-from engine.transfer.exchange import KVSink, KVSource
-from engine.transfer.leases import LeaseTable, now_ms
+from engine.transfer.exchange import EXPIRY_MARGIN_S, KVHandle, KVSink, KVSource
+from engine.transfer.leases import LeaseTable
 from engine.transfer.local import LocalFabric, LocalKVTransfer
 from tests.helpers.engine_steps import drain as _drain
 
@@ -96,7 +100,7 @@ def test_hand_off_through_the_in_process_transfer(model: Path) -> None:
 
 def test_failed_read_is_recomputed_and_the_lease_expires(model: Path) -> None:
     (colocated,) = _engine(model, "both").generate([PROMPT], PARAMS)
-    clock = [now_ms()]
+    clock = [time.monotonic()]
     prefill, source, decode, sink = _pair(model, LeaseTable(30.0, clock=lambda: clock[0]))
     assert isinstance(sink.transfer, LocalKVTransfer)
     sink.transfer.fail_reads = True
@@ -105,7 +109,7 @@ def test_failed_read_is_recomputed_and_the_lease_expires(model: Path) -> None:
     assert [first, *_drain(decode)] == colocated.token_ids  # recomputed here, same tokens
     source.tick()
     assert prefill.held_request("r") is not None  # no note came: held until the lease ends
-    clock[0] += 31_000
+    clock[0] += 31.0
     source.tick()
     assert prefill.held_request("r") is None and prefill.load().idle
     assert source.leases.num_expired == 1
@@ -129,3 +133,81 @@ def test_a_first_token_that_ends_the_request_finishes_it_on_arrival(model: Path)
     assert not decode.has_unfinished() and decode.load().idle
     source.tick()
     assert prefill.load().idle
+
+
+def _local(sink: KVSink) -> LocalKVTransfer:
+    assert isinstance(sink.transfer, LocalKVTransfer)
+    return sink.transfer
+
+
+def _admit(prefill: Engine, source: KVSource, decode: Engine) -> tuple[KVHandle, int]:
+    """Prefill "r" and admit it on the decode side, its KV not read yet."""
+    prefill.add_request("r", PROMPT, PARAMS)
+    (out,) = prefill.step()
+    decode.add_request("r", PROMPT, PARAMS, remote_prefill=True)
+    assert decode.step() == []
+    return source.hold("r"), out.new_token_ids[0]
+
+
+def test_a_slow_read_does_not_stop_the_others(model: Path) -> None:
+    (colocated,) = _engine(model, "both").generate([PROMPT], PARAMS)
+    prefill, source, decode, sink = _pair(model)
+    handle, first = _admit(prefill, source, decode)
+    decode.add_request("other", list(range(10, 20)), PARAMS)  # prefilled here: no read
+    _local(sink).read_polls = 3  # in flight for three ticks
+    sink.expect("r", handle, first)
+    for _ in range(3):
+        assert sink.tick() == [] and sink.reading
+        (other,) = decode.step()  # "other" steps on meanwhile; "r" waits for its KV
+        assert other.request_id == "other" and decode.awaiting_kv("r") is not None
+    assert sink.tick() == [] and not sink.reading
+    assert not sink.reports.pop("r").recomputed and sink.num_reads == 1
+    assert decode.abort("other")
+    assert [first, *_drain(decode)] == colocated.token_ids
+    decode.check_integrity()
+    assert decode.load().idle
+
+
+def test_a_hung_read_is_cancelled_at_its_deadline_and_recomputed(model: Path) -> None:
+    (colocated,) = _engine(model, "both").generate([PROMPT], PARAMS)
+    prefill, source, decode, sink = _pair(model)
+    sink.timeout_s = 0.05
+    handle, first = _admit(prefill, source, decode)
+    _local(sink).read_polls = 10**9  # never ends by itself, but can be cancelled
+    sink.expect("r", handle, first)
+    assert sink.tick() == []
+    time.sleep(0.06)
+    assert sink.tick() == [] and not sink.reading
+    assert sink.reports.pop("r").recomputed and sink.num_recomputed == 1
+    assert [first, *_drain(decode)] == colocated.token_ids
+    assert decode.load().idle
+
+
+def test_blocks_of_a_read_that_cannot_be_stopped_wait_for_its_end(model: Path) -> None:
+    prefill, source, decode, sink = _pair(model)
+    handle, first = _admit(prefill, source, decode)
+    transfer = _local(sink)
+    transfer.hang_reads = True  # neither ends nor cancels: NIXL's worst case
+    sink.expect("r", handle, first)
+    sink.tick()
+    blocks = list(decode.scheduler.remote["r"].block_ids)
+    sink.forget("r")
+    assert decode.abort("r")  # the request is gone...
+    sink.tick()
+    assert all(decode.pool.ref_counts[b] == 1 for b in blocks)  # ...its blocks are not
+    assert not decode.load().idle and sink.reading
+    transfer.hang_reads = False  # the read ends at last
+    sink.tick()
+    assert not sink.reading and decode.load().idle
+    decode.check_integrity()
+
+
+def test_a_lease_nearly_over_is_not_read(model: Path) -> None:
+    (colocated,) = _engine(model, "both").generate([PROMPT], PARAMS)
+    prefill, source, decode, sink = _pair(model)
+    handle, first = _admit(prefill, source, decode)
+    late = replace(handle, lease_deadline=time.monotonic() + EXPIRY_MARGIN_S / 2)
+    sink.expect("r", late, first)
+    assert sink.tick() == []
+    assert sink.reports.pop("r").recomputed and sink.num_reads == 0
+    assert [first, *_drain(decode)] == colocated.token_ids

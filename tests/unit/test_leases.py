@@ -7,17 +7,17 @@ from engine.transfer.leases import LeaseTable
 
 class Clock:
     def __init__(self) -> None:
-        self.ms = 1_000_000
+        self.s = 1000.0
 
-    def __call__(self) -> int:
-        return self.ms
+    def __call__(self) -> float:
+        return self.s
 
 
 def test_grant_release_and_expiry() -> None:
     clock = Clock()
     table = LeaseTable(ttl_s=2.0, clock=clock)
     a, b = table.grant("a"), table.grant("b")
-    assert a.expiry_unix_ms == 1_002_000 and a.lease_id != b.lease_id
+    assert a.deadline == 1002.0 and a.lease_id != b.lease_id
     assert table.get("a") == a and len(table) == 2
     with pytest.raises(ValueError, match="already holds"):
         table.grant("a")
@@ -26,9 +26,9 @@ def test_grant_release_and_expiry() -> None:
     assert table.release(a.lease_id) is None  # a second notification is harmless
     assert table.get("a") is None
 
-    clock.ms = 1_001_999
+    clock.s = 1001.999
     assert table.pop_expired() == []
-    clock.ms = 1_002_000
+    clock.s = 1002.0
     assert table.pop_expired() == [b]
     assert len(table) == 0 and table.num_expired == 1
     assert table.release_request("b") is None

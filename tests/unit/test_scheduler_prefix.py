@@ -121,3 +121,14 @@ def test_prefix_caching_disabled() -> None:
     assert events == []
     assert sched.pool.num_cached_blocks == 0
     assert_done(sched)
+
+
+def test_requests_share_cached_blocks_only_under_the_same_salt() -> None:
+    sched = make(budget=16)
+    prompt = list(range(1, 11))  # 10 tokens: 2 full blocks
+    for rid, salt in (("a", "tenant-a"), ("plain", ""), ("b", "tenant-b"), ("a2", "tenant-a")):
+        req = mkreq(rid, prompt, max_tokens=1, salt=salt)
+        sched.add(req)
+        drain(sched)
+        assert req.num_cached_tokens == (8 if rid == "a2" else 0), rid
+    assert_done(sched)

@@ -14,16 +14,18 @@ import pytest
 from engine.output import RequestOutput
 from engine.request import FinishReason
 from engine.sampling_params import SamplingParams
-from engine.transfer.exchange import KVHandle, ReadReport
+from engine.transfer.exchange import ReadReport
 from services.pb import worker_pb2_grpc
 from services.router.worker_client import WorkerClient, WorkerError
 from services.wire import DecodeCall, DecodeReply, HealthReply, KVDump, PrefillCall, PrefillReply
-from services.worker.core import DecodeUpdate, PrefillResult, RoleError, WorkerStats
+from services.worker.core import DecodeUpdate, PrefillResult, RoleError
 from services.worker.engine_thread import EngineDead
 from services.worker.servicer import WorkerService
+from services.worker.stats import WorkerStats
+from tests.helpers.handles import assert_same_but_lease, handle
 
 T = TypeVar("T")
-HANDLE = KVHandle("p-0", "p-0-agent", (3, 4), 20, "lease-9", 2**41)
+HANDLE = handle("p-0", "p-0-agent", (3, 4), 20, "lease-9")
 PARAMS = SamplingParams(max_tokens=3)
 
 
@@ -87,14 +89,17 @@ def _with_worker(test: Callable[[WorkerClient, ScriptedCalls], Awaitable[T]]) ->
 def test_prefill_and_decode_carry_python_objects_both_ways() -> None:
     async def test(client: WorkerClient, calls: ScriptedCalls) -> None:
         call = PrefillCall("r1", [1, 2, 3], PARAMS)
-        assert await client.prefill(call, timeout_s=5) == PrefillReply(7, -0.5, 16, None, HANDLE)
+        got = await client.prefill(call, timeout_s=5)
+        assert_same_but_lease(got, PrefillReply(7, -0.5, 16, None, HANDLE))
         decode = DecodeCall("r1", [1, 2, 3], PARAMS, HANDLE, first_token=7)
         replies = [r async for r in client.decode(decode)]
         assert replies == [
             DecodeReply([5], [], False, None, 16, False, 64, 0.25),
             DecodeReply([6], [], True, "length", 16),
         ]
-        assert calls.seen == [call, decode]  # what the worker side parsed: the same objects
+        # What the worker side parsed: the same objects (the lease's time left is less).
+        assert calls.seen[0] == call and len(calls.seen) == 2
+        assert_same_but_lease(calls.seen[1], decode)
 
     _with_worker(test)
 
