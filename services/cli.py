@@ -143,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     router = sub.add_parser("router", help="run one more router for a running cluster")
     add_router_args(router)
-    router.add_argument("--redis-url", required=True, help="the cluster's Redis")
+    router.add_argument(
+        "--redis-url", default=None, help="the cluster's Redis (default: $TANDEM_REDIS_URL)"
+    )
     router.add_argument("--model", default=None, help="for the tokenizer (default: SmolLM2)")
     router.set_defaults(func=cmd_router)
 

@@ -6,6 +6,8 @@ prompts. The router and the workers share it; clients of the OpenAI API never se
                                 arguments are visible to every user of the machine)
     tandem serve                makes one when the variable is unset, for its own workers
     metadata x-tandem-token     on every call; compared in constant time
+    registry records            signed with it (record_signing.py): a record written by
+                                someone without it is ignored
 
 The standard grpc.health.v1 service stays open: Kubernetes' gRPC probes send no metadata,
 and a health status reveals nothing.

@@ -1,6 +1,10 @@
 """`tandem serve` and `tandem worker` as child processes, started as a user would and
 stopped by pid (and their process group: we started it). The end-to-end tests and the
-benchmarks that need whole clusters use these."""
+benchmarks that need whole clusters use these.
+
+Secrets (the Redis URL with its password, the cluster token) reach the children through
+their environment, never their command line (redis_url.py, cluster_token.py).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from services.cluster.redis_url import (
+    REDIS_PASSWORD_ENV,
+    REDIS_URL_ENV,
+    new_password,
+    url_with_password,
+)
 
 # The last line `tandem serve` and `tandem router` print once they answer requests.
 READY = "Ctrl-C stops everything"
@@ -98,21 +109,21 @@ def start_worker(
         "worker",
         f"--worker-id={worker_id}",
         f"--role={role}",
-        f"--redis-url={redis_url}",
         f"--model={model}",
         "--dtype=float32",
         "--threads=1",
         "--kv-cache-gb=0.05",
         *extra,
     ]
-    proc = Proc(args, tmp / f"{worker_id}.log", env)
+    proc = Proc(args, tmp / f"{worker_id}.log", {**(env or {}), REDIS_URL_ENV: redis_url})
     line = proc.wait_for("serving on", timeout_s)
     return proc, line.rsplit(" ", 1)[-1].strip()
 
 
 @dataclass
 class Served:
-    """A running `tandem serve`: its router URL and the Redis / Ray it started."""
+    """A running `tandem serve`: its router URL and the Redis / Ray it started
+    (`redis_url` with its password: the banner shows it masked)."""
 
     proc: Proc
     url: str
@@ -123,14 +134,17 @@ class Served:
 def start_serve(
     log_path: Path, *args: str, env: dict[str, str] | None = None, timeout_s: float = 600.0
 ) -> Served:
-    """`tandem serve ARGS --port <free>`; returns once the router answers."""
+    """`tandem serve ARGS --port <free>`; returns once the router answers. Its Redis gets
+    a password chosen here (unless `env` names one), so that this side can use it too."""
     from services.cluster.redis_server import free_port
 
     port = free_port()
+    env = {REDIS_PASSWORD_ENV: new_password(), **(env or {})}
     proc = Proc(["serve", f"--port={port}", *args], log_path, env)
     proc.wait_or_stop(READY, timeout_s)
     field = {k: proc.wait_for(k, 1).split(k, 1)[1].strip() for k in ("Ray address:", "Redis:")}
-    return Served(proc, f"http://127.0.0.1:{port}", field["Redis:"], field["Ray address:"])
+    redis_url = url_with_password(field["Redis:"], env[REDIS_PASSWORD_ENV])
+    return Served(proc, f"http://127.0.0.1:{port}", redis_url, field["Ray address:"])
 
 
 def start_router(
@@ -144,6 +158,7 @@ def start_router(
     from services.cluster.redis_server import free_port
 
     port = free_port()
-    proc = Proc(["router", f"--redis-url={redis_url}", f"--port={port}", *args], log_path, env)
+    env = {**(env or {}), REDIS_URL_ENV: redis_url}
+    proc = Proc(["router", f"--port={port}", *args], log_path, env)
     proc.wait_or_stop(READY, timeout_s)
     return proc, f"http://127.0.0.1:{port}"

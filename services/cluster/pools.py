@@ -57,13 +57,29 @@ def assign_cores(specs: Sequence[PoolSpec], available: Sequence[int]) -> dict[st
     return out
 
 
+def reachable_from_other_nodes(net: WorkerNetConfig, node_ip: str) -> WorkerNetConfig:
+    """Listen on every interface and register the node's address (a host given by hand
+    wins): peers dial what the registry says, and 127.0.0.1 is another machine there."""
+    if net.advertise_host is not None:
+        return net
+    return replace(net, host="0.0.0.0", advertise_host=node_ip)
+
+
 class WorkerActor:
     """Lives in its own Ray worker process; wraps a WorkerThread."""
 
     def __init__(
-        self, config: WorkerConfig, net: WorkerNetConfig, cores: tuple[int, ...] = ()
+        self,
+        config: WorkerConfig,
+        net: WorkerNetConfig,
+        cores: tuple[int, ...] = (),
+        node_address: bool = False,
     ) -> None:
+        """`node_address`: listen on every interface and register this node's address, so
+        that the router and peers on other nodes of a multi-node Ray can dial it."""
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        if node_address:
+            net = reachable_from_other_nodes(net, ray.util.get_node_ip_address())
         if cores:  # before torch starts its threads: they inherit the process's affinity
             os.sched_setaffinity(0, cores)
         self._thread = WorkerThread(config, net)
@@ -87,9 +103,14 @@ class PoolMember:
 class Pools:
     """Start, look up and stop the worker actors of one Tandem cluster."""
 
-    def __init__(self, engine: EngineConfig, net: WorkerNetConfig) -> None:
+    def __init__(
+        self, engine: EngineConfig, net: WorkerNetConfig, node_address: bool = False
+    ) -> None:
+        """`node_address`: workers register their node's address, not 127.0.0.1 (a Ray
+        cluster that may span nodes)."""
         self.engine = engine
         self.net = net
+        self.node_address = node_address
         self.members: dict[str, PoolMember] = {}
 
     def start(
@@ -123,7 +144,7 @@ class Pools:
             num_gpus=spec.num_gpus,
             max_concurrency=2,  # stop must get through while address() waits
         )
-        actor = actor_cls.remote(WorkerConfig(name, engine), self.net, cores)
+        actor = actor_cls.remote(WorkerConfig(name, engine), self.net, cores, self.node_address)
         return PoolMember(name, spec.role, actor)
 
     def stop(self, timeout_s: float = 30.0) -> None:

@@ -1,10 +1,11 @@
 """`tandem serve`: a whole local cluster in one command.
 
     Ray (local, or RAY_ADDRESS) ── actors prefill-0.., decode-0.. (or both-0.. colocated)
-    Redis (ours on a free 127.0.0.1 port, or --redis-url) ── registry
+    Redis (ours on a free 127.0.0.1 port, with a password; or --redis-url) ── registry
     router (this process) on --host:--port ── OpenAI API, /metrics, /health, /ready
 
-Ctrl-C stops what this command started, in reverse order, and nothing else.
+Ctrl-C stops what this command started, in reverse order, and nothing else. Secrets (the
+Redis password, the cluster token) are never printed: the banner masks the Redis URL.
 """
 
 from __future__ import annotations
@@ -15,15 +16,18 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from engine import EngineConfig
 from services.cluster import redis_client
 from services.cluster.cluster_token import new_token, token_from_env
 from services.cluster.pools import NAMESPACE, Pools, PoolSpec, assign_cores
+from services.cluster.ray_auth import require_token_auth
 from services.cluster.redis_server import RedisServer
+from services.cluster.redis_url import redact_url, redis_password_from_env, redis_url_from_env
 from services.cluster.registry import Registry
-from services.router.dispatch import MODES
+from services.cluster.worker_tls import server_tls_from_env
+from services.router.dispatch_config import MODES
 from services.router.server import add_router_args, router_options, run_on_uvloop, run_router
 from services.worker.engine_flags import add_engine_args, engine_config
 from services.worker.process import WorkerNetConfig
@@ -38,9 +42,12 @@ class ClusterConfig:
     prefill_workers: int = 1
     decode_workers: int = 1
     cpus_per_worker: float | None = None  # None: the node's CPUs shared out evenly
-    redis_url: str | None = None
+    # Secrets are kept out of repr (a logged config must not show them).
+    redis_url: str | None = field(default=None, repr=False)
     dashboard: bool = True
-    cluster_token: str | None = None  # what worker gRPC callers must show (cluster_token.py)
+    # what worker gRPC callers must show, and what registry records are signed with
+    cluster_token: str | None = field(default=None, repr=False)
+    redis_password: str | None = field(default=None, repr=False)  # ours; None: a new one
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -133,9 +140,10 @@ class Cluster:
         if cfg.redis_url:
             self.redis_url = cfg.redis_url
         else:
-            server = self._stack.enter_context(RedisServer())
+            server = self._stack.enter_context(RedisServer(password=cfg.redis_password))
             self.redis_url = server.url
         address = os.environ.get("RAY_ADDRESS") or None
+        require_token_auth(starting_ray=address is None)
         ctx = ray.init(
             address=address,
             namespace=NAMESPACE,
@@ -155,8 +163,12 @@ class Cluster:
             self.specs, self.cores
         ):  # before the wait: a slow start shows what it waits for
             log.info("placement: %s", line)
-        net = WorkerNetConfig(redis_url=self.redis_url, cluster_token=cfg.cluster_token)
-        pools = Pools(cfg.engine, net)
+        net = WorkerNetConfig(
+            redis_url=self.redis_url, cluster_token=cfg.cluster_token, tls=server_tls_from_env()
+        )
+        # Joined a Ray cluster (RAY_ADDRESS): it may span nodes, so workers register an
+        # address other nodes can dial; one of our own is this host alone.
+        pools = Pools(cfg.engine, net, node_address=address is not None)
         self._stack.callback(pools.stop)
         self.pools = pools
         t1 = time.monotonic()
@@ -165,7 +177,8 @@ class Cluster:
 
     def banner(self) -> list[str]:
         """What `tandem serve` prints under the API address once it is up."""
-        lines = [f"Ray address:    {self.ray_address}", f"Redis:          {self.redis_url}"]
+        shown = redact_url(self.redis_url)  # the password stays out of every banner
+        lines = [f"Ray address:    {self.ray_address}", f"Redis:          {shown}"]
         if self.dashboard_url:
             url = self.dashboard_url.removeprefix("http://")
             lines.insert(0, f"Ray dashboard:  http://{url}")
@@ -179,7 +192,8 @@ class Cluster:
         return lines
 
     def registry(self) -> Registry:
-        return Registry(redis_client.connect(self.redis_url))
+        token = self.config.cluster_token
+        return Registry(redis_client.connect(self.redis_url), token=token)
 
 
 def add_serve_args(ap: argparse.ArgumentParser) -> None:
@@ -187,7 +201,12 @@ def add_serve_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", default=None, help="HF directory or .gguf (default: SmolLM2)")
     ap.add_argument("--prefill-workers", type=int, default=1)
     ap.add_argument("--decode-workers", type=int, default=1)
-    ap.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
+    ap.add_argument(
+        "--redis-url",
+        default=None,
+        help="use this Redis instead of starting one (default: $TANDEM_REDIS_URL; the "
+        "variable keeps a password off the command line)",
+    )
     add_engine_args(ap)  # --engine, --dtype, --block-size, --kv-cache-gb, --num-blocks, ...
     ap.add_argument("--cpus-per-worker", type=float, default=None)
     ap.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
@@ -201,10 +220,12 @@ def cmd_serve(args: argparse.Namespace, model: str) -> int:
         prefill_workers=args.prefill_workers,
         decode_workers=args.decode_workers,
         cpus_per_worker=args.cpus_per_worker,
-        redis_url=args.redis_url,
+        redis_url=args.redis_url or redis_url_from_env(),
         dashboard=not args.no_dashboard,
-        # Our workers' gRPC opens to this token only: the variable's, or a new one.
+        # Our workers' gRPC opens to this token only, and the registry trusts only records
+        # signed with it: the variable's, or a new one.
         cluster_token=token_from_env() or new_token(),
+        redis_password=redis_password_from_env(),
     )
     try:
         with Cluster(config) as cluster:

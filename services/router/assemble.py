@@ -8,18 +8,27 @@ from services.cluster.registry import Registry
 from services.kv.feed import KVFeed
 from services.kv.index import KVIndex
 from services.router.cluster_view import ClusterView
-from services.router.dispatch import DispatchConfig, Dispatcher
+from services.router.dispatch import Dispatcher
+from services.router.dispatch_config import DispatchConfig
 from services.router.metrics import RouterMetrics
 from services.router.routing import Policy
 from services.router.workers import WorkerSet
 
 
 def make_dispatcher(
-    redis_url: str, config: DispatchConfig, metrics: RouterMetrics, token: str | None = None
+    redis_url: str,
+    config: DispatchConfig,
+    metrics: RouterMetrics,
+    token: str | None = None,
+    worker_ca: bytes | None = None,
 ) -> Dispatcher:
     """Only `kv` routing reads KV events: the other modes are the cache-blind baselines
     it is measured against."""
-    workers = WorkerSet(Registry(redis_client.connect(redis_url)), token)
+    # Records not signed with `token` are skipped (a forged worker gets no prompts), counted.
+    registry = Registry(
+        redis_client.connect(redis_url), token=token, on_rejected=metrics.registry_rejected.inc
+    )
+    workers = WorkerSet(registry, token, worker_ca)
     feed = None
     if config.routing == "kv":
         feed = KVFeed(redis_client.connect_async(redis_url), KVIndex(), workers.dump_kv)

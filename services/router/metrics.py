@@ -126,6 +126,11 @@ class RouterMetrics:
             ["when"],
             registry=r,
         )
+        self.registry_rejected = Counter(
+            "tandem_registry_rejected",
+            "Reads of registry records skipped: not signed with the cluster token.",
+            registry=r,
+        )
 
     def _routing_metrics(self, r: CollectorRegistry) -> None:
         self.routed = Counter(

@@ -4,6 +4,7 @@ converts), gRPC errors as WorkerError. Nothing past this module sees protobuf or
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -11,6 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services import wire
+from services.cluster import worker_tls
 from services.cluster.cluster_token import call_metadata
 from services.pb import worker_pb2, worker_pb2_grpc
 
@@ -29,6 +31,11 @@ class WorkerError(Exception):
         """The worker refused the request itself (bad input): the client's fault."""
         return self.code == "invalid_argument"
 
+    @property
+    def busy(self) -> bool:
+        """The worker's waiting queue is full: it is healthy, another may take the call."""
+        return self.code == "resource_exhausted"
+
     @classmethod
     def of(cls, e: grpc.aio.AioRpcError | grpc.aio.UsageError) -> WorkerError:
         if isinstance(e, grpc.aio.UsageError):  # our channel to it is closed: it left
@@ -37,17 +44,19 @@ class WorkerError(Exception):
 
 
 class WorkerClient:
-    def __init__(self, address: str, token: str | None = None) -> None:
-        """`token`: the cluster token, sent with every call (cluster_token.py)."""
+    def __init__(self, address: str, token: str | None = None, ca: bytes | None = None) -> None:
+        """`token`: the cluster token, sent with every call (cluster_token.py); `ca`: the
+        CA workers' certificates are checked against, for TLS (worker_tls.py)."""
         self.address = address
         self._metadata = call_metadata(token)
-        self._channel = grpc.aio.insecure_channel(address)
+        self._channel = worker_tls.channel(address, ca)
         self._stub = worker_pb2_grpc.WorkerStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def prefill(self, call: wire.PrefillCall, timeout_s: float) -> wire.PrefillReply:
+        called_at = time.monotonic()
         msg = await self._unary(self._stub.Prefill, call.to_pb(), timeout_s)
-        return wire.PrefillReply.from_pb(msg)
+        return wire.PrefillReply.from_pb(msg, called_at)
 
     async def decode(self, call: wire.DecodeCall) -> AsyncGenerator[wire.DecodeReply, None]:
         """The worker's stream. Close it (`contextlib.aclosing`) when you stop reading

@@ -62,18 +62,23 @@ class Prefilling:
 
 
 class WorkerSet:
-    def __init__(self, registry: Registry, token: str | None = None) -> None:
-        """`token`: the cluster token every call to a worker carries."""
+    def __init__(
+        self, registry: Registry, token: str | None = None, ca: bytes | None = None
+    ) -> None:
+        """`token`: the cluster token every call to a worker carries; `ca`: workers'
+        certificates are checked against it (TLS), None: plain gRPC."""
         self.registry = registry
-        self._token = token
+        self._token, self._ca = token, ca
         # worker id -> (its process's start time, its breaker): see _breaker
         self._breakers: dict[str, tuple[int, Breaker]] = {}
         self.workers: dict[str, WorkerRef] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
-    async def refresh(self) -> None:
+    async def refresh(self, keep_absent: bool = False) -> None:
+        """Take the registry's records; `keep_absent`: workers missing from it stay (a
+        Redis that came back empty lists each worker again at its next heartbeat)."""
         records = {r.worker_id: r for r in await asyncio.to_thread(self.registry.workers)}
-        for worker_id in [w for w in self.workers if w not in records]:
+        for worker_id in [w for w in self.workers if w not in records and not keep_absent]:
             await self._drop(worker_id)
         for worker_id, record in records.items():
             ref = self.workers.get(worker_id)
@@ -82,7 +87,7 @@ class WorkerSet:
                     await self._drop(worker_id)
                 ref = WorkerRef(
                     record,
-                    WorkerClient(record.grpc_address, self._token),
+                    WorkerClient(record.grpc_address, self._token, self._ca),
                     breaker=self._breaker(record),
                 )
                 self.workers[worker_id] = ref

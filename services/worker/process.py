@@ -13,7 +13,7 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import redis
@@ -25,10 +25,12 @@ from engine.config import ROLES
 from services import wire
 from services.cluster import redis_client
 from services.cluster.cluster_token import TokenInterceptor, token_from_env
+from services.cluster.redis_url import redis_url_from
 from services.cluster.registry import Registry
+from services.cluster.worker_tls import ServerTls, server_tls_from_env
 from services.pb import worker_pb2_grpc
 from services.pb.events_pb2 import WorkerRecord
-from services.worker.core import Worker, WorkerConfig
+from services.worker.core import WAITING_PER_SEQ, Worker, WorkerConfig
 from services.worker.engine_flags import add_engine_args, engine_config
 from services.worker.handlers import WorkerCalls
 from services.worker.kv_publisher import KVPublisher
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 class WorkerNetConfig:
     """Where a worker listens and registers: its network side, not its engine."""
 
-    redis_url: str
+    redis_url: str = field(repr=False)  # may carry a password (redis_url.py)
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port
     advertise_host: str | None = None  # what peers dial; default: host
@@ -55,7 +57,9 @@ class WorkerNetConfig:
     # (a stream cut after it resumes on another decode worker). Short under `tandem serve`,
     # whose Ctrl-C stops the whole cluster; `tandem worker` (a pod) waits longer.
     drain_s: float = 2.0
-    cluster_token: str | None = None  # None: any caller may call (cluster_token.py)
+    # None: any caller may call (cluster_token.py); also signs our registry record
+    cluster_token: str | None = field(default=None, repr=False)
+    tls: ServerTls | None = field(default=None, repr=False)  # None: plain gRPC (worker_tls.py)
 
 
 class WorkerServer:
@@ -68,7 +72,7 @@ class WorkerServer:
         self.address = ""
         self.stopping = asyncio.Event()
         client = redis_client.connect(net.redis_url)
-        self._registry = Registry(client, net.registry_prefix)
+        self._registry = Registry(client, net.registry_prefix, token=net.cluster_token)
         started_at_ms = int(time.time() * 1000)
         self.publisher = KVPublisher(client, config.worker_id, started_at_ms, net.registry_prefix)
         self._started_at_ms = started_at_ms
@@ -91,7 +95,12 @@ class WorkerServer:
         service = WorkerService(WorkerCalls(worker, peers, self.liveness))
         worker_pb2_grpc.add_WorkerServicer_to_server(service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.liveness.servicer, self._server)
-        port = self._server.add_insecure_port(f"{self.net.host}:{self.net.port}")
+        listen = f"{self.net.host}:{self.net.port}"
+        tls = self.net.tls
+        if tls is None:
+            port = self._server.add_insecure_port(listen)
+        else:
+            port = self._server.add_secure_port(listen, tls.credentials())
         await self._server.start()
         self.address = f"{self.net.advertise_host or self.net.host}:{port}"
         self._record = self._base_record(worker)
@@ -203,7 +212,7 @@ class WorkerThread:
 def add_worker_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--role", choices=ROLES, required=True)
     ap.add_argument("--worker-id", required=True)
-    ap.add_argument("--redis-url", required=True)
+    ap.add_argument("--redis-url", default=None, help="default: $TANDEM_REDIS_URL")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--advertise-host", default=None, help="address peers dial (default: host)")
@@ -211,6 +220,14 @@ def add_worker_args(ap: argparse.ArgumentParser) -> None:
     add_engine_args(ap)  # --engine, --dtype, --block-size, --kv-cache-gb, --num-blocks, ...
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--lease-s", type=float, default=30.0)
+    ap.add_argument(
+        "--max-waiting",
+        type=int,
+        default=None,
+        help="requests that may wait for a place in the batch before the worker refuses "
+        "more (RESOURCE_EXHAUSTED; the router tries another worker) "
+        f"(default: {WAITING_PER_SEQ} x --max-num-seqs)",
+    )
     ap.add_argument(
         "--drain-timeout-s",
         type=float,
@@ -232,15 +249,19 @@ def run_standalone(args: argparse.Namespace, model: str) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     engine = engine_config(args, model, role=args.role, num_threads=args.threads)
     net = WorkerNetConfig(
-        redis_url=args.redis_url,
+        redis_url=redis_url_from(args.redis_url),
         host=args.host,
         port=args.port,
         advertise_host=args.advertise_host,
         stall_s=args.stall_timeout_s,
         drain_s=args.drain_timeout_s,
         cluster_token=token_from_env(),
+        tls=server_tls_from_env(),
     )
-    server = WorkerServer(WorkerConfig(args.worker_id, engine, lease_s=args.lease_s), net)
+    server = WorkerServer(
+        WorkerConfig(args.worker_id, engine, lease_s=args.lease_s, max_waiting=args.max_waiting),
+        net,
+    )
 
     async def main() -> None:
         event_loop = asyncio.get_running_loop()

@@ -41,7 +41,7 @@ class Served(launch.Served):
 
     def worker_stats(self) -> dict[str, worker_pb2.StatsResponse]:
         """Each live worker's Stats, straight from the worker over gRPC."""
-        records = Registry(redis.Redis.from_url(self.redis_url)).workers()
+        records = Registry(redis.Redis.from_url(self.redis_url), token=CLUSTER_TOKEN).workers()
         stats = {}
         for r in records:
             with grpc.insecure_channel(r.grpc_address) as ch:
@@ -84,7 +84,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, smollm_path: Path) -> Iter
     # Ctrl-C stops everything it started: Redis, Ray and the workers are gone.
     assert served.proc.stop() == 0, served.proc.tail()
     assert "tandem serve: stopped" in served.proc.tail()
-    for address in (served.redis_url.split("//")[1].split("/")[0], served.ray_address):
+    redis_address = served.redis_url.split("@")[-1].split("/")[0]  # after the password
+    for address in (redis_address, served.ray_address):
         assert not _listening(address), f"{address} still answers after Ctrl-C"
 
 

@@ -278,7 +278,7 @@ def test_redis_restart_heals_from_worker_snapshots() -> None:
         server = RedisServer()
         port = server.port
         try:
-            client = redis.Redis(port=port)
+            client = redis.Redis.from_url(server.url)
             w = KVWorker(client, "p-0", "tandem")
             w.run_prompt(_prompt(0, 0))
             await w.flush()
@@ -286,7 +286,8 @@ def test_redis_restart_heals_from_worker_snapshots() -> None:
             await feed.sync(["p-0"])
             await feed.poll()
             server.stop()
-            server = RedisServer(port=port)  # empty: everything in Redis is gone
+            # empty: everything in Redis is gone; the same password, which clients hold
+            server = RedisServer(port=port, password=server.password)
             w.run_prompt(_prompt(1, 1))
             w.publisher._last_write = 0.0
             await w.flush()  # Redis lost the state: the worker writes a snapshot

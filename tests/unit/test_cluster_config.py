@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from engine import EngineConfig
 from services.cli import build_parser
-from services.cluster.pools import PoolSpec, assign_cores
+from services.cluster.pools import PoolSpec, assign_cores, reachable_from_other_nodes
 from services.cluster.serve import ClusterConfig, placement
 from services.router.server import served_model_name
 from services.worker.engine_flags import engine_config
+from services.worker.process import WorkerNetConfig
 
 
 def _cluster(model: str = "m", **kwargs: object) -> ClusterConfig:
@@ -112,3 +115,11 @@ def _fields(cfg: EngineConfig) -> dict[str, object]:
 def test_served_model_name() -> None:
     assert served_model_name("/c/SmolLM2-135M-Instruct.Q4_1.gguf") == "SmolLM2-135M-Instruct"
     assert served_model_name("/models/Qwen2-0.5B") == "Qwen2-0.5B"
+
+
+def test_workers_of_a_joined_ray_register_an_address_other_nodes_can_dial() -> None:
+    net = WorkerNetConfig(redis_url="redis://127.0.0.1:1/0")
+    spread = reachable_from_other_nodes(net, "10.0.3.7")
+    assert (spread.host, spread.advertise_host) == ("0.0.0.0", "10.0.3.7")
+    by_hand = replace(net, advertise_host="worker.example")
+    assert reachable_from_other_nodes(by_hand, "10.0.3.7") == by_hand  # the user's wins
