@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.stamp-install
 PROMPT ?= What is the capital of France?
 
-.PHONY: install redis-server test lint typecheck run generate pull proto bench-engine bench-profile bench-transfer bench-disagg bench-routing bench-router bench-serve tcmalloc clean
+.PHONY: install redis-server test lint typecheck run generate pull proto bench-engine bench-profile bench-transfer bench-disagg bench-routing bench-router bench-serve soak tcmalloc clean
 
 install: $(STAMP) redis-server
 
@@ -81,6 +81,12 @@ bench-routing: pull
 # and 64; TTFT, req/s and each process's CPU per request.
 bench-router: install
 	$(PY) -m bench.router $(ARGS)
+
+# Minutes of saturation on mock workers, one killed (kill -9) and restarted every N seconds:
+# completed vs failed requests, 429s, the router's retries and each process's memory at start
+# and end, in bench-results/soak.json. Not in `make test`. ARGS, e.g. "--duration-s 60".
+soak: install
+	$(PY) -m bench.soak $(ARGS)
 
 # vLLM's CPU build beside `tandem serve` (default flags and the recommended single node) on
 # the same prompts, with the machine's GEMM-only bound: bench-results/serve.json. vLLM's venv

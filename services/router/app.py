@@ -1,7 +1,7 @@
 """The router's HTTP edge: an OpenAI-compatible API in front of a `Backend`.
 
     POST /v1/chat/completions   POST /v1/completions   GET /v1/models   POST /tokenize
-    GET /health (always 200, no key)   GET /ready   GET /metrics
+    GET /health (always 200, no key)   GET /ready (503 while draining: drain.py)   GET /metrics
 
 A request is validated (protocol.py), tokenized once (prompts.py), run through the backend
 as token ids (generation.py) and shaped into OpenAI's JSON or server-sent events
@@ -21,6 +21,7 @@ from engine.detokenize import DecodeStreamDecoder, IncrementalText
 from engine.tokenizer import Tokenizer
 from services.router.backend import Backend, GenerateRequest
 from services.router.disconnect import DisconnectWatch
+from services.router.drain import Drain
 from services.router.errors import SERVER_ERROR, APIError, error_body, install_error_handlers
 from services.router.generation import Generation, collect
 from services.router.metrics import RouterMetrics
@@ -44,6 +45,7 @@ from services.router.protocol import (
     CompletionRequest,
     resolve_max_tokens,
     sampling_params,
+    served_openapi,
 )
 from services.router.sse import EventStreamResponse, sse_events
 from services.router.tokenize_route import tokenize_routes
@@ -61,6 +63,7 @@ class _Server:
     max_model_len: int
     metrics: RouterMetrics
     started: int  # unix seconds, the model's `created`
+    drain: Drain  # /ready fails while it is active
 
     def check_model(self, model: str) -> None:
         if model != self.model_name:
@@ -80,9 +83,18 @@ def create_app(
     metrics: RouterMetrics,
     api_key: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    drain: Drain | None = None,
 ) -> FastAPI:
-    server = _Server(backend, tokenizer, model_name, max_model_len, metrics, int(time.time()))
+    """`drain`: the router's SIGTERM state (drain.py); /ready fails while it is active."""
+    started = int(time.time())
+    server = _Server(
+        backend, tokenizer, model_name, max_model_len, metrics, started, drain or Drain()
+    )
     app = FastAPI(title="Tandem router", summary="OpenAI-compatible API")
+    fastapi_openapi = app.openapi  # what the API accepts, with the served bounds filled in
+    app.openapi = lambda: served_openapi(  # type: ignore[method-assign]
+        fastapi_openapi(), tokenizer.vocab_size
+    )
     install_error_handlers(app)
     # Added innermost first: error counting, then the key, then the body's size.
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
@@ -146,7 +158,7 @@ async def _complete(
 ) -> Response:
     params = sampling_params(body, resolve_max_tokens(body, len(prompt_ids), s.max_model_len))
     request_id = f"{id_prefix}-{uuid.uuid4().hex}"
-    gen_request = GenerateRequest(request_id, prompt_ids, params)
+    gen_request = GenerateRequest(request_id, prompt_ids, params, body.cache_salt or "")
     text = IncrementalText(DecodeStreamDecoder(s.tokenizer.backend), params.stop)
     gen = Generation(s.backend, gen_request, text, s.metrics, arrival)
     chat = isinstance(body, ChatCompletionRequest)
@@ -187,6 +199,9 @@ def _ops_routes(s: _Server) -> APIRouter:
 
     @r.get("/ready")
     async def ready() -> JSONResponse:
+        if s.drain.active:  # first: a draining router is never ready, whatever its workers
+            body = error_body("The router is shutting down.", SERVER_ERROR, None, "draining")
+            return JSONResponse(body, status_code=503)
         try:
             ok = await s.backend.ready()
         except Exception:  # a backend that cannot even say is not ready

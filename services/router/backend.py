@@ -25,6 +25,7 @@ class GenerateRequest:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
+    cache_salt: str = ""  # prefix-cache hits only among requests with the same salt
 
 
 @dataclass(slots=True)

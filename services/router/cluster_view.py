@@ -7,6 +7,13 @@
                       (health_checks.py)
     all the time:     KVFeed.run (KV events -> the KV index)
 
+A registry that cannot be read (Redis down) leaves the picture as it was: requests go on
+to the workers last seen, whose health the router checks itself over gRPC. When it can be
+read again, a worker missing from it is kept for one registry TTL: a Redis that restarted
+is empty (no persistence) until each worker's next heartbeat, and routing to nobody in
+that second would fail every request. A worker that really died meanwhile is out of
+routing anyway (its health checks fail); it leaves the set when the TTL is over.
+
 Per-request decisions are services/router/dispatch.py's; this only keeps what they read true.
 """
 
@@ -14,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from engine.config import ROLES
+from services.cluster.registry import DEFAULT_TTL_S
 from services.kv.feed import KVFeed
 from services.pb.events_pb2 import WorkerRecord
 from services.router.health_checks import HealthChecks
@@ -24,6 +33,7 @@ from services.router.metrics import RouterMetrics
 from services.router.workers import WorkerRef, WorkerSet
 
 log = logging.getLogger(__name__)
+REJOIN_S = DEFAULT_TTL_S  # after an outage, how long an absent worker is not "gone"
 
 
 class ClusterView:
@@ -47,6 +57,8 @@ class ClusterView:
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._exported: set[str] = set()  # workers with load series in the metrics
+        self._unreadable_since: float | None = None  # the registry's reads fail (monotonic)
+        self._rejoin_until = 0.0  # absent workers are kept until then (monotonic)
         self.health = HealthChecks(workers, metrics, health_s) if health_s else None
 
     async def start(self) -> None:
@@ -77,7 +89,22 @@ class ClusterView:
 
     # ---- keeping it fresh --------------------------------------------------------------
     async def refresh(self) -> None:
-        await self.workers.refresh()
+        now = time.monotonic()
+        keep_absent = self._unreadable_since is not None or now < self._rejoin_until
+        try:
+            await self.workers.refresh(keep_absent)
+        except Exception:
+            if self._unreadable_since is None:
+                self._unreadable_since = now
+            raise
+        if self._unreadable_since is not None:
+            log.info(
+                "the registry can be read again after %.1f s; workers it lacks are kept "
+                "for %.0f s more",
+                now - self._unreadable_since,
+                REJOIN_S,
+            )
+            self._unreadable_since, self._rejoin_until = None, now + REJOIN_S
         if self.feed is not None:
             await self.feed.sync(self.workers.workers)
         self._export_load()
@@ -85,10 +112,12 @@ class ClusterView:
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(self.refresh_s)
+            failing = self._unreadable_since is not None
             try:
                 await self.refresh()
             except Exception:
-                log.exception("reading the registry failed")
+                if not failing:  # the first failure in a row has the traceback, not each
+                    log.exception("reading the registry failed; serving the workers last seen")
 
     def _export_load(self) -> None:
         m, live = self.metrics, self.workers.workers

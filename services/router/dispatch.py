@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 
-from engine.hashing import chain_hashes
-from services.router.admission import DEFAULT_QUEUE_PER_SEQ, Admission
+from engine.hashing import chain_hashes, salted_seed
+from services.router.admission import RETRY_AFTER_S, Admission
 from services.router.backend import (
     ROUTE_COLOCATED,
     ROUTE_DISAGG,
@@ -44,45 +43,17 @@ from services.router.backend import (
     TokenDelta,
 )
 from services.router.cluster_view import ClusterView
+from services.router.dispatch_config import DispatchConfig
 from services.router.metrics import RouterMetrics
 from services.router.prefill_deadline import PrefillDeadline
-from services.router.routing import ROUTINGS, Choice, Policy
+from services.router.routing import Choice, Policy
 from services.router.worker_calls import WorkerCalls
 from services.router.worker_client import WorkerError
 from services.router.workers import WorkerRef
 from services.wire import DecodeCall, PrefillReply
 
 log = logging.getLogger(__name__)
-MODES = ("disagg", "colocated")
-DEFAULT_DECODE_ATTEMPTS = 3  # decode workers a request may run on (the first included)
 PREFILL_ATTEMPTS = 2  # prefill workers a request may try before it prefills locally
-
-
-@dataclass(frozen=True, slots=True)
-class DispatchConfig:
-    mode: str = "disagg"
-    routing: str = "kv"  # see services/router/routing.py
-    # Prompts this short are prefilled on the decode worker: moving their few blocks costs
-    # more than computing them (conditional disaggregation).
-    local_prefill_tokens: int = 64
-    # Prefill on the decode worker when it would start the prompt sooner than any prefill
-    # worker (Dynamo's disaggregated router decides on the prefill queue likewise).
-    balance_prefill: bool = True
-    prefill_timeout_s: float | None = None  # None: from the prompt (prefill_deadline.py)
-    decode_attempts: int = DEFAULT_DECODE_ATTEMPTS
-    queue_per_seq: float = DEFAULT_QUEUE_PER_SEQ  # admission.py; < 0 accepts everything
-    refresh_s: float = 0.5  # how often the registry is read
-    health_s: float = 1.0  # how often each worker's health is checked (health_checks.py)
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.routing not in ROUTINGS:
-            raise ValueError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
-        if self.local_prefill_tokens < 0:
-            raise ValueError("local_prefill_tokens must be >= 0")
-        if self.decode_attempts < 1:
-            raise ValueError("decode_attempts must be >= 1")
 
 
 class Dispatcher:
@@ -95,7 +66,7 @@ class Dispatcher:
         self.metrics = metrics
         self.policy = policy
         self.calls = WorkerCalls(cluster, metrics, PrefillDeadline(config.prefill_timeout_s))
-        self.admission = Admission(config.queue_per_seq)
+        self.admission = Admission(config.queue_per_seq, self._prefill_rate)
 
     async def start(self) -> None:
         await self.cluster.start()
@@ -114,13 +85,22 @@ class Dispatcher:
 
     # ---- requests --------------------------------------------------------------------
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
-        pool = self._serving_pool
-        with self.admission.place(pool, self.cluster.serving(pool)):
+        pool, prompt = self._serving_pool, len(request.prompt_token_ids)
+        with self.admission.place(pool, self.cluster.serving(pool), prompt) as place:
             async for delta in self._generate(request):
+                place.prefilled()
                 yield delta
 
+    def _prefill_rate(self) -> float | None:
+        """The prefill pool's tokens/s: each worker's measured speed, times the routable
+        ones (None until a remote prefill has been measured)."""
+        per_worker = self.calls.deadline.tokens_per_s
+        if per_worker is None:
+            return None
+        return per_worker * max(1, len(self.cluster.serving("prefill")))
+
     async def _generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
-        hashes = self._hashes(request.prompt_token_ids)
+        hashes = self._hashes(request.prompt_token_ids, request.cache_salt)
         if self.config.mode == "colocated":
             worker = self._pick("both", request, hashes).worker
             async for delta in self._decode(worker, request, None, ROUTE_COLOCATED):
@@ -148,13 +128,13 @@ class Dispatcher:
         sooner = decode.worker.queued_tokens + decode.uncached < shortest
         return ROUTE_LOCAL_QUEUE if sooner else None
 
-    def _hashes(self, prompt: list[int]) -> list[int]:
+    def _hashes(self, prompt: list[int], salt: str) -> list[int]:
         """The prompt's chained block hashes, as the workers compute them (kv routing only).
         A pool shares one block size; a worker with another one simply gets no hits."""
         records = self.cluster.records()
         if not self.policy.uses_cache or not records:
             return []
-        return chain_hashes(prompt, records[0].block_size)
+        return chain_hashes(prompt, records[0].block_size, parent=salted_seed(salt))
 
     def _pick(self, role: str, request: GenerateRequest, hashes: list[int]) -> Choice:
         choice = self._choose(role, request.prompt_token_ids, hashes)
@@ -249,6 +229,7 @@ class Dispatcher:
             request.params,
             handle=prefill.handle if prefill is not None else None,
             first_token=prefill.first_token if prefill is not None else None,
+            cache_salt=request.cache_salt,
         )
         tried = [ref.worker_id]
         labelled = False  # the request's route rides on the first delta the client gets
@@ -282,6 +263,7 @@ class Dispatcher:
                 request.prompt_token_ids,
                 request.params,
                 generated_token_ids=list(streamed),
+                cache_salt=request.cache_salt,
             )
 
     def _resume_target(
@@ -293,9 +275,14 @@ class Dispatcher:
             why = f"it failed on {len(tried)} decode workers"
         else:
             prompt = request.prompt_token_ids + streamed
-            choice = self._choose(self._serving_pool, prompt, self._hashes(prompt), exclude=tried)
+            hashes = self._hashes(prompt, request.cache_salt)
+            choice = self._choose(self._serving_pool, prompt, hashes, exclude=tried)
             if choice is not None:
                 return choice.worker
             why = "its decode worker failed and no other one is available"
         log.warning("%s: giving up: %s (last: %s)", request.request_id, why, error)
+        if error.busy:  # every worker it tried was full: the client should come back
+            raise BackendError(
+                429, "The server is at capacity; retry shortly.", "overloaded", RETRY_AFTER_S
+            )
         raise BackendError(502, f"The request could not be completed: {why}.")

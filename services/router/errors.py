@@ -103,11 +103,10 @@ async def _on_unexpected(_: Request, err: Exception) -> JSONResponse:
 
 # ---- pydantic errors -> one OpenAI error ---------------------------------------------------
 def validation_error(errors: Sequence[Any]) -> APIError:
-    """The first problem pydantic found, named by the field path OpenAI calls `param`."""
-    first: dict[str, Any] = errors[0] if errors else {"loc": (), "msg": "invalid", "type": ""}
-    loc = list(first.get("loc", ()))
-    if loc[:1] == ["body"]:
-        loc = loc[1:]
+    """The first problem pydantic found (`_most_telling`), named by the field path OpenAI
+    calls `param`."""
+    first = _most_telling(errors)
+    loc = _body_loc(first)
     if first.get("type") == "json_invalid":
         detail = first.get("ctx", {}).get("error", "")
         return APIError(400, f"We could not parse the JSON body of your request. ({detail})")
@@ -120,6 +119,34 @@ def validation_error(errors: Sequence[Any]) -> APIError:
     if not param:
         return APIError(400, f"Invalid request body: {msg}.")
     return APIError(400, f"Invalid value for '{param}': {msg}.", param=param)
+
+
+# A value that fits no member of a union is reported once per member; members of another
+# type only say so ("Input should be a valid string" for ["", "x"] against str | list[str]).
+_TYPE_MISMATCH = {
+    "string_type", "int_type", "float_type", "bool_type", "list_type", "dict_type",
+    "model_type", "model_attributes_type", "none_required",
+}  # fmt: skip
+
+
+def _most_telling(errors: Sequence[Any]) -> dict[str, Any]:
+    """The first error, or, when its field fails a union, the member whose type matched:
+    that one says what is wrong with the value."""
+    if not errors:
+        return {"loc": (), "msg": "invalid", "type": ""}
+    first: dict[str, Any] = errors[0]
+    if first.get("type") not in _TYPE_MISMATCH:
+        return first
+    path = field_path(_body_loc(first))
+    for e in errors:
+        if e.get("type") not in _TYPE_MISMATCH and field_path(_body_loc(e)) == path:
+            return dict(e)
+    return first
+
+
+def _body_loc(error: dict[str, Any]) -> list[str | int]:
+    loc = list(error.get("loc", ()))
+    return loc[1:] if loc[:1] == ["body"] else loc
 
 
 _FIELD = re.compile(r"[a-z_][a-z0-9_]*")

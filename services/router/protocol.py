@@ -1,18 +1,39 @@
 """The OpenAI wire format at the router's edge: request bodies, and what they ask of the engine.
 
-Bodies are parsed strictly (a string is not an integer, as with OpenAI), and fields we do not
-know are ignored (also as OpenAI does). Known fields we cannot honour are refused with a 400
-naming the field, never silently dropped: a client asking for n=2 or top_logprobs=5 must not
-get an answer shaped as if it had been served.
+Bodies are parsed strictly (a string is not an integer, as with OpenAI; 2.0 is one, as JSON
+Schema counts them), and fields we do not know are ignored (also as OpenAI does). Known
+fields we cannot honour are refused with a 400 naming the field, never silently dropped: a
+client asking for n=2 or top_logprobs=5 must not get an answer shaped as if it had been
+served.
+
+The OpenAPI schema (/openapi.json) states what is accepted, so that generated clients and
+fuzzers send requests that reach the engine: each range is a pydantic constraint (enforced
+and documented at once), and a field we serve only at one value says so in its schema while
+`check_supported` refuses the rest with a message naming it. Integer ranges stay inside the
+wire's types (proto/worker.proto), and temperature and top_p survive its float32
+(sampling_params): nothing a client sends can overflow a protobuf field.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
-from engine.sampling_params import SamplingParams
+from engine.sampling_params import (
+    MAX_STOP_CHARS,
+    MAX_STOP_STRINGS,
+    MIN_TEMPERATURE,
+    SamplingParams,
+)
 from services.router.errors import APIError
 
 # A request without max_tokens may run to the end of the context (OpenAI's and vLLM's
@@ -21,6 +42,37 @@ from services.router.errors import APIError
 DEFAULT_MAX_TOKENS_CAP = 1024
 
 _INT64 = 2**63
+_UINT32 = 2**32  # max_tokens, top_k and min_tokens are uint32 on the wire
+
+
+def _whole(value: Any) -> Any:
+    # JSON has one kind of number, and to JSON Schema (so to the generated clients and
+    # fuzzers that read ours) 2.0 is the integer 2: taken as one. 2.5 is still refused.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# Last in an Annotated integer, after its constraints (pydantic then still writes them into
+# the schema as JSON Schema's minimum and maximum).
+_WHOLE = BeforeValidator(_whole)
+
+
+def _served(**schema: Any) -> Any:
+    """Schema only: what we serve of something OpenAI defines more widely (n: only 1). The
+    schema says it, so generated requests reach the engine; `check_supported` and prompts.py
+    refuse the rest with a message that says it is not supported, which a bare range error
+    would not."""
+    return Field(json_schema_extra=schema)
+
+
+StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
+StopList = Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)]
+# A prompt's token id. The served tokenizer's vocabulary bounds it further (prompts.py), and
+# the served schema says so (served_openapi fills in the bound this key marks).
+_BELOW_VOCAB = "x-below-vocab-size"
+TokenId = Annotated[int, Field(ge=0, lt=_UINT32, json_schema_extra={_BELOW_VOCAB: True}), _WHOLE]
+TextPrompt = Annotated[str, _served(minLength=1)]  # "" has no token to start from
+IdsPrompt = Annotated[list[TokenId], _served(minItems=1)]
+OnePrompt = _served(minItems=1, maxItems=1)  # a batch of prompts: only a batch of one
 
 
 class _Body(BaseModel):
@@ -33,6 +85,41 @@ class _Body(BaseModel):
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if v is not None}
         return data
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _unicode_only(cls, value: Any) -> Any:
+        # JSON's "\ud800" escapes parse to lone surrogates, which are no characters: UTF-8
+        # cannot encode them, so the tokenizer, protobuf and our own error bodies would each
+        # fail on one later (a 500). Refused here, naming the field.
+        if has_lone_surrogate(value):
+            raise ValueError("text must be valid Unicode (it holds a lone surrogate)")
+        return value
+
+
+def has_lone_surrogate(value: Any) -> bool:
+    """Whether any string in `value` (JSON: nested lists and dicts, keys too) holds one.
+    Iterative: a body may nest as deep as the JSON parser allows."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if not v.isascii() and not _encodes(v):
+                return True
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+    return False
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class TextPart(_Body):
@@ -60,21 +147,31 @@ class _SamplingBody(_Body):
 
     prompt_field: ClassVar[str] = ""  # where the prompt is, for errors about its length
     model: str
-    n: int = 1
+    n: Annotated[int, _served(minimum=1, maximum=1), _WHOLE] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = None
-    temperature: float = 1.0  # OpenAI's default: sampling, not greedy
-    top_p: float = 1.0
-    top_k: int = 0  # vLLM extension; 0 or -1 turns it off
-    seed: int | None = Field(default=None, ge=-_INT64, lt=_INT64)
-    stop: str | list[str] | None = None
-    ignore_eos: bool = False  # vLLM extension
-    min_tokens: int = 0  # vLLM extension
-    presence_penalty: float = 0.0  # accepted only when neutral
-    frequency_penalty: float = 0.0
-    logit_bias: dict[str, float] | None = None
+    # The upper bound is the context left after the prompt (resolve_max_tokens), always
+    # below the wire's uint32.
+    max_tokens: Annotated[int, Field(ge=1), _WHOLE] | None = None
+    # OpenAI's default temperature is 1: sampling, not greedy.
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    # vLLM's extensions: top_k (0 or -1 turns it off), ignore_eos, min_tokens (<= max_tokens).
+    top_k: Annotated[int, Field(ge=-1, lt=_UINT32), _WHOLE] = 0
+    # OpenAI's seeds are int64; the wire's uint64 takes them modulo 2**64 (SamplingParams).
+    seed: Annotated[int, Field(ge=-_INT64, lt=_INT64), _WHOLE] | None = None
+    stop: StopString | StopList | None = None
+    ignore_eos: bool = False
+    min_tokens: Annotated[int, Field(ge=0, lt=_UINT32), _WHOLE] = 0
+    presence_penalty: Annotated[float, _served(minimum=0, maximum=0)] = 0.0  # neutral only
+    frequency_penalty: Annotated[float, _served(minimum=0, maximum=0)] = 0.0
+    # Refused unless empty (no bias is applied), so a large one costs nothing past parsing,
+    # which the body limit bounds (middleware.py).
+    logit_bias: Annotated[dict[str, float], _served(maxProperties=0)] | None = None
     user: str | None = None  # ignored
+    # vLLM's: prefix-cache hits only among requests with the same salt (engine/hashing.py),
+    # so one tenant cannot learn from hit timings or routing what another one sent.
+    cache_salt: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -101,14 +198,17 @@ class _SamplingBody(_Body):
             raise APIError(400, "logit_bias is not supported.", param="logit_bias")
 
 
+_TEXT_FORMAT = {"type": {"const": "text"}}
+
+
 class ChatCompletionRequest(_SamplingBody):
     prompt_field: ClassVar[str] = "messages"
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1), _WHOLE] | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
-    tools: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
+    top_logprobs: Annotated[int, _served(minimum=0, maximum=0), _WHOLE] | None = None
+    tools: Annotated[list[Any], _served(maxItems=0)] | None = None
+    response_format: Annotated[dict[str, Any], _served(properties=_TEXT_FORMAT)] | None = None
 
     def requested_max_tokens(self) -> tuple[int | None, str]:
         if self.max_completion_tokens is not None:  # OpenAI's current name wins
@@ -147,11 +247,17 @@ class ChatCompletionRequest(_SamplingBody):
 class CompletionRequest(_SamplingBody):
     prompt_field: ClassVar[str] = "prompt"
     # One prompt: text or token ids (a list holding one of either is accepted too).
-    prompt: str | list[int] | list[str] | list[list[int]]
-    logprobs: int | None = None  # 0 or 1: the chosen token's logprob
-    echo: bool = False
-    best_of: int | None = None
-    suffix: str | None = None
+    prompt: (
+        TextPrompt
+        | IdsPrompt
+        | Annotated[list[TextPrompt], OnePrompt]
+        | Annotated[list[IdsPrompt], OnePrompt]
+    )
+    # 0 or 1: the chosen token's logprob
+    logprobs: Annotated[int, _served(minimum=0, maximum=1), _WHOLE] | None = None
+    echo: Annotated[bool, _served(const=False)] = False
+    best_of: Annotated[int, _served(minimum=1, maximum=1), _WHOLE] | None = None
+    suffix: Annotated[str, _served(maxLength=0)] | None = None
 
     def wants_logprobs(self) -> bool:
         return self.logprobs is not None
@@ -210,14 +316,20 @@ def resolve_max_tokens(body: _SamplingBody, prompt_len: int, max_model_len: int)
 _FIELDS_IN_MESSAGES = {"max_tokens", "temperature", "top_k", "top_p", "min_tokens", "stop"}
 
 
+# The wire carries top_p as a float32, in which a positive value below this reads as 0 (which
+# the worker refuses). Any top_p that small keeps only the most likely token, as this does.
+# (A temperature near 0 is sent as 0, greedy: MIN_TEMPERATURE says why.)
+_FLOAT32_TINY = 1.1754943508222875e-38  # float32's smallest normal number
+
+
 def sampling_params(body: _SamplingBody, max_tokens: int) -> SamplingParams:
     stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
     try:
         return SamplingParams(
             max_tokens=max_tokens,
-            temperature=body.temperature,
+            temperature=0.0 if body.temperature < MIN_TEMPERATURE else body.temperature,
             top_k=0 if body.top_k == -1 else body.top_k,
-            top_p=body.top_p,
+            top_p=max(body.top_p, _FLOAT32_TINY),
             seed=body.seed,
             stop=tuple(stop),
             ignore_eos=body.ignore_eos,
@@ -233,3 +345,29 @@ def _param_of(message: str, body: _SamplingBody) -> str | None:
     if first == "max_tokens":
         return body.requested_max_tokens()[1]
     return first if first in _FIELDS_IN_MESSAGES else None
+
+
+# ---- the OpenAPI document -------------------------------------------------------------------
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def served_openapi(openapi: dict[str, Any], vocab_size: int) -> dict[str, Any]:
+    """FastAPI's OpenAPI document for this app as served, changed in place (and again
+    harmlessly): token ids bounded by the served vocabulary, and integral bounds written
+    as integers. FastAPI's model types every bound as a float, so an integer field's
+    minimum 1 reads 1.0 and 2**63 - 1 would lose digits; our bounds are integers or powers
+    of two, which survive the float exactly."""
+    stack: list[Any] = [openapi]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.pop(_BELOW_VOCAB, False):
+                node["exclusiveMaximum"] = vocab_size
+            for key in _BOUNDS:
+                value = node.get(key)
+                if isinstance(value, float) and value.is_integer():
+                    node[key] = int(value)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return openapi

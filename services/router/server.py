@@ -22,26 +22,32 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from services.cluster.cluster_token import token_from_env
+from services.cluster.redis_url import redact_url, redis_url_from
+from services.cluster.worker_tls import client_ca_from_env
 from services.router.admission import DEFAULT_QUEUE_PER_SEQ
-from services.router.dispatch import DEFAULT_DECODE_ATTEMPTS, MODES, DispatchConfig
+from services.router.dispatch_config import DEFAULT_DECODE_ATTEMPTS, MODES, DispatchConfig
 from services.router.middleware import DEFAULT_MAX_BODY_BYTES
 from services.router.routing import ROUTINGS
 
 T = TypeVar("T")
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
+DEFAULT_DRAIN_DELAY_S = 5.0  # Kubernetes' usual `preStop: sleep 5` (why: drain.py)
 
 
 @dataclass(frozen=True, slots=True)
 class RouterOptions:
     model: str  # for the tokenizer and the served model name
-    redis_url: str
+    redis_url: str = field(repr=False)  # may carry a password (redis_url.py)
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
-    cluster_token: str | None = None  # for the workers' gRPC (cluster_token.py)
+    # for the workers' gRPC (cluster_token.py) and the registry's signatures
+    cluster_token: str | None = field(default=None, repr=False)
+    drain_delay_s: float = DEFAULT_DRAIN_DELAY_S  # SIGTERM: serving on while /ready is 503
+    worker_ca: bytes | None = field(default=None, repr=False)  # TLS to workers (worker_tls.py)
 
 
 def served_model_name(model: str) -> str:
@@ -57,20 +63,27 @@ async def run_router(opts: RouterOptions, banner: list[str] | None = None) -> No
     from engine.tokenizer import load_tokenizer
     from services.router.app import create_app
     from services.router.assemble import make_dispatcher
+    from services.router.drain import Drain, DrainingServer
     from services.router.metrics import RouterMetrics
 
     metrics = RouterMetrics()
-    dispatcher = make_dispatcher(opts.redis_url, opts.dispatch, metrics, opts.cluster_token)
+    dispatcher = make_dispatcher(
+        opts.redis_url, opts.dispatch, metrics, opts.cluster_token, opts.worker_ca
+    )
     await dispatcher.start()
     try:
         records = dispatcher.cluster.records()
         if not records:
-            raise SystemExit(f"no workers are registered in {opts.redis_url}")
+            raise SystemExit(
+                f"no workers are registered in {redact_url(opts.redis_url)} (or none signed "
+                "with this TANDEM_CLUSTER_TOKEN)"
+            )
         max_len = min(r.max_model_len for r in records)
         tokenizer = await asyncio.to_thread(load_tokenizer, opts.model)
         name = served_model_name(opts.model)
+        drain = Drain()
         app = create_app(
-            dispatcher, tokenizer, name, max_len, metrics, opts.api_key, opts.max_body_bytes
+            dispatcher, tokenizer, name, max_len, metrics, opts.api_key, opts.max_body_bytes, drain
         )
         # httptools parses HTTP in C (h11, the default, in Python); `loop` names what
         # run_on_uvloop already runs us on (serve() never sets a loop up itself).
@@ -83,10 +96,10 @@ async def run_router(opts: RouterOptions, banner: list[str] | None = None) -> No
             access_log=False,  # it would format a line per request for a logger that drops it
             loop="uvloop",
             http="httptools",
-            # SIGTERM or Ctrl-C: stop accepting, let the requests in flight finish
+            # once it stops accepting (drain.py): what the requests in flight have left
             timeout_graceful_shutdown=math.ceil(opts.drain_timeout_s),
         )
-        server = uvicorn.Server(config)
+        server = DrainingServer(config, drain, opts.drain_delay_s)
         d = opts.dispatch
         print(f"Tandem is serving {name} ({d.mode}, {d.routing} routing)")
         print(f"  OpenAI API:     http://{opts.host}:{opts.port}/v1")
@@ -99,9 +112,10 @@ async def run_router(opts: RouterOptions, banner: list[str] | None = None) -> No
 
 
 async def _serve_draining(server: Any) -> None:
-    """uvicorn drains on SIGTERM, then delivers the signal again to whatever handler was
-    there before it: with this one, that ends serving like Ctrl-C does (the dispatcher
-    closes, `tandem serve` stops its cluster, exit 0) instead of killing the process."""
+    """uvicorn drains on SIGTERM (drain.py), then delivers the signal again to whatever
+    handler was there before it: with this one, that ends serving like Ctrl-C does (the
+    dispatcher closes, `tandem serve` stops its cluster, exit 0) instead of killing the
+    process."""
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         await server.serve()
@@ -131,8 +145,16 @@ def add_router_args(ap: argparse.ArgumentParser) -> None:
         "--drain-timeout-s",
         type=float,
         default=DEFAULT_DRAIN_TIMEOUT_S,
-        help="on SIGTERM or Ctrl-C: stop accepting, and give the requests in flight this "
-        "long to finish (default %(default)s)",
+        help="on SIGTERM (after --drain-delay-s) or Ctrl-C: stop accepting, and give the "
+        "requests in flight this long to finish (default %(default)s)",
+    )
+    ap.add_argument(
+        "--drain-delay-s",
+        type=float,
+        default=DEFAULT_DRAIN_DELAY_S,
+        help="on SIGTERM: /ready answers 503 at once, and new requests are still served "
+        "this long, while load balancers take the router out; Ctrl-C skips it "
+        "(default %(default)s)",
     )
     ap.add_argument("--mode", choices=MODES, default="disagg")
     ap.add_argument(
@@ -200,6 +222,8 @@ def router_options(args: argparse.Namespace, model: str, redis_url: str) -> Rout
         args.max_body_bytes,
         args.drain_timeout_s,
         token_from_env(),
+        args.drain_delay_s,
+        client_ca_from_env(),
     )
 
 
@@ -207,6 +231,6 @@ def cmd_router(args: argparse.Namespace, model: str) -> int:
     """`tandem router`: one more router for a running cluster."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
-        run_on_uvloop(run_router(router_options(args, model, args.redis_url)))
+        run_on_uvloop(run_router(router_options(args, model, redis_url_from(args.redis_url))))
     print("tandem router: stopped", file=sys.stderr)
     return 0

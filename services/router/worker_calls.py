@@ -46,14 +46,17 @@ class WorkerCalls:
         """`uncached` prompt tokens count as queued on `ref` until it answers, which it
         must do by the deadline those and the tokens queued ahead of them allow."""
         ahead = ref.queued_tokens + uncached
-        call = PrefillCall(request.request_id, request.prompt_token_ids, request.params)
+        call = PrefillCall(
+            request.request_id, request.prompt_token_ids, request.params, request.cache_salt
+        )
         started = time.monotonic()
         with self.cluster.workers.busy(ref, uncached):
             try:
                 reply = await ref.client.prefill(call, self.deadline.for_tokens(ahead))
             except WorkerError as e:
                 raise_client_error(e)
-                self._outcome(ref, ok=False)
+                if not e.busy:
+                    self._outcome(ref, ok=False)
                 raise
         self.deadline.observe(ahead, time.monotonic() - started)
         self._outcome(ref, ok=True)
@@ -98,13 +101,15 @@ class WorkerCalls:
                         first = False
             except WorkerError as e:
                 raise_client_error(e)
-                self._outcome(ref, ok=False)
+                if not e.busy:
+                    self._outcome(ref, ok=False)
                 raise
         self._outcome(ref, ok=finished)
         if not finished:
             raise WorkerError("cut_short", f"{ref.worker_id} ended the stream unfinished")
 
     def _outcome(self, ref: WorkerRef, ok: bool) -> None:
+        """A call's end, for `ref`'s circuit breaker (a full queue is no failure)."""
         change = ref.breaker.record(ok)
         if change is not None:
             log.warning("circuit breaker of %s %s", ref.worker_id, change)

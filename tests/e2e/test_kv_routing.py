@@ -29,16 +29,17 @@ def _prefix(seed: int) -> list[int]:
     return [rng.randrange(1000, 40000) for _ in range(PREFIX_BLOCKS * BLOCK)]
 
 
-def _complete(client: httpx.Client, prompt: list[int]) -> int:
+def _complete(client: httpx.Client, prompt: list[int], **extra: str) -> int:
     """Send token ids; returns the prompt tokens the chosen prefill worker had cached."""
-    body = {"model": MODEL, "prompt": prompt, "max_tokens": 3, "ignore_eos": True}
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 3, "ignore_eos": True, **extra}
     r = client.post("/v1/completions", json=body)
     assert r.status_code == 200, r.text
     return int(r.json()["usage"]["prompt_tokens_details"]["cached_tokens"])
 
 
 def _routed(served: Served) -> dict[str, float]:
-    records = Registry(redis.Redis.from_url(served.redis_url)).workers("prefill")
+    registry = Registry(redis.Redis.from_url(served.redis_url), token=CLUSTER_TOKEN)
+    records = registry.workers("prefill")
     return {
         r.worker_id: served.metric(
             "tandem_routed_requests_total", pool="prefill", worker=r.worker_id
@@ -56,6 +57,17 @@ def test_a_shared_prefix_goes_to_the_worker_that_holds_it(mock_cluster: Served) 
     assert cached == [len(prefix)] * 5
     gained = {w: n - before.get(w, 0) for w, n in _routed(mock_cluster).items()}
     assert sorted(gained.values()) == [0, 0, 0, 6]  # one worker took all six
+
+
+def test_a_cache_salt_shares_cached_blocks_only_with_its_own(mock_cluster: Served) -> None:
+    prompt = _prefix(2) + [7] * 20
+    with mock_cluster.client() as c:
+        assert _complete(c, prompt, cache_salt="tenant-a") == 0
+        assert _complete(c, prompt) == 0  # unsalted: another chain
+        assert _complete(c, prompt, cache_salt="tenant-b") == 0
+        assert _complete(c, prompt, cache_salt="tenant-a") == PREFIX_BLOCKS * BLOCK + 16
+        r = c.post("/v1/completions", json={"model": MODEL, "prompt": "x", "cache_salt": ""})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "cache_salt"
 
 
 @pytest.fixture()
@@ -80,7 +92,7 @@ def test_each_worker_dump_matches_its_state_in_redis(mock_cluster: Served) -> No
     with mock_cluster.client() as c:
         _complete(c, _prefix(3) + [9] * 20)
     r = redis.Redis.from_url(mock_cluster.redis_url)
-    records = Registry(r).workers()
+    records = Registry(r, token=CLUSTER_TOKEN).workers()
     assert len(records) == 6
     for rec in records:
         keys = KVKeys.of(rec.worker_id)
@@ -108,6 +120,7 @@ def test_a_worker_that_leaves_is_forgotten(
         smollm_path,
         "--engine=mock",
         "--num-blocks=256",
+        env={TOKEN_ENV: CLUSTER_TOKEN},  # without it, its registry record is not trusted
     )
     prefix = _prefix(4)
     try:
@@ -116,8 +129,9 @@ def test_a_worker_that_leaves_is_forgotten(
             msg = worker_pb2.PrefillRequest(
                 request_id="warm", prompt_token_ids=prefix + [1] * 20, params=_params()
             )
-            stub.Prefill(msg, timeout=30)
-            stub.Abort(worker_pb2.AbortRequest(request_id="warm"), timeout=10)
+            stub.Prefill(msg, timeout=30, metadata=TOKEN_METADATA)
+            abort = worker_pb2.AbortRequest(request_id="warm")
+            stub.Abort(abort, timeout=10, metadata=TOKEN_METADATA)
         time.sleep(1.0)  # the router sees it in the registry (0.5 s) and its events
         with mock_cluster.client() as c:
             assert _complete(c, prefix + [2] * 20) == len(prefix)

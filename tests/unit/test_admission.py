@@ -9,7 +9,7 @@ from contextlib import ExitStack
 import pytest
 
 from services.pb.events_pb2 import WorkerRecord
-from services.router.admission import RETRY_AFTER_S, Admission
+from services.router.admission import PREFILL_BACKLOG_S, RETRY_AFTER_S, Admission
 from services.router.backend import BackendError
 from services.router.workers import WorkerRef
 
@@ -45,3 +45,23 @@ def test_no_worker_is_a_503_and_a_negative_queue_accepts_everything() -> None:
     with ExitStack() as held:
         for _ in range(100):
             held.enter_context(unbounded.place("decode", [_ref(1)]))
+
+
+def test_prompt_tokens_waiting_are_bounded_by_the_measured_prefill_speed() -> None:
+    rate: list[float | None] = [None]
+    admission = Admission(queue_per_seq=1.0, prefill_rate=lambda: rate[0])
+    pool = [_ref(64)]
+    with admission.place("decode", pool, 10_000), admission.place("decode", pool, 10_000):
+        pass  # not measured yet: any amount
+    rate[0] = 1000.0  # tokens/s: PREFILL_BACKLOG_S of it is the bound
+    bound = int(PREFILL_BACKLOG_S * 1000)
+    with admission.place("decode", pool, bound + 5) as huge:  # alone: let in all the same
+        with pytest.raises(BackendError) as full, admission.place("decode", pool, 10):
+            pass
+        assert (full.value.status, full.value.retry_after_s) == (429, RETRY_AFTER_S)
+        huge.prefilled()  # its first token: its prompt no longer waits
+        with admission.place("decode", pool, bound - 1) as next_one:
+            assert admission.prompt_tokens == bound - 1
+            next_one.prefilled()
+            next_one.prefilled()  # counted once, however often it is said
+    assert admission.prompt_tokens == 0 and admission.held["decode"] == 0

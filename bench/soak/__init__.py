@@ -1,0 +1,1 @@
+"""`make soak`: minutes of saturation while workers are killed; see cli.py."""
