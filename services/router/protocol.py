@@ -35,6 +35,7 @@ from engine.sampling_params import (
     SamplingParams,
 )
 from services.router.errors import APIError
+from services.router.unicode_check import has_lone_surrogate
 
 # A request without max_tokens may run to the end of the context (OpenAI's and vLLM's
 # default), but not past this: on CPU an unbounded default would hold a decode slot and a
@@ -67,9 +68,9 @@ def _served(**schema: Any) -> Any:
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
 StopList = Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)]
 # A prompt's token id. The served tokenizer's vocabulary bounds it further (prompts.py), and
-# the served schema says so (served_openapi fills in the bound this key marks).
-_BELOW_VOCAB = "x-below-vocab-size"
-TokenId = Annotated[int, Field(ge=0, lt=_UINT32, json_schema_extra={_BELOW_VOCAB: True}), _WHOLE]
+# the served schema says so (openapi_doc.served_openapi fills in the bound this key marks).
+BELOW_VOCAB = "x-below-vocab-size"
+TokenId = Annotated[int, Field(ge=0, lt=_UINT32, json_schema_extra={BELOW_VOCAB: True}), _WHOLE]
 TextPrompt = Annotated[str, _served(minLength=1)]  # "" has no token to start from
 IdsPrompt = Annotated[list[TokenId], _served(minItems=1)]
 OnePrompt = _served(minItems=1, maxItems=1)  # a batch of prompts: only a batch of one
@@ -95,31 +96,6 @@ class _Body(BaseModel):
         if has_lone_surrogate(value):
             raise ValueError("text must be valid Unicode (it holds a lone surrogate)")
         return value
-
-
-def has_lone_surrogate(value: Any) -> bool:
-    """Whether any string in `value` (JSON: nested lists and dicts, keys too) holds one.
-    Iterative: a body may nest as deep as the JSON parser allows."""
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, str):
-            if not v.isascii() and not _encodes(v):
-                return True
-        elif isinstance(v, list):
-            stack.extend(v)
-        elif isinstance(v, dict):
-            stack.extend(v.keys())
-            stack.extend(v.values())
-    return False
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class TextPart(_Body):
@@ -345,29 +321,3 @@ def _param_of(message: str, body: _SamplingBody) -> str | None:
     if first == "max_tokens":
         return body.requested_max_tokens()[1]
     return first if first in _FIELDS_IN_MESSAGES else None
-
-
-# ---- the OpenAPI document -------------------------------------------------------------------
-_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
-
-
-def served_openapi(openapi: dict[str, Any], vocab_size: int) -> dict[str, Any]:
-    """FastAPI's OpenAPI document for this app as served, changed in place (and again
-    harmlessly): token ids bounded by the served vocabulary, and integral bounds written
-    as integers. FastAPI's model types every bound as a float, so an integer field's
-    minimum 1 reads 1.0 and 2**63 - 1 would lose digits; our bounds are integers or powers
-    of two, which survive the float exactly."""
-    stack: list[Any] = [openapi]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            if node.pop(_BELOW_VOCAB, False):
-                node["exclusiveMaximum"] = vocab_size
-            for key in _BOUNDS:
-                value = node.get(key)
-                if isinstance(value, float) and value.is_integer():
-                    node[key] = int(value)
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return openapi

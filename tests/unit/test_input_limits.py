@@ -22,7 +22,8 @@ from engine.sampling_params import MAX_STOP_CHARS, MAX_STOP_STRINGS, MIN_TEMPERA
 from services.router.app import create_app
 from services.router.errors import validation_error
 from services.router.metrics import RouterMetrics
-from services.router.protocol import CompletionRequest, has_lone_surrogate
+from services.router.protocol import CompletionRequest
+from services.router.unicode_check import has_lone_surrogate
 from services.wire.engine_types import params_from_pb, params_to_pb
 from tests.unit.test_router_app import MODEL, TOKENIZER, ScriptedBackend, _deltas
 
