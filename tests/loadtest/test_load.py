@@ -139,7 +139,8 @@ def test_max_duration_stops_a_run(tokenizer: HFTokenizer) -> None:
         wall = time.perf_counter() - t0
     r = res.workloads[res.name]
     assert wall < 3.0
-    assert r.duration == pytest.approx(1.0, abs=0.2)
+    # never before max_duration; a busy machine can be late to stop (a CI run: 2.04 s)
+    assert 0.95 <= r.duration < 2.5
     assert r.cancelled > 0 and r.failed == 0  # in flight at the end: cancelled, not failed
     assert 5 <= r.completed + r.cancelled < 60  # ~20 req/s for 1 s, never all 200
 
@@ -271,6 +272,9 @@ def test_two_workloads_run_together_and_report_apart(tokenizer: HFTokenizer) -> 
     assert 2 <= long.completed + long.cancelled < 30
     assert long.duration == pytest.approx(chats.duration, abs=0.2)
     assert res.overall.completed == chats.completed + long.completed
-    assert chats.request_goodput == pytest.approx(6 / chats.duration)
+    # each chat judged by the chats' SLO (a busy machine can make some miss it)
+    met = sum(o.ttft <= 0.5 for o in chats.requests)
+    assert chats.request_goodput == pytest.approx(met / chats.duration)
+    assert long.request_goodput is None  # no SLO of its own
     kinds = {("messages" in b, "prompt" in b) for b in srv.seen.bodies}
     assert kinds == {(True, False), (False, True)}
