@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 
 from engine.detokenize import DecodeStreamDecoder, IncrementalText
 from engine.tokenizer import Tokenizer
+from services.router.api_keys import ApiKeys
 from services.router.backend import Backend, GenerateRequest
 from services.router.disconnect import DisconnectWatch
 from services.router.drain import Drain
@@ -81,7 +82,7 @@ def create_app(
     model_name: str,
     max_model_len: int,
     metrics: RouterMetrics,
-    api_key: str | None = None,
+    api_keys: ApiKeys | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     drain: Drain | None = None,
 ) -> FastAPI:
@@ -96,10 +97,10 @@ def create_app(
         fastapi_openapi(), tokenizer.vocab_size
     )
     install_error_handlers(app)
-    # Added innermost first: error counting, then the key, then the body's size.
+    # Outermost first: error counting, the key, the body's size (added in reverse).
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
-    if api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=api_key, open_paths=frozenset({"/health"}))
+    if api_keys is not None and api_keys.keys:
+        app.add_middleware(ApiKeyMiddleware, keys=api_keys, open_paths=frozenset({"/health"}))
     app.add_middleware(ErrorCountMiddleware, metrics=metrics)  # outermost: sees 401s too
     app.include_router(_openai_routes(server))
     app.include_router(_ops_routes(server))

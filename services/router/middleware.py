@@ -7,7 +7,6 @@ when its client goes away.
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +14,8 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.router.admission import RETRY_AFTER_S
+from services.router.api_keys import ApiKeys
 from services.router.errors import INVALID_REQUEST, error_body
 from services.router.metrics import RouterMetrics
 
@@ -24,27 +25,49 @@ DEFAULT_MAX_BODY_BYTES = 2_000_000
 
 
 class ApiKeyMiddleware:
-    """Every path but `open_paths` needs `Authorization: Bearer <key>`. It runs before the
-    body is read, so a caller without the key learns nothing about what it sent."""
+    """Every path but `open_paths` needs `Authorization: Bearer <key>`, one of `keys`. It
+    runs before the body is read, so a caller without a key learns nothing about what it
+    sent. With a per-key limit, each POST holds one of its key's places until its response
+    has been sent whole (a stream to its last event); one over the limit gets 429."""
 
-    def __init__(self, app: ASGIApp, api_key: str, open_paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, keys: ApiKeys, open_paths: frozenset[str]) -> None:
         self.app = app
-        self._key = api_key.encode()
+        self._keys = keys
         self._open = open_paths
+        self._in_flight = [0] * len(keys.keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self._open:
             return await self.app(scope, receive, send)
         given = _bearer(scope)
-        if given is not None and hmac.compare_digest(given, self._key):  # constant time
+        index = self._keys.match(given) if given is not None else None
+        if index is None:
+            return await _send_json(
+                send, 401, _key_error(given), [(b"www-authenticate", b"Bearer")]
+            )
+        limit = self._keys.max_requests_per_key
+        if limit is None or scope["method"] != "POST":
             return await self.app(scope, receive, send)
-        message = (
-            "Incorrect API key provided."
-            if given is not None
-            else "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
-        )
-        body = error_body(message, INVALID_REQUEST, None, "invalid_api_key")
-        await _send_json(send, 401, body, [(b"www-authenticate", b"Bearer")])
+        if self._in_flight[index] >= limit:
+            message = f"This API key already has {limit} requests in progress, its limit."
+            body = error_body(message, "requests", None, "rate_limit_exceeded")
+            return await _send_json(
+                send, 429, body, [(b"retry-after", str(RETRY_AFTER_S).encode())]
+            )
+        self._in_flight[index] += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._in_flight[index] -= 1
+
+
+def _key_error(given: bytes | None) -> dict[str, Any]:
+    message = (
+        "Incorrect API key provided."
+        if given is not None
+        else "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
+    )
+    return error_body(message, INVALID_REQUEST, None, "invalid_api_key")
 
 
 class BodyLimitMiddleware:

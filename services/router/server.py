@@ -25,6 +25,7 @@ from services.cluster.cluster_token import token_from_env
 from services.cluster.redis_url import redact_url, redis_url_from
 from services.cluster.worker_tls import client_ca_from_env
 from services.router.admission import DEFAULT_QUEUE_PER_SEQ
+from services.router.api_keys import ApiKeys, gather_keys
 from services.router.dispatch_config import DEFAULT_DECODE_ATTEMPTS, MODES, DispatchConfig
 from services.router.middleware import DEFAULT_MAX_BODY_BYTES
 from services.router.routing import ROUTINGS
@@ -40,7 +41,7 @@ class RouterOptions:
     redis_url: str = field(repr=False)  # may carry a password (redis_url.py)
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: str | None = None
+    api_keys: ApiKeys = field(default_factory=ApiKeys)
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
@@ -83,7 +84,7 @@ async def run_router(opts: RouterOptions, banner: list[str] | None = None) -> No
         name = served_model_name(opts.model)
         drain = Drain()
         app = create_app(
-            dispatcher, tokenizer, name, max_len, metrics, opts.api_key, opts.max_body_bytes, drain
+            dispatcher, tokenizer, name, max_len, metrics, opts.api_keys, opts.max_body_bytes, drain
         )
         # httptools parses HTTP in C (h11, the default, in Python); `loop` names what
         # run_on_uvloop already runs us on (serve() never sets a loop up itself).
@@ -134,7 +135,23 @@ def run_on_uvloop(main: Coroutine[Any, Any, T]) -> T:
 def add_router_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--api-key", default=None, help="require this key (default: $TANDEM_API_KEY)")
+    ap.add_argument(
+        "--api-key",
+        action="append",
+        help="require this key (repeat for several; also $TANDEM_API_KEY, comma-separated)",
+    )
+    ap.add_argument(
+        "--api-keys-file",
+        type=Path,
+        default=None,
+        help="require one of the keys in this file, one a line (keeps them off the command line)",
+    )
+    ap.add_argument(
+        "--max-requests-per-key",
+        type=int,
+        default=None,
+        help="requests one API key may have in progress; past it, 429 (default: no limit)",
+    )
     ap.add_argument(
         "--max-body-bytes",
         type=int,
@@ -211,13 +228,17 @@ def router_options(args: argparse.Namespace, model: str, redis_url: str) -> Rout
         queue_per_seq=args.queue_per_seq,
         prefill_timeout_s=args.prefill_timeout_s,
     )
-    api_key = args.api_key or os.environ.get("TANDEM_API_KEY") or None
+    try:
+        keys = gather_keys(args.api_key, os.environ.get("TANDEM_API_KEY"), args.api_keys_file)
+        api_keys = ApiKeys(keys, args.max_requests_per_key)
+    except (OSError, ValueError) as e:  # an unreadable key file, a limit without keys
+        raise SystemExit(f"tandem router: {e}") from None
     return RouterOptions(
         model,
         redis_url,
         args.host,
         args.port,
-        api_key,
+        api_keys,
         dispatch,
         args.max_body_bytes,
         args.drain_timeout_s,

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from engine import CacheConfig, Engine, EngineConfig, SamplingParams
 from engine.sampling_params import MAX_STOP_CHARS, MAX_STOP_STRINGS
 from engine.tokenizer import Tokenizer, load_tokenizer
+from services.router.api_keys import ApiKeys
 from services.router.app import create_app
 from services.router.metrics import RouterMetrics
 from services.router.middleware import DEFAULT_MAX_BODY_BYTES
@@ -37,6 +38,7 @@ from tests.helpers.hf_reference import build_tiny_checkpoint
 MODEL = "tiny-llama"
 MAX_MODEL_LEN = 4096  # long enough that a full-length answer takes seconds (disconnect tests)
 KEY = "sk-test-key"
+OTHER_KEY = "sk-other-key"
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -108,8 +110,15 @@ def url(backend: EngineBackend, tokenizer: Tokenizer, metrics: RouterMetrics) ->
 
 @pytest.fixture(scope="module")
 def keyed_url(backend: EngineBackend, tokenizer: Tokenizer) -> Iterator[str]:
-    app = create_app(backend, tokenizer, MODEL, MAX_MODEL_LEN, RouterMetrics(), api_key=KEY)
+    app = create_app(backend, tokenizer, MODEL, MAX_MODEL_LEN, RouterMetrics(), ApiKeys((KEY,)))
     with serve(app) as u:
+        yield u
+
+
+@pytest.fixture(scope="module")
+def limited_url(backend: EngineBackend, tokenizer: Tokenizer) -> Iterator[str]:
+    keys = ApiKeys((KEY, OTHER_KEY), max_requests_per_key=2)
+    with serve(create_app(backend, tokenizer, MODEL, MAX_MODEL_LEN, RouterMetrics(), keys)) as u:
         yield u
 
 
@@ -508,6 +517,45 @@ def test_api_key(keyed_url: str) -> None:
     wrong = openai.OpenAI(base_url=f"{keyed_url}/v1", api_key="nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         wrong.models.list()
+
+
+def test_each_key_has_its_own_limit_on_requests_in_progress(limited_url: str) -> None:
+    def auth(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    body = {**LONG, "max_tokens": 400, "stream": True}
+    with ExitStack() as held:
+        streams = []
+        for _ in range(2):  # the key's two places, held while their streams run
+            r = held.enter_context(
+                httpx.stream("POST", f"{limited_url}{CMPL_PATH}", json=body, headers=auth(KEY))
+            )
+            assert r.status_code == 200
+            streams.append(r.iter_lines())
+            next(streams[-1])  # the first token is out: the request is running
+        third = httpx.post(f"{limited_url}{CMPL_PATH}", json=LONG, headers=auth(KEY))
+        assert third.status_code == 429 and third.headers["retry-after"] == "1"
+        assert third.json()["error"]["code"] == "rate_limit_exceeded"
+        sdk = openai.OpenAI(base_url=f"{limited_url}/v1", api_key=KEY, max_retries=0)
+        with pytest.raises(openai.RateLimitError):
+            sdk.completions.create(model=MODEL, prompt="hi", max_tokens=2)
+        # other keys, and the key's GETs, are not held back
+        assert httpx.get(f"{limited_url}/v1/models", headers=auth(KEY)).status_code == 200
+        other = httpx.post(
+            f"{limited_url}{CMPL_PATH}", json={**LONG, "max_tokens": 2}, headers=auth(OTHER_KEY)
+        )
+        assert other.status_code == 200
+    # the streams were left mid-way: their places are free again
+    _wait_for(
+        lambda: (
+            httpx.post(
+                f"{limited_url}{CMPL_PATH}", json={**LONG, "max_tokens": 2}, headers=auth(KEY)
+            ).status_code
+            == 200
+        ),
+        "the key's places to come back",
+        timeout=5,
+    )
 
 
 # ---- clients that leave -----------------------------------------------------------------------

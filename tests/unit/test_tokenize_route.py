@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from services.router.api_keys import ApiKeys
 from services.router.app import create_app
 from services.router.metrics import RouterMetrics
 from tests.unit.test_router_app import MODEL, TOKENIZER, ScriptedBackend, _deltas, _post
@@ -14,7 +15,9 @@ from tests.unit.test_router_app import MODEL, TOKENIZER, ScriptedBackend, _delta
 
 def _tokenize(body: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
     async def post() -> httpx.Response:
-        app = create_app(ScriptedBackend([]), TOKENIZER, MODEL, 256, RouterMetrics(), "key")
+        app = create_app(
+            ScriptedBackend([]), TOKENIZER, MODEL, 256, RouterMetrics(), ApiKeys(("key",))
+        )
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://router") as http:
             auth = {"Authorization": "Bearer key"} if headers is None else headers
