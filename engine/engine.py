@@ -22,7 +22,7 @@ from engine.detokenize import DecodeStreamDecoder, IncrementalText
 from engine.kv_events import KVEventSink
 from engine.mock import MOCK_NUM_BLOCKS
 from engine.offline import Completion, run_to_completion
-from engine.output import EngineLoad, KVSnapshot, RequestOutput
+from engine.output import EngineLoad, KVSnapshot, RequestOutput, StepTotals
 from engine.request import FinishReason, Request, SampledToken, Status
 from engine.sampler import SampleRow, sample
 from engine.sampling_params import SamplingParams
@@ -54,6 +54,7 @@ class Engine:
             MOCK_NUM_BLOCKS if model is None else self._blocks_for(cache.kv_cache_gb)
         )
         self.pool = BlockPool(self.num_blocks, on_event=on_kv_event)
+        self.totals = StepTotals()  # what its steps computed, and in how long
         sc = config.scheduler
         self.scheduler = Scheduler(
             self.pool,
@@ -172,6 +173,7 @@ class Engine:
         got = self.scheduler.update(sched, self._sample(sched, logits))
         outputs = [self._conclude(r) for r in got]
         self.runner.finish_step(started)  # the mock waits out its modelled time here
+        self.totals.add([c.num_tokens for c in sched.chunks], time.perf_counter() - started)
         return outputs
 
     def _sample(self, sched: SchedulerOutput, logits: torch.Tensor) -> dict[str, SampledToken]:

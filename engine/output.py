@@ -5,7 +5,7 @@ Token ids only: the text belongs to whoever shows it to a user (engine/detokeniz
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from engine.request import FinishReason
 
@@ -52,6 +52,34 @@ class EngineLoad:
     @property
     def used_blocks(self) -> int:
         return self.num_blocks - self.free_blocks
+
+
+@dataclass(slots=True)
+class StepTotals:
+    """What the engine has computed since it started, and how long that took: counters that
+    only grow, so that a reader (the autoscaler) learns the engine's speed from the change
+    between two reads, whatever happened in between. A step with a prompt chunk in it
+    counts as prefill; a step of single tokens only, as decode."""
+
+    prefill_steps: int = 0
+    prefill_tokens: int = 0  # prompt tokens computed (not those read from the cache)
+    prefill_busy_s: float = 0.0
+    decode_steps: int = 0
+    decode_tokens: int = 0  # tokens of decode steps: each step adds its batch size
+    decode_busy_s: float = 0.0
+
+    def add(self, chunk_tokens: list[int], took_s: float) -> None:
+        if all(n == 1 for n in chunk_tokens):
+            self.decode_steps += 1
+            self.decode_tokens += len(chunk_tokens)
+            self.decode_busy_s += took_s
+        else:
+            self.prefill_steps += 1
+            self.prefill_tokens += sum(n for n in chunk_tokens if n > 1)
+            self.prefill_busy_s += took_s
+
+    def copy(self) -> StepTotals:
+        return replace(self)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ instead of fighting over both.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -88,8 +89,9 @@ class WorkerActor:
     def address(self) -> str:
         return self._address
 
-    def stop(self) -> None:
-        self._thread.stop()
+    def stop(self, drain_s: float | None = None) -> None:
+        """Leave the registry, finish what it holds within `drain_s` (process.py), stop."""
+        self._thread.stop(drain_s)
 
 
 @dataclass(slots=True)
@@ -112,6 +114,7 @@ class Pools:
         self.net = net
         self.node_address = node_address
         self.members: dict[str, PoolMember] = {}
+        self._retiring: dict[str, tuple[PoolMember, Any]] = {}  # name -> (member, its stop)
 
     def start(
         self,
@@ -134,6 +137,34 @@ class Pools:
             member.address = address
         return new
 
+    def add(self, spec: PoolSpec) -> PoolMember:
+        """One more worker of `spec.role`, not waited for: it shows in the registry when it
+        has loaded its model. Named with the lowest index free in Ray's namespace."""
+        taken = self.members.keys() | self._retiring.keys()
+        index = next(i for i in range(len(taken) + 1) if f"{spec.role}-{i}" not in taken)
+        member = self._spawn(spec, index, ())
+        self.members[member.name] = member
+        return member
+
+    def retire(self, name: str, drain_s: float) -> None:
+        """Take `name` out: it leaves the registry, finishes what it holds within `drain_s`
+        and stops; `reap` ends its actor after."""
+        member = self.members.pop(name)
+        self._retiring[name] = (member, member.actor.stop.remote(drain_s))
+
+    def reap(self) -> list[str]:
+        """End the actors of retired workers that have stopped; their names."""
+        done = []
+        for name, (member, stopped) in list(self._retiring.items()):
+            ready, _ = ray.wait([stopped], timeout=0)
+            if ready:
+                with contextlib.suppress(Exception):  # it failed: it is ended all the same
+                    ray.get(stopped)
+                ray.kill(member.actor)
+                del self._retiring[name]
+                done.append(name)
+        return done
+
     def _spawn(self, spec: PoolSpec, index: int, cores: tuple[int, ...]) -> PoolMember:
         name = f"{spec.role}-{index}"
         engine = replace(self.engine, role=spec.role, num_threads=spec.torch_threads)  # type: ignore[arg-type]
@@ -150,8 +181,12 @@ class Pools:
     def stop(self, timeout_s: float = 30.0) -> None:
         """Deregister and stop every worker, then end the actors."""
         members = list(self.members.values())
-        self.members.clear()
         refs = [m.actor.stop.remote() for m in members]
+        # retiring workers are stopping already: their own stops are waited for instead
+        members += [m for m, _ in self._retiring.values()]
+        refs += [stopped for _, stopped in self._retiring.values()]
+        self.members.clear()
+        self._retiring.clear()
         try:
             ray.get(refs, timeout=timeout_s)
         except Exception as e:  # stop what we can; the kill below ends the rest

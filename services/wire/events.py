@@ -113,6 +113,13 @@ def set_load(record: events_pb2.WorkerRecord, s: WorkerStats) -> None:
     record.running = s.running
     record.waiting = s.waiting
     record.queued_prefill_tokens = s.queued_prefill_tokens
+    t = s.totals
+    record.prefill_steps_total = t.prefill_steps
+    record.prefill_tokens_total = t.prefill_tokens
+    record.prefill_busy_us_total = round(t.prefill_busy_s * 1e6)
+    record.decode_steps_total = t.decode_steps
+    record.decode_tokens_total = t.decode_tokens
+    record.decode_busy_us_total = round(t.decode_busy_s * 1e6)
 
 
 def peer_from_record(record: events_pb2.WorkerRecord) -> PeerKV:

@@ -39,6 +39,7 @@ from services.worker.peers import PeerWatcher
 from services.worker.servicer import WorkerService
 
 log = logging.getLogger(__name__)
+QUIESCE_POLL_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +168,11 @@ class WorkerServer:
             except Exception:
                 log.exception("heartbeat failed")
 
-    async def stop(self) -> None:
+    async def stop(self, drain_s: float | None = None) -> None:
+        """Leave the registry (routers stop sending), finish what this worker holds within
+        `drain_s` (default `net.drain_s`): its requests, and the prompts' blocks held for
+        decode workers still to read them; then stop."""
+        deadline = time.monotonic() + (self.net.drain_s if drain_s is None else drain_s)
         self.stopping.set()
         if hasattr(self, "liveness"):
             await self.liveness.shutting_down()
@@ -177,10 +182,20 @@ class WorkerServer:
         if self.worker is not None:
             with contextlib.suppress(redis.RedisError):
                 await asyncio.to_thread(self.publisher.remove)
-        if hasattr(self, "_server"):
-            await self._server.stop(self.net.drain_s)
+            await self._quiesce(deadline)
+        if hasattr(self, "_server"):  # calls still open get what is left of the drain
+            await self._server.stop(max(deadline - time.monotonic(), 0.0))
         if self.worker is not None:
             self.worker.close()
+
+    async def _quiesce(self, deadline: float) -> None:
+        """Until nothing runs, waits or is held for a reader, or the deadline."""
+        assert self.worker is not None
+        while time.monotonic() < deadline and self.worker.loop.alive:
+            s = await self.worker.stats()
+            if s.running == 0 and s.waiting == 0 and s.leases == 0:
+                return
+            await asyncio.sleep(QUIESCE_POLL_S)
 
 
 class WorkerThread:
@@ -201,9 +216,11 @@ class WorkerThread:
         """Run a coroutine of the worker's on its event loop (stats, integrity checks)."""
         return asyncio.run_coroutine_threadsafe(coro, self.event_loop).result(timeout_s)  # type: ignore[arg-type]
 
-    def stop(self) -> None:
+    def stop(self, drain_s: float | None = None) -> None:
+        if not self.event_loop.is_running():  # stopped already: nothing would run the stop
+            return
         try:
-            self.run(self.server.stop())
+            self.run(self.server.stop(drain_s), timeout_s=60.0 + (drain_s or 0.0))
         finally:
             self.event_loop.call_soon_threadsafe(self.event_loop.stop)
             self._thread.join(10)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine import Engine
+from engine.output import StepTotals
 from engine.transfer.exchange import KVSink, KVSource
 
 
@@ -26,6 +27,7 @@ class WorkerStats:
     kv_recomputed: int
     idle: bool
     integrity_error: str  # empty when the block pool's books balance (or not audited)
+    totals: StepTotals  # what the engine computed so far, and in how long (the autoscaler's)
 
 
 def collect_stats(
@@ -49,6 +51,7 @@ def collect_stats(
         kv_recomputed=sink.num_recomputed,
         idle=load.idle,
         integrity_error=_integrity_error(engine) if integrity else "",
+        totals=engine.totals.copy(),
     )
 
 

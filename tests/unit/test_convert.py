@@ -10,7 +10,7 @@ import pytest
 
 from engine.block_pool import BlockPool
 from engine.kv_events import AllBlocksCleared, BlockStored, KVEvent
-from engine.output import RequestOutput
+from engine.output import RequestOutput, StepTotals
 from engine.request import FinishReason
 from engine.sampling_params import SamplingParams
 from engine.transfer.exchange import ReadReport
@@ -161,7 +161,7 @@ def test_decode_update_reaches_the_router_as_a_reply() -> None:
 def test_worker_stats_reach_the_router_as_a_reply() -> None:
     values = dict(zip(wire.StatsReply.__dataclass_fields__, range(1, 100), strict=False))
     values.update(idle=True, integrity_error="leak")
-    stats = WorkerStats(**values, queued_prefill_tokens=99)  # not on the wire
+    stats = WorkerStats(**values, queued_prefill_tokens=99, totals=StepTotals())  # not on the wire
     assert wire.StatsReply.from_pb(_bytes(wire.stats_to_pb(stats))) == wire.StatsReply(**values)
 
 

@@ -131,6 +131,22 @@ def test_a_step_lasts_the_modelled_time_asleep(config_only: Path) -> None:
     _idle(engine)
 
 
+def test_step_totals_count_prefill_and_decode_apart(config_only: Path) -> None:
+    engine = _engine(config_only, timing=MockTiming(decode_ms=20.0))
+    engine.add_request("a", list(range(100, 164)), SamplingParams(max_tokens=3))
+    engine.add_request("b", list(range(200, 240)), SamplingParams(max_tokens=3))
+    engine.step()  # both prompts: one prefill step, each samples its first token
+    before = engine.totals.copy()
+    assert (before.prefill_steps, before.prefill_tokens, before.decode_steps) == (1, 104, 0)
+    engine.step()
+    engine.step()  # two decode steps of two sequences, and both are done
+    t = engine.totals
+    assert (t.decode_steps, t.decode_tokens, t.prefill_steps) == (2, 4, 1)
+    assert t.decode_busy_s >= 2 * 0.020  # the modelled steps, slept out
+    assert before.decode_steps == 0  # a copy, not a view
+    _idle(engine)
+
+
 # ---- the engine around it ----------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ from typing import TypeVar
 import grpc
 import pytest
 
-from engine.output import RequestOutput
+from engine.output import RequestOutput, StepTotals
 from engine.request import FinishReason
 from engine.sampling_params import SamplingParams
 from engine.transfer.exchange import ReadReport
@@ -63,7 +63,7 @@ class ScriptedCalls:
         return HealthReply(True, "w-0", "both")
 
     async def stats(self) -> WorkerStats:
-        return WorkerStats(1, 2, 64, 40, 8, 24, 4, 1, 0, 10, 512, 2, 1, False, "")
+        return WorkerStats(1, 2, 64, 40, 8, 24, 4, 1, 0, 10, 512, 2, 1, False, "", StepTotals())
 
     async def dump_kv(self) -> KVDump:
         return KVDump("w-0", 123, 9, [2**64 - 1], 16)
