@@ -17,6 +17,8 @@ ROUTE_DISAGG = "disaggregated"
 ROUTE_LOCAL = "local_prefill"
 # prefilled on the decode worker because the prefill pool's queue was the longer wait
 ROUTE_LOCAL_QUEUE = "local_prefill_queue"
+# prefilled on the decode worker because the prefill pool has no worker (scaled to zero)
+ROUTE_LOCAL_NO_POOL = "local_prefill_no_pool"
 ROUTE_COLOCATED = "colocated"
 
 

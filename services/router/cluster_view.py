@@ -81,6 +81,11 @@ class ClusterView:
     def serving(self, role: str) -> list[WorkerRef]:
         return self.workers.serving(role)
 
+    def has_pool(self, role: str) -> bool:
+        """Any worker of exactly `role` in the registry, routable or not: an empty pool
+        (scaled to zero) is not a pool whose workers all fail."""
+        return any(w.record.role == role for w in self.workers.workers.values())
+
     def get(self, worker_id: str) -> WorkerRef | None:
         return self.workers.workers.get(worker_id)
 

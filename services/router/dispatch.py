@@ -37,6 +37,7 @@ from services.router.backend import (
     ROUTE_COLOCATED,
     ROUTE_DISAGG,
     ROUTE_LOCAL,
+    ROUTE_LOCAL_NO_POOL,
     ROUTE_LOCAL_QUEUE,
     BackendError,
     GenerateRequest,
@@ -119,11 +120,13 @@ class Dispatcher:
         """Why the decode worker prefills this prompt itself, or None to prefill remotely."""
         if decode.uncached <= self.config.local_prefill_tokens:
             return ROUTE_LOCAL
+        if not self.cluster.has_pool("prefill"):  # scaled to zero: a route, not a failure
+            return ROUTE_LOCAL_NO_POOL
         if not self.config.balance_prefill:
             return None
         # the shortest prefill queue in the pool (read only: picking would take a turn)
         shortest = min((w.queued_tokens for w in self.cluster.serving("prefill")), default=None)
-        if shortest is None:  # no prefill worker: _disaggregated falls back, logged and counted
+        if shortest is None:  # none usable: _disaggregated falls back, logged and counted
             return None
         sooner = decode.worker.queued_tokens + decode.uncached < shortest
         return ROUTE_LOCAL_QUEUE if sooner else None

@@ -26,6 +26,16 @@ def test_a_failed_prefill_falls_back_to_the_decode_worker_counted() -> None:
     assert prefill.aborted == ["r1"]  # whatever it did is freed
 
 
+def test_an_empty_prefill_pool_is_a_route_not_a_fallback() -> None:
+    # scaled to zero by the autoscaler: nothing failed, so nothing is logged as a fallback
+    decode = FakeWorker(chunks=[chunk([5], done=True)])
+    d, metrics = dispatcher(**{"decode-0": decode})
+    out = run(d)
+    assert [(o.token_ids, o.route) for o in out] == [([5], "local_prefill_no_pool")]
+    assert metrics.prefill_fallbacks.labels(reason="no_prefill_worker")._value.get() == 0
+    assert decode.decodes[0].handle is None  # prefilled there
+
+
 def test_a_failed_prefill_is_tried_on_another_prefill_worker_first() -> None:
     hung = FakeWorker(WorkerError("deadline_exceeded", "no answer in time"))
     works = FakeWorker(PrefillReply(42, None, 8, None, HANDLE))
