@@ -1,5 +1,5 @@
-"""The `tandem` command line: `tandem serve`, `tandem worker`, `tandem bench`,
-`tandem models pull`, `tandem generate`."""
+"""The `tandem` command line: `tandem serve`, `tandem worker`, `tandem router`,
+`tandem autoscale`, `tandem bench`, `tandem models pull`, `tandem generate`."""
 
 from __future__ import annotations
 
@@ -154,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run one worker in this process (as a pod does)")
     add_worker_args(worker)
     worker.set_defaults(func=cmd_worker)
+
+    from services.autoscaler.cli import add_command as add_autoscale_command
+
+    add_autoscale_command(sub)
 
     bench = sub.add_parser(
         "bench",

@@ -15,10 +15,15 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 
 from engine import EngineConfig
+from services.autoscaler.cli import add_autoscale_args, autoscaler_config, run_every
+from services.autoscaler.loop import Autoscaler, AutoscalerConfig
+from services.autoscaler.metrics import AutoscalerMetrics
+from services.autoscaler.ray_actuator import RayActuator
 from services.cluster import redis_client
 from services.cluster.cluster_token import new_token, token_from_env
 from services.cluster.pools import NAMESPACE, Pools, PoolSpec, assign_cores
@@ -191,6 +196,25 @@ class Cluster:
             )
         return lines
 
+    def autoscale(self, config: AutoscalerConfig, drain_s: float) -> AutoscalerMetrics:
+        """Start the autoscaler on this cluster's pools; it stops with the cluster."""
+        assert self.pools is not None
+        registry = self.registry()
+        specs = {s.role: replace(s, replicas=1) for s in self.specs}
+        actuator = RayActuator(self.pools, specs, registry.workers, drain_s)
+        scaler = Autoscaler(config, registry.workers, actuator)
+        stop = threading.Event()
+        thread = run_every(scaler, stop)
+
+        def stop_scaling() -> None:  # before the pools stop: callbacks run last-in first
+            stop.set()
+            thread.join(timeout=60)
+
+        self._stack.callback(stop_scaling)
+        bounds = ", ".join(f"{p} {b.min}..{b.max}" for p, b in config.bounds.items())
+        log.info("autoscaler: on, %s", bounds)
+        return scaler.metrics
+
     def registry(self) -> Registry:
         token = self.config.cluster_token
         return Registry(redis_client.connect(self.redis_url), token=token)
@@ -210,6 +234,13 @@ def add_serve_args(ap: argparse.ArgumentParser) -> None:
     add_engine_args(ap)  # --engine, --dtype, --block-size, --kv-cache-gb, --num-blocks, ...
     ap.add_argument("--cpus-per-worker", type=float, default=None)
     ap.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    ap.add_argument(
+        "--autoscale",
+        action="store_true",
+        help="size the pools from their load within --prefill-replicas / --decode-replicas "
+        "(see the autoscaler flags)",
+    )
+    add_autoscale_args(ap)
 
 
 def cmd_serve(args: argparse.Namespace, model: str) -> int:
@@ -227,10 +258,14 @@ def cmd_serve(args: argparse.Namespace, model: str) -> int:
         cluster_token=token_from_env() or new_token(),
         redis_password=redis_password_from_env(),
     )
+    scaling = autoscaler_config(args, args.mode) if args.autoscale else None
     try:
         with Cluster(config) as cluster:
             options = router_options(args, model, cluster.redis_url)
             options = replace(options, cluster_token=config.cluster_token)
+            if scaling is not None:
+                metrics = cluster.autoscale(scaling, args.scale_down_drain_s)
+                options = replace(options, extra_metrics=(metrics.registry,))
             run_on_uvloop(run_router(options, cluster.banner()))
     except KeyboardInterrupt:  # Ctrl-C during start-up: all started so far is stopped
         pass

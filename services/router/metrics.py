@@ -11,7 +11,7 @@ methods below (or the metric attributes themselves, which are public).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -27,8 +27,10 @@ OK, ERROR, ABORTED = "ok", "error", "aborted"
 
 
 class RouterMetrics:
-    def __init__(self) -> None:
+    def __init__(self, extra: Sequence[CollectorRegistry] = ()) -> None:
+        """`extra`: registries served on /metrics too (the autoscaler's, in tandem serve)."""
         self.registry = CollectorRegistry(auto_describe=True)
+        self._extra = tuple(extra)
         r = self.registry
         # ---- updated by the HTTP edge ----
         self.requests = Counter(
@@ -164,7 +166,7 @@ class RouterMetrics:
 
     def render(self) -> bytes:
         """Prometheus text exposition format (version 0.0.4)."""
-        return generate_latest(self.registry)
+        return b"".join(generate_latest(r) for r in (self.registry, *self._extra))
 
     # ---- the HTTP edge ----------------------------------------------------------------
     def record_admitted(self, prompt_tokens: int) -> None:

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from services.cluster.cluster_token import token_from_env
 from services.cluster.redis_url import redact_url, redis_url_from
@@ -29,6 +29,9 @@ from services.router.api_keys import ApiKeys, gather_keys
 from services.router.dispatch_config import DEFAULT_DECODE_ATTEMPTS, MODES, DispatchConfig
 from services.router.middleware import DEFAULT_MAX_BODY_BYTES
 from services.router.routing import ROUTINGS
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 T = TypeVar("T")
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
@@ -49,6 +52,7 @@ class RouterOptions:
     cluster_token: str | None = field(default=None, repr=False)
     drain_delay_s: float = DEFAULT_DRAIN_DELAY_S  # SIGTERM: serving on while /ready is 503
     worker_ca: bytes | None = field(default=None, repr=False)  # TLS to workers (worker_tls.py)
+    extra_metrics: tuple[CollectorRegistry, ...] = ()  # also on /metrics (the autoscaler's)
 
 
 def served_model_name(model: str) -> str:
@@ -67,7 +71,7 @@ async def run_router(opts: RouterOptions, banner: list[str] | None = None) -> No
     from services.router.drain import Drain, DrainingServer
     from services.router.metrics import RouterMetrics
 
-    metrics = RouterMetrics()
+    metrics = RouterMetrics(opts.extra_metrics)
     dispatcher = make_dispatcher(
         opts.redis_url, opts.dispatch, metrics, opts.cluster_token, opts.worker_ca
     )

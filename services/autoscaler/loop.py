@@ -1,0 +1,190 @@
+"""The decision loop: read the registry, learn, size both pools at once, pace, act.
+
+    every interval_s:
+      records ──read_pools──> loads, speeds ──Capacity.learn──> sizing (targets, and eased)
+                                                      │
+      actuator.replicas() (what each pool is set to) ─┴─> PoolPacer.step per pool ──> scale()
+
+What each pool is set to is read back from the actuator every tick, so a count changed by
+hand is the new current size (and said so in the log). A scale-up whose workers are not in
+the registry within `ready_timeout_s` is cancelled (the pool set back to what is serving)
+and reported. A registry that cannot be read holds every pool as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from services.autoscaler.capacity import Capacity
+from services.autoscaler.metrics import AutoscalerMetrics
+from services.autoscaler.pacing import Pacing, PoolPacer, Step
+from services.autoscaler.signals import Reading, read_pools, readings
+from services.autoscaler.sizing import Bounds, Demand, Sizing, Targets, demand, size
+from services.pb.events_pb2 import WorkerRecord
+
+DEFAULT_INTERVAL_S = 5.0
+DEFAULT_READY_TIMEOUT_S = 300.0  # a model load on a fresh node, image pull aside
+log = logging.getLogger(__name__)
+
+
+class Actuator(Protocol):
+    def replicas(self) -> dict[str, int]:
+        """What each pool is set to now: by the autoscaler, or by hand since."""
+        ...
+
+    def scale(self, pool: str, replicas: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AutoscalerConfig:
+    bounds: Mapping[str, Bounds]  # {prefill, decode} or {both}
+    targets: Targets = field(default_factory=Targets)
+    pacing: Pacing = field(default_factory=Pacing)
+    interval_s: float = DEFAULT_INTERVAL_S
+    ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if set(self.bounds) not in ({"prefill", "decode"}, {"both"}):
+            raise ValueError(f"pools are prefill and decode, or both; got {sorted(self.bounds)}")
+
+    @property
+    def serving(self) -> str:
+        return "both" if "both" in self.bounds else "decode"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    pool: str
+    current: int  # what the pool was set to
+    ready: int  # its workers in the registry
+    desired: int
+    reason: str
+    inputs: str = ""  # the figures the sizing saw
+
+    @property
+    def direction(self) -> str:
+        return self.reason.split(":", 1)[0]
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        config: AutoscalerConfig,
+        read_records: Callable[[], list[WorkerRecord]],
+        actuator: Actuator,
+        metrics: AutoscalerMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config, self.actuator = config, actuator
+        self.metrics = metrics or AutoscalerMetrics()
+        self.capacity = Capacity()
+        self._read, self._clock = read_records, clock
+        now = clock()
+        self._pacers = {p: PoolPacer(b, config.pacing, now) for p, b in config.bounds.items()}
+        self._last: dict[str, Reading] = {}
+        self._set: dict[str, int] = {}  # what we last set each pool to
+        self._short_since: dict[str, float] = {}  # set above what is ready, since
+
+    def tick(self) -> list[Decision]:
+        now = self._clock()
+        try:
+            records = self._read()
+        except Exception as e:  # a Redis outage: decide nothing on stale or missing figures
+            log.warning("autoscaler: the registry cannot be read (%s): holding every pool", e)
+            return self._hold_all(f"hold: metrics unavailable ({type(e).__name__})")
+        now_readings = readings(records, now)
+        loads, obs = read_pools(self._last, now_readings)
+        self._last = now_readings
+        self.capacity.learn(obs)
+        cfg = self.config
+        need = demand(loads, cfg.serving, cfg.targets)
+        up = size(need, self.capacity, cfg.targets, cfg.bounds)
+        down = size(need, self.capacity, cfg.targets.eased(cfg.pacing.hysteresis), cfg.bounds)
+        self._export(need, up)
+        ready = {p: loads[p].workers if p in loads else 0 for p in cfg.bounds}
+        return [self._decide(p, now, ready[p], need, up, down) for p in cfg.bounds]
+
+    def _decide(
+        self,
+        pool: str,
+        now: float,
+        ready: int,
+        need: Demand,
+        up: Sizing | None,
+        down: Sizing | None,
+    ) -> Decision:
+        current = self._current(pool)
+        if self._stuck(pool, now, current, ready):
+            self.actuator.scale(pool, ready)
+            self._set[pool] = ready
+            late = self.config.ready_timeout_s
+            why = f"cancel: {current - ready} worker(s) not ready after {late:g} s"
+            return self._done(Decision(pool, current, ready, ready, why))
+        if up is None or down is None:
+            step = Step(current, "hold: worker speeds not measured yet")
+        else:
+            starting = max(current - ready, 0)
+            step = self._pacers[pool].step(
+                now, current, up.replicas[pool], down.replicas[pool], need.idle, starting
+            )
+        if step.desired != current:
+            self.actuator.scale(pool, step.desired)
+            self._set[pool] = step.desired
+        inputs = up.reason if up is not None else ""
+        return self._done(Decision(pool, current, ready, step.desired, step.reason, inputs))
+
+    def _current(self, pool: str) -> int:
+        current = self.actuator.replicas()[pool]
+        was = self._set.get(pool)
+        if was is not None and was != current:
+            log.info("autoscaler: %s was set to %d by hand (we set %d): kept", pool, current, was)
+        self._set[pool] = current
+        return current
+
+    def _stuck(self, pool: str, now: float, current: int, ready: int) -> bool:
+        if ready >= current:
+            self._short_since.pop(pool, None)
+            return False
+        since = self._short_since.setdefault(pool, now)
+        if now - since < self.config.ready_timeout_s:
+            return False
+        del self._short_since[pool]
+        return True
+
+    def _hold_all(self, reason: str) -> list[Decision]:
+        set_to = self.actuator.replicas()
+        return [
+            self._done(Decision(p, set_to[p], -1, set_to[p], reason)) for p in self.config.bounds
+        ]
+
+    def _done(self, d: Decision) -> Decision:
+        m = self.metrics
+        m.decisions.labels(d.pool, d.direction).inc()
+        m.desired.labels(d.pool).set(d.desired)
+        if d.ready >= 0:
+            m.ready.labels(d.pool).set(d.ready)
+        level = logging.INFO if d.desired != d.current else logging.DEBUG
+        log.log(
+            level,
+            "autoscaler: %s %d -> %d (ready %d): %s [%s]",
+            d.pool,
+            d.current,
+            d.desired,
+            d.ready,
+            d.reason,
+            d.inputs,
+        )
+        return d
+
+    def _export(self, need: Demand, up: Sizing | None) -> None:
+        s = self.metrics.signal
+        s.labels("prefill_tok_s").set(need.prefill_tok_s)
+        s.labels("requests").set(need.requests)
+        s.labels("used_blocks").set(need.used_blocks)
+        s.labels("worker_prefill_tok_s").set(self.capacity.prefill_tok_s or math.nan)
+        s.labels("predicted_itl_s").set(up.itl_s if up and up.itl_s is not None else math.nan)

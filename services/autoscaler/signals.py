@@ -1,0 +1,115 @@
+"""What the autoscaler reads: each pool's load now, and the speeds its workers showed since
+the last reading, from two readings of the worker registry.
+
+    registry read at t0 ─┐                        ┌─> PoolLoad per pool   (load now)
+                         ├─ per worker, the change ┤
+    registry read at t1 ─┘  of its step counters   └─> Observations       (speeds shown)
+
+A worker's record carries counters that only grow (engine StepTotals: prompt tokens computed,
+decode steps and tokens, and the busy time of each), so the change between two readings
+says what it did in between, however many heartbeats were missed. A worker seen for the
+first time, or restarted (its counters begin again), gives load but no speed until its next
+reading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from services.pb.events_pb2 import WorkerRecord
+
+POOLS = ("prefill", "decode", "both")  # a worker's role names its pool; `both`: colocated
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One worker's record, as read at `at` (the reader's monotonic clock)."""
+
+    record: WorkerRecord
+    at: float
+
+    @property
+    def worker_id(self) -> str:
+        return self.record.worker_id
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLoad:
+    pool: str
+    workers: int
+    requests: int  # running and waiting, over the pool
+    queued_prefill_tokens: int  # prompt tokens accepted, not computed yet
+    prefill_tokens_per_s: float  # prompt tokens the pool computed per second of wall time
+    used_blocks: int
+    blocks_per_worker: int
+    max_num_seqs: int  # the smallest of the pool's workers
+
+
+@dataclass(slots=True)
+class Observations:
+    """Speeds shown between two readings: per-worker prompt tokens per busy second, and
+    decode steps as (mean batch, mean step seconds)."""
+
+    prefill_tok_s: dict[str, list[float]] = field(default_factory=dict)
+    decode_steps: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+
+def read_pools(
+    before: Mapping[str, Reading], now: Mapping[str, Reading]
+) -> tuple[dict[str, PoolLoad], Observations]:
+    """The load of every pool that has workers in `now`, and what `before` -> `now` showed."""
+    obs = Observations()
+    members: dict[str, list[Reading]] = {}
+    delivered: dict[str, float] = {}
+    for wid, cur in now.items():
+        pool = cur.record.role
+        members.setdefault(pool, []).append(cur)
+        prev = before.get(wid)
+        if prev is None or prev.record.started_at_unix_ms != cur.record.started_at_unix_ms:
+            continue  # first seen, or restarted: no change to measure yet
+        dt = cur.at - prev.at
+        if dt <= 0:
+            continue
+        tokens, busy_s = _prefill_delta(prev.record, cur.record)
+        delivered[pool] = delivered.get(pool, 0.0) + tokens / dt
+        if tokens > 0 and busy_s > 0:
+            obs.prefill_tok_s.setdefault(pool, []).append(tokens / busy_s)
+        step = _decode_delta(prev.record, cur.record)
+        if step is not None:
+            obs.decode_steps.setdefault(pool, []).append(step)
+    loads = {pool: _pool_load(pool, rs, delivered.get(pool, 0.0)) for pool, rs in members.items()}
+    return loads, obs
+
+
+def readings(records: Iterable[WorkerRecord], at: float) -> dict[str, Reading]:
+    return {r.worker_id: Reading(r, at) for r in records if r.role in POOLS}
+
+
+def _prefill_delta(a: WorkerRecord, b: WorkerRecord) -> tuple[int, float]:
+    tokens = b.prefill_tokens_total - a.prefill_tokens_total
+    busy_s = (b.prefill_busy_us_total - a.prefill_busy_us_total) / 1e6
+    return max(tokens, 0), max(busy_s, 0.0)
+
+
+def _decode_delta(a: WorkerRecord, b: WorkerRecord) -> tuple[float, float] | None:
+    steps = b.decode_steps_total - a.decode_steps_total
+    if steps <= 0:
+        return None
+    batch = (b.decode_tokens_total - a.decode_tokens_total) / steps
+    step_s = (b.decode_busy_us_total - a.decode_busy_us_total) / 1e6 / steps
+    return batch, step_s
+
+
+def _pool_load(pool: str, rs: list[Reading], delivered: float) -> PoolLoad:
+    recs = [r.record for r in rs]
+    return PoolLoad(
+        pool=pool,
+        workers=len(recs),
+        requests=sum(r.running + r.waiting for r in recs),
+        queued_prefill_tokens=sum(r.queued_prefill_tokens for r in recs),
+        prefill_tokens_per_s=delivered,
+        used_blocks=sum(r.used_blocks for r in recs),
+        blocks_per_worker=min(r.num_blocks for r in recs),
+        max_num_seqs=min((r.max_num_seqs for r in recs if r.max_num_seqs), default=0),
+    )

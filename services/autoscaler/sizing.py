@@ -1,0 +1,154 @@
+"""How many workers each pool needs for the load of now: one decision for both pools.
+
+The two pools are not independent: prompts the prefill pool cannot take in time are
+prefilled by the decode workers (the router's prefill balance, and its local prefill of
+short prompts), which then decode more slowly. So the sizing tries every (prefill, decode)
+pair within the bounds and keeps the one with the fewest workers whose predicted latencies
+meet the targets:
+
+    demand   λ  = prompt tokens/s computed now (all pools) + backlog / TTFT target
+    prefill  p workers cover  min(λ, p · r · u)       r: tokens/s a worker, u: utilization
+    decode   the rest, λ - p·r·u, takes a share f = rest / (d · r) of each decode worker
+             ITL  = step(requests / d) / (1 - f)      step(): the learned decode line
+             need f <= u, ITL <= target, requests / d <= max_num_seqs,
+                  used KV blocks / (d · blocks a worker) <= the KV target
+
+A colocated cluster is the same with one pool of `both` workers. Ties go to the pair with
+the lower predicted ITL. Nothing measured yet means nothing to size: the pools hold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from services.autoscaler.capacity import Capacity
+from services.autoscaler.signals import PoolLoad
+
+
+@dataclass(frozen=True, slots=True)
+class Targets:
+    ttft_s: float = 2.0  # the prefill backlog is to be gone within this
+    itl_s: float = 0.1
+    kv_usage: float = 0.8  # of each decode worker's blocks
+    utilization: float = 0.8  # of a worker's time, prefill work included
+
+    def __post_init__(self) -> None:
+        if min(self.ttft_s, self.itl_s) <= 0:
+            raise ValueError("the TTFT and ITL targets must be positive")
+        if not (0 < self.kv_usage <= 1 and 0 < self.utilization <= 1):
+            raise ValueError("the KV and utilization targets are fractions in (0, 1]")
+
+    def eased(self, margin: float) -> Targets:
+        """Targets `margin` tighter: what a smaller pool must meet to be chosen (hysteresis)."""
+        k = 1.0 - margin
+        return Targets(self.ttft_s * k, self.itl_s * k, self.kv_usage * k, self.utilization * k)
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    min: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min <= self.max:
+            raise ValueError(f"replica bounds need 0 <= min <= max, got {self.min}..{self.max}")
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    prefill_tok_s: float  # λ
+    requests: int  # in the decode (or colocated) pool
+    used_blocks: int
+    blocks_per_worker: int
+    max_num_seqs: int
+
+    @property
+    def idle(self) -> bool:
+        return self.prefill_tok_s == 0 and self.requests == 0
+
+
+@dataclass(frozen=True, slots=True)
+class Sizing:
+    replicas: dict[str, int]
+    reason: str
+    itl_s: float | None = None  # predicted at the chosen size
+
+
+def demand(loads: Mapping[str, PoolLoad], serving: str, targets: Targets) -> Demand:
+    """`serving`: the pool that decodes (`decode`, or `both` when colocated)."""
+    backlog = sum(p.queued_prefill_tokens for p in loads.values())
+    rate = sum(p.prefill_tokens_per_s for p in loads.values())
+    s = loads.get(serving)
+    return Demand(
+        prefill_tok_s=rate + backlog / targets.ttft_s,
+        requests=s.requests if s else 0,
+        used_blocks=s.used_blocks if s else 0,
+        blocks_per_worker=s.blocks_per_worker if s else 0,
+        max_num_seqs=s.max_num_seqs if s else 0,
+    )
+
+
+def size(d: Demand, cap: Capacity, targets: Targets, bounds: Mapping[str, Bounds]) -> Sizing | None:
+    """The fewest workers per pool meeting the targets, or None when the speeds the sizing
+    needs are not measured yet. `bounds` names the pools: {prefill, decode} or {both}."""
+    if d.idle:
+        return Sizing({p: b.min for p, b in bounds.items()}, "no load: each pool to its floor")
+    if cap.prefill_tok_s is None and d.prefill_tok_s > 0:
+        return None
+    if cap.decode is None and d.requests > 0:
+        return None
+    serving = "both" if "both" in bounds else "decode"
+    prefill = bounds.get("prefill", Bounds(0, 0))
+    best: tuple[int, float, int, int] | None = None
+    for p in range(prefill.min, prefill.max + 1):
+        for n in range(max(bounds[serving].min, 1), bounds[serving].max + 1):
+            itl = _predicted_itl(d, cap, targets, p, n)
+            if itl is not None and (best is None or (p + n, itl) < best[:2]):
+                best = (p + n, itl, p, n)
+    if best is None:  # the serving pool at its max, the prefill pool covering what it can
+        most = {serving: bounds[serving].max}
+        if serving == "decode":
+            most["prefill"] = _covering(d, cap, targets, prefill)
+        return Sizing(most, "the targets cannot be met within the bounds: " + _why(d, cap, None))
+    _, itl, p, n = best
+    replicas = {serving: n} if serving == "both" else {"prefill": p, "decode": n}
+    return Sizing(replicas, _why(d, cap, itl), itl)
+
+
+def _predicted_itl(d: Demand, cap: Capacity, t: Targets, p: int, n: int) -> float | None:
+    """The decode ITL with p prefill and n serving workers, None when a target is missed."""
+    if d.max_num_seqs and d.requests > n * d.max_num_seqs:
+        return None
+    if d.blocks_per_worker and d.used_blocks > t.kv_usage * n * d.blocks_per_worker:
+        return None
+    share = 0.0
+    if d.prefill_tok_s > 0:
+        assert cap.prefill_tok_s is not None
+        rest = max(0.0, d.prefill_tok_s - p * cap.prefill_tok_s * t.utilization)
+        share = rest / (n * cap.prefill_tok_s)
+        if share > t.utilization:
+            return None
+    if d.requests == 0:
+        return 0.0
+    assert cap.decode is not None
+    itl = cap.decode.step_s(d.requests / n) / (1.0 - share)
+    return itl if itl <= t.itl_s else None
+
+
+def _covering(d: Demand, cap: Capacity, t: Targets, b: Bounds) -> int:
+    """Prefill workers that take all of the prompt work at the utilization target."""
+    if d.prefill_tok_s == 0 or cap.prefill_tok_s is None:
+        return b.min
+    need = math.ceil(d.prefill_tok_s / (cap.prefill_tok_s * t.utilization))
+    return min(max(need, b.min), b.max)
+
+
+def _why(d: Demand, cap: Capacity, itl: float | None) -> str:
+    rate = "-" if cap.prefill_tok_s is None else f"{cap.prefill_tok_s:.0f}"
+    predicted = "" if itl is None else f", predicted ITL {1000 * itl:.1f} ms"
+    return (
+        f"prompt tokens {d.prefill_tok_s:.0f}/s to compute (a worker: {rate}/s); "
+        f"{d.requests} requests decoding{predicted}; KV blocks in use {d.used_blocks}"
+    )

@@ -1,0 +1,162 @@
+"""`tandem serve --autoscale` on mock workers (real Ray actors, Redis, NIXL and HTTP): the
+prefill pool goes to zero with no load and comes back for prompt work, the decode pool
+grows for a decode-heavy load and shrinks after, and a scale-down in the middle of 8
+streams completes all 8. Windows are seconds here (minutes in production) so that the
+test runs in about a minute and a half; every wait is bounded."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+import redis
+
+from services.cluster import launch
+from services.cluster.cluster_token import TOKEN_ENV
+from services.cluster.registry import Registry
+from tests.e2e.conftest import API_KEY, CLUSTER_TOKEN, Served
+
+pytestmark = pytest.mark.slow
+
+# decode step: 22 ms + 2 ms a sequence (1 worker: 24 streams at 70 ms, over the 60 ms
+# target; 2 workers: 46 ms); prompts at 2,000 tokens/s a worker
+TIMING = "decode_ms=20,decode_ms_per_seq=2,prefill_ms_per_token=0.5"
+STABLE_S = 4.0
+
+
+@pytest.fixture(scope="module")
+def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    s = launch.start_serve(
+        tmp_path_factory.mktemp("autoscale") / "serve.log",
+        f"--api-key={API_KEY}",
+        "--no-dashboard",
+        "--engine=mock",
+        f"--mock-timing={TIMING}",
+        "--cpus-per-worker=0.1",
+        "--local-prefill-tokens=0",  # every prompt is prefill work
+        "--no-prefill-balance",
+        "--autoscale",
+        "--autoscale-interval-s=0.5",
+        "--panic-window-s=1",
+        f"--stable-window-s={STABLE_S}",
+        "--up-cooldown-s=1",
+        f"--down-cooldown-s={STABLE_S}",
+        "--prefill-replicas=0:2",
+        "--decode-replicas=1:3",
+        "--itl-target-ms=60",
+        "--ttft-target-s=1",
+        "--ready-timeout-s=60",
+        "--scale-down-drain-s=30",
+        env={TOKEN_ENV: CLUSTER_TOKEN},
+    )
+    served = Served(s.proc, s.url, s.redis_url, s.ray_address)
+    yield served
+    assert served.proc.stop() == 0, served.proc.tail()
+
+
+class Load:
+    """`threads` clients, each sending `each` requests one after another, in the background;
+    every answer's status and token count kept."""
+
+    def __init__(self, c: Served, prompt_len: int, max_tokens: int, threads: int, each: int):
+        self.answers: list[tuple[int, int]] = []
+        with c.client() as http:
+            self.model = http.get("/v1/models").json()["data"][0]["id"]
+        body = {
+            "model": self.model,
+            "max_tokens": max_tokens,
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+
+        def client(k: int) -> None:
+            with c.client() as http:
+                for i in range(each):
+                    prompt = [1000 + 97 * k + i] * prompt_len  # no two alike: no cache hits
+                    self.answers.append(_stream(http, {**body, "prompt": prompt}))
+
+        self._threads = [threading.Thread(target=client, args=(k,)) for k in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def join(self, timeout_s: float = 120.0) -> list[tuple[int, int]]:
+        deadline = time.monotonic() + timeout_s
+        for t in self._threads:
+            t.join(max(deadline - time.monotonic(), 0.1))
+        assert not any(t.is_alive() for t in self._threads), "the load did not finish in time"
+        return self.answers
+
+
+def _stream(http: httpx.Client, body: dict[str, object]) -> tuple[int, int]:
+    """The status, and the tokens the final usage chunk counts (0 when there is none)."""
+    tokens = 0
+    with http.stream("POST", "/v1/completions", json=body) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {") and (usage := json.loads(line[6:]).get("usage")):
+                tokens = usage["completion_tokens"]
+    return r.status_code, tokens
+
+
+def _pools(c: Served) -> dict[str, int]:
+    records = Registry(redis.Redis.from_url(c.redis_url), token=CLUSTER_TOKEN).workers()
+    return {pool: sum(r.role == pool for r in records) for pool in ("prefill", "decode")}
+
+
+def _until(ok: Callable[[], bool], what: str, timeout_s: float) -> float:
+    start = time.monotonic()
+    while not ok():
+        assert time.monotonic() - start < timeout_s, f"timed out waiting for {what}"
+        time.sleep(0.25)
+    return time.monotonic() - start
+
+
+def test_each_pool_follows_its_own_load(scaled: Served) -> None:
+    # no load: the prefill pool goes to its floor of zero; prompts are prefilled on the
+    # decode worker meanwhile, counted as their own route
+    _until(lambda: _pools(scaled)["prefill"] == 0, "the prefill pool to go to zero", 20)
+    trickle = Load(scaled, prompt_len=40, max_tokens=8, threads=1, each=3)
+    assert trickle.join() == [(200, 8)] * 3
+    assert scaled.metric("tandem_requests_total", route="local_prefill_no_pool") >= 3
+
+    # decode-heavy: 24 streams are over the ITL target on one decode worker
+    heavy = Load(scaled, prompt_len=40, max_tokens=150, threads=24, each=1)
+    _until(lambda: _pools(scaled)["decode"] >= 2, "the decode pool to grow", 30)
+    assert heavy.join() == [(200, 150)] * 24
+
+    # prompt-heavy: 1,500-token prompts back to back bring a prefill worker back
+    prompts = Load(scaled, prompt_len=1500, max_tokens=4, threads=4, each=12)
+    _until(lambda: _pools(scaled)["prefill"] >= 1, "a prefill worker to come back", 30)
+    answers = prompts.join()
+    assert answers == [(200, 4)] * 48
+
+    # the load is gone: both pools go back to their floors
+    _until(lambda: _pools(scaled) == {"prefill": 0, "decode": 1}, "the floors", 60)
+    assert scaled.metric("tandem_autoscaler_decisions_total", direction="down") >= 2
+
+
+def test_a_scale_down_in_the_middle_of_8_streams_completes_all_8(scaled: Served) -> None:
+    heavy = Load(scaled, prompt_len=40, max_tokens=100, threads=24, each=1)
+    _until(lambda: _pools(scaled)["decode"] >= 2, "the decode pool to grow", 30)
+    heavy.join()
+    downs = scaled.metric("tandem_autoscaler_decisions_total", pool="decode", direction="down")
+    # 8 streams fit one decode worker (38 ms a step): the pool shrinks while they run
+    eight = Load(scaled, prompt_len=40, max_tokens=400, threads=8, each=1)
+    waited = _until(
+        lambda: (
+            scaled.metric("tandem_autoscaler_decisions_total", pool="decode", direction="down")
+            > downs
+        ),
+        "a scale-down while the streams run",
+        30,
+    )
+    assert waited < 12, "the 8 streams (~15 s) should still have been running"
+    assert eight.join() == [(200, 400)] * 8
+    # the retired worker was one of those streaming: it finished its streams, then stopped
+    retired = re.findall(r"retiring decode-\d+ \((\d+) in flight", "".join(scaled.proc.lines))
+    assert retired and int(retired[-1]) >= 1, retired

@@ -1,0 +1,180 @@
+"""The autoscaler's pure parts: what a worker can do (capacity.py), how many workers each
+pool needs (sizing.py) and when a pool follows that need (pacing.py). Times are given by
+hand; nothing sleeps."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.autoscaler.capacity import Capacity, DecodeLine
+from services.autoscaler.pacing import Pacing, PoolPacer
+from services.autoscaler.signals import Observations
+from services.autoscaler.sizing import Bounds, Demand, Targets, size
+
+DISAGG = {"prefill": Bounds(0, 8), "decode": Bounds(1, 8)}
+
+
+def _cap(
+    prefill_tok_s: float | None = 1000.0, base: float = 0.02, per_seq: float = 0.002
+) -> Capacity:
+    cap = Capacity()
+    cap.prefill_tok_s = prefill_tok_s
+    cap.decode = DecodeLine(base, per_seq)
+    return cap
+
+
+def _demand(tok_s: float = 0.0, requests: int = 0, used: int = 0, seqs: int = 64) -> Demand:
+    return Demand(tok_s, requests, used, blocks_per_worker=512, max_num_seqs=seqs)
+
+
+# ---- capacity ------------------------------------------------------------------------------
+def test_prefill_speed_follows_readings_and_decode_line_is_fitted() -> None:
+    cap = Capacity()
+    cap.learn(Observations(prefill_tok_s={"prefill": [1000.0]}))
+    cap.learn(Observations(prefill_tok_s={"prefill": [2000.0]}))
+    assert cap.prefill_tok_s == pytest.approx(1300.0)  # 0.3 of the way to the new reading
+    cap.learn(Observations(decode_steps={"decode": [(4.0, 0.028), (20.0, 0.060)]}))
+    assert cap.decode is not None
+    assert (cap.decode.base_s, cap.decode.per_seq_s) == pytest.approx((0.020, 0.002))
+
+
+def test_prefill_speed_comes_from_prefill_workers_once_one_was_seen() -> None:
+    cap = Capacity()
+    cap.learn(Observations(prefill_tok_s={"decode": [500.0]}))  # mixed steps: slower
+    assert cap.prefill_tok_s == 500.0
+    cap.learn(Observations(prefill_tok_s={"prefill": [2000.0], "decode": [500.0]}))
+    cap.learn(Observations(prefill_tok_s={"decode": [400.0]}))
+    assert cap.prefill_tok_s == pytest.approx(500 + 0.3 * 1500)
+
+
+def test_one_batch_size_seen_gives_a_line_through_it_half_fixed() -> None:
+    cap = Capacity()
+    cap.learn(Observations(decode_steps={"both": [(8.0, 0.040), (8.0, 0.040)]}))
+    assert cap.decode is not None
+    assert cap.decode.step_s(8) == pytest.approx(0.040)
+    assert cap.decode.step_s(16) == pytest.approx(0.060)  # base 0.020 + 16 x 0.0025
+
+
+# ---- sizing --------------------------------------------------------------------------------
+def test_decode_pool_is_sized_to_the_itl_target() -> None:
+    got = size(_demand(requests=100), _cap(), Targets(itl_s=0.1), DISAGG)
+    # 100 requests: 2 workers step in 0.12 s, 3 in 0.087
+    assert got is not None and got.replicas == {"prefill": 0, "decode": 3}
+    assert got.itl_s == pytest.approx(0.02 + 0.002 * 100 / 3)
+
+
+def test_both_pools_are_chosen_together() -> None:
+    # 3,000 prompt tokens/s at 1,000 a worker (80% busy at most): (3, 1) and (2, 2) both
+    # take 4 workers; (3, 1) decodes faster. A tighter ITL makes a fifth worker a prefill one.
+    got = size(_demand(3000.0, requests=2), _cap(), Targets(itl_s=0.1), DISAGG)
+    assert got is not None and got.replicas == {"prefill": 3, "decode": 1}
+    assert got.itl_s == pytest.approx(0.024 / (1 - 0.6))  # 600 tok/s left to the decode worker
+    tight = size(_demand(3000.0, requests=2), _cap(), Targets(itl_s=0.05), DISAGG)
+    assert tight is not None and tight.replicas == {"prefill": 4, "decode": 1}
+
+
+def test_a_trickle_of_prompts_needs_no_prefill_worker() -> None:
+    got = size(_demand(100.0, requests=4), _cap(), Targets(), DISAGG)
+    assert got is not None and got.replicas == {"prefill": 0, "decode": 1}
+    # the floor is the operator's: min 1 keeps one
+    floor = {**DISAGG, "prefill": Bounds(1, 8)}
+    assert size(_demand(100.0, requests=4), _cap(), Targets(), floor).replicas["prefill"] == 1  # type: ignore[union-attr]
+
+
+def test_kv_blocks_and_batch_slots_bound_the_decode_pool() -> None:
+    # 900 blocks in use, 512 a worker, 80% at most: 3 workers, though ITL needs 1
+    got = size(_demand(requests=4, used=900), _cap(), Targets(), DISAGG)
+    assert got is not None and got.replicas["decode"] == 3
+    # 40 requests and 16 slots a worker: 3 workers
+    got = size(_demand(requests=40, seqs=16), _cap(per_seq=0.0001), Targets(), DISAGG)
+    assert got is not None and got.replicas["decode"] == 3
+
+
+def test_no_load_is_the_floor_and_unmeasured_speeds_hold() -> None:
+    got = size(_demand(), Capacity(), Targets(), DISAGG)
+    assert got is not None and got.replicas == {"prefill": 0, "decode": 1}
+    assert size(_demand(500.0), _cap(prefill_tok_s=None), Targets(), DISAGG) is None
+    assert size(_demand(requests=3), Capacity(), Targets(), DISAGG) is None
+
+
+def test_targets_out_of_reach_put_the_decode_pool_at_its_max() -> None:
+    got = size(_demand(requests=1000), _cap(), Targets(itl_s=0.01), DISAGG)
+    assert got is not None and got.replicas == {"prefill": 0, "decode": 8}
+    assert "cannot be met" in got.reason
+    # the prefill pool still takes the prompt work: 2,000 tok/s at 800 a worker
+    got = size(_demand(2000.0, requests=1000), _cap(), Targets(itl_s=0.01), DISAGG)
+    assert got is not None and got.replicas == {"prefill": 3, "decode": 8}
+
+
+def test_a_colocated_pool_takes_prefill_and_decode_time_both() -> None:
+    bounds = {"both": Bounds(1, 8)}
+    # 1,500 tok/s: at n workers each spends 1.5/n of its time prefilling (<= 0.8: n >= 2);
+    # ITL at 2: step(10) / (1 - 0.75) = 0.16 > 0.1; at 3: 0.0333 / 0.5 = 0.067
+    got = size(_demand(1500.0, requests=20), _cap(), Targets(itl_s=0.1), bounds)
+    assert got is not None and got.replicas == {"both": 3}
+
+
+def test_eased_targets_are_tighter() -> None:
+    t = Targets(ttft_s=2.0, itl_s=0.1, kv_usage=0.8, utilization=0.8).eased(0.1)
+    assert (t.ttft_s, t.itl_s, t.kv_usage, t.utilization) == pytest.approx((1.8, 0.09, 0.72, 0.72))
+    with pytest.raises(ValueError):
+        Targets(itl_s=0)
+    with pytest.raises(ValueError):
+        Bounds(3, 2)
+
+
+# ---- pacing --------------------------------------------------------------------------------
+PACE = Pacing(stable_window_s=60, panic_window_s=6, up_cooldown_s=15, down_cooldown_s=120)
+
+
+def test_up_waits_out_the_panic_window_then_doubles_at_most() -> None:
+    pacer = PoolPacer(Bounds(1, 10), PACE, now=0.0)
+    assert pacer.step(0.0, 2, up=7, down=7, idle=False).desired == 2  # one reading: not yet
+    assert pacer.step(3.0, 2, up=7, down=7, idle=False).desired == 2
+    step = pacer.step(6.0, 2, up=7, down=7, idle=False)
+    assert (step.desired, step.direction) == (4, "up")  # x2 a step
+    assert pacer.step(10.0, 4, up=7, down=7, idle=False).reason.endswith("up cooldown")
+    assert pacer.step(21.0, 4, up=7, down=7, idle=False).desired == 7
+
+
+def test_no_step_while_workers_asked_for_are_starting() -> None:
+    pacer = PoolPacer(Bounds(1, 10), PACE, now=0.0)
+    pacer.step(0.0, 2, up=7, down=7, idle=False)
+    step = pacer.step(6.0, 4, up=7, down=7, idle=False, starting=2)
+    assert (step.desired, step.reason) == (4, "hold: 2 worker(s) starting")
+    assert pacer.step(7.0, 4, up=7, down=7, idle=False).desired == 7  # they came: on we go
+
+
+def test_a_spike_shorter_than_the_panic_window_moves_nothing() -> None:
+    pacer = PoolPacer(Bounds(1, 10), PACE, now=0.0)
+    for t, need in ((0.0, 2), (2.0, 2), (4.0, 9), (6.0, 9), (8.0, 2)):
+        assert pacer.step(t, 2, up=need, down=need, idle=False).desired == 2
+
+
+def test_down_needs_the_whole_stable_window_and_goes_one_at_a_time() -> None:
+    pacer = PoolPacer(Bounds(1, 10), PACE, now=0.0)
+    for t in range(0, 60, 5):
+        assert pacer.step(float(t), 5, up=2, down=2, idle=False).desired == 5
+    step = pacer.step(60.0, 5, up=2, down=2, idle=False)
+    assert (step.desired, step.direction) == (4, "down")
+    assert pacer.step(100.0, 4, up=2, down=2, idle=False).reason.endswith("down cooldown")
+    assert pacer.step(180.0, 4, up=2, down=2, idle=False).desired == 3
+    # one reading in the window that needed 4 at the eased targets keeps all 3
+    pacer.step(290.0, 3, up=2, down=4, idle=False)
+    step = pacer.step(300.0, 3, up=2, down=2, idle=False)  # the cooldown is over
+    assert (step.desired, step.direction) == (3, "hold")
+    assert pacer.step(351.0, 3, up=2, down=2, idle=False).desired == 2  # it left the window
+
+
+def test_a_stable_window_without_load_goes_to_the_floor_at_once() -> None:
+    pacer = PoolPacer(Bounds(0, 10), PACE, now=0.0)
+    for t in range(0, 60, 5):
+        pacer.step(float(t), 6, up=0, down=0, idle=True)
+    step = pacer.step(60.0, 6, up=0, down=0, idle=True)
+    assert (step.desired, step.direction) == (0, "down")
+
+
+def test_a_size_outside_the_bounds_is_brought_inside() -> None:
+    pacer = PoolPacer(Bounds(1, 4), PACE, now=0.0)
+    assert pacer.step(0.0, 6, up=6, down=6, idle=False).desired == 4
+    assert pacer.step(0.0, 0, up=0, down=0, idle=True).desired == 1
