@@ -1,6 +1,6 @@
-"""The autoscaler's flags, shared by `tandem serve --autoscale` and `tandem autoscale`,
-and `tandem autoscale --dry-run`: the decisions it would take against a live cluster,
-printed, nothing done."""
+"""The autoscaler's flags, shared by `tandem serve --autoscale` and `tandem autoscale`;
+`tandem autoscale --kuberay NS/NAME` sizes a KubeRay cluster's worker groups, and
+`--dry-run` prints the decisions it would take against a live cluster, nothing done."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from collections.abc import Callable
 from services.autoscaler.loop import (
     DEFAULT_INTERVAL_S,
     DEFAULT_READY_TIMEOUT_S,
+    Actuator,
     Autoscaler,
     AutoscalerConfig,
+    Decision,
 )
 from services.autoscaler.pacing import Pacing
 from services.autoscaler.ray_actuator import DEFAULT_DRAIN_S
@@ -150,10 +152,11 @@ def cmd_autoscale(args: argparse.Namespace) -> int:
     from services.cluster.registry import Registry
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    if not args.dry_run:
+    if args.dry_run == bool(args.kuberay):
         print(
-            "tandem autoscale acts only as --dry-run; `tandem serve --autoscale` acts on "
-            "its own cluster",
+            "tandem autoscale needs one of --dry-run (print, act on nothing) and --kuberay "
+            "NAMESPACE/NAME (act on that RayCluster); `tandem serve --autoscale` acts on its "
+            "own cluster",
             file=sys.stderr,
         )
         return 2
@@ -164,23 +167,62 @@ def cmd_autoscale(args: argparse.Namespace) -> int:
         print(f"tandem autoscale: {e}", file=sys.stderr)
         return 2
     registry = Registry(redis_client.connect(url), token=token_from_env())
-    actuator = DryRun(registry.workers, list(config.bounds))
+    actuator = (
+        DryRun(registry.workers, list(config.bounds))
+        if args.dry_run
+        else _kuberay(args, list(config.bounds), registry.workers)
+    )
     scaler = Autoscaler(config, registry.workers, actuator)
     for i in range(args.ticks or sys.maxsize):
         if i:
             time.sleep(config.interval_s)
         for d in scaler.tick():
-            print(
-                f"{time.strftime('%H:%M:%S')} {d.pool:7s} {d.current} -> {d.desired} "
-                f"(ready {d.ready}): {d.reason}" + (f" [{d.inputs}]" if d.inputs else ""),
-                flush=True,
-            )
+            print(_line(d), flush=True)
     return 0
 
 
+def _line(d: Decision) -> str:
+    inputs = f" [{d.inputs}]" if d.inputs else ""
+    change = f"{d.pool:7s} {d.current} -> {d.desired} (ready {d.ready})"
+    return f"{time.strftime('%H:%M:%S')} {change}: {d.reason}{inputs}"
+
+
+def _kuberay(
+    args: argparse.Namespace, pools: list[str], read: Callable[[], list[WorkerRecord]]
+) -> Actuator:
+    """The RayCluster named by --kuberay, with the pod's credentials in a cluster, else
+    the kubeconfig's ($KUBECONFIG, ~/.kube/config)."""
+    from kubernetes import client, config
+
+    from services.autoscaler.kuberay_actuator import KubeRayActuator
+
+    namespace, _, name = args.kuberay.partition("/")
+    if not namespace or not name:
+        raise SystemExit(f"--kuberay takes NAMESPACE/NAME, got {args.kuberay!r}")
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    names = {"prefill": args.prefill_group, "decode": args.decode_group, "both": args.decode_group}
+    groups = {pool: names[pool] for pool in pools}
+    return KubeRayActuator(client.CustomObjectsApi(), namespace, name, groups, read)
+
+
 def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("autoscale", help="print what the autoscaler would do (--dry-run)")
+    p = sub.add_parser(
+        "autoscale", help="size a running cluster's pools (--kuberay), or print how (--dry-run)"
+    )
     p.add_argument("--dry-run", action="store_true", help="print decisions, act on nothing")
+    p.add_argument(
+        "--kuberay",
+        metavar="NAMESPACE/NAME",
+        default=None,
+        help="act on this KubeRay RayCluster's worker groups (pod credentials, else kubeconfig)",
+    )
+    p.add_argument("--prefill-group", default="prefill", help="its prefill worker group's name")
+    p.add_argument(
+        "--decode-group", default="decode", help="its decode (or colocated) worker group's name"
+    )
     p.add_argument(
         "--redis-url", default=None, help="the cluster's Redis (default: $TANDEM_REDIS_URL)"
     )

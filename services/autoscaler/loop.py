@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from services.autoscaler.capacity import Capacity
@@ -106,40 +106,53 @@ class Autoscaler:
         up = size(need, self.capacity, cfg.targets, cfg.bounds)
         down = size(need, self.capacity, cfg.targets.eased(cfg.pacing.hysteresis), cfg.bounds)
         self._export(need, up)
+        try:
+            set_to = self.actuator.replicas()
+        except Exception as e:  # the API server is away: nothing to decide against
+            log.warning("autoscaler: the pools' sizes cannot be read (%s): holding", e)
+            return []
         ready = {p: loads[p].workers if p in loads else 0 for p in cfg.bounds}
-        return [self._decide(p, now, ready[p], need, up, down) for p in cfg.bounds]
+        return [self._decide(p, now, set_to[p], ready[p], need, up, down) for p in cfg.bounds]
 
     def _decide(
         self,
         pool: str,
         now: float,
+        set_to: int,
         ready: int,
         need: Demand,
         up: Sizing | None,
         down: Sizing | None,
     ) -> Decision:
-        current = self._current(pool)
+        current = self._current(pool, set_to)
         if self._stuck(pool, now, current, ready):
-            self.actuator.scale(pool, ready)
-            self._set[pool] = ready
             late = self.config.ready_timeout_s
             why = f"cancel: {current - ready} worker(s) not ready after {late:g} s"
-            return self._done(Decision(pool, current, ready, ready, why))
+            return self._act(Decision(pool, current, ready, ready, why))
+        pacer = self._pacers[pool]
         if up is None or down is None:
-            step = Step(current, "hold: worker speeds not measured yet")
+            step = pacer.bounded(current) or Step(current, "hold: worker speeds not measured yet")
         else:
             starting = max(current - ready, 0)
-            step = self._pacers[pool].step(
+            step = pacer.step(
                 now, current, up.replicas[pool], down.replicas[pool], need.idle, starting
             )
-        if step.desired != current:
-            self.actuator.scale(pool, step.desired)
-            self._set[pool] = step.desired
         inputs = up.reason if up is not None else ""
-        return self._done(Decision(pool, current, ready, step.desired, step.reason, inputs))
+        return self._act(Decision(pool, current, ready, step.desired, step.reason, inputs))
 
-    def _current(self, pool: str) -> int:
-        current = self.actuator.replicas()[pool]
+    def _act(self, d: Decision) -> Decision:
+        """Carry `d` out; an actuator that fails (refused, unreachable) makes it a hold."""
+        if d.desired != d.current:
+            try:
+                self.actuator.scale(d.pool, d.desired)
+            except Exception as e:
+                log.error("autoscaler: scaling %s to %d failed: %s", d.pool, d.desired, e)
+                failed = f"hold: scaling to {d.desired} failed ({type(e).__name__})"
+                return self._done(replace(d, desired=d.current, reason=failed))
+            self._set[d.pool] = d.desired
+        return self._done(d)
+
+    def _current(self, pool: str, current: int) -> int:
         was = self._set.get(pool)
         if was is not None and was != current:
             log.info("autoscaler: %s was set to %d by hand (we set %d): kept", pool, current, was)
@@ -157,7 +170,10 @@ class Autoscaler:
         return True
 
     def _hold_all(self, reason: str) -> list[Decision]:
-        set_to = self.actuator.replicas()
+        try:
+            set_to = self.actuator.replicas()
+        except Exception:  # the actuator is away too: as last set
+            set_to = {p: self._set.get(p, -1) for p in self.config.bounds}
         return [
             self._done(Decision(p, set_to[p], -1, set_to[p], reason)) for p in self.config.bounds
         ]

@@ -78,10 +78,10 @@ class PoolPacer:
         self._remember(_Need(now, up, down, idle))
         if starting > 0:
             return Step(current, f"hold: {starting} worker(s) starting")
+        outside = self.bounded(current)
+        if outside is not None:
+            return outside
         b = self.bounds
-        if not b.min <= current <= b.max:
-            clamped = min(max(current, b.min), b.max)
-            return Step(clamped, f"bounds: {current} is outside {b.min}..{b.max}")
         wanted_up = min(n.up for n in self._within(now, self.pacing.panic_window_s))
         if wanted_up > current:
             if self._needs[0].at > now - self.pacing.panic_window_s:
@@ -97,6 +97,14 @@ class PoolPacer:
             step = min(current - wanted_down, self.pacing.max_down_step)
             return self._down(now, current, current - step, f"{wanted_down} enough all window")
         return Step(current, f"hold: {current} needed")
+
+    def bounded(self, current: int) -> Step | None:
+        """The step into the bounds of a size outside them (set by hand), or None."""
+        b = self.bounds
+        if b.min <= current <= b.max:
+            return None
+        clamped = min(max(current, b.min), b.max)
+        return Step(clamped, f"bounds: {current} is outside {b.min}..{b.max}")
 
     def _up(self, now: float, current: int, wanted: int) -> Step:
         p = self.pacing

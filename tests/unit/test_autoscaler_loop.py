@@ -226,3 +226,16 @@ def test_without_figures_the_newest_are_retired() -> None:
     specs = {"decode": PoolSpec("decode", 1)}
     RayActuator(pools, specs, down, drain_s=5).scale("decode", 1)  # type: ignore[arg-type]
     assert pools.retired == ["decode-2", "decode-1"]
+
+
+def test_an_actuator_that_cannot_be_read_decides_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    sim = Sim(requests=150)
+    scaler = _scaler(sim)
+
+    def away() -> dict[str, int]:
+        raise ConnectionError("the API server is away")
+
+    sim.replicas = away  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING):
+        assert scaler.tick() == []
+    assert "cannot be read" in caplog.text and sim.scaled == []
