@@ -26,6 +26,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from services.autoscaler.signals import in_flight
 from services.pb.events_pb2 import WorkerRecord
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayclusters"
@@ -98,7 +99,7 @@ class KubeRayActuator:
         return {"metadata": {"resourceVersion": rv}, "spec": {"workerGroupSpecs": specs}}
 
     def _victims(self, pool: str, n: int) -> list[str]:
-        """The pods of the `n` workers of `pool` with the fewest requests in flight."""
+        """The pods of the `n` workers of `pool` least in flight (signals.in_flight)."""
         records = [r for r in self._read() if r.role == pool]
-        records.sort(key=lambda r: (r.running + r.waiting, r.held_blocks, r.worker_id))
+        records.sort(key=lambda r: (in_flight(r), r.worker_id))
         return [r.worker_id for r in records[:n]]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
+from services.autoscaler.signals import in_flight
 from services.cluster.pools import PoolMember, Pools, PoolSpec
 from services.pb.events_pb2 import WorkerRecord
 
@@ -63,7 +64,7 @@ class RayActuator:
     def _load(self) -> dict[str, tuple[int, int]] | None:
         """Each registered worker's requests in flight, and blocks it holds for readers."""
         try:
-            return {r.worker_id: (r.running + r.waiting, r.held_blocks) for r in self._read()}
+            return {r.worker_id: in_flight(r) for r in self._read()}
         except Exception as e:
             log.warning("autoscaler: no loads to choose whom to retire (%s)", e)
             return None

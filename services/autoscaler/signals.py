@@ -82,6 +82,12 @@ def read_pools(
     return loads, obs
 
 
+def in_flight(r: WorkerRecord) -> tuple[int, int]:
+    """How much retiring this worker would disturb, as both actuators order their victims:
+    its requests running and waiting, then the blocks it holds for readers."""
+    return r.running + r.waiting, r.held_blocks
+
+
 def readings(records: Iterable[WorkerRecord], at: float) -> dict[str, Reading]:
     return {r.worker_id: Reading(r, at) for r in records if r.role in POOLS}
 
