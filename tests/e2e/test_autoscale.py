@@ -157,6 +157,7 @@ def test_a_scale_down_in_the_middle_of_8_streams_completes_all_8(scaled: Served)
     )
     assert waited < 12, "the 8 streams (~15 s) should still have been running"
     assert eight.join() == [(200, 400)] * 8
-    # the retired worker was one of those streaming: it finished its streams, then stopped
+    # a decode worker was retired while they ran, the least busy by its last heartbeat (a
+    # worker stopped with streams on it finishes them first: test_faults.py's SIGTERM test)
     retired = re.findall(r"retiring decode-\d+ \((\d+) in flight", "".join(scaled.proc.lines))
-    assert retired and int(retired[-1]) >= 1, retired
+    assert retired, "no decode worker was retired"
