@@ -39,6 +39,7 @@ from services.worker.peers import PeerWatcher
 from services.worker.servicer import WorkerService
 
 log = logging.getLogger(__name__)
+LEAVE_GRACE_S = 1.0  # routers read the registry every 0.5 s (DispatchConfig.refresh_s)
 QUIESCE_POLL_S = 0.05
 
 
@@ -182,6 +183,9 @@ class WorkerServer:
         if self.worker is not None:
             with contextlib.suppress(redis.RedisError):
                 await asyncio.to_thread(self.publisher.remove)
+            # A router sees us gone at its next registry read: what it sent until then is
+            # still taken (and finished below), not refused by a server already closed.
+            await asyncio.sleep(max(0.0, min(LEAVE_GRACE_S, deadline - time.monotonic())))
             await self._quiesce(deadline)
         if hasattr(self, "_server"):  # calls still open get what is left of the drain
             await self._server.stop(max(deadline - time.monotonic(), 0.0))
