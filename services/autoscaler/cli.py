@@ -148,6 +148,7 @@ class DryRun:
 def cmd_autoscale(args: argparse.Namespace) -> int:
     from services.cluster import redis_client
     from services.cluster.cluster_token import token_from_env
+    from services.cluster.held_requests import HeldRequests
     from services.cluster.redis_url import redis_url_from
     from services.cluster.registry import Registry
 
@@ -166,13 +167,14 @@ def cmd_autoscale(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"tandem autoscale: {e}", file=sys.stderr)
         return 2
-    registry = Registry(redis_client.connect(url), token=token_from_env())
+    redis = redis_client.connect(url)
+    registry = Registry(redis, token=token_from_env())
     actuator = (
         DryRun(registry.workers, list(config.bounds))
         if args.dry_run
         else _kuberay(args, list(config.bounds), registry.workers)
     )
-    scaler = Autoscaler(config, registry.workers, actuator)
+    scaler = Autoscaler(config, registry.workers, actuator, read_held=HeldRequests(redis).total)
     for i in range(args.ticks or sys.maxsize):
         if i:
             time.sleep(config.interval_s)

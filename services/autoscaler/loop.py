@@ -8,7 +8,9 @@
 What each pool is set to is read back from the actuator every tick, so a count changed by
 hand is the new current size (and said so in the log). A scale-up whose workers are not in
 the registry within `ready_timeout_s` is cancelled (the pool set back to what is serving)
-and reported. A registry that cannot be read holds every pool as it is.
+and reported. A registry that cannot be read holds every pool as it is. Requests that
+routers hold because the serving pool is at zero start its first worker at once
+(PoolPacer.wake): the sizing needs speeds that an empty pool cannot show.
 """
 
 from __future__ import annotations
@@ -79,11 +81,14 @@ class Autoscaler:
         actuator: Actuator,
         metrics: AutoscalerMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        read_held: Callable[[], int] = lambda: 0,
     ) -> None:
+        """`read_held()`: the requests routers hold while the serving pool has no worker
+        (services/cluster/held_requests.py)."""
         self.config, self.actuator = config, actuator
         self.metrics = metrics or AutoscalerMetrics()
         self.capacity = Capacity()
-        self._read, self._clock = read_records, clock
+        self._read, self._clock, self._read_held = read_records, clock, read_held
         now = clock()
         self._pacers = {p: PoolPacer(b, config.pacing, now) for p, b in config.bounds.items()}
         self._last: dict[str, Reading] = {}
@@ -93,7 +98,7 @@ class Autoscaler:
     def tick(self) -> list[Decision]:
         now = self._clock()
         try:
-            records = self._read()
+            records, held = self._read(), self._read_held()
         except Exception as e:  # a Redis outage: decide nothing on stale or missing figures
             log.warning("autoscaler: the registry cannot be read (%s): holding every pool", e)
             return self._hold_all(f"hold: metrics unavailable ({type(e).__name__})")
@@ -102,7 +107,7 @@ class Autoscaler:
         self._last = now_readings
         self.capacity.learn(obs)
         cfg = self.config
-        need = demand(loads, cfg.serving, cfg.targets)
+        need = demand(loads, cfg.serving, cfg.targets, held)
         up = size(need, self.capacity, cfg.targets, cfg.bounds)
         down = size(need, self.capacity, cfg.targets.eased(cfg.pacing.hysteresis), cfg.bounds)
         self._export(need, up)
@@ -112,7 +117,12 @@ class Autoscaler:
             log.warning("autoscaler: the pools' sizes cannot be read (%s): holding", e)
             return []
         ready = {p: loads[p].workers if p in loads else 0 for p in cfg.bounds}
-        return [self._decide(p, now, set_to[p], ready[p], need, up, down) for p in cfg.bounds]
+        # one sizing for both pools: it counts workers still starting as serving
+        starting = {p for p in cfg.bounds if set_to[p] > ready[p]}
+        return [
+            self._decide(p, now, set_to[p], ready[p], need, up, down, bool(starting - {p}))
+            for p in cfg.bounds
+        ]
 
     def _decide(
         self,
@@ -123,6 +133,7 @@ class Autoscaler:
         need: Demand,
         up: Sizing | None,
         down: Sizing | None,
+        others_starting: bool = False,
     ) -> Decision:
         current = self._current(pool, set_to)
         if self._stuck(pool, now, current, ready):
@@ -130,12 +141,21 @@ class Autoscaler:
             why = f"cancel: {current - ready} worker(s) not ready after {late:g} s"
             return self._act(Decision(pool, current, ready, ready, why))
         pacer = self._pacers[pool]
-        if up is None or down is None:
+        woken = pacer.wake(now, current, need.held) if pool == self.config.serving else None
+        if woken is not None:  # no speed needed: the pool is empty and requests wait
+            step = woken
+        elif up is None or down is None:
             step = pacer.bounded(current) or Step(current, "hold: worker speeds not measured yet")
         else:
             starting = max(current - ready, 0)
             step = pacer.step(
-                now, current, up.replicas[pool], down.replicas[pool], need.idle, starting
+                now,
+                current,
+                up.replicas[pool],
+                down.replicas[pool],
+                need.idle,
+                starting,
+                others_starting,
             )
         inputs = up.reason if up is not None else ""
         return self._act(Decision(pool, current, ready, step.desired, step.reason, inputs))
@@ -199,6 +219,7 @@ class Autoscaler:
 
     def _export(self, need: Demand, up: Sizing | None) -> None:
         s = self.metrics.signal
+        s.labels("held_requests").set(need.held)
         s.labels("prefill_tok_s").set(need.prefill_tok_s)
         s.labels("requests").set(need.requests)
         s.labels("used_blocks").set(need.used_blocks)

@@ -8,9 +8,12 @@ eased by the hysteresis margin (a smaller pool must be comfortably enough, not j
     scale down  to the greatest `down` need of the stable window (every reading in it
                 agreed), at most max_down_step a step, once per down cooldown; a window of
                 no load at all goes to the floor in one step
+    wake        a pool at zero that requests wait for (held by the router): one worker,
+                at once
     hold        otherwise; while the pool has not been watched for a whole stable window
-                (a restarted autoscaler does not shrink what it just met); and while
-                workers it asked for are starting (the figures do not show them yet)
+                (a restarted autoscaler does not shrink what it just met); while
+                workers it asked for are starting (the figures do not show them yet);
+                and from shrinking while another pool's workers are starting
 
 As Knative's stable and panic windows and the Kubernetes HPA's stabilization windows, with
 one difference: the windows hold needs computed from learned speeds and latency targets,
@@ -71,10 +74,20 @@ class PoolPacer:
         self._last_up = self._last_down = -math.inf
 
     def step(
-        self, now: float, current: int, up: int, down: int, idle: bool, starting: int = 0
+        self,
+        now: float,
+        current: int,
+        up: int,
+        down: int,
+        idle: bool,
+        starting: int = 0,
+        others_starting: bool = False,
     ) -> Step:
         """What to do with a pool of `current` workers, given this tick's needs. While
-        `starting` of them are not serving yet, the figures do not show them: hold."""
+        `starting` of them are not serving yet, the figures do not show them: hold. While
+        another pool's workers are starting (`others_starting`), grow but never shrink:
+        the sizing counts them as serving, and this pool does their work until they are
+        (the decode pool prefills while the prefill pool comes back from zero)."""
         self._remember(_Need(now, up, down, idle))
         if starting > 0:
             return Step(current, f"hold: {starting} worker(s) starting")
@@ -89,6 +102,8 @@ class PoolPacer:
             return self._up(now, current, wanted_up)
         if now - self._watched_since < self.pacing.stable_window_s:
             return Step(current, "hold: not watched for a whole stable window yet")
+        if others_starting:
+            return Step(current, "hold: another pool's workers are starting")
         needs = self._within(now, self.pacing.stable_window_s)
         if all(n.idle for n in needs) and current > b.min:
             return self._down(now, current, b.min, "no load for a whole stable window")
@@ -97,6 +112,14 @@ class PoolPacer:
             step = min(current - wanted_down, self.pacing.max_down_step)
             return self._down(now, current, current - step, f"{wanted_down} enough all window")
         return Step(current, f"hold: {current} needed")
+
+    def wake(self, now: float, current: int, held: int) -> Step | None:
+        """A pool at zero with `held` requests waiting for it starts one worker at once:
+        no window, no cooldown (a held request waits for the start whatever we do)."""
+        if current > 0 or held <= 0 or self.bounds.max == 0:
+            return None
+        self._last_up = now
+        return Step(1, f"up: {held} request(s) held with no worker to serve them")
 
     def bounded(self, current: int) -> Step | None:
         """The step into the bounds of a size outside them (set by hand), or None."""

@@ -63,10 +63,11 @@ class Demand:
     used_blocks: int
     blocks_per_worker: int
     max_num_seqs: int
+    held: int = 0  # requests routers hold while the serving pool has no worker
 
     @property
     def idle(self) -> bool:
-        return self.prefill_tok_s == 0 and self.requests == 0
+        return self.prefill_tok_s == 0 and self.requests == 0 and self.held == 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +77,9 @@ class Sizing:
     itl_s: float | None = None  # predicted at the chosen size
 
 
-def demand(loads: Mapping[str, PoolLoad], serving: str, targets: Targets) -> Demand:
-    """`serving`: the pool that decodes (`decode`, or `both` when colocated)."""
+def demand(loads: Mapping[str, PoolLoad], serving: str, targets: Targets, held: int = 0) -> Demand:
+    """`serving`: the pool that decodes (`decode`, or `both` when colocated); `held`: the
+    requests routers hold for it while it has no worker."""
     backlog = sum(p.queued_prefill_tokens for p in loads.values())
     rate = sum(p.prefill_tokens_per_s for p in loads.values())
     s = loads.get(serving)
@@ -87,6 +89,7 @@ def demand(loads: Mapping[str, PoolLoad], serving: str, targets: Targets) -> Dem
         used_blocks=s.used_blocks if s else 0,
         blocks_per_worker=s.blocks_per_worker if s else 0,
         max_num_seqs=s.max_num_seqs if s else 0,
+        held=held,
     )
 
 

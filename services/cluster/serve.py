@@ -26,13 +26,14 @@ from services.autoscaler.metrics import AutoscalerMetrics
 from services.autoscaler.ray_actuator import RayActuator
 from services.cluster import redis_client
 from services.cluster.cluster_token import new_token, token_from_env
+from services.cluster.held_requests import HeldRequests
 from services.cluster.pools import NAMESPACE, Pools, PoolSpec, assign_cores
 from services.cluster.ray_auth import require_token_auth
 from services.cluster.redis_server import RedisServer
 from services.cluster.redis_url import redact_url, redis_password_from_env, redis_url_from_env
 from services.cluster.registry import Registry
 from services.cluster.worker_tls import server_tls_from_env
-from services.router.dispatch_config import MODES
+from services.router.dispatch_config import DEFAULT_HOLD_AT_ZERO_S, MODES
 from services.router.server import add_router_args, router_options, run_on_uvloop, run_router
 from services.worker.engine_flags import add_engine_args, engine_config
 from services.worker.process import WorkerNetConfig
@@ -202,7 +203,8 @@ class Cluster:
         registry = self.registry()
         specs = {s.role: replace(s, replicas=1) for s in self.specs}
         actuator = RayActuator(self.pools, specs, registry.workers, drain_s)
-        scaler = Autoscaler(config, registry.workers, actuator)
+        held = HeldRequests(redis_client.connect(self.redis_url))
+        scaler = Autoscaler(config, registry.workers, actuator, read_held=held.total)
         stop = threading.Event()
         thread = run_every(scaler, stop)
 
@@ -259,6 +261,11 @@ def cmd_serve(args: argparse.Namespace, model: str) -> int:
         redis_password=redis_password_from_env(),
     )
     scaling = autoscaler_config(args, args.mode) if args.autoscale else None
+    if scaling is not None and scaling.bounds[scaling.serving].min == 0:
+        # the whole cluster may go to zero: requests must wait for its first worker
+        if args.hold_for_worker_s is None:
+            args.hold_for_worker_s = DEFAULT_HOLD_AT_ZERO_S
+        log.info("scale to zero: requests wait up to %g s for a worker", args.hold_for_worker_s)
     try:
         with Cluster(config) as cluster:
             options = router_options(args, model, cluster.redis_url)

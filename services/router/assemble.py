@@ -4,6 +4,7 @@ the cluster view that keeps them fresh, and the dispatcher that uses them."""
 from __future__ import annotations
 
 from services.cluster import redis_client
+from services.cluster.held_requests import HeldRequests
 from services.cluster.registry import Registry
 from services.kv.feed import KVFeed
 from services.kv.index import KVIndex
@@ -25,9 +26,8 @@ def make_dispatcher(
     """Only `kv` routing reads KV events: the other modes are the cache-blind baselines
     it is measured against."""
     # Records not signed with `token` are skipped (a forged worker gets no prompts), counted.
-    registry = Registry(
-        redis_client.connect(redis_url), token=token, on_rejected=metrics.registry_rejected.inc
-    )
+    redis = redis_client.connect(redis_url)
+    registry = Registry(redis, token=token, on_rejected=metrics.registry_rejected.inc)
     workers = WorkerSet(registry, token, worker_ca)
     feed = None
     if config.routing == "kv":
@@ -37,4 +37,4 @@ def make_dispatcher(
     cluster = ClusterView(
         workers, metrics, feed, config.refresh_s, policy.predicted.forget, config.health_s
     )
-    return Dispatcher(cluster, config, metrics, policy)
+    return Dispatcher(cluster, config, metrics, policy, HeldRequests(redis).publish)

@@ -29,7 +29,7 @@ are called through worker_calls.py (and their WorkerClient): no protobuf here.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from engine.hashing import chain_hashes, salted_seed
 from services.router.admission import RETRY_AFTER_S, Admission
@@ -44,6 +44,7 @@ from services.router.backend import (
     TokenDelta,
 )
 from services.router.cluster_view import ClusterView
+from services.router.cold_start import ColdStart
 from services.router.dispatch_config import DispatchConfig
 from services.router.metrics import RouterMetrics
 from services.router.prefill_deadline import PrefillDeadline
@@ -59,15 +60,24 @@ PREFILL_ATTEMPTS = 2  # prefill workers a request may try before it prefills loc
 
 class Dispatcher:
     def __init__(
-        self, cluster: ClusterView, config: DispatchConfig, metrics: RouterMetrics, policy: Policy
+        self,
+        cluster: ClusterView,
+        config: DispatchConfig,
+        metrics: RouterMetrics,
+        policy: Policy,
+        publish_held: Callable[[str, int], None] = lambda router_id, count: None,
     ) -> None:
-        """kv routing needs `policy`'s KV index kept true by `cluster`'s KV feed."""
+        """kv routing needs `policy`'s KV index kept true by `cluster`'s KV feed;
+        `publish_held` tells the autoscaler of requests held for a pool at zero."""
         self.cluster = cluster
         self.config = config
         self.metrics = metrics
         self.policy = policy
         self.calls = WorkerCalls(cluster, metrics, PrefillDeadline(config.prefill_timeout_s))
         self.admission = Admission(config.queue_per_seq, self._prefill_rate)
+        self.cold_start = ColdStart(
+            config.hold_for_worker_s, config.max_held_requests, metrics, publish_held
+        )
 
     async def start(self) -> None:
         await self.cluster.start()
@@ -82,12 +92,16 @@ class Dispatcher:
         return "both" if self.config.mode == "colocated" else "decode"
 
     async def ready(self) -> bool:
-        return bool(self.cluster.serving(self._serving_pool))
+        """Ready with a worker to serve, or, holding requests for one, with none."""
+        return self.cold_start.wait_s > 0 or bool(self.cluster.serving(self._serving_pool))
 
     # ---- requests --------------------------------------------------------------------
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
         pool, prompt = self._serving_pool, len(request.prompt_token_ids)
-        with self.admission.place(pool, self.cluster.serving(pool), prompt) as place:
+        workers = self.cluster.serving(pool) or await self.cold_start.wait(
+            pool, lambda: self.cluster.serving(pool)
+        )
+        with self.admission.place(pool, workers, prompt) as place:
             async for delta in self._generate(request):
                 place.prefilled()
                 yield delta

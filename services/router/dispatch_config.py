@@ -9,6 +9,10 @@ from services.router.routing import ROUTINGS
 
 MODES = ("disagg", "colocated")
 DEFAULT_DECODE_ATTEMPTS = 3  # decode workers a request may run on (the first included)
+DEFAULT_MAX_HELD = 256  # requests held at once while a pool is at zero
+# How long they wait when the autoscaler may take the serving pool to zero (tandem serve):
+# a worker's start (a model load, warm-up) with room to spare.
+DEFAULT_HOLD_AT_ZERO_S = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +30,10 @@ class DispatchConfig:
     queue_per_seq: float = DEFAULT_QUEUE_PER_SEQ  # admission.py; < 0 accepts everything
     refresh_s: float = 0.5  # how often the registry is read
     health_s: float = 1.0  # how often each worker's health is checked (health_checks.py)
+    # A request finding its pool empty (scaled to zero) waits this long for a first worker,
+    # at most max_held of them at once (cold_start.py); 0: 503 at once.
+    hold_for_worker_s: float = 0.0
+    max_held_requests: int = DEFAULT_MAX_HELD
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -36,3 +44,5 @@ class DispatchConfig:
             raise ValueError("local_prefill_tokens must be >= 0")
         if self.decode_attempts < 1:
             raise ValueError("decode_attempts must be >= 1")
+        if self.hold_for_worker_s < 0 or self.max_held_requests < 1:
+            raise ValueError("need hold_for_worker_s >= 0 and max_held_requests >= 1")

@@ -128,6 +128,16 @@ class RouterMetrics:
             ["when"],
             registry=r,
         )
+        self.requests_held = Gauge(
+            "tandem_requests_held",
+            "Requests held while their pool has no worker, until one starts (cold_start.py).",
+            registry=r,
+        )
+        self.held_timeouts = Counter(
+            "tandem_held_timeouts",
+            "Held requests answered 503: no worker started within --hold-for-worker-s.",
+            registry=r,
+        )
         self.registry_rejected = Counter(
             "tandem_registry_rejected",
             "Reads of registry records skipped: not signed with the cluster token.",

@@ -26,7 +26,13 @@ from services.cluster.redis_url import redact_url, redis_url_from
 from services.cluster.worker_tls import client_ca_from_env
 from services.router.admission import DEFAULT_QUEUE_PER_SEQ
 from services.router.api_keys import ApiKeys, gather_keys
-from services.router.dispatch_config import DEFAULT_DECODE_ATTEMPTS, MODES, DispatchConfig
+from services.router.dispatch_config import (
+    DEFAULT_DECODE_ATTEMPTS,
+    DEFAULT_HOLD_AT_ZERO_S,
+    DEFAULT_MAX_HELD,
+    MODES,
+    DispatchConfig,
+)
 from services.router.middleware import DEFAULT_MAX_BODY_BYTES
 from services.router.routing import ROUTINGS
 
@@ -214,6 +220,21 @@ def add_router_args(ap: argparse.ArgumentParser) -> None:
         "-1: accept everything)",
     )
     ap.add_argument(
+        "--hold-for-worker-s",
+        type=float,
+        default=None,
+        help="a request finding no worker to serve it (the cluster scaled to zero) waits "
+        "this long for the autoscaler to start one, then 503 (default 0: 503 at once; "
+        f"tandem serve with --decode-replicas 0:N: {DEFAULT_HOLD_AT_ZERO_S:g})",
+    )
+    ap.add_argument(
+        "--max-held-requests",
+        type=int,
+        default=DEFAULT_MAX_HELD,
+        help="requests held at once while no worker serves; more get 503 at once "
+        "(default %(default)s)",
+    )
+    ap.add_argument(
         "--prefill-balance",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -231,6 +252,8 @@ def router_options(args: argparse.Namespace, model: str, redis_url: str) -> Rout
         decode_attempts=args.decode_attempts,
         queue_per_seq=args.queue_per_seq,
         prefill_timeout_s=args.prefill_timeout_s,
+        hold_for_worker_s=args.hold_for_worker_s or 0.0,
+        max_held_requests=args.max_held_requests,
     )
     try:
         keys = gather_keys(args.api_key, os.environ.get("TANDEM_API_KEY"), args.api_keys_file)

@@ -1,8 +1,9 @@
 """`tandem serve --autoscale` on mock workers (real Ray actors, Redis, NIXL and HTTP): the
 prefill pool goes to zero with no load and comes back for prompt work, the decode pool
-grows for a decode-heavy load and shrinks after, and a scale-down in the middle of 8
-streams completes all 8. Windows are seconds here (minutes in production) so that the
-test runs in about a minute and a half; every wait is bounded."""
+grows for a decode-heavy load and shrinks after, a scale-down in the middle of 8 streams
+completes all 8, and a whole cluster at zero is woken by the requests it holds. Windows
+are seconds here (minutes in production) so that the tests run in about two minutes;
+every wait is bounded."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -29,10 +31,9 @@ TIMING = "decode_ms=20,decode_ms_per_seq=2,prefill_ms_per_token=0.5"
 STABLE_S = 4.0
 
 
-@pytest.fixture(scope="module")
-def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def _serve_autoscaled(log: Path, *flags: str) -> Served:
     s = launch.start_serve(
-        tmp_path_factory.mktemp("autoscale") / "serve.log",
+        log,
         f"--api-key={API_KEY}",
         "--no-dashboard",
         "--engine=mock",
@@ -46,15 +47,23 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         f"--stable-window-s={STABLE_S}",
         "--up-cooldown-s=1",
         f"--down-cooldown-s={STABLE_S}",
+        "--ready-timeout-s=60",
+        "--scale-down-drain-s=30",
+        *flags,
+        env={TOKEN_ENV: CLUSTER_TOKEN},
+    )
+    return Served(s.proc, s.url, s.redis_url, s.ray_address)
+
+
+@pytest.fixture(scope="module")
+def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    served = _serve_autoscaled(
+        tmp_path_factory.mktemp("autoscale") / "serve.log",
         "--prefill-replicas=0:2",
         "--decode-replicas=1:3",
         "--itl-target-ms=60",
         "--ttft-target-s=1",
-        "--ready-timeout-s=60",
-        "--scale-down-drain-s=30",
-        env={TOKEN_ENV: CLUSTER_TOKEN},
     )
-    served = Served(s.proc, s.url, s.redis_url, s.ray_address)
     yield served
     assert served.proc.stop() == 0, served.proc.tail()
 
@@ -161,3 +170,27 @@ def test_a_scale_down_in_the_middle_of_8_streams_completes_all_8(scaled: Served)
     # worker stopped with streams on it finishes them first: test_faults.py's SIGTERM test)
     retired = re.findall(r"retiring decode-\d+ \((\d+) in flight", "".join(scaled.proc.lines))
     assert retired, "no decode worker was retired"
+
+
+def test_the_whole_cluster_goes_to_zero_and_held_requests_bring_it_back(tmp_path: Path) -> None:
+    served = _serve_autoscaled(
+        tmp_path / "serve.log",
+        "--prefill-replicas=0:1",
+        "--decode-replicas=0:1",
+        "--hold-for-worker-s=60",
+    )
+    try:
+        _until(lambda: _pools(served) == {"prefill": 0, "decode": 0}, "zero workers", 30)
+        with served.client() as http:
+            assert http.get("/ready").status_code == 200  # it holds: a balancer keeps it
+        # three requests arrive at an empty cluster: held while a decode worker starts,
+        # then served whole (the prompts prefilled on it: the prefill pool stays at zero)
+        held = Load(served, prompt_len=40, max_tokens=16, threads=3, each=1)
+        assert held.join(timeout_s=90) == [(200, 16)] * 3
+        assert served.metric("tandem_autoscaler_decisions_total", pool="decode", direction="up")
+        assert served.metric("tandem_requests_held") == 0
+        assert "request(s) held with no worker" in "".join(served.proc.lines)
+        # and with no load it goes back to zero
+        _until(lambda: _pools(served)["decode"] == 0, "zero workers again", 30)
+    finally:
+        assert served.proc.stop() == 0, served.proc.tail()

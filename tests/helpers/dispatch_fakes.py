@@ -4,7 +4,7 @@ each records what it is asked and answers from a script."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from engine.sampling_params import SamplingParams
@@ -62,7 +62,12 @@ class FakeWorker:
 
 
 def dispatcher(
-    balance: bool = True, attempts: int = 3, **fakes: FakeWorker
+    balance: bool = True,
+    attempts: int = 3,
+    hold_s: float = 0.0,
+    max_held: int = 4,
+    publish_held: Callable[[str, int], None] = lambda router_id, count: None,
+    **fakes: FakeWorker,
 ) -> tuple[Dispatcher, RouterMetrics]:
     workers = WorkerSet(registry=None)  # type: ignore[arg-type]  # never refreshed
     for worker_id, fake in fakes.items():
@@ -74,9 +79,12 @@ def dispatcher(
         local_prefill_tokens=8,
         balance_prefill=balance,
         decode_attempts=attempts,
+        hold_for_worker_s=hold_s,
+        max_held_requests=max_held,
     )
     view = ClusterView(workers, metrics)
-    return Dispatcher(view, config, metrics, Policy("round-robin", None)), metrics
+    policy = Policy("round-robin", None)
+    return Dispatcher(view, config, metrics, policy, publish_held), metrics
 
 
 def run(d: Dispatcher, prompt: list[int] = PROMPT, take: int | None = None) -> list[TokenDelta]:

@@ -9,6 +9,7 @@ import uuid
 import pytest
 import redis
 
+from services.cluster.held_requests import HeldRequests
 from services.cluster.redis_server import RedisServer
 from services.cluster.registry import Registry
 from services.pb.events_pb2 import WorkerRecord
@@ -83,6 +84,20 @@ def test_remove_and_restart(registry: Registry) -> None:
     assert registry.remove("prefill-2")
     assert registry.get("prefill-2") is None
     assert not registry.remove("prefill-2")
+
+
+def test_held_requests_add_up_over_routers_and_lapse_with_a_dead_one(redis_url: str) -> None:
+    held = HeldRequests(redis.Redis.from_url(redis_url), prefix=f"test-{uuid.uuid4().hex[:8]}")
+    assert held.total() == 0
+    held.publish("router-a", 3)
+    held.publish("router-b", 2, ttl_s=0.3)  # then dies: no renewal
+    assert held.total() == 5
+    held.publish("router-a", 0)  # served: gone at once
+    assert held.total() == 2
+    deadline = time.monotonic() + 5
+    while held.total() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert held.total() == 0
 
 
 def test_record_needs_an_id(registry: Registry) -> None:

@@ -126,6 +126,35 @@ def test_zero_traffic_goes_to_the_floor() -> None:
     assert sim.set_to == {"prefill": 0, "decode": 1}  # in one step each
 
 
+def test_the_whole_cluster_goes_to_zero_and_held_requests_bring_a_worker_back() -> None:
+    config = AutoscalerConfig(
+        bounds={"prefill": Bounds(0, 4), "decode": Bounds(0, 4)}, pacing=PACE, ready_timeout_s=60
+    )
+    sim = Sim(set_to={"prefill": 1, "decode": 2}, ready={"prefill": 1, "decode": 2})
+    held = [0]
+    scaler = Autoscaler(config, sim.records, sim, clock=lambda: sim.t, read_held=lambda: held[0])
+    _run(sim, scaler, until=35)
+    assert sim.set_to == {"prefill": 0, "decode": 0}  # a stable window without load
+    scaler = Autoscaler(config, sim.records, sim, clock=lambda: sim.t, read_held=lambda: held[0])
+    _run(sim, scaler, until=40)  # a restarted autoscaler: nothing measured, nothing held
+    assert sim.set_to == {"prefill": 0, "decode": 0}
+    held[0] = 3  # the router holds three requests
+    sim.t += 1.0
+    decisions = {d.pool: d for d in scaler.tick()}  # no speed known, no window waited out
+    assert decisions["decode"].desired == 1 and "3 request(s) held" in decisions["decode"].reason
+    assert decisions["prefill"].desired == 0  # prompts can be prefilled on the decode worker
+    while sim.t < 80:  # the worker starts for longer than a stable window, the requests held
+        sim.t += 1.0
+        assert {d.pool: d.desired for d in scaler.tick()} == {"prefill": 0, "decode": 1}
+    sim.ready = {"prefill": 0, "decode": 1}  # it serves them; held ones are load, not idle:
+    sim.t += 1.0  # it is not retired the moment it is ready
+    assert {d.pool: d.desired for d in scaler.tick()} == {"prefill": 0, "decode": 1}
+    signal = scaler.metrics.registry.get_sample_value(
+        "tandem_autoscaler_signal", {"name": "held_requests"}
+    )
+    assert signal == 3
+
+
 def test_a_registry_outage_holds_every_pool(caplog: pytest.LogCaptureFixture) -> None:
     sim = Sim(requests=150)
     scaler = _scaler(sim)

@@ -145,6 +145,19 @@ def test_no_step_while_workers_asked_for_are_starting() -> None:
     assert pacer.step(7.0, 4, up=7, down=7, idle=False).desired == 7  # they came: on we go
 
 
+def test_no_shrinking_while_another_pools_workers_are_starting() -> None:
+    # the decode pool does the prompts of a prefill pool coming back from zero: the sizing
+    # that says it may shrink counts on prefill workers that do not serve yet
+    pacer = PoolPacer(Bounds(1, 10), PACE, now=0.0)
+    for t in range(0, 60, 5):
+        pacer.step(float(t), 3, up=2, down=2, idle=False)
+    step = pacer.step(60.0, 3, up=2, down=2, idle=False, others_starting=True)
+    assert (step.desired, step.reason) == (3, "hold: another pool's workers are starting")
+    assert pacer.step(61.0, 3, up=5, down=5, idle=False, others_starting=True).desired == 3
+    assert pacer.step(67.0, 3, up=5, down=5, idle=False, others_starting=True).desired == 5
+    assert pacer.step(200.0, 5, up=2, down=2, idle=False).desired == 4  # they serve: on
+
+
 def test_a_spike_shorter_than_the_panic_window_moves_nothing() -> None:
     pacer = PoolPacer(Bounds(1, 10), PACE, now=0.0)
     for t, need in ((0.0, 2), (2.0, 2), (4.0, 9), (6.0, 9), (8.0, 2)):
