@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.stamp-install
 PROMPT ?= What is the capital of France?
 
-.PHONY: install redis-server test lint typecheck run generate pull proto bench-engine bench-profile bench-transfer bench-disagg bench-routing bench-router bench-serve soak tcmalloc clean
+.PHONY: install redis-server test lint typecheck run generate pull proto bench-engine bench-profile bench-transfer bench-disagg bench-disagg-scale bench-autoscale bench-routing bench-router bench-serve soak tcmalloc clean
 
 install: $(STAMP) redis-server
 
@@ -71,6 +71,16 @@ bench-transfer: install
 # Disaggregated vs colocated on the mixed workload (two clusters, one after the other).
 bench-disagg: pull
 	$(PY) -m bench.disagg
+
+# Disaggregated (the autoscaler's P:D split) vs colocated on 16 mock workers, the mixed
+# workload, mock timing 4x slowed so 2 cores keep up (~6 min): bench-results/disagg-scale.json.
+bench-disagg-scale: pull
+	$(PY) -m bench.disagg_scale $(ARGS)
+
+# The autoscaler on a ramp (up, plateau, prefill-heavy, decode-heavy, down) of mock workers,
+# against static clusters of its bounds' min and max (~12 min): bench-results/autoscale.json.
+bench-autoscale: pull
+	$(PY) -m bench.autoscale $(ARGS)
 
 # kv vs least-loaded vs round-robin routing: a shared-prefix chat and a Mooncake-style trace
 # on 8 mock prefill workers, then the real model on 2 (ARGS="--no-real" skips that part).

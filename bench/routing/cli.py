@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bench.results import print_goals, write
 from bench.routing import report
 from bench.routing.clusters import MODES, ClusterSpec, run_mode
 from bench.routing.drive import Limits
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         last = json.loads(path.read_text()) if path.exists() else {"workloads": {}}
         last["index"] = index_figures()
         print(json.dumps(last["index"], indent=2))
-        report.write(path, last)
+        write(path, last)
         return
     preset = scaled(QUICK if args.quick else FULL, args.load)
     modes = args.mode or list(MODES)
@@ -167,11 +168,11 @@ def main(argv: list[str] | None = None) -> None:
     result["goals"] = report.goals(
         {k: v for k, v in result["workloads"].items() if v["cluster"]["engine"] == "mock"}
     )
-    report.print_goals(result["goals"])
+    print_goals("kv", result["goals"])
     result["config"] = {
         "quick": args.quick,
         "load": args.load,
         "modes": modes,
         "preset": asdict(preset),
     }
-    report.write(path, result)
+    write(path, result)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 BASELINE = "round-robin"
@@ -66,17 +64,3 @@ def print_workload(name: str, w: dict[str, Any]) -> None:
             f"{_f(m.get('prefill_busy'), '5.0%')} {m['failed'] + m['cancelled']:>7d} "
             f"{m['duration_s']:>5.0f}"
         )
-
-
-def print_goals(results: dict[str, dict[str, Any]]) -> None:
-    print("\ngoals (kv):")
-    for name, g in results.items():
-        value = g["value"]
-        shown = "-" if value is None else f"{value:.3g}"
-        print(f"  {'PASS' if g['pass'] else 'FAIL'}  {name} = {shown} (goal {g['goal']})")
-
-
-def write(path: Path, result: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"wrote {path}")

@@ -1,0 +1,3 @@
+from bench.disagg_scale.cli import main
+
+main()
