@@ -22,7 +22,7 @@ from engine.detokenize import DecodeStreamDecoder, IncrementalText
 from engine.kv_events import KVEventSink
 from engine.mock import MOCK_NUM_BLOCKS
 from engine.offline import Completion, run_to_completion
-from engine.output import EngineLoad, KVSnapshot, RequestOutput, StepTotals
+from engine.output import EngineLoad, KVSnapshot, RequestLengths, RequestOutput, StepTotals
 from engine.request import FinishReason, Request, SampledToken, Status
 from engine.sampler import SampleRow, sample
 from engine.sampling_params import SamplingParams
@@ -55,6 +55,7 @@ class Engine:
         )
         self.pool = BlockPool(self.num_blocks, on_event=on_kv_event)
         self.totals = StepTotals()  # what its steps computed, and in how long
+        self.lengths = RequestLengths()  # of the requests it finished lately
         sc = config.scheduler
         self.scheduler = Scheduler(
             self.pool,
@@ -209,6 +210,8 @@ class Engine:
             new_logprobs=req.logprobs[-1:] if req.params.logprobs else [],
             held=req.held,
         )
+        if out.finished:  # ended, or held for a peer: its lengths are known
+            self.lengths.add(req.num_prompt_tokens, req.num_output_tokens)
         if req.finished:
             self._forget(req.request_id)
         return out

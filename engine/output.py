@@ -5,6 +5,8 @@ Token ids only: the text belongs to whoever shows it to a user (engine/detokeniz
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from dataclasses import dataclass, field, replace
 
 from engine.request import FinishReason
@@ -80,6 +82,49 @@ class StepTotals:
 
     def copy(self) -> StepTotals:
         return replace(self)
+
+
+class RequestLengths:
+    """The prompt and output lengths of the last `window` requests this engine finished,
+    and their medians and 90th percentiles: the autoscaler sizes for the tail (a pool whose
+    workers fit the mean request may have no room for a long one), and means hide it."""
+
+    def __init__(self, window: int = 256) -> None:
+        self._prompts: deque[int] = deque(maxlen=window)
+        self._outputs: deque[int] = deque(maxlen=window)
+        self._cached: Lengths | None = Lengths()
+
+    def add(self, prompt_tokens: int, output_tokens: int) -> None:
+        self._prompts.append(prompt_tokens)
+        self._outputs.append(output_tokens)
+        self._cached = None
+
+    def percentiles(self) -> Lengths:
+        """Read with every stats snapshot (each few ms): computed once per change."""
+        if self._cached is None:
+            p50, p90 = _percentiles(self._prompts)
+            o50, o90 = _percentiles(self._outputs)
+            self._cached = Lengths(p50, p90, o50, o90)
+        return self._cached
+
+
+@dataclass(frozen=True, slots=True)
+class Lengths:
+    """Tokens; all 0 before the first request finished."""
+
+    prompt_p50: int = 0
+    prompt_p90: int = 0
+    output_p50: int = 0
+    output_p90: int = 0
+
+
+def _percentiles(values: deque[int]) -> tuple[int, int]:
+    """The median and the 90th percentile (nearest rank)."""
+    if not values:
+        return 0, 0
+    ranked = sorted(values)
+    n = len(ranked)
+    return ranked[math.ceil(0.5 * n) - 1], ranked[math.ceil(0.9 * n) - 1]
 
 
 @dataclass(frozen=True, slots=True)

@@ -223,5 +223,6 @@ class Autoscaler:
         s.labels("prefill_tok_s").set(need.prefill_tok_s)
         s.labels("requests").set(need.requests)
         s.labels("used_blocks").set(need.used_blocks)
+        s.labels("tail_blocks").set(need.tail_blocks)
         s.labels("worker_prefill_tok_s").set(self.capacity.prefill_tok_s or math.nan)
         s.labels("predicted_itl_s").set(up.itl_s if up and up.itl_s is not None else math.nan)

@@ -31,7 +31,7 @@ class AutoscalerMetrics:
         self.signal = Gauge(
             "tandem_autoscaler_signal",
             "The figures of the last decision: prefill_tok_s (demand), requests, used_blocks, "
-            "worker_prefill_tok_s, predicted_itl_s, held_requests.",
+            "worker_prefill_tok_s, predicted_itl_s, held_requests, tail_blocks (a p90 request's).",
             ["name"],
             registry=r,
         )

@@ -44,6 +44,11 @@ class PoolLoad:
     used_blocks: int
     blocks_per_worker: int
     max_num_seqs: int  # the smallest of the pool's workers
+    block_size: int
+    # The greatest of the workers' 90th percentiles (of the requests each finished lately):
+    # percentiles do not average, and the pool's own is never above their greatest.
+    prompt_p90: int
+    output_p90: int
 
 
 @dataclass(slots=True)
@@ -118,4 +123,7 @@ def _pool_load(pool: str, rs: list[Reading], delivered: float) -> PoolLoad:
         used_blocks=sum(r.used_blocks for r in recs),
         blocks_per_worker=min(r.num_blocks for r in recs),
         max_num_seqs=min((r.max_num_seqs for r in recs if r.max_num_seqs), default=0),
+        block_size=max(r.block_size for r in recs),
+        prompt_p90=max(r.prompt_tokens_p90 for r in recs),
+        output_p90=max(r.output_tokens_p90 for r in recs),
     )

@@ -11,7 +11,8 @@ meet the targets:
     decode   the rest, λ - p·r·u, takes a share f = rest / (d · r) of each decode worker
              ITL  = step(requests / d) / (1 - f)      step(): the learned decode line
              need f <= u, ITL <= target, requests / d <= max_num_seqs,
-                  used KV blocks / (d · blocks a worker) <= the KV target
+                  (used KV blocks / d + a p90 request's) / blocks a worker <= the KV
+                  target (a p90 request: prompt and output at their 90th percentiles)
 
 A colocated cluster is the same with one pool of `both` workers. Ties go to the pair with
 the lower predicted ITL. Nothing measured yet means nothing to size: the pools hold.
@@ -64,6 +65,9 @@ class Demand:
     blocks_per_worker: int
     max_num_seqs: int
     held: int = 0  # requests routers hold while the serving pool has no worker
+    # KV blocks of a long request (prompt and output at their 90th percentiles): each
+    # serving worker keeps room for one beside its share of the blocks in use
+    tail_blocks: int = 0
 
     @property
     def idle(self) -> bool:
@@ -83,6 +87,10 @@ def demand(loads: Mapping[str, PoolLoad], serving: str, targets: Targets, held: 
     backlog = sum(p.queued_prefill_tokens for p in loads.values())
     rate = sum(p.prefill_tokens_per_s for p in loads.values())
     s = loads.get(serving)
+    tail = 0
+    if s is not None and s.block_size:  # prompts: every pool sees them; outputs: this one
+        prompt = max(p.prompt_p90 for p in loads.values())
+        tail = math.ceil((prompt + s.output_p90) / s.block_size)
     return Demand(
         prefill_tok_s=rate + backlog / targets.ttft_s,
         requests=s.requests if s else 0,
@@ -90,6 +98,7 @@ def demand(loads: Mapping[str, PoolLoad], serving: str, targets: Targets, held: 
         blocks_per_worker=s.blocks_per_worker if s else 0,
         max_num_seqs=s.max_num_seqs if s else 0,
         held=held,
+        tail_blocks=tail,
     )
 
 
@@ -124,7 +133,7 @@ def _predicted_itl(d: Demand, cap: Capacity, t: Targets, p: int, n: int) -> floa
     """The decode ITL with p prefill and n serving workers, None when a target is missed."""
     if d.max_num_seqs and d.requests > n * d.max_num_seqs:
         return None
-    if d.blocks_per_worker and d.used_blocks > t.kv_usage * n * d.blocks_per_worker:
+    if d.blocks_per_worker and d.used_blocks / n + _tail(d, t) > t.kv_usage * d.blocks_per_worker:
         return None
     share = 0.0
     if d.prefill_tok_s > 0:
@@ -140,6 +149,12 @@ def _predicted_itl(d: Demand, cap: Capacity, t: Targets, p: int, n: int) -> floa
     return itl if itl <= t.itl_s else None
 
 
+def _tail(d: Demand, t: Targets) -> int:
+    """The room a worker keeps for a long request; none where one alone is over the KV
+    target (no number of workers makes room for it: the engine preempts or refuses it)."""
+    return d.tail_blocks if d.tail_blocks < t.kv_usage * d.blocks_per_worker else 0
+
+
 def _covering(d: Demand, cap: Capacity, t: Targets, b: Bounds) -> int:
     """Prefill workers that take all of the prompt work at the utilization target."""
     if d.prefill_tok_s == 0 or cap.prefill_tok_s is None:
@@ -153,5 +168,6 @@ def _why(d: Demand, cap: Capacity, itl: float | None) -> str:
     predicted = "" if itl is None else f", predicted ITL {1000 * itl:.1f} ms"
     return (
         f"prompt tokens {d.prefill_tok_s:.0f}/s to compute (a worker: {rate}/s); "
-        f"{d.requests} requests decoding{predicted}; KV blocks in use {d.used_blocks}"
+        f"{d.requests} requests decoding{predicted}; KV blocks in use {d.used_blocks}, "
+        f"a p90 request's {d.tail_blocks}"
     )

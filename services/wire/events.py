@@ -120,6 +120,9 @@ def set_load(record: events_pb2.WorkerRecord, s: WorkerStats) -> None:
     record.decode_steps_total = t.decode_steps
     record.decode_tokens_total = t.decode_tokens
     record.decode_busy_us_total = round(t.decode_busy_s * 1e6)
+    n = s.lengths
+    record.prompt_tokens_p50, record.prompt_tokens_p90 = n.prompt_p50, n.prompt_p90
+    record.output_tokens_p50, record.output_tokens_p90 = n.output_p50, n.output_p90
 
 
 def peer_from_record(record: events_pb2.WorkerRecord) -> PeerKV:

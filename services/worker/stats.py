@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine import Engine
-from engine.output import StepTotals
+from engine.output import Lengths, StepTotals
 from engine.transfer.exchange import KVSink, KVSource
 
 
@@ -28,6 +28,7 @@ class WorkerStats:
     idle: bool
     integrity_error: str  # empty when the block pool's books balance (or not audited)
     totals: StepTotals  # what the engine computed so far, and in how long (the autoscaler's)
+    lengths: Lengths = Lengths()  # of the requests it finished lately (the autoscaler's)
 
 
 def collect_stats(
@@ -52,6 +53,7 @@ def collect_stats(
         idle=load.idle,
         integrity_error=_integrity_error(engine) if integrity else "",
         totals=engine.totals.copy(),
+        lengths=engine.lengths.percentiles(),
     )
 
 

@@ -117,6 +117,11 @@ def _pools(c: Served) -> dict[str, int]:
     return {pool: sum(r.role == pool for r in records) for pool in ("prefill", "decode")}
 
 
+def _p90_lengths(c: Served) -> tuple[int, int]:
+    records = Registry(redis.Redis.from_url(c.redis_url), token=CLUSTER_TOKEN).workers("decode")
+    return max((r.prompt_tokens_p90, r.output_tokens_p90) for r in records)
+
+
 def _until(ok: Callable[[], bool], what: str, timeout_s: float) -> float:
     start = time.monotonic()
     while not ok():
@@ -132,6 +137,8 @@ def test_each_pool_follows_its_own_load(scaled: Served) -> None:
     trickle = Load(scaled, prompt_len=40, max_tokens=8, threads=1, each=3)
     assert trickle.join() == [(200, 8)] * 3
     assert scaled.metric("tandem_requests_total", route="local_prefill_no_pool") >= 3
+    # what it served rides on its heartbeats: the sizing keeps room for a p90 request
+    _until(lambda: _p90_lengths(scaled) == (40, 8), "the decode worker's p90 lengths", 10)
 
     # decode-heavy: 24 streams are over the ITL target on one decode worker
     heavy = Load(scaled, prompt_len=40, max_tokens=150, threads=24, each=1)

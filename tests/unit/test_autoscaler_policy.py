@@ -4,12 +4,15 @@ hand; nothing sleeps."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from services.autoscaler.capacity import Capacity, DecodeLine
 from services.autoscaler.pacing import Pacing, PoolPacer
-from services.autoscaler.signals import Observations
-from services.autoscaler.sizing import Bounds, Demand, Targets, size
+from services.autoscaler.signals import Observations, read_pools, readings
+from services.autoscaler.sizing import Bounds, Demand, Targets, demand, size
+from services.pb.events_pb2 import WorkerRecord
 
 DISAGG = {"prefill": Bounds(0, 8), "decode": Bounds(1, 8)}
 
@@ -88,6 +91,40 @@ def test_kv_blocks_and_batch_slots_bound_the_decode_pool() -> None:
     # 40 requests and 16 slots a worker: 3 workers
     got = size(_demand(requests=40, seqs=16), _cap(per_seq=0.0001), Targets(), DISAGG)
     assert got is not None and got.replicas["decode"] == 3
+
+
+def test_each_worker_keeps_room_for_a_p90_request() -> None:
+    # 600 blocks in use: 2 workers hold 300 each, under 80% of 512 (409.6); a p90 request
+    # of 150 blocks besides does not fit on 2 (450), and does on 3 (350)
+    long_tail = replace(_demand(requests=4, used=600), tail_blocks=150)
+    got = size(long_tail, _cap(), Targets(), DISAGG)
+    assert got is not None and got.replicas["decode"] == 3 and "a p90 request's 150" in got.reason
+    assert size(_demand(requests=4, used=600), _cap(), Targets(), DISAGG).replicas["decode"] == 2  # type: ignore[union-attr]
+    # one that no worker could hold at the target is not a reason to grow
+    huge = replace(_demand(requests=4, used=600), tail_blocks=450)
+    assert size(huge, _cap(), Targets(), DISAGG).replicas["decode"] == 2  # type: ignore[union-attr]
+
+
+def test_the_pools_p90_lengths_are_their_workers_greatest() -> None:
+    def record(wid: str, role: str, prompt_p90: int, output_p90: int) -> WorkerRecord:
+        return WorkerRecord(
+            worker_id=wid, role=role, block_size=16, num_blocks=512,
+            prompt_tokens_p90=prompt_p90, output_tokens_p90=output_p90,
+        )  # fmt: skip
+
+    now = readings(
+        [
+            record("p-0", "prefill", 3000, 1),
+            record("d-0", "decode", 200, 100),
+            record("d-1", "decode", 100, 500),
+        ],
+        at=1.0,
+    )
+    loads, _ = read_pools({}, now)
+    assert (loads["decode"].prompt_p90, loads["decode"].output_p90) == (200, 500)
+    # the prompts' tail from every pool (the prefill pool sees them whole), the outputs'
+    # from the serving pool: (3000 + 500) / 16 blocks
+    assert demand(loads, "decode", Targets()).tail_blocks == 219
 
 
 def test_no_load_is_the_floor_and_unmeasured_speeds_hold() -> None:

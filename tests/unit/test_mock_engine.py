@@ -18,6 +18,7 @@ from engine.mock import MOCK_NUM_BLOCKS, MockRunner, step_seconds
 from engine.model.config import ModelLoadError
 from engine.model.gguf_loader import read_gguf, read_gguf_config
 from engine.model.loader import read_model_config
+from engine.output import Lengths
 from engine.request import Request, Status
 from engine.scheduler import ScheduledChunk
 from services.cli import build_parser
@@ -144,6 +145,19 @@ def test_step_totals_count_prefill_and_decode_apart(config_only: Path) -> None:
     assert (t.decode_steps, t.decode_tokens, t.prefill_steps) == (2, 4, 1)
     assert t.decode_busy_s >= 2 * 0.020  # the modelled steps, slept out
     assert before.decode_steps == 0  # a copy, not a view
+    _idle(engine)
+
+
+def test_the_lengths_of_finished_requests_give_their_percentiles(config_only: Path) -> None:
+    engine = _engine(config_only)
+    assert engine.lengths.percentiles() == Lengths()  # nothing finished yet
+    for i, (prompt, output) in enumerate([(10, 1), (20, 2), (30, 3), (40, 4), (200, 9)]):
+        engine.add_request(
+            f"r{i}", list(range(100, 100 + prompt)), SamplingParams(max_tokens=output)
+        )
+    _drain(engine)
+    # nearest rank of 5: the median is the 3rd, the 90th percentile the 5th
+    assert engine.lengths.percentiles() == Lengths(30, 200, 3, 9)
     _idle(engine)
 
 
