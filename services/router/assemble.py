@@ -9,6 +9,7 @@ from services.cluster.registry import Registry
 from services.kv.feed import KVFeed
 from services.kv.index import KVIndex
 from services.router.cluster_view import ClusterView
+from services.router.cold_start import ColdStart
 from services.router.dispatch import Dispatcher
 from services.router.dispatch_config import DispatchConfig
 from services.router.metrics import RouterMetrics
@@ -37,4 +38,7 @@ def make_dispatcher(
     cluster = ClusterView(
         workers, metrics, feed, config.refresh_s, policy.predicted.forget, config.health_s
     )
-    return Dispatcher(cluster, config, metrics, policy, HeldRequests(redis).publish)
+    cold_start = ColdStart(
+        config.hold_for_worker_s, config.max_held_requests, metrics, HeldRequests(redis).publish
+    )
+    return Dispatcher(cluster, config, metrics, policy, cold_start)

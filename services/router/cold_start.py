@@ -50,14 +50,14 @@ class ColdStart:
         self._published_at = -RENEW_S
         self._telling: set[asyncio.Task[None]] = set()  # kept: the loop holds tasks weakly
 
-    async def wait(
+    async def workers(
         self, pool: str, serving: Callable[[], Sequence[WorkerRef]]
     ) -> Sequence[WorkerRef]:
-        """The routable workers of `pool` once there are some; [] at once when holding
-        is off (admission answers 503 then, as without this); 503 when it cannot hold or
-        none came in time."""
-        if self.wait_s <= 0:
-            return []
+        """`serving()`, the routable workers of `pool`, at once when there are some or
+        holding is off (admission answers 503 to none, as without this); else once some
+        come, or 503 when it cannot hold or none came in time."""
+        if (workers := serving()) or self.wait_s <= 0:
+            return workers
         if self.held >= self.max_held:
             raise BackendError(
                 503,

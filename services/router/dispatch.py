@@ -29,7 +29,7 @@ are called through worker_calls.py (and their WorkerClient): no protobuf here.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from engine.hashing import chain_hashes, salted_seed
 from services.router.admission import RETRY_AFTER_S, Admission
@@ -65,19 +65,17 @@ class Dispatcher:
         config: DispatchConfig,
         metrics: RouterMetrics,
         policy: Policy,
-        publish_held: Callable[[str, int], None] = lambda router_id, count: None,
+        cold_start: ColdStart | None = None,
     ) -> None:
         """kv routing needs `policy`'s KV index kept true by `cluster`'s KV feed;
-        `publish_held` tells the autoscaler of requests held for a pool at zero."""
+        `cold_start` holds requests while the serving pool has no worker (None: never)."""
         self.cluster = cluster
         self.config = config
         self.metrics = metrics
         self.policy = policy
         self.calls = WorkerCalls(cluster, metrics, PrefillDeadline(config.prefill_timeout_s))
         self.admission = Admission(config.queue_per_seq, self._prefill_rate)
-        self.cold_start = ColdStart(
-            config.hold_for_worker_s, config.max_held_requests, metrics, publish_held
-        )
+        self.cold_start = cold_start or ColdStart(0.0, 1, metrics)
 
     async def start(self) -> None:
         await self.cluster.start()
@@ -98,9 +96,7 @@ class Dispatcher:
     # ---- requests --------------------------------------------------------------------
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
         pool, prompt = self._serving_pool, len(request.prompt_token_ids)
-        workers = self.cluster.serving(pool) or await self.cold_start.wait(
-            pool, lambda: self.cluster.serving(pool)
-        )
+        workers = await self.cold_start.workers(pool, lambda: self.cluster.serving(pool))
         with self.admission.place(pool, workers, prompt) as place:
             async for delta in self._generate(request):
                 place.prefilled()

@@ -12,6 +12,7 @@ from engine.transfer.exchange import KVHandle
 from services.pb.events_pb2 import WorkerRecord
 from services.router.backend import GenerateRequest, TokenDelta
 from services.router.cluster_view import ClusterView
+from services.router.cold_start import ColdStart
 from services.router.dispatch import Dispatcher
 from services.router.dispatch_config import DispatchConfig
 from services.router.metrics import RouterMetrics
@@ -79,12 +80,10 @@ def dispatcher(
         local_prefill_tokens=8,
         balance_prefill=balance,
         decode_attempts=attempts,
-        hold_for_worker_s=hold_s,
-        max_held_requests=max_held,
     )
     view = ClusterView(workers, metrics)
-    policy = Policy("round-robin", None)
-    return Dispatcher(view, config, metrics, policy, publish_held), metrics
+    cold_start = ColdStart(hold_s, max_held, metrics, publish_held)
+    return Dispatcher(view, config, metrics, Policy("round-robin", None), cold_start), metrics
 
 
 def run(d: Dispatcher, prompt: list[int] = PROMPT, take: int | None = None) -> list[TokenDelta]:
