@@ -18,6 +18,7 @@ import httpx
 import pytest
 import redis
 
+from loadtest.prometheus import parse_metrics
 from services.cluster import launch
 from services.cluster.cluster_token import TOKEN_ENV
 from services.cluster.registry import Registry
@@ -117,6 +118,16 @@ def _pools(c: Served) -> dict[str, int]:
     return {pool: sum(r.role == pool for r in records) for pool in ("prefill", "decode")}
 
 
+def _router_pools(c: Served) -> dict[str, int]:
+    """Workers per pool in the registry and in the router's view (its per-worker series):
+    the greater of the two."""
+    with c.client() as http:
+        samples = parse_metrics(http.get("/metrics").text)
+    seen = [dict(ls).get("worker", "") for (n, ls) in samples if n == "tandem_kv_blocks_total"]
+    registered = _pools(c)
+    return {p: max(registered[p], sum(w.startswith(f"{p}-") for w in seen)) for p in registered}
+
+
 def _p90_lengths(c: Served) -> tuple[int, int]:
     records = Registry(redis.Redis.from_url(c.redis_url), token=CLUSTER_TOKEN).workers("decode")
     return max((r.prompt_tokens_p90, r.output_tokens_p90) for r in records)
@@ -133,7 +144,8 @@ def _until(ok: Callable[[], bool], what: str, timeout_s: float) -> float:
 def test_each_pool_follows_its_own_load(scaled: Served) -> None:
     # no load: the prefill pool goes to its floor of zero; prompts are prefilled on the
     # decode worker meanwhile, counted as their own route
-    _until(lambda: _pools(scaled)["prefill"] == 0, "the prefill pool to go to zero", 20)
+    # (and the router to see it: until its next registry read it still sends prompts there)
+    _until(lambda: _router_pools(scaled)["prefill"] == 0, "the prefill pool to go to zero", 20)
     trickle = Load(scaled, prompt_len=40, max_tokens=8, threads=1, each=3)
     assert trickle.join() == [(200, 8)] * 3
     assert scaled.metric("tandem_requests_total", route="local_prefill_no_pool") >= 3
