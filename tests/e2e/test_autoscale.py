@@ -199,7 +199,9 @@ def test_the_whole_cluster_goes_to_zero_and_held_requests_bring_it_back(tmp_path
         "--hold-for-worker-s=60",
     )
     try:
-        _until(lambda: _pools(served) == {"prefill": 0, "decode": 0}, "zero workers", 30)
+        # the router's own view too: a retired worker serves for 1 s after it leaves the
+        # registry, and requests sent before the router's next read would still reach it
+        _until(lambda: _router_pools(served) == {"prefill": 0, "decode": 0}, "zero workers", 30)
         with served.client() as http:
             assert http.get("/ready").status_code == 200  # it holds: a balancer keeps it
         # three requests arrive at an empty cluster: held while a decode worker starts,
