@@ -60,7 +60,8 @@ class ModelRunner:
         if upcast_rows is not None:
             model.ops.linear = UpcastLinear(upcast_rows)
             log.info("bfloat16 GEMMs of %d rows or more run in float32 here", upcast_rows)
-        if eager_gemms and param.dtype == torch.float32 and param.device.type == "cpu":
+        packable = param.dtype in onednn.PACKABLE and param.device.type == "cpu"
+        if eager_gemms and packable and upcast_rows is None:
             packed = _packed_linear(model)
             if packed is not None:
                 model.ops.linear = packed
@@ -130,21 +131,21 @@ def _native_kernels(kv_cache: torch.Tensor) -> bool:
 
 
 def _packed_linear(model: LlamaModel) -> PackedLinear | None:
-    """float32 GEMMs through oneDNN on packed copies of the weights, where that measures
-    faster than F.linear here (engine/model/onednn.py); None where it does not."""
+    """GEMMs in the model's dtype through oneDNN on packed copies of the weights, where
+    that measures faster than F.linear here (engine/model/onednn.py); None where not."""
     if not onednn.available():
         return None
     layers = [cast(DecoderLayer, layer) for layer in model.layers]
     start = time.perf_counter()
     if not onednn.packs_faster([layer.gate_up_weight for layer in layers[:10]]):
-        log.info("float32 GEMMs run on F.linear: oneDNN's packed weights measured no faster")
+        log.info("GEMMs run on F.linear: oneDNN's packed weights measured no faster here")
         return None
     weights = [model.lm_head if model.lm_head is not None else model.embed]
     for layer in layers:
         weights += [layer.qkv_weight, layer.o_weight, layer.gate_up_weight, layer.down_weight]
     linear = PackedLinear({w.data_ptr(): onednn.pack(w) for w in weights}, model.ops.linear)
     took = time.perf_counter() - start
-    log.info("float32 GEMMs run on oneDNN, weights packed (measured and packed in %.1f s)", took)
+    log.info("GEMMs run on oneDNN, weights packed (measured and packed in %.1f s)", took)
     return linear
 
 

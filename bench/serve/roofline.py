@@ -1,6 +1,6 @@
 """The machine's GEMM-only bound for the serve workload: the model's GEMMs timed alone, with
-plain `F.linear` (MKL) in each dtype, and in float32 also with oneDNN on packed weights
-(what vLLM's CPU build and our engine use where it is faster); the fastest counts.
+plain `F.linear` in each dtype and with oneDNN on packed weights (what vLLM's CPU build
+and our engine use where it is faster); the fastest counts.
 
 Every linear layer of the model (q, k, v, o, gate, up, down in each of the layers, and the
 LM head), each layer with weights of its own so that a decode step streams all of them
@@ -120,7 +120,7 @@ def measure(
 def _kernels(dtype: str) -> list[str]:
     import torch
 
-    packed = dtype == "float32" and torch.backends.mkldnn.is_available()
+    packed = dtype in ("float32", "bfloat16") and torch.backends.mkldnn.is_available()
     return ["F.linear", "oneDNN packed"] if packed else ["F.linear"]
 
 

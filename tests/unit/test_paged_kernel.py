@@ -38,7 +38,7 @@ def _reference(q, cache, layer, tables, lens, scale):  # noqa: ANN001, ANN202
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("head_dim", [64, 24])
+@pytest.mark.parametrize("head_dim", [64, 128, 24])
 @pytest.mark.parametrize("batch", [1, 2, 3, 9])
 def test_paged_decode_matches_reference(dtype: torch.dtype, head_dim: int, batch: int) -> None:
     g = torch.Generator().manual_seed(batch * 100 + head_dim)

@@ -11,14 +11,45 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <optional>
 #include <tuple>
 
 namespace {
 
+// Element access in float32, written with bit operations so that loops over bfloat16
+// vectorise (c10::BFloat16's own conversions do not: measured 5x slower than torch's
+// silu * up at [256, 3072]). ld widens, st rounds to nearest even (as c10 does; a NaN
+// whose mantissa is all ones would round to -0: activations never hold one), rd rounds a
+// float32 to the dtype and keeps it in float32 (HF's rounding between its eager ops).
 template <typename T>
-inline float f32(T x) { return static_cast<float>(x); }
+struct Elt {  // float32 (and float64, which the dispatch builds too)
+  static float ld(T x) { return static_cast<float>(x); }
+  static T st(float v) { return static_cast<T>(v); }
+  static float rd(float v) { return static_cast<float>(static_cast<T>(v)); }
+};
+
+template <>
+struct Elt<c10::BFloat16> {
+  static float ld(c10::BFloat16 x) { return std::bit_cast<float>(uint32_t{x.x} << 16); }
+  static uint32_t rne(float v) {
+    const uint32_t b = std::bit_cast<uint32_t>(v);
+    return b + 0x7FFFu + ((b >> 16) & 1u);
+  }
+  static c10::BFloat16 st(float v) {
+    return c10::BFloat16(static_cast<uint16_t>(rne(v) >> 16), c10::BFloat16::from_bits());
+  }
+  static float rd(float v) { return std::bit_cast<float>(rne(v) & 0xFFFF0000u); }
+};
+
+template <typename T>
+inline float f32(T x) { return Elt<T>::ld(x); }
+template <typename T>
+inline T to(float v) { return Elt<T>::st(v); }
+template <typename T>
+inline float rd(float v) { return Elt<T>::rd(v); }
 
 // x + delta in the activation dtype (HF adds residuals in it), then the norm: float32
 // statistics, normalised value rounded to the dtype, times the weight (rounded again).
@@ -30,14 +61,17 @@ void add_rms_norm_impl(const T* x, const T* delta, const T* w, T* sum_out, T* no
       const T* xr = x + r * dim;
       T* sr = sum_out + r * dim;
       float ss = 0.f;
+      const T* dr = delta ? delta + r * dim : nullptr;
+#pragma omp simd reduction(+ : ss)
       for (int64_t d = 0; d < dim; ++d) {
-        const T v = delta ? T(f32(xr[d]) + f32(delta[r * dim + d])) : xr[d];
-        sr[d] = v;
-        ss += f32(v) * f32(v);
+        const float v = dr ? rd<T>(f32(xr[d]) + f32(dr[d])) : f32(xr[d]);
+        sr[d] = to<T>(v);
+        ss += v * v;
       }
       const float inv = 1.f / std::sqrt(ss / static_cast<float>(dim) + eps);
       T* nr = norm_out + r * dim;
-      for (int64_t d = 0; d < dim; ++d) nr[d] = T(f32(w[d]) * f32(T(f32(sr[d]) * inv)));
+#pragma omp simd
+      for (int64_t d = 0; d < dim; ++d) nr[d] = to<T>(f32(w[d]) * rd<T>(f32(sr[d]) * inv));
     }
   });
 }
@@ -57,9 +91,11 @@ void rope_rows(const torch::Tensor& x, const T* cos, const T* sin, torch::Tensor
       const T* c = cos + t * dim;
       const T* s = sin + t * dim;
       T* o = op + i * dim;
-      for (int64_t d = 0; d < dim; ++d) {
-        const float rot = d < half ? -f32(xr[d + half]) : f32(xr[d - half]);
-        o[d] = T(f32(T(f32(xr[d]) * f32(c[d]))) + f32(T(rot * f32(s[d]))));
+#pragma omp simd
+      for (int64_t d = 0; d < half; ++d) {  // rotate_half(x) = [-x2, x1]
+        o[d] = to<T>(rd<T>(f32(xr[d]) * f32(c[d])) + rd<T>(-f32(xr[d + half]) * f32(s[d])));
+        o[d + half] = to<T>(rd<T>(f32(xr[d + half]) * f32(c[d + half])) +
+                            rd<T>(f32(xr[d]) * f32(s[d + half])));
       }
     }
   });
@@ -76,7 +112,7 @@ void silu_and_mul_impl(const T* gu, T* out, int64_t rows, int64_t inter) {
       for (int64_t d = 0; d < inter; ++d) {
         const float gv = f32(g[d]);
         // HF: act_fn(gate) * up, the activation rounded to the dtype first
-        o[d] = T(f32(T(gv / (1.f + std::exp(-gv)))) * f32(u[d]));
+        o[d] = to<T>(rd<T>(gv / (1.f + std::exp(-gv))) * f32(u[d]));
       }
     }
   });

@@ -29,6 +29,7 @@
 #include <limits>
 #include <vector>
 
+#include "paged_bf16.h"
 #include "paged_common.h"
 
 namespace {
@@ -65,8 +66,11 @@ Geometry geometry_of(const torch::Tensor& q, const torch::Tensor& kv_cache,
 // Scratch of one work item covering `nh` query heads.
 struct Scratch {
   std::vector<float> buf;
+  std::vector<uint16_t> qb;  // the bf16 walk's q: the heads' raw bf16 values, unscaled
   float *qf, *acc, *m, *l, *p, *kf;
-  Scratch(int64_t nh, int64_t dim, int64_t bs) : buf(2 * nh * dim + 2 * nh + nh * bs + dim) {
+  float scale = 1.f;
+  Scratch(int64_t nh, int64_t dim, int64_t bs)
+      : buf(2 * nh * dim + 2 * nh + nh * bs + dim), qb(nh * dim) {
     qf = buf.data();
     acc = qf + nh * dim;
     m = acc + nh * dim;
@@ -75,6 +79,16 @@ struct Scratch {
     kf = p + nh * bs;
   }
 };
+
+// The AVX-512 BF16 walk (paged_bf16.h) serves bf16 caches of head sizes it is built for.
+template <typename T, int DIM>
+constexpr bool bf16_walk() {
+#ifdef TANDEM_PAGED_BF16
+  return std::is_same_v<T, c10::BFloat16> && DIM > 0 && DIM % 32 == 0;
+#else
+  return false;
+#endif
+}
 
 inline void prefetch_block(const char* k, int64_t half_bytes) {
   for (int off = 0; off < 1024; off += 64) {  // start both streams; the hardware does the rest
@@ -101,12 +115,41 @@ inline void online_softmax(float* pi, int64_t n, int64_t dim, float& m, float& l
   l = l * correction + psum;
 }
 
+#ifdef TANDEM_PAGED_BF16
+// attend_blocks for a bf16 cache: each block in runs of up to 16 tokens, a query head at a
+// time (its K and V rows stay in L1 across the heads of a group).
+template <int DIM>
+void attend_blocks_bf16(const Geometry& g, const uint16_t* kv, const int64_t* table,
+                        int64_t len, int64_t blk0, int64_t blk1, int64_t h0, int64_t h1,
+                        Scratch& s) {
+  for (int64_t blk = blk0; blk < blk1; ++blk) {
+    const uint16_t* base = kv + table[blk] * g.block_stride;
+    if (blk + 1 < blk1)
+      prefetch_block(reinterpret_cast<const char*>(kv + table[blk + 1] * g.block_stride),
+                     g.half * static_cast<int64_t>(sizeof(uint16_t)));
+    const int64_t n = std::min(g.bs, len - blk * g.bs);
+    for (int64_t t0 = 0; t0 < n; t0 += 16)
+      for (int64_t h = h0; h < h1; ++h) {
+        const uint16_t* k = base + t0 * g.row + h * DIM;
+        for (int64_t j = (h - h0) * g.group; j < (h - h0 + 1) * g.group; ++j)
+          attend_run<DIM>(s.qb.data() + j * DIM, k, k + g.half, g.row, std::min<int64_t>(16, n - t0),
+                          s.scale, s.m[j], s.l[j], s.acc + j * DIM);
+      }
+  }
+}
+#endif
+
 // Blocks [blk0, blk1) of one sequence (block table `table`, context `len`), kv heads
 // [h0, h1), folded into the running state of `s` (max m, sum l, unnormalised acc).
 template <typename T, int DIM>
 void attend_blocks(const Geometry& g, const T* kv, const int64_t* table, int64_t len,
                    int64_t blk0, int64_t blk1, int64_t h0, int64_t h1, Scratch& s) {
   const int64_t nh = (h1 - h0) * g.group, bs = g.bs, D = head_size<DIM>(g.dim);
+  if constexpr (bf16_walk<T, DIM>()) {
+    attend_blocks_bf16<DIM>(g, reinterpret_cast<const uint16_t*>(kv), table, len, blk0, blk1,
+                            h0, h1, s);
+    return;
+  }
   for (int64_t blk = blk0; blk < blk1; ++blk) {
     const T* base = kv + table[blk] * g.block_stride;
     if (blk + 1 < blk1)
@@ -136,10 +179,14 @@ void attend_blocks(const Geometry& g, const T* kv, const int64_t* table, int64_t
   }
 }
 
-// The running state for `nh` query heads starting at q (scaled once, as float32).
+// The running state for `nh` query heads starting at q (scaled once, as float32; and as
+// they are, for the bf16 walk).
 template <typename T>
 void start_state(const T* q, int64_t nh, int64_t dim, float scale, Scratch& s) {
   for (int64_t i = 0; i < nh * dim; ++i) s.qf[i] = to_float(q[i]) * scale;
+  if constexpr (std::is_same_v<T, c10::BFloat16>)
+    std::memcpy(s.qb.data(), q, nh * dim * sizeof(uint16_t));
+  s.scale = scale;
   std::fill(s.acc, s.acc + nh * dim, 0.f);
   std::fill(s.m, s.m + nh, -std::numeric_limits<float>::infinity());
   std::fill(s.l, s.l + nh, 0.f);
