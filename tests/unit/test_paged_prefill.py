@@ -45,7 +45,7 @@ SEQS = [(37, 37), (17, 17), (40, 75), (3, 130)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("head_dim", [64, 80, 48])
+@pytest.mark.parametrize("head_dim", [64, 128, 80, 48])
 def test_paged_prefill_matches_reference(dtype: torch.dtype, head_dim: int) -> None:
     g = torch.Generator().manual_seed(head_dim)
     max_blocks = max(-(-c // BLOCK) for _, c in SEQS)
