@@ -1,7 +1,7 @@
 """Where one forward pass's time goes: decode steps at batch 1 and 32 over a ~256-token
 context, and prefills of 256 and 2,048 tokens, under torch's profiler.
 
-    python -m bench.profile_step [--dtype float32] [--threads 2]   (make bench-profile)
+    python -m bench.profile_step [--dtype auto] [--threads 2]   (make bench-profile)
 
 Each case runs in turn in this process: with the torch reference elementwise ops
 (`TorchOps`: norms, RoPE and the MLP activation op by op, as before our fused kernels) and
@@ -36,7 +36,8 @@ GEMM = ("aten::addmm", "aten::mm", "aten::linear", "aten::matmul", "aten::bmm",
         "tandem::quant_linear", "mkldnn::_linear_pointwise")  # fmt: skip
 # prefixes: SDPA's CPU kernels have several names; index_select / index_put are the
 # gathers and cache writes of the reference attention path
-ATTENTION = ("tandem::paged_decode", "tandem::write_kv", "aten::_scaled_dot_product",
+ATTENTION = ("tandem::paged_decode", "tandem::paged_prefill", "tandem::write_kv",
+             "aten::_scaled_dot_product",
              "aten::scaled_dot_product", "aten::index_select", "aten::index_put")  # fmt: skip
 ELEMENTWISE = (
     "tandem::add_rms_norm", "tandem::rope", "tandem::silu_and_mul", "aten::mul", "aten::add",
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default=None)
-    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--dtype", default="auto", help="auto: what the engine picks here")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default="bench-results/profile.json")
