@@ -34,6 +34,13 @@ def add_engine_args(ap: argparse.ArgumentParser) -> None:
         default=SchedulerConfig().max_num_seqs,
         help="requests a worker runs at once (vLLM's name; default %(default)s)",
     )
+    ap.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=SchedulerConfig().max_num_batched_tokens,
+        help="tokens a worker computes in one step; a longer prompt is chunked (vLLM's "
+        "name; default %(default)s)",
+    )
     ap.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV cache per worker")
     ap.add_argument(
         "--num-blocks",
@@ -73,6 +80,8 @@ def engine_config(
         cache=CacheConfig(
             block_size=args.block_size, num_blocks=args.num_blocks, kv_cache_gb=args.kv_cache_gb
         ),
-        scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs),
+        scheduler=SchedulerConfig(
+            max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens
+        ),
         mock=args.mock_timing,
     )

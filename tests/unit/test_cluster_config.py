@@ -84,6 +84,7 @@ def test_bad_cluster_shapes_are_refused(kwargs: dict[str, object], message: str)
 def test_serve_and_worker_flags_build_the_same_engine_config() -> None:
     engine_flags = ["--engine=mock", "--dtype=float32", "--block-size=32", "--num-blocks=64"]
     engine_flags += ["--kv-cache-gb=0.5", "--mock-timing=decode_ms=3"]
+    engine_flags += ["--max-num-seqs=8", "--max-num-batched-tokens=2048"]
     serve = build_parser().parse_args(["serve", *engine_flags])
     worker = build_parser().parse_args(
         ["worker", "--role=decode", "--worker-id=w", "--redis-url=r", *engine_flags]
@@ -92,6 +93,7 @@ def test_serve_and_worker_flags_build_the_same_engine_config() -> None:
     assert want.backend == "mock" and want.dtype == "float32"
     assert (want.cache.block_size, want.cache.num_blocks, want.cache.kv_cache_gb) == (32, 64, 0.5)
     assert want.mock.decode_ms == 3.0
+    assert (want.scheduler.max_num_seqs, want.scheduler.max_num_batched_tokens) == (8, 2048)
     assert engine_config(worker, "m.gguf", role="decode") == EngineConfig(
         **{**_fields(want), "role": "decode"}
     )
