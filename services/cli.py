@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis-url", default=None, help="the cluster's Redis (default: $TANDEM_REDIS_URL)"
     )
     router.add_argument("--model", default=None, help="for the tokenizer (default: SmolLM2)")
+    router.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help="the context length to serve (default: the registered workers' shortest); "
+        "lets the router start before any worker registers (a cluster scaled to zero)",
+    )
     router.set_defaults(func=cmd_router)
 
     from services.worker.process import add_worker_args

@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -39,6 +40,8 @@ from services.router.routing import ROUTINGS
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from services.pb.events_pb2 import WorkerRecord
+
 T = TypeVar("T")
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
 DEFAULT_DRAIN_DELAY_S = 5.0  # Kubernetes' usual `preStop: sleep 5` (why: drain.py)
@@ -59,6 +62,9 @@ class RouterOptions:
     drain_delay_s: float = DEFAULT_DRAIN_DELAY_S  # SIGTERM: serving on while /ready is 503
     worker_ca: bytes | None = field(default=None, repr=False)  # TLS to workers (worker_tls.py)
     extra_metrics: tuple[CollectorRegistry, ...] = ()  # also on /metrics (the autoscaler's)
+    # The context length to serve; None: the registered workers' shortest, read at start
+    # (then at least one must be registered). Workers refuse what exceeds their own.
+    max_model_len: int | None = None
 
 
 def served_model_name(model: str) -> str:
@@ -83,13 +89,7 @@ async def run_router(opts: RouterOptions, banner: list[str] | None = None) -> No
     )
     await dispatcher.start()
     try:
-        records = dispatcher.cluster.records()
-        if not records:
-            raise SystemExit(
-                f"no workers are registered in {redact_url(opts.redis_url)} (or none signed "
-                "with this TANDEM_CLUSTER_TOKEN)"
-            )
-        max_len = min(r.max_model_len for r in records)
+        max_len = opts.max_model_len or _workers_max_len(dispatcher.cluster.records(), opts)
         tokenizer = await asyncio.to_thread(load_tokenizer, opts.model)
         name = served_model_name(opts.model)
         drain = Drain()
@@ -120,6 +120,15 @@ async def run_router(opts: RouterOptions, banner: list[str] | None = None) -> No
         await _serve_draining(server)
     finally:
         await dispatcher.close()
+
+
+def _workers_max_len(records: Sequence[WorkerRecord], opts: RouterOptions) -> int:
+    if not records:
+        raise SystemExit(
+            f"no workers are registered in {redact_url(opts.redis_url)} (or none signed "
+            "with this TANDEM_CLUSTER_TOKEN); --max-model-len starts the router without them"
+        )
+    return min(r.max_model_len for r in records)
 
 
 async def _serve_draining(server: Any) -> None:
@@ -278,7 +287,11 @@ def router_options(args: argparse.Namespace, model: str, redis_url: str) -> Rout
 def cmd_router(args: argparse.Namespace, model: str) -> int:
     """`tandem router`: one more router for a running cluster."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.max_model_len is not None and args.max_model_len < 1:
+        raise SystemExit(f"tandem router: --max-model-len must be positive: {args.max_model_len}")
+    opts = router_options(args, model, redis_url_from(args.redis_url))
+    opts = dataclasses.replace(opts, max_model_len=args.max_model_len)
     with contextlib.suppress(KeyboardInterrupt):
-        run_on_uvloop(run_router(router_options(args, model, redis_url_from(args.redis_url))))
+        run_on_uvloop(run_router(opts))
     print("tandem router: stopped", file=sys.stderr)
     return 0
