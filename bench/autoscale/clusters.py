@@ -28,9 +28,8 @@ class Pacing:
     """The autoscaler's windows, in seconds (production: 60 s stable, 6 s panic, 15 s up
     and 120 s down cooldown): scaled down so that three clusters run in about ten minutes."""
 
-    # Not under the workers' 1 s heartbeat: a reading between two heartbeats sees no
-    # record change, so no prompt tokens computed (signals.read_pools), and the panic
-    # window's least need would be that empty reading's.
+    # The workers' heartbeat: a shorter interval reads the same records again (their last
+    # rates stand, signals.read_pools) and decides nothing new.
     interval_s: float = 1.0
     panic_window_s: float = 2.0
     stable_window_s: float = 5.0

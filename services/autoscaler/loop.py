@@ -102,9 +102,8 @@ class Autoscaler:
         except Exception as e:  # a Redis outage: decide nothing on stale or missing figures
             log.warning("autoscaler: the registry cannot be read (%s): holding every pool", e)
             return self._hold_all(f"hold: metrics unavailable ({type(e).__name__})")
-        now_readings = readings(records, now)
-        loads, obs = read_pools(self._last, now_readings)
-        self._last = now_readings
+        now_readings = readings(records)
+        loads, obs, self._last = read_pools(self._last, now_readings)
         self.capacity.learn(obs)
         cfg = self.config
         need = demand(loads, cfg.serving, cfg.targets, held)

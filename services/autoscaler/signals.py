@@ -7,9 +7,13 @@ the last reading, from two readings of the worker registry.
 
 A worker's record carries counters that only grow (engine StepTotals: prompt tokens computed,
 decode steps and tokens, and the busy time of each), so the change between two readings
-says what it did in between, however many heartbeats were missed. A worker seen for the
-first time, or restarted (its counters begin again), gives load but no speed until its next
-reading.
+says what it did in between, however many heartbeats were missed; the time between is the
+gap between the two heartbeats' own stamps (the worker's clock), not between the reads. A
+record read again before its next heartbeat is no new reading: the worker's last one is
+kept, its rate still counts, and the next heartbeat is measured against it (read at a
+shorter interval than the heartbeat's, a pool's rate would otherwise read 0, then double).
+A worker seen for the first time, or restarted (its counters begin again), gives load but
+no speed until its next heartbeat.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ POOLS = ("prefill", "decode", "both")  # a worker's role names its pool; `both`:
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """One worker's record, as read at `at` (the reader's monotonic clock)."""
+    """One worker's record, and the prompt tokens per second of wall time it showed since
+    the reading before."""
 
     record: WorkerRecord
-    at: float
+    prefill_rate: float = 0.0
 
     @property
     def worker_id(self) -> str:
@@ -62,29 +67,37 @@ class Observations:
 
 def read_pools(
     before: Mapping[str, Reading], now: Mapping[str, Reading]
-) -> tuple[dict[str, PoolLoad], Observations]:
-    """The load of every pool that has workers in `now`, and what `before` -> `now` showed."""
+) -> tuple[dict[str, PoolLoad], Observations, dict[str, Reading]]:
+    """The load of every pool that has workers in `now`, what `before` -> `now` showed, and
+    the readings to measure the next ones against (a worker's last new heartbeat)."""
     obs = Observations()
     members: dict[str, list[Reading]] = {}
-    delivered: dict[str, float] = {}
+    kept: dict[str, Reading] = {}
     for wid, cur in now.items():
-        pool = cur.record.role
-        members.setdefault(pool, []).append(cur)
-        prev = before.get(wid)
-        if prev is None or prev.record.started_at_unix_ms != cur.record.started_at_unix_ms:
-            continue  # first seen, or restarted: no change to measure yet
-        dt = cur.at - prev.at
-        if dt <= 0:
-            continue
-        tokens, busy_s = _prefill_delta(prev.record, cur.record)
-        delivered[pool] = delivered.get(pool, 0.0) + tokens / dt
-        if tokens > 0 and busy_s > 0:
-            obs.prefill_tok_s.setdefault(pool, []).append(tokens / busy_s)
-        step = _decode_delta(prev.record, cur.record)
-        if step is not None:
-            obs.decode_steps.setdefault(pool, []).append(step)
-    loads = {pool: _pool_load(pool, rs, delivered.get(pool, 0.0)) for pool, rs in members.items()}
-    return loads, obs
+        members.setdefault(cur.record.role, []).append(cur)
+        kept[wid] = _measure(before.get(wid), cur, obs)
+    loads = {
+        pool: _pool_load(pool, rs, sum(kept[r.worker_id].prefill_rate for r in rs))
+        for pool, rs in members.items()
+    }
+    return loads, obs, kept
+
+
+def _measure(prev: Reading | None, cur: Reading, obs: Observations) -> Reading:
+    """The reading to keep for this worker; what it did since `prev` goes into `obs`."""
+    if prev is None or prev.record.started_at_unix_ms != cur.record.started_at_unix_ms:
+        return cur  # first seen, or restarted: no change to measure yet
+    dt = (cur.record.heartbeat_unix_ms - prev.record.heartbeat_unix_ms) / 1000
+    if dt <= 0:
+        return prev  # no heartbeat since: nothing new, the last rate stands
+    pool = cur.record.role
+    tokens, busy_s = _prefill_delta(prev.record, cur.record)
+    if tokens > 0 and busy_s > 0:
+        obs.prefill_tok_s.setdefault(pool, []).append(tokens / busy_s)
+    step = _decode_delta(prev.record, cur.record)
+    if step is not None:
+        obs.decode_steps.setdefault(pool, []).append(step)
+    return Reading(cur.record, tokens / dt)
 
 
 def in_flight(r: WorkerRecord) -> tuple[int, int]:
@@ -93,8 +106,8 @@ def in_flight(r: WorkerRecord) -> tuple[int, int]:
     return r.running + r.waiting, r.held_blocks
 
 
-def readings(records: Iterable[WorkerRecord], at: float) -> dict[str, Reading]:
-    return {r.worker_id: Reading(r, at) for r in records if r.role in POOLS}
+def readings(records: Iterable[WorkerRecord]) -> dict[str, Reading]:
+    return {r.worker_id: Reading(r) for r in records if r.role in POOLS}
 
 
 def _prefill_delta(a: WorkerRecord, b: WorkerRecord) -> tuple[int, float]:

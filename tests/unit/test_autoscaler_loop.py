@@ -62,6 +62,7 @@ class Sim:
         # counters as of self.t: each worker's share of the load at steady speed
         rec = WorkerRecord(worker_id=wid, role=pool, num_blocks=4096, max_num_seqs=64)
         rec.started_at_unix_ms = 1
+        rec.heartbeat_unix_ms = int(self.t * 1000)  # a heartbeat at every read
         if pool == "prefill":
             tokens = self.prompt_tok_s / n * self.t
             rec.prefill_tokens_total = int(tokens)

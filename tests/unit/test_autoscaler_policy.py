@@ -117,14 +117,34 @@ def test_the_pools_p90_lengths_are_their_workers_greatest() -> None:
             record("p-0", "prefill", 3000, 1),
             record("d-0", "decode", 200, 100),
             record("d-1", "decode", 100, 500),
-        ],
-        at=1.0,
+        ]
     )
-    loads, _ = read_pools({}, now)
+    loads, _, _ = read_pools({}, now)
     assert (loads["decode"].prompt_p90, loads["decode"].output_p90) == (200, 500)
     # the prompts' tail from every pool (the prefill pool sees them whole), the outputs'
     # from the serving pool: (3000 + 500) / 16 blocks
     assert demand(loads, "decode", Targets()).tail_blocks == 219
+
+
+def test_reads_faster_than_the_heartbeat_see_a_steady_rate() -> None:
+    """Heartbeats each second, reads every half second: the rate is measured between the
+    heartbeats' stamps, and a record read again before its next heartbeat keeps its last
+    rate (it read 0, then twice the rate, before)."""
+
+    def record(beat: int) -> WorkerRecord:  # 1,000 prompt tokens a second, a beat a second
+        return WorkerRecord(
+            worker_id="p-0", role="prefill", block_size=16, num_blocks=512,
+            started_at_unix_ms=1, heartbeat_unix_ms=1000 * beat,
+            prefill_tokens_total=1000 * beat, prefill_busy_us_total=500_000 * beat,
+        )  # fmt: skip
+
+    last = read_pools({}, readings([record(0)]))[2]
+    rates = []
+    for beat in (1, 1, 2, 2, 3, 3):  # the record as read at t = 0.5, 1.0, 1.5, ...
+        loads, obs, last = read_pools(last, readings([record(beat)]))
+        rates.append(loads["prefill"].prefill_tokens_per_s)
+        assert obs.prefill_tok_s in ({}, {"prefill": [2000.0]})  # per busy second, when new
+    assert rates == [1000.0] * 6
 
 
 def test_no_load_is_the_floor_and_unmeasured_speeds_hold() -> None:
