@@ -10,7 +10,7 @@ and the rules that sit between the two (services/worker/servicer.py stays conver
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from services.wire import DecodeCall, HealthReply, KVDump, PrefillCall
 from services.worker.core import DecodeUpdate, PrefillResult, Worker
@@ -19,14 +19,32 @@ from services.worker.peers import PeerWatcher
 from services.worker.stats import WorkerStats
 
 
+class Leaving(Exception):
+    """This prefill worker has left the registry (a gRPC UNAVAILABLE): another prefills."""
+
+
 class WorkerCalls:
-    def __init__(self, worker: Worker, peers: PeerWatcher | None, liveness: Liveness) -> None:
-        """`peers` is None on a prefill worker: it reads from nobody."""
+    def __init__(
+        self,
+        worker: Worker,
+        peers: PeerWatcher | None,
+        liveness: Liveness,
+        leaving: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """`peers` is None on a prefill worker: it reads from nobody. `leaving`: whether
+        the worker is stopping (out of the registry, finishing what it holds)."""
         self.worker = worker
         self.peers = peers
         self.liveness = liveness
+        self.leaving = leaving
 
     async def prefill(self, call: PrefillCall) -> PrefillResult:
+        # A stopping worker keeps taking what routers send until they see it gone (decodes
+        # finish on it), but a prompt prefilled here now could not be read: decode workers
+        # forget a peer as it leaves the registry, and would compute it again. Refused, it
+        # goes to another prefill worker, or to the decode worker, at once.
+        if self.worker.role == "prefill" and self.leaving():
+            raise Leaving(f"{self.worker.worker_id} is stopping and takes no new prompts")
         return await self.worker.prefill(
             call.request_id, call.prompt_token_ids, call.params, call.cache_salt
         )

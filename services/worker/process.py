@@ -94,7 +94,7 @@ class WorkerServer:
             peers = PeerWatcher(self._registry, worker.loop, worker.transfer, worker.worker_id)
         token = self.net.cluster_token
         self._server = grpc.aio.server(interceptors=[TokenInterceptor(token)] if token else None)
-        service = WorkerService(WorkerCalls(worker, peers, self.liveness))
+        service = WorkerService(WorkerCalls(worker, peers, self.liveness, self.stopping.is_set))
         worker_pb2_grpc.add_WorkerServicer_to_server(service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.liveness.servicer, self._server)
         listen = f"{self.net.host}:{self.net.port}"

@@ -4,7 +4,7 @@
 ValueError (bad input)          -> INVALID_ARGUMENT
 RoleError (wrong kind of worker) -> FAILED_PRECONDITION
 Overloaded (waiting queue full)  -> RESOURCE_EXHAUSTED
-EngineDead                       -> UNAVAILABLE
+EngineDead, Leaving              -> UNAVAILABLE
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from services import wire
 from services.pb import worker_pb2, worker_pb2_grpc
 from services.worker.core import Overloaded, RoleError
 from services.worker.engine_thread import EngineDead
-from services.worker.handlers import WorkerCalls
+from services.worker.handlers import Leaving, WorkerCalls
 
 T = TypeVar("T")
 _CODES: dict[type[Exception], grpc.StatusCode] = {
@@ -26,6 +26,7 @@ _CODES: dict[type[Exception], grpc.StatusCode] = {
     RoleError: grpc.StatusCode.FAILED_PRECONDITION,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     EngineDead: grpc.StatusCode.UNAVAILABLE,
+    Leaving: grpc.StatusCode.UNAVAILABLE,
 }
 
 
