@@ -1,4 +1,5 @@
-"""float32 GEMMs on oneDNN's packed weights (engine/model/onednn.py) against F.linear."""
+"""float32 and bfloat16 GEMMs on oneDNN's packed weights (engine/model/onednn.py) against
+F.linear."""
 
 from __future__ import annotations
 
@@ -11,16 +12,23 @@ from engine.model import onednn
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="this torch has no oneDNN")
 
 
+# float32: the order of the sums; bfloat16: that, and the output's rounding (two bf16 steps)
+TOLERANCE = {torch.float32: (1e-5, 1e-4), torch.bfloat16: (2**-6, 2e-2)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [1, 7, 64])
-def test_packed_gemm_equals_f_linear_up_to_the_order_of_sums(rows: int) -> None:
+def test_packed_gemm_equals_f_linear_up_to_the_order_of_sums(rows: int, dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(rows)
-    w, b = torch.randn(96, 64, generator=g), torch.randn(96, generator=g)
-    x = torch.randn(rows, 64, generator=g)
+    w, b = torch.randn(96, 64, generator=g).to(dtype), torch.randn(96, generator=g).to(dtype)
+    x = torch.randn(rows, 64, generator=g).to(dtype)
     linear = onednn.PackedLinear({w.data_ptr(): onednn.pack(w)}, F.linear)
-    torch.testing.assert_close(linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(linear(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-4)
-    strided = torch.randn(rows, 128, generator=g)[:, ::2]  # not contiguous
-    torch.testing.assert_close(linear(strided, w), F.linear(strided, w), rtol=1e-5, atol=1e-4)
+    rtol, atol = TOLERANCE[dtype]
+    assert linear(x, w).dtype == dtype
+    torch.testing.assert_close(linear(x, w), F.linear(x, w), rtol=rtol, atol=atol)
+    torch.testing.assert_close(linear(x, w, b), F.linear(x, w, b), rtol=rtol, atol=atol)
+    strided = torch.randn(rows, 128, generator=g).to(dtype)[:, ::2]  # not contiguous
+    torch.testing.assert_close(linear(strided, w), F.linear(strided, w), rtol=rtol, atol=atol)
 
 
 def test_weights_without_a_packed_copy_and_other_dtypes_go_to_the_fallback() -> None:
