@@ -100,15 +100,20 @@ class Worker:
         # read through the new process's agent (it names one that no longer exists).
         self.started_at_ms = started_at_ms or int(time.time() * 1000)
         self.agent_name = f"{self.worker_id}-{uuid.uuid4().hex[:8]}"
-        engine = Engine(config.engine, on_kv_event=on_kv_event)
-        self.engine = engine
+        self.loop = EngineLoop(
+            lambda: Engine(config.engine, on_kv_event=on_kv_event), idle_wait=self._idle_wait
+        )
+        engine = self.engine = self.loop.engine
         # No NIXL progress thread: NIXL's spins without pause (a core per worker, idle or
         # not). The engine loop polls notifications instead (see _idle_wait), which also
         # answers peers' connection set-up; reads themselves are one-sided.
-        self.transfer = NixlKVTransfer(
-            self.agent_name, engine.runner.kv_cache, progress_thread=False
-        )
-        self.loop = EngineLoop(engine, idle_wait=self._idle_wait)
+        try:
+            self.transfer = NixlKVTransfer(
+                self.agent_name, engine.runner.kv_cache, progress_thread=False
+            )
+        except BaseException:
+            self.loop.stop()  # its thread holds the engine until told
+            raise
         self.source = (
             KVSource(engine, self.transfer, self.worker_id, LeaseTable(config.lease_s))
             if self.role != "decode"

@@ -1,7 +1,7 @@
 """The engine on a thread of its own, driven from asyncio.
 
-The engine is single-threaded by design; everything that touches it (requests, aborts,
-NIXL reads, lease bookkeeping) runs on this one thread, between steps:
+The engine is single-threaded by design; everything that touches it (its build, requests,
+aborts, NIXL reads, lease bookkeeping) runs on this one thread, between steps:
 
     asyncio handlers --call(fn)--> [commands] --> engine thread: run commands
                                                                 run tick hooks (due ones)
@@ -73,27 +73,39 @@ class _Tick:
 class EngineLoop:
     def __init__(
         self,
-        engine: Engine,
+        make_engine: Callable[[], Engine],
         idle_s: float = 0.02,
         idle_wait: Callable[[], float] | None = None,
     ) -> None:
-        """With nothing running and no call queued, the loop waits `idle_wait()` seconds
+        """Starts the engine thread, which builds the engine (`make_engine()`: the model's
+        load, packing and timing) and then waits for `start()`; raises what the build
+        raised. The build runs there because OpenMP keeps a team of threads for every
+        thread that has run a parallel op: with two teams on two cores, libgomp stops
+        spinning at its barriers and sleeps, and a decode step at batch 32 took 90-100 ms
+        instead of 55 (the model loaded on one thread, stepped on another).
+
+        With nothing running and no call queued, the loop waits `idle_wait()` seconds
         (engine thread; default `idle_s`) for a call, which wakes it at once. Waits are
         how often the ticks run meanwhile: a worker makes them long when there is nothing
         to tick (a wake-up of an idle thread costs ~0.15 ms of CPU on a small VM, and a
         host runs many mock workers) and short while it polls KV reads."""
-        self.engine = engine
         self._idle_wait = idle_wait or (lambda: idle_s)
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._wake = threading.Event()
+        self._go = threading.Event()  # start() or stop()
         self._stop = threading.Event()
         self._subs: dict[str, _Sub] = {}
         self._ticks: list[_Tick] = []
-        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
         self.error: BaseException | None = None
         # When the loop last went round (monotonic): proof of progress, read by the
         # worker's liveness check from another thread (a float store is atomic).
         self.last_iteration = time.monotonic()
+        built: concurrent.futures.Future[Engine] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._main, args=(make_engine, built), name="engine-loop", daemon=True
+        )
+        self._thread.start()
+        self.engine = built.result()
 
     def add_tick(self, fn: Callable[[], None], every_s: float = 0.0) -> None:
         """Run `fn` on the engine thread before every step, or, with `every_s`, before
@@ -108,10 +120,11 @@ class EngineLoop:
         # the second core idled: 1 ms measured +12% tok/s serving 32 streams on 2 cores
         # (0.5 and 2 ms alike). Process-wide: the engine is what this process is for.
         sys.setswitchinterval(GIL_SWITCH_S)
-        self._thread.start()
+        self._go.set()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
+        self._go.set()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
@@ -170,6 +183,20 @@ class EngineLoop:
             loop.call_soon_threadsafe(_deliver, items)
 
     # ---- the thread ----------------------------------------------------------------
+    def _main(
+        self, make_engine: Callable[[], Engine], built: concurrent.futures.Future[Engine]
+    ) -> None:
+        try:
+            engine = make_engine()
+        except BaseException as e:
+            self.error = e
+            built.set_exception(e)
+            return
+        built.set_result(engine)
+        self._go.wait()
+        self.last_iteration = time.monotonic()
+        self._run()
+
     def _run(self) -> None:
         try:
             while not self._stop.is_set():

@@ -16,7 +16,7 @@ T = TypeVar("T")
 
 class EngineBackend:
     def __init__(self, engine: Engine) -> None:
-        self._loop = EngineLoop(engine)
+        self._loop = EngineLoop(lambda: engine)
         self._loop.start()
 
     # ---- the Backend protocol ---------------------------------------------------------

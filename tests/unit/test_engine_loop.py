@@ -1,10 +1,12 @@
 """The worker's engine thread against a scripted engine: a step's outputs reach their
-requests' queues in one wake-up, throttled ticks run at most as often as asked, and a
-stream that falls behind gets the queued outputs joined into one update."""
+requests' queues in one wake-up, throttled ticks run at most as often as asked, a
+stream that falls behind gets the queued outputs joined into one update, and the engine is
+built and stepped on one thread."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -34,7 +36,7 @@ def _out(rid: str, token: int, done: bool = False) -> RequestOutput:
 def test_a_steps_outputs_reach_every_subscriber_in_one_callback() -> None:
     async def run() -> dict[str, list[int]]:
         engine = ScriptedEngine([])
-        loop = EngineLoop(engine, idle_s=0.005)  # type: ignore[arg-type]
+        loop = EngineLoop(lambda: engine, idle_s=0.005)  # type: ignore[arg-type]
         queues = {rid: loop.subscribe(rid) for rid in ("a", "b")}
         calls: list[Any] = []
         event_loop = asyncio.get_running_loop()
@@ -64,7 +66,7 @@ def test_a_steps_outputs_reach_every_subscriber_in_one_callback() -> None:
 
 def test_a_throttled_tick_runs_at_most_every_every_s() -> None:
     engine = ScriptedEngine([[] for _ in range(10_000)])
-    loop = EngineLoop(engine, idle_s=0.005)  # type: ignore[arg-type]
+    loop = EngineLoop(lambda: engine, idle_s=0.005)  # type: ignore[arg-type]
     every, fast = [], []
     loop.add_tick(lambda: every.append(time.monotonic()), every_s=0.05)
     loop.add_tick(lambda: fast.append(1))
@@ -89,7 +91,10 @@ def test_joined_outputs_keep_every_token_and_take_the_last_state() -> None:
 
 def test_a_quiet_engine_waits_long_and_a_call_still_wakes_it_at_once() -> None:
     quiet = [True]
-    loop = EngineLoop(ScriptedEngine([]), idle_wait=lambda: 10.0 if quiet[0] else 0.005)  # type: ignore[arg-type]
+    loop = EngineLoop(
+        lambda: ScriptedEngine([]),  # type: ignore[arg-type,return-value]
+        idle_wait=lambda: 10.0 if quiet[0] else 0.005,
+    )
     ticks: list[float] = []
     loop.add_tick(lambda: ticks.append(time.monotonic()))
     loop.start()
@@ -105,3 +110,40 @@ def test_a_quiet_engine_waits_long_and_a_call_still_wakes_it_at_once() -> None:
         assert len(ticks) > 10  # every 5 ms again
     finally:
         loop.stop()
+
+
+def test_the_engine_is_built_and_stepped_on_the_same_thread_and_a_failed_build_raises() -> None:
+    """One thread runs the engine's parallel ops, its build included (OpenMP keeps a
+    team of threads per calling thread; see EngineLoop)."""
+    built_on: list[int] = []
+    stepped_on: set[int] = set()
+
+    class Recording(ScriptedEngine):
+        def step(self) -> list[RequestOutput]:
+            stepped_on.add(threading.get_ident())
+            return super().step()
+
+    def make() -> Recording:
+        built_on.append(threading.get_ident())
+        return Recording([[] for _ in range(50)])
+
+    loop = EngineLoop(make, idle_s=0.005)  # type: ignore[arg-type]
+    assert not stepped_on  # nothing steps before start()
+    loop.start()
+    try:
+        loop.submit(lambda e: None).result(5)
+        time.sleep(0.05)
+    finally:
+        loop.stop()
+    assert stepped_on == set(built_on)
+    assert built_on[0] != threading.get_ident()
+
+    def broken() -> ScriptedEngine:
+        raise ValueError("no such model")
+
+    try:
+        EngineLoop(broken)  # type: ignore[arg-type]
+    except ValueError as e:
+        assert str(e) == "no such model"
+    else:
+        raise AssertionError("the build's error was not raised")

@@ -55,7 +55,7 @@ def _ref(worker_id: str, address: str) -> WorkerRef:
 def test_a_stalled_or_dead_engine_is_out_of_routing_and_a_recovered_one_back() -> None:
     async def run() -> None:
         engine = Gated()
-        loop = EngineLoop(engine, idle_s=0.005)  # type: ignore[arg-type]
+        loop = EngineLoop(lambda: engine, idle_s=0.005)  # type: ignore[arg-type]
         loop.start()
         liveness = Liveness(loop, stall_s=0.3)
         server, address = await _serve(liveness)
@@ -95,7 +95,7 @@ def test_a_stalled_or_dead_engine_is_out_of_routing_and_a_recovered_one_back() -
 
 def test_a_died_engine_loop_is_not_serving() -> None:
     async def run() -> None:
-        loop = EngineLoop(Broken([]), idle_s=0.005)  # type: ignore[arg-type]
+        loop = EngineLoop(lambda: Broken([]), idle_s=0.005)  # type: ignore[arg-type]
         loop.start()
         deadline = time.monotonic() + 5
         while loop.alive and time.monotonic() < deadline:
