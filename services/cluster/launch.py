@@ -27,6 +27,7 @@ from services.cluster.redis_url import (
 
 # The last line `tandem serve` and `tandem router` print once they answer requests.
 READY = "Ctrl-C stops everything"
+API_LINE = "OpenAI API:"
 
 
 class Proc:
@@ -134,17 +135,15 @@ class Served:
 def start_serve(
     log_path: Path, *args: str, env: dict[str, str] | None = None, timeout_s: float = 600.0
 ) -> Served:
-    """`tandem serve ARGS --port <free>`; returns once the router answers. Its Redis gets
-    a password chosen here (unless `env` names one), so that this side can use it too."""
-    from services.cluster.redis_server import free_port
-
-    port = free_port()
+    """`tandem serve ARGS --port 0` (it binds a free port before its cluster starts);
+    returns once the router answers. Its Redis gets a password chosen here (unless `env`
+    names one), so that this side can use it too."""
     env = {REDIS_PASSWORD_ENV: new_password(), **(env or {})}
-    proc = Proc(["serve", f"--port={port}", *args], log_path, env)
+    proc = Proc(["serve", "--port=0", *args], log_path, env)
     proc.wait_or_stop(READY, timeout_s)
     field = {k: proc.wait_for(k, 1).split(k, 1)[1].strip() for k in ("Ray address:", "Redis:")}
     redis_url = url_with_password(field["Redis:"], env[REDIS_PASSWORD_ENV])
-    return Served(proc, f"http://127.0.0.1:{port}", redis_url, field["Ray address:"])
+    return Served(proc, _api_base(proc), redis_url, field["Ray address:"])
 
 
 def start_router(
@@ -154,11 +153,16 @@ def start_router(
     timeout_s: float = 120.0,
     env: dict[str, str] | None = None,
 ) -> tuple[Proc, str]:
-    """`tandem router` (one more router for a running cluster); returns it and its URL."""
-    from services.cluster.redis_server import free_port
-
-    port = free_port()
+    """`tandem router --port 0` (one more router for a running cluster, on a port it
+    binds itself); returns it and its URL."""
     env = {**(env or {}), REDIS_URL_ENV: redis_url}
-    proc = Proc(["router", f"--port={port}", *args], log_path, env)
+    proc = Proc(["router", "--port=0", *args], log_path, env)
     proc.wait_or_stop(READY, timeout_s)
-    return proc, f"http://127.0.0.1:{port}"
+    return proc, _api_base(proc)
+
+
+def _api_base(proc: Proc) -> str:
+    """http://127.0.0.1:PORT from the banner's `OpenAI API: http://HOST:PORT/v1` line."""
+    url = proc.wait_for(API_LINE, 1).split(API_LINE, 1)[1].strip()
+    port = int(url.removesuffix("/v1").rsplit(":", 1)[1])
+    return f"http://127.0.0.1:{port}"

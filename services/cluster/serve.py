@@ -34,7 +34,13 @@ from services.cluster.redis_url import redact_url, redis_password_from_env, redi
 from services.cluster.registry import Registry
 from services.cluster.worker_tls import server_tls_from_env
 from services.router.dispatch_config import DEFAULT_HOLD_AT_ZERO_S, MODES
-from services.router.server import add_router_args, router_options, run_on_uvloop, run_router
+from services.router.server import (
+    add_router_args,
+    bind_listener,
+    router_options,
+    run_on_uvloop,
+    run_router,
+)
 from services.worker.engine_flags import add_engine_args, engine_config
 from services.worker.process import WorkerNetConfig
 
@@ -267,13 +273,13 @@ def cmd_serve(args: argparse.Namespace, model: str) -> int:
             args.hold_for_worker_s = DEFAULT_HOLD_AT_ZERO_S
         log.info("scale to zero: requests wait up to %g s for a worker", args.hold_for_worker_s)
     try:
-        with Cluster(config) as cluster:
+        with bind_listener(args.host, args.port) as sock, Cluster(config) as cluster:
             options = router_options(args, model, cluster.redis_url)
             options = replace(options, cluster_token=config.cluster_token)
             if scaling is not None:
                 metrics = cluster.autoscale(scaling, args.scale_down_drain_s)
                 options = replace(options, extra_metrics=(metrics.registry,))
-            run_on_uvloop(run_router(options, cluster.banner()))
+            run_on_uvloop(run_router(options, cluster.banner(), sock))
     except KeyboardInterrupt:  # Ctrl-C during start-up: all started so far is stopped
         pass
     print("tandem serve: stopped", file=sys.stderr)

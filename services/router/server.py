@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -73,8 +74,26 @@ def served_model_name(model: str) -> str:
     return p.name.split(".")[0] if p.suffix == ".gguf" else p.name
 
 
-async def run_router(opts: RouterOptions, banner: list[str] | None = None) -> None:
-    """Serve until cancelled or Ctrl-C; `banner` lines are printed under the API address."""
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The router's socket, bound now (port 0: a free one, printed in the banner).
+    `tandem serve` binds it before its cluster starts: the port is then ours while Ray,
+    Redis and the workers pick theirs, and a taken one fails at once, not a minute in."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise SystemExit(f"tandem: cannot listen on {host}:{port}: {e.strerror}") from None
+    return sock
+
+
+async def run_router(
+    opts: RouterOptions, banner: list[str] | None = None, sock: socket.socket | None = None
+) -> None:
+    """Serve on `sock` (default: one bound to --host/--port now) until cancelled or
+    Ctrl-C; `banner` lines are printed under the API address."""
     import uvicorn
 
     from engine.tokenizer import load_tokenizer
@@ -87,6 +106,7 @@ async def run_router(opts: RouterOptions, banner: list[str] | None = None) -> No
     dispatcher = make_dispatcher(
         opts.redis_url, opts.dispatch, metrics, opts.cluster_token, opts.worker_ca
     )
+    sock = sock or bind_listener(opts.host, opts.port)
     await dispatcher.start()
     try:
         max_len = opts.max_model_len or _workers_max_len(dispatcher.cluster.records(), opts)
@@ -102,7 +122,7 @@ async def run_router(opts: RouterOptions, banner: list[str] | None = None) -> No
         config = uvicorn.Config(
             app,
             host=opts.host,
-            port=opts.port,
+            port=sock.getsockname()[1],
             log_level="warning",
             access_log=False,  # it would format a line per request for a logger that drops it
             loop="uvloop",
@@ -113,13 +133,14 @@ async def run_router(opts: RouterOptions, banner: list[str] | None = None) -> No
         server = DrainingServer(config, drain, opts.drain_delay_s)
         d = opts.dispatch
         print(f"Tandem is serving {name} ({d.mode}, {d.routing} routing)")
-        print(f"  OpenAI API:     http://{opts.host}:{opts.port}/v1")
+        print(f"  OpenAI API:     http://{opts.host}:{sock.getsockname()[1]}/v1")
         for line in banner or []:
             print(f"  {line}")
         print("  Ctrl-C stops everything.", flush=True)
-        await _serve_draining(server)
+        await _serve_draining(server, sock)
     finally:
         await dispatcher.close()
+        sock.close()
 
 
 def _workers_max_len(records: Sequence[WorkerRecord], opts: RouterOptions) -> int:
@@ -131,14 +152,14 @@ def _workers_max_len(records: Sequence[WorkerRecord], opts: RouterOptions) -> in
     return min(r.max_model_len for r in records)
 
 
-async def _serve_draining(server: Any) -> None:
+async def _serve_draining(server: Any, sock: socket.socket) -> None:
     """uvicorn drains on SIGTERM (drain.py), then delivers the signal again to whatever
     handler was there before it: with this one, that ends serving like Ctrl-C does (the
     dispatcher closes, `tandem serve` stops its cluster, exit 0) instead of killing the
     process."""
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
-        await server.serve()
+        await server.serve(sockets=[sock])
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -153,7 +174,7 @@ def run_on_uvloop(main: Coroutine[Any, Any, T]) -> T:
 
 def add_router_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--port", type=int, default=8000, help="0: any free port (printed)")
     ap.add_argument(
         "--api-key",
         action="append",
