@@ -23,10 +23,9 @@ class Tokenizer:
         if hf_tokenizer.eos_token_id is not None:
             eos.add(int(hf_tokenizer.eos_token_id))
         self.eos_token_ids: tuple[int, ...] = tuple(sorted(eos))
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._tok)
+        # Read once: the router checks every token-id prompt against it, and the HF
+        # tokenizer's len() counts its vocabulary anew on each call.
+        self.vocab_size: int = len(hf_tokenizer)
 
     @property
     def backend(self) -> Any:

@@ -102,13 +102,13 @@ async def run_router(
     from services.router.drain import Drain, DrainingServer
     from services.router.metrics import RouterMetrics
 
+    sock = sock or bind_listener(opts.host, opts.port)
     metrics = RouterMetrics(opts.extra_metrics)
     dispatcher = make_dispatcher(
         opts.redis_url, opts.dispatch, metrics, opts.cluster_token, opts.worker_ca
     )
-    sock = sock or bind_listener(opts.host, opts.port)
-    await dispatcher.start()
     try:
+        await dispatcher.start()
         max_len = opts.max_model_len or _workers_max_len(dispatcher.cluster.records(), opts)
         tokenizer = await asyncio.to_thread(load_tokenizer, opts.model)
         name = served_model_name(opts.model)
