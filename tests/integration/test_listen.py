@@ -24,10 +24,9 @@ def test_a_taken_port_is_refused_at_once_and_named(
         taken.listen()
         port = taken.getsockname()[1]
         started = time.monotonic()
+        args = [command, f"--model={smollm_path}", f"--port={port}"]
         proc = Proc(
-            [command, f"--model={smollm_path}", f"--port={port}", "--no-dashboard"]
-            if command == "serve"
-            else [command, f"--model={smollm_path}", f"--port={port}"],
+            args + (["--no-dashboard"] if command == "serve" else []),
             tmp_path / f"{command}.log",
             # the router alone would need a Redis first: an unreachable one is never dialled
             {"TANDEM_REDIS_URL": "redis://127.0.0.1:1"},
