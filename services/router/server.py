@@ -35,6 +35,7 @@ from services.router.dispatch_config import (
     MODES,
     DispatchConfig,
 )
+from services.router.listener import bind_listener
 from services.router.middleware import DEFAULT_MAX_BODY_BYTES
 from services.router.routing import ROUTINGS
 
@@ -74,21 +75,6 @@ def served_model_name(model: str) -> str:
     return p.name.split(".")[0] if p.suffix == ".gguf" else p.name
 
 
-def bind_listener(host: str, port: int) -> socket.socket:
-    """The router's socket, bound now (port 0: a free one, printed in the banner).
-    `tandem serve` binds it before its cluster starts: the port is then ours while Ray,
-    Redis and the workers pick theirs, and a taken one fails at once, not a minute in."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise SystemExit(f"tandem: cannot listen on {host}:{port}: {e.strerror}") from None
-    return sock
-
-
 async def run_router(
     opts: RouterOptions, banner: list[str] | None = None, sock: socket.socket | None = None
 ) -> None:
@@ -107,6 +93,7 @@ async def run_router(
     dispatcher = make_dispatcher(
         opts.redis_url, opts.dispatch, metrics, opts.cluster_token, opts.worker_ca
     )
+    port = sock.getsockname()[1]
     try:
         await dispatcher.start()
         max_len = opts.max_model_len or _workers_max_len(dispatcher.cluster.records(), opts)
@@ -122,7 +109,7 @@ async def run_router(
         config = uvicorn.Config(
             app,
             host=opts.host,
-            port=sock.getsockname()[1],
+            port=port,
             log_level="warning",
             access_log=False,  # it would format a line per request for a logger that drops it
             loop="uvloop",
@@ -133,7 +120,7 @@ async def run_router(
         server = DrainingServer(config, drain, opts.drain_delay_s)
         d = opts.dispatch
         print(f"Tandem is serving {name} ({d.mode}, {d.routing} routing)")
-        print(f"  OpenAI API:     http://{opts.host}:{sock.getsockname()[1]}/v1")
+        print(f"  OpenAI API:     http://{opts.host}:{port}/v1")
         for line in banner or []:
             print(f"  {line}")
         print("  Ctrl-C stops everything.", flush=True)
