@@ -4,10 +4,14 @@
           └─ `tandem router --mode colocated` on a free port  <── this process: the client
 
 Both are plain child processes (no Ray), so their pids are known and their CPU counters
-are their own. Each level sends a fixed number of streamed /v1/completions requests
-(64 random prompt token ids, exactly 8 output tokens) through loadtest's client from
-`concurrency` closed-loop senders (each with a connection of its own, opened in the
-warm-up), after a short warm-up, and reports:
+are their own. First, the same levels run against the stack's floor (bench/router_floor.py:
+uvicorn, one grpc.aio stream per request and SSE, with nothing of ours), so each figure of
+the router reads against what its stack costs on this machine in the same run.
+
+Each level sends a fixed number of streamed /v1/completions requests (64 random prompt
+token ids, exactly 8 output tokens) through loadtest's client from `concurrency`
+closed-loop senders (each with a connection of its own, opened in the warm-up), after a
+short warm-up, and reports:
 
     TTFT p50 / p99     client side: request sent -> first chunk with text
     req/s              completed requests over the level's wall time
@@ -37,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.proc_cpu import cpu_ms_per_request, idle_cpu, read_cpu_ticks, ticks_per_second
+from bench.router_floor import FloorProc
 from loadtest.body import BodyMaker
 from loadtest.client import Client, make_http
 from loadtest.records import RequestOutput
@@ -187,36 +192,49 @@ def _fmt(v: float | None, spec: str = ".2f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]], with_floor: bool = False) -> str:
     head = (
         f"{'conc':>5} {'done':>6} {'req/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} "
         f"{'router ms/req':>14} {'worker ms/req':>14} {'client ms/req':>14} {'load':>5}"
     )
+    if with_floor:
+        head += f" {'router/floor':>13} {'TTFT/floor':>11}"
     lines = [head]
     for r in rows:
-        lines.append(
+        line = (
             f"{r['concurrency']:>5} {r['completed']:>6} {r['req_s']:>8.1f} "
             f"{r['ttft_p50_ms']:>9.2f} {r['ttft_p99_ms']:>9.2f} "
             f"{_fmt(r['router_cpu_ms_per_req']):>14} {_fmt(r['worker_cpu_ms_per_req']):>14} "
             f"{_fmt(r['client_cpu_ms_per_req']):>14} {_fmt(r.get('loadavg_1m'), '.1f'):>5}"
         )
+        if with_floor:
+            line += (
+                f" {_fmt(r.get('router_cpu_ms_per_req_vs_floor'), '.2f') + 'x':>13}"
+                f" {_fmt(r.get('ttft_p50_ms_vs_floor'), '.2f') + 'x':>11}"
+            )
+        lines.append(line)
     return "\n".join(lines)
 
 
-def goals(rows: list[dict[str, Any]]) -> list[str]:
+def _span(rows: list[dict[str, Any]], key: str) -> str:
+    got = [r[key] for r in rows if r[key] is not None]
+    return f"{min(got):.2f}-{max(got):.2f}" if got else "-"
+
+
+def goals(rows: list[dict[str, Any]], floor: list[dict[str, Any]]) -> list[str]:
     by_c = {r["concurrency"]: r for r in rows}
-    out = []
-    cpu = [r["router_cpu_ms_per_req"] for r in rows if r["router_cpu_ms_per_req"] is not None]
-    if cpu:
-        out.append(
-            f"router CPU per request: {min(cpu):.2f}-{max(cpu):.2f} ms "
-            f"(goal <= {GOAL_ROUTER_CPU_MS:g} ms; Dynamo's frontend 0.66-0.80)"
-        )
+    floor_by_c = {r["concurrency"]: r for r in floor}
+    cpu = "router_cpu_ms_per_req"
+    out = [
+        f"router CPU per request: {_span(rows, cpu)} ms (goal <= {GOAL_ROUTER_CPU_MS:g} ms; "
+        f"Dynamo's frontend 0.66-0.80; the floor of its stack, this run: {_span(floor, cpu)})"
+    ]
     if 1 in by_c:
+        at_floor = floor_by_c[1]["ttft_p50_ms"] if 1 in floor_by_c else None
         out.append(
             f"TTFT p50 at concurrency 1: {by_c[1]['ttft_p50_ms']:.2f} ms "
             f"(goal <= {GOAL_TTFT_P50_MS_AT_1:g} ms; issue's today "
-            f"{ISSUE_TODAY['ttft_p50_ms_at_1']:g} ms)"
+            f"{ISSUE_TODAY['ttft_p50_ms_at_1']:g} ms; the floor, this run: {_fmt(at_floor)} ms)"
         )
     if 64 in by_c:
         out.append(
@@ -224,6 +242,47 @@ def goals(rows: list[dict[str, Any]]) -> list[str]:
             f"(issue's today {ISSUE_TODAY['req_s_at_64']:g})"
         )
     return out
+
+
+def run_levels(
+    url: str, levels: list[Level], pids: dict[str, int], time_cap_s: float, label: str
+) -> list[dict[str, Any]]:
+    rows = []
+    for level in levels:
+        row = asyncio.run(run_level(url, level, pids, time_cap_s))
+        rows.append(row)
+        print(
+            f"{label} concurrency {level.concurrency}: {row['completed']} done, "
+            f"{row['req_s']:.1f} req/s",
+            flush=True,
+        )
+    return rows
+
+
+def measure_floor(levels: list[Level], time_cap_s: float) -> list[dict[str, Any]]:
+    """The same levels against bench/router_floor.py's front and worker."""
+    worker = FloorProc("worker", str(OUTPUT_LEN))
+    try:
+        front = FloorProc("front", str(worker.port))
+        try:
+            pids = {"router": front.proc.pid, "worker": worker.proc.pid, "client": os.getpid()}
+            return run_levels(f"http://127.0.0.1:{front.port}", levels, pids, time_cap_s, "floor")
+        finally:
+            front.stop()
+    finally:
+        worker.stop()
+
+
+def against_floor(rows: list[dict[str, Any]], floor: list[dict[str, Any]]) -> None:
+    """Adds each row's ratios to the floor's row of the same concurrency."""
+    by_c = {r["concurrency"]: r for r in floor}
+    for row in rows:
+        f = by_c.get(row["concurrency"])
+        if f is None:
+            continue
+        for key in ("router_cpu_ms_per_req", "ttft_p50_ms"):
+            ours, theirs = row[key], f[key]
+            row[f"{key}_vs_floor"] = ours / theirs if ours is not None and theirs else None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -236,28 +295,25 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     logs = out / "router-runs"
     logs.mkdir(parents=True, exist_ok=True)
-    rows = []
+    floor = measure_floor(levels, args.time_cap_s)
     idle: dict[str, float] = {}
     with RedisServer() as redis_server:
         worker, router, url = start_cluster(logs, redis_server.url)
         pids = {"router": router.proc.pid, "worker": worker.proc.pid, "client": os.getpid()}
         try:
             idle = idle_cpu({k: pids[k] for k in ("router", "worker")}, IDLE_S)
-            for level in levels:
-                row = asyncio.run(run_level(url, level, pids, args.time_cap_s))
-                rows.append(row)
-                print(
-                    f"concurrency {level.concurrency}: {row['completed']} done, "
-                    f"{row['req_s']:.1f} req/s",
-                    flush=True,
-                )
+            rows = run_levels(url, levels, pids, args.time_cap_s, "tandem")
         finally:
             router.stop()
             worker.stop()
+    against_floor(rows, floor)
     print()
-    print(table(rows))
+    print("the floor (bench/router_floor.py: uvicorn + one grpc.aio stream a request + SSE):")
+    print(table(floor))
+    print("tandem router + mock worker:")
+    print(table(rows, with_floor=True))
     print()
-    for line in goals(rows):
+    for line in goals(rows, floor):
         print(line)
     print(
         "with no request running: "
@@ -268,6 +324,7 @@ def main(argv: list[str] | None = None) -> None:
         "setup": {
             "router": "tandem router --mode colocated (own process)",
             "worker": f"tandem worker --engine mock --mock-timing {ZERO_TIMING}",
+            "floor": "bench/router_floor.py front + worker (own processes)",
             "prompt_len": PROMPT_LEN,
             "output_len": OUTPUT_LEN,
             "warmup_requests": WARMUP,
@@ -275,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "idle_cpu_ms_per_s": idle,
         "rows": rows,
+        "floor_rows": floor,
         "goals": {
             "router_cpu_ms_per_req": GOAL_ROUTER_CPU_MS,
             "ttft_p50_ms_at_1": GOAL_TTFT_P50_MS_AT_1,

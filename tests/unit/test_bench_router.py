@@ -7,7 +7,7 @@ import os
 import pytest
 
 from bench.proc_cpu import cpu_ms_per_request, cpu_ms_per_second, cpu_ticks, read_cpu_ticks
-from bench.router import Level, level_figures, parse_levels
+from bench.router import Level, against_floor, level_figures, parse_levels
 from loadtest.records import RequestOutput
 
 # A real line's shape: the command name holds a space and a ')' of its own.
@@ -64,3 +64,21 @@ def test_level_figures() -> None:
     assert row["router_cpu_ms_per_req"] == pytest.approx(10.0)  # 20 ms over 2 completed
     assert row["worker_cpu_ms_per_req"] == pytest.approx(20.0)
     assert row["errors"] == ["broken"]
+
+
+def test_rows_read_against_the_floor_of_the_same_concurrency() -> None:
+    floor = [
+        {"concurrency": 1, "router_cpu_ms_per_req": 1.5, "ttft_p50_ms": 2.0},
+        {"concurrency": 16, "router_cpu_ms_per_req": None, "ttft_p50_ms": 10.0},
+    ]
+    rows = [
+        {"concurrency": 1, "router_cpu_ms_per_req": 3.0, "ttft_p50_ms": 5.0},
+        {"concurrency": 16, "router_cpu_ms_per_req": 2.0, "ttft_p50_ms": 15.0},
+        {"concurrency": 64, "router_cpu_ms_per_req": 2.0, "ttft_p50_ms": 50.0},
+    ]
+    against_floor(rows, floor)
+    assert rows[0]["router_cpu_ms_per_req_vs_floor"] == pytest.approx(2.0)
+    assert rows[0]["ttft_p50_ms_vs_floor"] == pytest.approx(2.5)
+    assert rows[1]["router_cpu_ms_per_req_vs_floor"] is None  # the floor's counter had nothing
+    assert rows[1]["ttft_p50_ms_vs_floor"] == pytest.approx(1.5)
+    assert "ttft_p50_ms_vs_floor" not in rows[2]  # no floor row at 64
