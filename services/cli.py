@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_args(serve)
     serve.set_defaults(func=cmd_serve)
 
-    from services.router.server import add_router_args
+    from services.router.options import add_router_args
 
     router = sub.add_parser("router", help="run one more router for a running cluster")
     add_router_args(router)

@@ -35,7 +35,8 @@ from services.cluster.registry import Registry
 from services.cluster.worker_tls import server_tls_from_env
 from services.router.dispatch_config import DEFAULT_HOLD_AT_ZERO_S, MODES
 from services.router.listener import bind_listener
-from services.router.server import add_router_args, router_options, run_on_uvloop, run_router
+from services.router.options import add_router_args, router_options
+from services.router.server import run_on_uvloop, run_router
 from services.worker.engine_flags import add_engine_args, engine_config
 from services.worker.process import WorkerNetConfig
 

@@ -1,7 +1,8 @@
 """The router's HTTP edge: an OpenAI-compatible API in front of a `Backend`.
 
     POST /v1/chat/completions   POST /v1/completions   GET /v1/models   POST /tokenize
-    GET /health (always 200, no key)   GET /ready (503 while draining: drain.py)   GET /metrics
+    GET /health (always 200)   GET /ready (503 while draining: drain.py; both need no key)
+    GET /metrics (needs a key where keys are set, unless --public-metrics)
 
 A request is validated (protocol.py), tokenized once (prompts.py), run through the backend
 as token ids (generation.py) and shaped into OpenAI's JSON or server-sent events
@@ -85,8 +86,12 @@ def create_app(
     api_keys: ApiKeys | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     drain: Drain | None = None,
+    public_metrics: bool = False,
 ) -> FastAPI:
-    """`drain`: the router's SIGTERM state (drain.py); /ready fails while it is active."""
+    """`drain`: the router's SIGTERM state (drain.py); /ready fails while it is active.
+    With API keys, every path needs one but the probes' (/health, /ready: a Kubernetes
+    probe sends no key, and they tell only up or not) and, with `public_metrics`,
+    /metrics."""
     started = int(time.time())
     server = _Server(
         backend, tokenizer, model_name, max_model_len, metrics, started, drain or Drain()
@@ -100,7 +105,8 @@ def create_app(
     # Outermost first: error counting, the key, the body's size (added in reverse).
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     if api_keys is not None and api_keys.keys:
-        app.add_middleware(ApiKeyMiddleware, keys=api_keys, open_paths=frozenset({"/health"}))
+        open_paths = {"/health", "/ready"} | ({"/metrics"} if public_metrics else set())
+        app.add_middleware(ApiKeyMiddleware, keys=api_keys, open_paths=frozenset(open_paths))
     app.add_middleware(ErrorCountMiddleware, metrics=metrics)  # outermost: sees 401s too
     app.include_router(_openai_routes(server))
     app.include_router(_ops_routes(server))

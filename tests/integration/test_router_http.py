@@ -116,6 +116,16 @@ def keyed_url(backend: EngineBackend, tokenizer: Tokenizer) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def public_metrics_url(backend: EngineBackend, tokenizer: Tokenizer) -> Iterator[str]:
+    keys = ApiKeys((KEY,))
+    app = create_app(
+        backend, tokenizer, MODEL, MAX_MODEL_LEN, RouterMetrics(), keys, public_metrics=True
+    )
+    with serve(app) as u:
+        yield u
+
+
+@pytest.fixture(scope="module")
 def limited_url(backend: EngineBackend, tokenizer: Tokenizer) -> Iterator[str]:
     keys = ApiKeys((KEY, OTHER_KEY), max_requests_per_key=2)
     with serve(create_app(backend, tokenizer, MODEL, MAX_MODEL_LEN, RouterMetrics(), keys)) as u:
@@ -501,7 +511,9 @@ def test_metrics_count_what_was_served(url: str, client: openai.OpenAI) -> None:
 
 # ---- the API key ------------------------------------------------------------------------------
 def test_api_key(keyed_url: str) -> None:
-    assert httpx.get(f"{keyed_url}/health").status_code == 200  # probes need no key
+    # Kubernetes' probes send no key: both answer, and say only up or ready
+    assert httpx.get(f"{keyed_url}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{keyed_url}/ready").json() == {"status": "ready"}
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}):
         r = httpx.get(f"{keyed_url}/v1/models", headers=headers)
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
@@ -517,6 +529,13 @@ def test_api_key(keyed_url: str) -> None:
     wrong = openai.OpenAI(base_url=f"{keyed_url}/v1", api_key="nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         wrong.models.list()
+
+
+def test_public_metrics_open_metrics_alone(public_metrics_url: str) -> None:
+    r = httpx.get(f"{public_metrics_url}/metrics")
+    assert r.status_code == 200 and "tandem_" in r.text
+    assert httpx.get(f"{public_metrics_url}/v1/models").status_code == 401
+    assert httpx.post(f"{public_metrics_url}{CHAT_PATH}", json={}).status_code == 401
 
 
 def test_each_key_has_its_own_limit_on_requests_in_progress(limited_url: str) -> None:

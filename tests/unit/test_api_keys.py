@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.router.api_keys import ApiKeys, gather_keys
-from services.router.server import add_router_args, router_options
+from services.router.options import add_router_args, router_options
 
 
 def _options(argv: list[str], monkeypatch: pytest.MonkeyPatch, env: str | None = None) -> ApiKeys:
@@ -55,3 +55,11 @@ def test_a_key_is_matched_whole_and_by_its_index() -> None:
     keys = ApiKeys(("sk-a", "sk-b"))
     assert keys.match(b"sk-b") == 1 and keys.match(b"sk-a") == 0
     assert keys.match(b"sk-") is None and keys.match(b"sk-bb") is None and keys.match(b"") is None
+
+
+def test_metrics_need_the_key_unless_public_metrics_is_asked_for() -> None:
+    ap = argparse.ArgumentParser()
+    add_router_args(ap)
+    for argv, public in (([], False), (["--public-metrics"], True)):
+        opts = router_options(ap.parse_args(["--api-key", "sk-a", *argv]), "m", "redis://x:1")
+        assert opts.public_metrics is public
