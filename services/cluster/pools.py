@@ -19,6 +19,7 @@ import ray
 
 from engine import EngineConfig
 from services.worker.core import WorkerConfig
+from services.worker.preflight import run_preflight
 from services.worker.process import WorkerNetConfig, WorkerThread
 
 NAMESPACE = "tandem"
@@ -79,6 +80,7 @@ class WorkerActor:
         """`node_address`: listen on every interface and register this node's address, so
         that the router and peers on other nodes of a multi-node Ray can dial it."""
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        run_preflight()  # RDMA asked of this node but UCX has only TCP: the actor fails here
         if node_address:
             net = reachable_from_other_nodes(net, ray.util.get_node_ip_address())
         if cores:  # before torch starts its threads: they inherit the process's affinity

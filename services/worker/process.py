@@ -36,6 +36,7 @@ from services.worker.handlers import WorkerCalls
 from services.worker.kv_publisher import KVPublisher
 from services.worker.liveness import DEFAULT_STALL_S, Liveness
 from services.worker.peers import PeerWatcher
+from services.worker.preflight import run_preflight
 from services.worker.servicer import WorkerService
 
 log = logging.getLogger(__name__)
@@ -268,6 +269,7 @@ def add_worker_args(ap: argparse.ArgumentParser) -> None:
 def run_standalone(args: argparse.Namespace, model: str) -> int:
     """`tandem worker`: serve until SIGINT/SIGTERM, then deregister and stop."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    run_preflight()  # RDMA requested but UCX only has TCP: exits here, before the model loads
     engine = engine_config(args, model, role=args.role, num_threads=args.threads)
     net = WorkerNetConfig(
         redis_url=redis_url_from(args.redis_url),
