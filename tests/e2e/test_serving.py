@@ -222,14 +222,17 @@ def test_bad_requests_get_openai_errors_and_the_cluster_keeps_serving(
     assert _chat(cluster, "Say hi.", max_tokens=2)["choices"][0]["finish_reason"] == "length"
 
 
-def test_api_key_guards_everything_but_health(cluster: Served) -> None:
+def test_api_key_guards_everything_but_the_probes(cluster: Served) -> None:
     with httpx.Client(base_url=cluster.url, timeout=30) as c:
-        assert c.get("/health").status_code == 200
-        for method, path in [("GET", "/v1/models"), ("POST", "/v1/completions"), ("GET", "/ready")]:
+        # Kubernetes' probes send no key: they answer, and say only up or ready
+        assert c.get("/health").json() == {"status": "ok"}
+        assert c.get("/ready").json() == {"status": "ready"}
+        guarded = [("GET", "/v1/models"), ("POST", "/v1/completions"), ("GET", "/metrics")]
+        for method, path in guarded:
             r = c.request(method, path, headers={"Authorization": "Bearer wrong"})
             assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     with cluster.client() as c:
-        assert c.get("/ready").status_code == 200
+        assert c.get("/metrics").status_code == 200
 
 
 def test_load_generator_against_the_cluster(cluster: Served, tmp_path: Path) -> None:
