@@ -94,6 +94,9 @@ class MockTiming:
         return replace(cls(), **values)
 
 
+DEFAULT_SEED = 0
+
+
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     model: str  # a Hugging Face directory or a .gguf file
@@ -112,7 +115,7 @@ class EngineConfig:
     enforce_eager: bool = True
     compile_sizes: tuple[int, ...] | None = None  # None: engine.compiled.DEFAULT_SIZES
     max_model_len: int | None = None  # None = the model's own context length
-    seed: int = 0  # for requests that sample without a seed of their own
+    seed: int = DEFAULT_SEED  # for requests that sample without a seed of their own
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     mock: MockTiming = field(default_factory=MockTiming)  # used by backend mock only

@@ -8,7 +8,7 @@ import argparse
 import dataclasses
 
 from engine import CacheConfig, EngineConfig
-from engine.config import BACKENDS, DTYPES, MockTiming, SchedulerConfig
+from engine.config import BACKENDS, DEFAULT_SEED, DTYPES, MockTiming, SchedulerConfig
 
 
 def add_engine_args(ap: argparse.ArgumentParser) -> None:
@@ -40,6 +40,20 @@ def add_engine_args(ap: argparse.ArgumentParser) -> None:
         default=SchedulerConfig().max_num_batched_tokens,
         help="tokens a worker computes in one step; a longer prompt is chunked (vLLM's "
         "name; default %(default)s)",
+    )
+    ap.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help="the longest context (prompt + output) a worker takes, below the model's own "
+        "(vLLM's name; default: the model's); routers serve the smallest a worker registers",
+    )
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help="seeds the draws of sampled requests that bring no seed of their own: the same "
+        "requests in the same order sample the same tokens (vLLM's name; default %(default)s)",
     )
     ap.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV cache per worker")
     ap.add_argument(
@@ -84,4 +98,6 @@ def engine_config(
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens
         ),
         mock=args.mock_timing,
+        max_model_len=args.max_model_len,
+        seed=args.seed,
     )
