@@ -38,6 +38,15 @@ class Tokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return str(self._tok.decode(list(ids), skip_special_tokens=True))
 
+    def use_chat_template(self, template: str) -> None:
+        """Apply `template` (Jinja, as a tokenizer_config.json holds it) instead of the
+        model's own; raises ValueError, saying why, when it cannot render a chat."""
+        self._tok.chat_template = template
+        try:
+            self.apply_chat_template([{"role": "user", "content": "Hello"}])
+        except Exception as e:  # jinja2's errors, or a template that raises on purpose
+            raise ValueError(f"the chat template cannot render a chat: {e}") from None
+
     def apply_chat_template(self, messages: list[dict[str, str]]) -> list[int]:
         if not self._tok.chat_template:
             raise ValueError("this model has no chat template; send a plain completion instead")

@@ -11,11 +11,14 @@ as token ids (generation.py) and shaped into OpenAI's JSON or server-sent events
 
 from __future__ import annotations
 
+import importlib.metadata
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from engine.detokenize import DecodeStreamDecoder, IncrementalText
@@ -53,6 +56,7 @@ from services.router.sse import EventStreamResponse, sse_events
 from services.router.tokenize_route import tokenize_routes
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+_VERSION = importlib.metadata.version("tandem")  # GET /version (vLLM's endpoint)
 # nginx's status for "the client closed the connection": nobody reads it, logs do.
 CLIENT_CLOSED = 499
 
@@ -66,12 +70,18 @@ class _Server:
     metrics: RouterMetrics
     started: int  # unix seconds, the model's `created`
     drain: Drain  # /ready fails while it is active
+    aliases: tuple[str, ...] = ()  # more names it answers to (vLLM's --served-model-name)
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return (self.model_name, *self.aliases)
 
     def check_model(self, model: str) -> None:
-        if model != self.model_name:
+        if model not in self.model_names:
+            served = "', '".join(self.model_names)
             raise APIError(
                 404,
-                f"The model '{model}' does not exist; this server serves '{self.model_name}'.",
+                f"The model '{model}' does not exist; this server serves '{served}'.",
                 param="model",
                 code="model_not_found",
             )
@@ -87,14 +97,24 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     drain: Drain | None = None,
     public_metrics: bool = False,
+    aliases: Sequence[str] = (),
+    allowed_origins: Sequence[str] = (),
 ) -> FastAPI:
     """`drain`: the router's SIGTERM state (drain.py); /ready fails while it is active.
     With API keys, every path needs one but the probes' (/health, /ready: a Kubernetes
     probe sends no key, and they tell only up or not) and, with `public_metrics`,
-    /metrics."""
+    /metrics. `aliases`: more names the model is served under (responses name the first);
+    `allowed_origins`: browsers' origins answered with CORS headers (none: no CORS)."""
     started = int(time.time())
     server = _Server(
-        backend, tokenizer, model_name, max_model_len, metrics, started, drain or Drain()
+        backend,
+        tokenizer,
+        model_name,
+        max_model_len,
+        metrics,
+        started,
+        drain or Drain(),
+        tuple(aliases),
     )
     app = FastAPI(title="Tandem router", summary="OpenAI-compatible API")
     fastapi_openapi = app.openapi  # what the API accepts, with the served bounds filled in
@@ -107,7 +127,14 @@ def create_app(
     if api_keys is not None and api_keys.keys:
         open_paths = {"/health", "/ready"} | ({"/metrics"} if public_metrics else set())
         app.add_middleware(ApiKeyMiddleware, keys=api_keys, open_paths=frozenset(open_paths))
-    app.add_middleware(ErrorCountMiddleware, metrics=metrics)  # outermost: sees 401s too
+    app.add_middleware(ErrorCountMiddleware, metrics=metrics)  # sees 401s too
+    if allowed_origins:  # outermost: a browser's preflight carries no API key
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(allowed_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.include_router(_openai_routes(server))
     app.include_router(_ops_routes(server))
     app.include_router(tokenize_routes(tokenizer, max_model_len, server.check_model))
@@ -135,19 +162,19 @@ def _openai_routes(s: _Server) -> APIRouter:
 
     @r.get("/models")
     async def models() -> JSONResponse:
-        return JSONResponse({"object": "list", "data": [_model_card(s)]})
+        return JSONResponse({"object": "list", "data": [_model_card(s, n) for n in s.model_names]})
 
     @r.get("/models/{model:path}")
     async def model(model: str) -> JSONResponse:
         s.check_model(model)
-        return JSONResponse(_model_card(s))
+        return JSONResponse(_model_card(s, model))
 
     return r
 
 
-def _model_card(s: _Server) -> dict[str, object]:
+def _model_card(s: _Server, name: str) -> dict[str, object]:
     return {
-        "id": s.model_name,
+        "id": name,
         "object": "model",
         "created": s.started,
         "owned_by": "tandem",
@@ -199,6 +226,10 @@ async def _complete(
 
 def _ops_routes(s: _Server) -> APIRouter:
     r = APIRouter()
+
+    @r.get("/version")
+    async def version() -> JSONResponse:
+        return JSONResponse({"version": _VERSION})
 
     @r.get("/health")
     async def health() -> JSONResponse:

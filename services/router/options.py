@@ -4,6 +4,7 @@ and the typed `RouterOptions` they become (the only place the router's flags are
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from services.router.routing import ROUTINGS
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+API_KEY_ENV = ("TANDEM_API_KEY", "VLLM_API_KEY")  # keys from both, vLLM's for its users
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
 DEFAULT_DRAIN_DELAY_S = 5.0  # Kubernetes' usual `preStop: sleep 5` (why: drain.py)
 
@@ -49,6 +51,9 @@ class RouterOptions:
     # (then at least one must be registered). Workers refuse what exceeds their own.
     max_model_len: int | None = None
     public_metrics: bool = False  # /metrics without an API key (a scraper in the cluster)
+    served_model_names: tuple[str, ...] = ()  # the API's names; () : from the model's file
+    allowed_origins: tuple[str, ...] = ()  # CORS: browsers' origins (none: no CORS headers)
+    chat_template: str | None = None  # a Jinja template instead of the model's own
 
 
 def add_router_args(ap: argparse.ArgumentParser) -> None:
@@ -57,7 +62,8 @@ def add_router_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument(
         "--api-key",
         action="append",
-        help="require this key (repeat for several; also $TANDEM_API_KEY, comma-separated)",
+        help="require this key (repeat for several; also $TANDEM_API_KEY and vLLM's "
+        "$VLLM_API_KEY, comma-separated)",
     )
     ap.add_argument(
         "--api-keys-file",
@@ -70,6 +76,27 @@ def add_router_args(ap: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="requests one API key may have in progress; past it, 429 (default: no limit)",
+    )
+    ap.add_argument(
+        "--served-model-name",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="the model's names in the API (vLLM's flag): requests may use any, answers "
+        "carry the first (default: the model file's name)",
+    )
+    ap.add_argument(
+        "--allowed-origins",
+        type=_origins,
+        default=(),
+        help="origins a browser may call the API from, as a JSON list (vLLM's form, e.g. "
+        "'[\"https://chat.example.com\"]', '[\"*\"]') or comma-separated (default: none)",
+    )
+    ap.add_argument(
+        "--chat-template",
+        default=None,
+        metavar="FILE_OR_TEMPLATE",
+        help="a Jinja chat template, or a file holding one, instead of the model's own",
     )
     ap.add_argument(
         "--public-metrics",
@@ -170,8 +197,9 @@ def router_options(args: argparse.Namespace, model: str, redis_url: str) -> Rout
         hold_for_worker_s=args.hold_for_worker_s or 0.0,
         max_held_requests=args.max_held_requests,
     )
+    env_keys = ",".join(os.environ.get(v, "") for v in API_KEY_ENV)
     try:
-        keys = gather_keys(args.api_key, os.environ.get("TANDEM_API_KEY"), args.api_keys_file)
+        keys = gather_keys(args.api_key, env_keys, args.api_keys_file)
         api_keys = ApiKeys(keys, args.max_requests_per_key)
     except (OSError, ValueError) as e:  # an unreadable key file, a limit without keys
         raise SystemExit(f"tandem router: {e}") from None
@@ -188,4 +216,39 @@ def router_options(args: argparse.Namespace, model: str, redis_url: str) -> Rout
         args.drain_delay_s,
         client_ca_from_env(),
         public_metrics=args.public_metrics,
+        served_model_names=tuple(args.served_model_name or ()),
+        allowed_origins=args.allowed_origins,
+        chat_template=_template(args.chat_template),
     )
+
+
+def _origins(spec: str) -> tuple[str, ...]:
+    """`["a", "b"]` (JSON, as vLLM takes it) or `a,b`."""
+    if spec.lstrip().startswith("["):
+        try:
+            got = json.loads(spec)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"not a JSON list: {e}") from None
+        if not isinstance(got, list) or not all(isinstance(o, str) for o in got):
+            raise argparse.ArgumentTypeError('a JSON list of strings, e.g. ["*"]')
+        return tuple(got)
+    return tuple(o.strip() for o in spec.split(",") if o.strip())
+
+
+def _template(spec: str | None) -> str | None:
+    """A template given inline or as a file's path (vLLM reads either)."""
+    if spec is None:
+        return None
+    path = Path(spec)
+    try:
+        is_file = path.is_file()
+    except OSError:  # a template too long to be a path
+        is_file = False
+    if not is_file:
+        if "{" not in spec:  # neither a file nor Jinja: most likely a mistyped path
+            raise SystemExit(f"tandem router: --chat-template: no such file: {spec}")
+        return spec
+    try:
+        return path.read_text()
+    except OSError as e:
+        raise SystemExit(f"tandem router: --chat-template: {e}") from None

@@ -46,6 +46,16 @@ async def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
     return await _off_loop(len(text), tokenizer.encode, text)
 
 
+async def decode_ids(tokenizer: Tokenizer, ids: list[int]) -> str:
+    """The text of token ids, as a completion's text shows it (special tokens left out)."""
+    vocab = tokenizer.vocab_size
+    if any(not 0 <= t < vocab for t in ids):
+        raise APIError(400, f"Token ids must be in [0, {vocab}).", param="tokens")
+    if len(ids) <= INLINE_CHARS // 4:  # ~4 characters a token
+        return tokenizer.decode(ids)
+    return await asyncio.to_thread(tokenizer.decode, ids)
+
+
 async def _off_loop(chars: int, fn: Callable[[T], list[int]], arg: T) -> list[int]:
     if chars <= INLINE_CHARS:
         return fn(arg)

@@ -60,7 +60,13 @@ async def run_router(
         await dispatcher.start()
         max_len = opts.max_model_len or _workers_max_len(dispatcher.cluster.records(), opts)
         tokenizer = await asyncio.to_thread(load_tokenizer, opts.model)
-        name = served_model_name(opts.model)
+        if opts.chat_template is not None:
+            try:
+                tokenizer.use_chat_template(opts.chat_template)
+            except ValueError as e:
+                raise SystemExit(f"tandem router: --chat-template: {e}") from None
+        names = opts.served_model_names or (served_model_name(opts.model),)
+        name = names[0]
         drain = Drain()
         app = create_app(
             dispatcher,
@@ -72,6 +78,8 @@ async def run_router(
             opts.max_body_bytes,
             drain,
             public_metrics=opts.public_metrics,
+            aliases=names[1:],
+            allowed_origins=opts.allowed_origins,
         )
         # httptools parses HTTP in C (h11, the default, in Python); `loop` names what
         # run_on_uvloop already runs us on (serve() never sets a loop up itself).

@@ -1,8 +1,11 @@
-"""POST /tokenize, shaped as vLLM's: the token ids the router would run for a prompt.
+"""POST /tokenize and /detokenize, shaped as vLLM's: the token ids the router would run for
+a prompt, and the text of token ids.
 
-    {"prompt": "text"}         -> the ids /v1/completions runs for that text
-    {"messages": [...]}        -> the ids /v1/chat/completions runs (chat template applied)
-    answer: {"tokens": [...], "count": N, "max_model_len": M}
+    /tokenize   {"prompt": "text"}    -> the ids /v1/completions runs for that text
+                {"messages": [...]}   -> the ids /v1/chat/completions runs (chat template)
+                answer: {"tokens": [...], "count": N, "max_model_len": M}
+    /detokenize {"tokens": [...]}     -> {"prompt": "text"} (special tokens left out, as
+                                         in a completion's text)
 
 `model` is optional; when given it must be the served model. Clients use it to count tokens
 as the server does, and the load generator to check its own tokenizer against ours. Tandem
@@ -20,8 +23,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.tokenizer import Tokenizer
-from services.router.prompts import chat_prompt_ids, encode_text
+from services.router.prompts import chat_prompt_ids, decode_ids, encode_text
 from services.router.protocol import ChatCompletionRequest, ChatMessage
+
+MAX_DETOKENIZE = 1_000_000  # ids in one /detokenize body (its size is bounded before too)
 
 
 class TokenizeRequest(BaseModel):
@@ -38,6 +43,13 @@ class TokenizeRequest(BaseModel):
         return self
 
 
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str | None = None
+    tokens: list[int] = Field(max_length=MAX_DETOKENIZE)
+
+
 def tokenize_routes(
     tokenizer: Tokenizer, max_model_len: int, check_model: Callable[[str], None]
 ) -> APIRouter:
@@ -49,6 +61,12 @@ def tokenize_routes(
             check_model(body.model)
         ids = await _ids(tokenizer, body)
         return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": max_model_len})
+
+    @r.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> JSONResponse:
+        if body.model is not None:
+            check_model(body.model)
+        return JSONResponse({"prompt": await decode_ids(tokenizer, body.tokens)})
 
     return r
 

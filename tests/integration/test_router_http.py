@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine import CacheConfig, Engine, EngineConfig, SamplingParams
@@ -32,6 +28,7 @@ from services.router.api_keys import ApiKeys
 from services.router.app import create_app
 from services.router.metrics import RouterMetrics
 from services.router.middleware import DEFAULT_MAX_BODY_BYTES
+from tests.helpers.asgi_server import serve
 from tests.helpers.engine_backend import EngineBackend, engine_state
 from tests.helpers.hf_reference import build_tiny_checkpoint
 
@@ -82,24 +79,6 @@ def backend(checkpoint: Path) -> Iterator[EngineBackend]:
 @pytest.fixture(scope="module")
 def metrics() -> RouterMetrics:
     return RouterMetrics()
-
-
-@contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    _wait_for(lambda: server.started, "uvicorn to start")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 @pytest.fixture(scope="module")
