@@ -46,12 +46,8 @@ from services.router.openai_format import (
 )
 from services.router.openapi_doc import served_openapi
 from services.router.prompts import chat_prompt_ids, completion_prompt_ids
-from services.router.protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    resolve_max_tokens,
-    sampling_params,
-)
+from services.router.protocol import ChatCompletionRequest, CompletionRequest
+from services.router.sampling import resolve_max_tokens, sampling_params
 from services.router.sse import EventStreamResponse, sse_events
 from services.router.tokenize_route import tokenize_routes
 

@@ -28,19 +28,10 @@ from pydantic import (
     model_validator,
 )
 
-from engine.sampling_params import (
-    MAX_STOP_CHARS,
-    MAX_STOP_STRINGS,
-    MIN_TEMPERATURE,
-    SamplingParams,
-)
+from engine.sampling_params import MAX_STOP_CHARS, MAX_STOP_STRINGS
 from services.router.errors import APIError
 from services.router.unicode_check import has_lone_surrogate
-
-# A request without max_tokens may run to the end of the context (OpenAI's and vLLM's
-# default), but not past this: on CPU an unbounded default would hold a decode slot and a
-# whole context of KV blocks for minutes, and 1024 tokens covers ordinary chat answers.
-DEFAULT_MAX_TOKENS_CAP = 1024
+from services.router.unsupported import refuse_unsupported
 
 _INT64 = 2**63
 _UINT32 = 2**32  # max_tokens, top_k and min_tokens are uint32 on the wire
@@ -118,7 +109,7 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class _SamplingBody(_Body):
+class SamplingBody(_Body):
     """Fields both endpoints share."""
 
     prompt_field: ClassVar[str] = ""  # where the prompt is, for errors about its length
@@ -149,6 +140,12 @@ class _SamplingBody(_Body):
     # so one tenant cannot learn from hit timings or routing what another one sent.
     cache_salt: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _nothing_dropped(cls, data: Any) -> Any:
+        refuse_unsupported(data)  # a field that would change the answer: 400 (unsupported.py)
+        return data
+
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
@@ -177,7 +174,7 @@ class _SamplingBody(_Body):
 _TEXT_FORMAT = {"type": {"const": "text"}}
 
 
-class ChatCompletionRequest(_SamplingBody):
+class ChatCompletionRequest(SamplingBody):
     prompt_field: ClassVar[str] = "messages"
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Annotated[int, Field(ge=1), _WHOLE] | None = None
@@ -220,7 +217,7 @@ class ChatCompletionRequest(_SamplingBody):
         ]
 
 
-class CompletionRequest(_SamplingBody):
+class CompletionRequest(SamplingBody):
     prompt_field: ClassVar[str] = "prompt"
     # One prompt: text or token ids (a list holding one of either is accepted too).
     prompt: (
@@ -263,61 +260,3 @@ class CompletionRequest(_SamplingBody):
         if len(p) != 1:
             raise APIError(400, "Only one prompt per request is supported (n=1).", param="prompt")
         return p[0]
-
-
-# ---- what the engine is asked for ------------------------------------------------------
-def resolve_max_tokens(body: _SamplingBody, prompt_len: int, max_model_len: int) -> int:
-    """The output budget: as asked, or the rest of the context up to the cap. Refuses a
-    request that cannot fit, as OpenAI does (400, code context_length_exceeded)."""
-    asked, param = body.requested_max_tokens()
-    room = max_model_len - prompt_len
-    if asked is None and room >= 1:
-        return min(room, DEFAULT_MAX_TOKENS_CAP)
-    if room < 1:  # the prompt alone fills the context: the prompt is what must change
-        param = body.prompt_field
-    if asked is None or (asked >= 1 and asked > room):
-        total = prompt_len + (asked or 1)
-        raise APIError(
-            400,
-            f"This model's maximum context length is {max_model_len} tokens. However, you "
-            f"requested {total} tokens ({prompt_len} in the prompt, {total - prompt_len} for "
-            "the completion). Please reduce the prompt or the completion length.",
-            param=param,
-            code="context_length_exceeded",
-        )
-    return asked  # below 1 it is refused by SamplingParams, naming the field
-
-
-# SamplingParams names the field its message is about first ("top_p must be ...").
-_FIELDS_IN_MESSAGES = {"max_tokens", "temperature", "top_k", "top_p", "min_tokens", "stop"}
-
-
-# The wire carries top_p as a float32, in which a positive value below this reads as 0 (which
-# the worker refuses). Any top_p that small keeps only the most likely token, as this does.
-# (A temperature near 0 is sent as 0, greedy: MIN_TEMPERATURE says why.)
-_FLOAT32_TINY = 1.1754943508222875e-38  # float32's smallest normal number
-
-
-def sampling_params(body: _SamplingBody, max_tokens: int) -> SamplingParams:
-    stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
-    try:
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=0.0 if body.temperature < MIN_TEMPERATURE else body.temperature,
-            top_k=0 if body.top_k == -1 else body.top_k,
-            top_p=max(body.top_p, _FLOAT32_TINY),
-            seed=body.seed,
-            stop=tuple(stop),
-            ignore_eos=body.ignore_eos,
-            min_tokens=body.min_tokens,
-            logprobs=body.wants_logprobs(),
-        )
-    except ValueError as e:
-        raise APIError(400, str(e), param=_param_of(str(e), body)) from None
-
-
-def _param_of(message: str, body: _SamplingBody) -> str | None:
-    first = message.split(" ", 1)[0]
-    if first == "max_tokens":
-        return body.requested_max_tokens()[1]
-    return first if first in _FIELDS_IN_MESSAGES else None

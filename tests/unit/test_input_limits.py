@@ -98,6 +98,16 @@ REFUSED: list[tuple[str, dict[str, Any] | str, str]] = [
     (CMPL, {"prompt": []}, "prompt"),
     (CMPL, {"prompt": ""}, "prompt"),
     (CMPL, {"prompt": ["a", "b"]}, "prompt"),
+    # vLLM's and OpenAI's fields that would change the answer: named, never dropped
+    (CMPL, {"repetition_penalty": 1.2}, "repetition_penalty"),
+    (CMPL, {"min_p": 0.1}, "min_p"),
+    (CMPL, {"stop_token_ids": [2]}, "stop_token_ids"),
+    (CMPL, {"skip_special_tokens": False}, "skip_special_tokens"),
+    (CMPL, {"include_stop_str_in_output": True}, "include_stop_str_in_output"),
+    (CMPL, {"guided_json": {"type": "object"}}, "guided_json"),
+    (CHAT, {"chat_template_kwargs": {"enable_thinking": False}}, "chat_template_kwargs"),
+    (CHAT, {"tool_choice": "required"}, "tool_choice"),
+    (CHAT, {"functions": [{"name": "f"}]}, "functions"),
     # Lone surrogates are no characters: the tokenizer, protobuf and JSON replies fail on them.
     (CMPL, '"stop": "\\ud800"', "stop"),
     (CMPL, '"user": "\\udfff"', "user"),
@@ -115,6 +125,25 @@ def test_out_of_range_is_a_400_naming_the_field(
     assert set(error) == {"message", "type", "param", "code"}
     assert (error["type"], error["param"]) == ("invalid_request_error", param), error
     assert not backend.requests
+
+
+NEUTRAL_FIELDS: dict[str, Any] = {
+    "repetition_penalty": 1.0,
+    "min_p": 0.0,
+    "stop_token_ids": [],
+    "skip_special_tokens": True,
+    "include_stop_str_in_output": False,
+    "tool_choice": "none",
+    "user": "someone",  # OpenAI's, harmless: ignored
+    "store": False,
+}
+
+
+@pytest.mark.parametrize("path", [CHAT, CMPL])
+def test_those_fields_at_their_neutral_values_are_served(path: str) -> None:
+    r, backend = _post(path, NEUTRAL_FIELDS)
+    assert r.status_code == 200, r.text
+    assert len(backend.requests) == 1
 
 
 def test_a_lone_surrogate_in_the_prompt_or_the_model_is_a_400_not_a_500() -> None:

@@ -21,7 +21,8 @@ from services.router.app import create_app
 from services.router.backend import BackendError, GenerateRequest, TokenDelta
 from services.router.errors import field_path
 from services.router.metrics import RouterMetrics
-from services.router.protocol import DEFAULT_MAX_TOKENS_CAP, CompletionRequest, resolve_max_tokens
+from services.router.protocol import CompletionRequest
+from services.router.sampling import DEFAULT_MAX_TOKENS_CAP, resolve_max_tokens
 
 MODEL = "scripted"
 
