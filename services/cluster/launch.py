@@ -143,7 +143,7 @@ def start_serve(
     proc.wait_or_stop(READY, timeout_s)
     field = {k: proc.wait_for(k, 1).split(k, 1)[1].strip() for k in ("Ray address:", "Redis:")}
     redis_url = url_with_password(field["Redis:"], env[REDIS_PASSWORD_ENV])
-    return Served(proc, _api_base(proc), redis_url, field["Ray address:"])
+    return Served(proc, api_base(proc), redis_url, field["Ray address:"])
 
 
 def start_router(
@@ -158,10 +158,10 @@ def start_router(
     env = {**(env or {}), REDIS_URL_ENV: redis_url}
     proc = Proc(["router", "--port=0", *args], log_path, env)
     proc.wait_or_stop(READY, timeout_s)
-    return proc, _api_base(proc)
+    return proc, api_base(proc)
 
 
-def _api_base(proc: Proc) -> str:
+def api_base(proc: Proc) -> str:
     """http://127.0.0.1:PORT from the banner's `OpenAI API: http://HOST:PORT/v1` line."""
     url = proc.wait_for(API_LINE, 1).split(API_LINE, 1)[1].strip()
     port = int(url.removesuffix("/v1").rsplit(":", 1)[1])

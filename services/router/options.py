@@ -50,6 +50,8 @@ class RouterOptions:
     # The context length to serve; None: the registered workers' shortest, read at start
     # (then at least one must be registered). Workers refuse what exceeds their own.
     max_model_len: int | None = None
+    # With no max_model_len and no worker registered: how long to wait for one (0: exit)
+    wait_for_workers_s: float = 0.0
     public_metrics: bool = False  # /metrics without an API key (a scraper in the cluster)
     served_model_names: tuple[str, ...] = ()  # the API's names; () : from the model's file
     allowed_origins: tuple[str, ...] = ()  # CORS: browsers' origins (none: no CORS headers)
@@ -97,6 +99,14 @@ def add_router_args(ap: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FILE_OR_TEMPLATE",
         help="a Jinja chat template, or a file holding one, instead of the model's own",
+    )
+    ap.add_argument(
+        "--wait-for-workers-s",
+        type=float,
+        default=0.0,
+        help="with no worker registered and no --max-model-len (the length is read from "
+        "the workers), wait this long for the first to register instead of exiting "
+        "(default %(default)s: exit at once, saying so)",
     )
     ap.add_argument(
         "--public-metrics",
@@ -216,6 +226,7 @@ def router_options(args: argparse.Namespace, model: str, redis_url: str) -> Rout
         args.drain_delay_s,
         client_ca_from_env(),
         public_metrics=args.public_metrics,
+        wait_for_workers_s=args.wait_for_workers_s,
         served_model_names=tuple(args.served_model_name or ()),
         allowed_origins=args.allowed_origins,
         chat_template=_template(args.chat_template),

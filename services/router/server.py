@@ -17,7 +17,8 @@ import math
 import signal
 import socket
 import sys
-from collections.abc import Coroutine, Sequence
+import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,9 +27,10 @@ from services.router.listener import bind_listener
 from services.router.options import RouterOptions, router_options
 
 if TYPE_CHECKING:
-    from services.pb.events_pb2 import WorkerRecord
+    from services.router.cluster_view import ClusterView
 
 T = TypeVar("T")
+WORKER_POLL_S = 0.5  # the cluster view reads the registry this often
 
 
 def served_model_name(model: str) -> str:
@@ -58,7 +60,7 @@ async def run_router(
     port = sock.getsockname()[1]
     try:
         await dispatcher.start()
-        max_len = opts.max_model_len or _workers_max_len(dispatcher.cluster.records(), opts)
+        max_len = opts.max_model_len or await _workers_max_len(dispatcher.cluster, opts)
         tokenizer = await asyncio.to_thread(load_tokenizer, opts.model)
         if opts.chat_template is not None:
             try:
@@ -108,11 +110,23 @@ async def run_router(
         sock.close()
 
 
-def _workers_max_len(records: Sequence[WorkerRecord], opts: RouterOptions) -> int:
+async def _workers_max_len(cluster: ClusterView, opts: RouterOptions) -> int:
+    """The registered workers' shortest context length, waiting up to
+    `opts.wait_for_workers_s` for the first worker to register."""
+    deadline = time.monotonic() + opts.wait_for_workers_s
+    if not cluster.records() and opts.wait_for_workers_s > 0:
+        print(
+            f"tandem router: no worker is registered yet; waiting up to "
+            f"{opts.wait_for_workers_s:g} s for a worker",
+            flush=True,
+        )
+    while not (records := cluster.records()) and time.monotonic() < deadline:
+        await asyncio.sleep(WORKER_POLL_S)
     if not records:
         raise SystemExit(
             f"no workers are registered in {redact_url(opts.redis_url)} (or none signed "
-            "with this TANDEM_CLUSTER_TOKEN); --max-model-len starts the router without them"
+            "with this TANDEM_CLUSTER_TOKEN); --max-model-len starts the router without "
+            "them, --wait-for-workers-s waits for the first"
         )
     return min(r.max_model_len for r in records)
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from loadtest.prometheus import parse_metrics
-from services.cluster.launch import Proc, start_router, start_worker
+from services.cluster.launch import API_LINE, Proc, api_base, start_router, start_worker
 from services.cluster.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -84,3 +84,36 @@ def test_without_workers_or_a_length_the_router_refuses_to_start(
         router.stop()
         assert code != 0
         assert "--max-model-len starts the router without them" in router.tail()
+
+
+def test_with_a_wait_the_router_starts_once_its_first_worker_registers(
+    tmp_path: Path, smollm_path: Path
+) -> None:
+    """`--wait-for-workers-s` (the Helm chart's router): no length given and no worker yet,
+    the router waits for one instead of exiting (a pod would crash-loop meanwhile), then
+    serves at the length the worker registered."""
+    with RedisServer() as redis:
+        router = Proc(
+            ["router", f"--model={smollm_path}", "--port=0", "--mode=colocated"]
+            + ["--wait-for-workers-s=120"],
+            tmp_path / "router.log",
+            {"TANDEM_REDIS_URL": redis.url},
+        )
+        try:
+            router.wait_or_stop("waiting up to 120 s for a worker", 60)
+            time.sleep(1.0)
+            assert router.proc.poll() is None  # still waiting, not exited
+            worker, _ = start_worker(
+                tmp_path, "both-0", "both", redis.url, smollm_path, "--engine=mock"
+            )
+            try:
+                router.wait_or_stop(API_LINE, 90)
+                url = api_base(router)
+                body = {"model": "SmolLM2-135M-Instruct", "prompt": "Hi", "max_tokens": 3}
+                r = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
+                assert r.status_code == 200, r.text
+                assert r.json()["usage"]["completion_tokens"] == 3
+            finally:
+                worker.stop(signal.SIGTERM)
+        finally:
+            assert router.stop(signal.SIGTERM) == 0, router.tail()
