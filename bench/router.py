@@ -42,6 +42,14 @@ from typing import Any
 
 from bench.proc_cpu import cpu_ms_per_request, idle_cpu, read_cpu_ticks, ticks_per_second
 from bench.router_floor import FloorProc
+from bench.router_report import (
+    GOAL_ROUTER_CPU_MS,
+    GOAL_TTFT_P50_MS_AT_1,
+    ISSUE_TODAY,
+    against_floor,
+    goals,
+    table,
+)
 from loadtest.body import BodyMaker
 from loadtest.client import Client, make_http
 from loadtest.records import RequestOutput
@@ -58,10 +66,6 @@ OUTPUT_LEN = 8
 LEVELS = ((1, 200), (16, 800), (64, 1600))
 WARMUP = 32
 IDLE_S = 5.0  # the background CPU of router and worker is measured this long first
-# Goals and today's figures (issue 11, "make bench-router").
-GOAL_ROUTER_CPU_MS = 1.0
-GOAL_TTFT_P50_MS_AT_1 = 2.0
-ISSUE_TODAY = {"ttft_p50_ms_at_1": 3.5, "req_s_at_64": 339.0}
 TOKEN_RANGE = (1000, 40000)  # ordinary tokens of SmolLM2's 49152: no special ones
 
 
@@ -166,7 +170,7 @@ def level_figures(
     return row
 
 
-# ---- the cluster and the report ---------------------------------------------------------
+# ---- the cluster ----------------------------------------------------------------------
 def start_cluster(logs: Path, redis_url: str) -> tuple[Proc, Proc, str]:
     model = pull_default()
     worker, _ = start_worker(
@@ -186,62 +190,6 @@ def start_cluster(logs: Path, redis_url: str) -> tuple[Proc, Proc, str]:
         worker.stop()
         raise
     return worker, router, url
-
-
-def _fmt(v: float | None, spec: str = ".2f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def table(rows: list[dict[str, Any]], with_floor: bool = False) -> str:
-    head = (
-        f"{'conc':>5} {'done':>6} {'req/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} "
-        f"{'router ms/req':>14} {'worker ms/req':>14} {'client ms/req':>14} {'load':>5}"
-    )
-    if with_floor:
-        head += f" {'router/floor':>13} {'TTFT/floor':>11}"
-    lines = [head]
-    for r in rows:
-        line = (
-            f"{r['concurrency']:>5} {r['completed']:>6} {r['req_s']:>8.1f} "
-            f"{r['ttft_p50_ms']:>9.2f} {r['ttft_p99_ms']:>9.2f} "
-            f"{_fmt(r['router_cpu_ms_per_req']):>14} {_fmt(r['worker_cpu_ms_per_req']):>14} "
-            f"{_fmt(r['client_cpu_ms_per_req']):>14} {_fmt(r.get('loadavg_1m'), '.1f'):>5}"
-        )
-        if with_floor:
-            line += (
-                f" {_fmt(r.get('router_cpu_ms_per_req_vs_floor'), '.2f') + 'x':>13}"
-                f" {_fmt(r.get('ttft_p50_ms_vs_floor'), '.2f') + 'x':>11}"
-            )
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def _span(rows: list[dict[str, Any]], key: str) -> str:
-    got = [r[key] for r in rows if r[key] is not None]
-    return f"{min(got):.2f}-{max(got):.2f}" if got else "-"
-
-
-def goals(rows: list[dict[str, Any]], floor: list[dict[str, Any]]) -> list[str]:
-    by_c = {r["concurrency"]: r for r in rows}
-    floor_by_c = {r["concurrency"]: r for r in floor}
-    cpu = "router_cpu_ms_per_req"
-    out = [
-        f"router CPU per request: {_span(rows, cpu)} ms (goal <= {GOAL_ROUTER_CPU_MS:g} ms; "
-        f"Dynamo's frontend 0.66-0.80; the floor of its stack, this run: {_span(floor, cpu)})"
-    ]
-    if 1 in by_c:
-        at_floor = floor_by_c[1]["ttft_p50_ms"] if 1 in floor_by_c else None
-        out.append(
-            f"TTFT p50 at concurrency 1: {by_c[1]['ttft_p50_ms']:.2f} ms "
-            f"(goal <= {GOAL_TTFT_P50_MS_AT_1:g} ms; issue's today "
-            f"{ISSUE_TODAY['ttft_p50_ms_at_1']:g} ms; the floor, this run: {_fmt(at_floor)} ms)"
-        )
-    if 64 in by_c:
-        out.append(
-            f"req/s at concurrency 64: {by_c[64]['req_s']:.1f} "
-            f"(issue's today {ISSUE_TODAY['req_s_at_64']:g})"
-        )
-    return out
 
 
 def run_levels(
@@ -271,18 +219,6 @@ def measure_floor(levels: list[Level], time_cap_s: float) -> list[dict[str, Any]
             front.stop()
     finally:
         worker.stop()
-
-
-def against_floor(rows: list[dict[str, Any]], floor: list[dict[str, Any]]) -> None:
-    """Adds each row's ratios to the floor's row of the same concurrency."""
-    by_c = {r["concurrency"]: r for r in floor}
-    for row in rows:
-        f = by_c.get(row["concurrency"])
-        if f is None:
-            continue
-        for key in ("router_cpu_ms_per_req", "ttft_p50_ms"):
-            ours, theirs = row[key], f[key]
-            row[f"{key}_vs_floor"] = ours / theirs if ours is not None and theirs else None
 
 
 def main(argv: list[str] | None = None) -> None:
