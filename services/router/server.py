@@ -60,13 +60,14 @@ async def run_router(
     port = sock.getsockname()[1]
     try:
         await dispatcher.start()
-        max_len = opts.max_model_len or await _workers_max_len(dispatcher.cluster, opts)
+        # Before any wait for workers: a bad model path or template is said at once.
         tokenizer = await asyncio.to_thread(load_tokenizer, opts.model)
         if opts.chat_template is not None:
             try:
                 tokenizer.use_chat_template(opts.chat_template)
             except ValueError as e:
                 raise SystemExit(f"tandem router: --chat-template: {e}") from None
+        max_len = opts.max_model_len or await _workers_max_len(dispatcher.cluster, opts)
         names = opts.served_model_names or (served_model_name(opts.model),)
         name = names[0]
         drain = Drain()
