@@ -9,6 +9,7 @@ from typing import cast
 
 import torch
 
+from engine import hugepages
 from engine.attention import AttentionBackend, BatchLayout, SeqSlice, create_backend
 from engine.compiled import CompiledDecode
 from engine.model import onednn
@@ -39,18 +40,14 @@ class ModelRunner:
         self.block_size = block_size
         param = next(model.parameters())
         # Allocated once for the worker's life (and registered once with the transfer
-        # layer). Zeroed: padded attention reads masked slots, and NaN * 0 is NaN.
+        # layer). Zeroed: padded attention reads masked slots, and NaN * 0 is NaN. On a
+        # CPU on huge pages (engine/hugepages.py: decode attention's TLB misses).
         # kv_cache: [num_blocks, num_layers, 2, block_size, kv_heads, head_dim]
-        self.kv_cache = torch.zeros(
-            num_blocks,
-            cfg.num_layers,
-            2,
-            block_size,
-            cfg.num_kv_heads,
-            cfg.head_dim,
-            dtype=param.dtype,
-            device=param.device,
-        )
+        shape = (num_blocks, cfg.num_layers, 2, block_size, cfg.num_kv_heads, cfg.head_dim)
+        if param.device.type == "cpu":
+            self.kv_cache = hugepages.zeros(shape, param.dtype)
+        else:
+            self.kv_cache = torch.zeros(shape, dtype=param.dtype, device=param.device)
         self.attn: AttentionBackend = create_backend(
             attention_backend, self.kv_cache, block_size, cfg.num_heads, scale=cfg.head_dim**-0.5
         )
