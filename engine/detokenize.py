@@ -4,7 +4,8 @@ Whoever shows text to a user owns it (the router; `Engine.generate` offline); wo
 stream token ids only. Each token costs O(1): the tokenizer's `DecodeStream` decodes only
 the last few tokens, and stop strings are searched in a bounded window at the end.
 
-A stop string is never emitted, not even in part: text that could still grow into a stop
+A stop string is never emitted, not even in part (unless `include_stop`, vLLM's
+include_stop_str_in_output: the text then ends with it): text that could still grow into a stop
 string is held back until the next token settles it, and so are tokens that do not yet
 decode to whole characters (a UTF-8 character whose bytes span several tokens):
 
@@ -36,13 +37,14 @@ class StepDecoder(Protocol):
 class DecodeStreamDecoder:
     """A `StepDecoder` over a `tokenizers.Tokenizer`, with its O(1) `DecodeStream`."""
 
-    __slots__ = ("_pending", "_stream", "_tok")
+    __slots__ = ("_pending", "_skip", "_stream", "_tok")
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True) -> None:
         from tokenizers.decoders import DecodeStream
 
         self._tok = tokenizer  # a tokenizers.Tokenizer (a fast tokenizer's backend)
-        self._stream = DecodeStream(skip_special_tokens=True)
+        self._skip = skip_special_tokens  # vLLM's default: special tokens left out of the text
+        self._stream = DecodeStream(skip_special_tokens=skip_special_tokens)
         self._pending: list[int] = []
 
     def step(self, token_id: int) -> str | None:
@@ -56,13 +58,14 @@ class DecodeStreamDecoder:
     def pending(self) -> str:
         if not self._pending:
             return ""
-        return str(self._tok.decode(self._pending, skip_special_tokens=True))
+        return str(self._tok.decode(self._pending, skip_special_tokens=self._skip))
 
 
 @dataclass(slots=True)
 class IncrementalText:
     decoder: StepDecoder
     stop: tuple[str, ...] = ()
+    include_stop: bool = False  # vLLM's include_stop_str_in_output: the text ends after it
     emitted: int = 0  # characters handed to the caller
     stopped_on: str | None = None
     _sent: list[str] = field(default_factory=list)  # the emitted pieces
@@ -107,7 +110,7 @@ class IncrementalText:
             return False
         i, s = min(hits)
         # The hold-back keeps a stop's start from being emitted, so i >= len(_recent).
-        cut = max(0, i - len(self._recent))
+        cut = max(0, i - len(self._recent)) + (len(s) if self.include_stop else 0)
         self._unsent = (self._unsent + self._pending)[:cut]
         self._pending, self.stopped_on = "", s
         return True

@@ -15,16 +15,18 @@ from collections.abc import Sequence
 
 import torch
 
+from engine.admission import check_fits, check_params_vocab, check_prompt_ids
 from engine.backends import Runner, load_backend, make_runner
 from engine.block_pool import BlockPool
 from engine.config import EngineConfig
 from engine.detokenize import DecodeStreamDecoder, IncrementalText
 from engine.kv_events import KVEventSink
+from engine.logit_adjust import LogitAdjust
 from engine.mock import MOCK_NUM_BLOCKS
 from engine.offline import Completion, run_to_completion
 from engine.output import EngineLoad, KVSnapshot, RequestLengths, RequestOutput, StepTotals
 from engine.request import FinishReason, Request, SampledToken, Status
-from engine.sampler import SampleRow, sample
+from engine.sampler import SampleRow, sample, top_logprobs
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput
 from engine.tokenizer import Tokenizer, load_tokenizer
@@ -105,7 +107,12 @@ class Engine:
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         ids = self._tokenize(prompt)
-        self._check_fits(len(ids), params.max_tokens)
+        vocab = self.model_config.vocab_size
+        check_prompt_ids(ids, vocab)
+        check_params_vocab(params, vocab)
+        check_fits(
+            len(ids), params.max_tokens, self.max_model_len, self.num_blocks, self.block_size
+        )
         req = Request(
             request_id,
             ids,
@@ -115,7 +122,10 @@ class Engine:
             cache_salt=cache_salt,
         )
         self.requests[request_id] = req
-        self._rows[request_id] = SampleRow(params, self._generator(params))
+        adjust = (
+            LogitAdjust(params, req.token_ids, len(ids)) if LogitAdjust.wanted(params) else None
+        )
+        self._rows[request_id] = SampleRow(params, self._generator(params), adjust=adjust)
         self.scheduler.add(req)
         return req
 
@@ -124,26 +134,7 @@ class Engine:
             if self.tokenizer is None:
                 raise ValueError("this engine has no tokenizer: pass token ids")
             return self.tokenizer.encode(prompt)
-        ids = [int(t) for t in prompt]
-        vocab = self.model_config.vocab_size
-        if any(not 0 <= t < vocab for t in ids):
-            raise ValueError(f"token ids must be in [0, {vocab})")
-        return ids
-
-    def _check_fits(self, prompt_len: int, max_tokens: int) -> None:
-        if prompt_len == 0:
-            raise ValueError("prompt must contain at least one token")
-        total = prompt_len + max_tokens
-        if total > self.max_model_len:
-            raise ValueError(
-                f"prompt ({prompt_len} tokens) + max_tokens ({max_tokens}) = {total} exceeds "
-                f"the model's context length of {self.max_model_len} tokens"
-            )
-        if total > self.num_blocks * self.block_size:
-            raise ValueError(
-                f"prompt + max_tokens = {total} tokens exceeds the KV cache "
-                f"({self.num_blocks} blocks of {self.block_size})"
-            )
+        return [int(t) for t in prompt]
 
     def _generator(self, params: SamplingParams) -> torch.Generator:
         seed = params.seed
@@ -181,9 +172,10 @@ class Engine:
         reqs = [c.request for c in sched.chunks if c.samples]
         rows = [self._row(r) for r in reqs]
         tokens, logprobs = sample(logits, rows)
+        tops = top_logprobs(logits, rows)
         return {
-            r.request_id: SampledToken(t, lp)
-            for r, t, lp in zip(reqs, tokens, logprobs, strict=True)
+            r.request_id: SampledToken(t, lp, top)
+            for r, t, lp, top in zip(reqs, tokens, logprobs, tops, strict=True)
         }
 
     def _row(self, req: Request) -> SampleRow:
@@ -208,6 +200,7 @@ class Engine:
             num_cached_tokens=req.num_cached_tokens,
             num_output_tokens=req.num_output_tokens,
             new_logprobs=req.logprobs[-1:] if req.params.logprobs else [],
+            new_top_logprobs=req.top_logprobs[-1:] if req.params.top_logprobs else [],
             held=req.held,
         )
         if out.finished:  # ended, or held for a peer: its lengths are known
@@ -257,7 +250,7 @@ class Engine:
         out = self._conclude(req)  # the same stop rules as a token sampled here
         if not out.finished:
             return None
-        out.new_token_ids, out.new_logprobs = [], []
+        out.new_token_ids, out.new_logprobs, out.new_top_logprobs = [], [], []
         return out
 
     # ---- what workers read ---------------------------------------------------------

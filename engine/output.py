@@ -9,7 +9,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from engine.request import FinishReason
+from engine.request import FinishReason, TopLogprobs
 
 
 @dataclass(slots=True)
@@ -24,6 +24,7 @@ class RequestOutput:
     num_cached_tokens: int
     num_output_tokens: int
     new_logprobs: list[float] = field(default_factory=list)
+    new_top_logprobs: list[TopLogprobs] = field(default_factory=list)
     held: bool = False  # prefill role: prompt done, blocks held for the decode worker
 
     def extend(self, later: RequestOutput) -> RequestOutput:
@@ -31,6 +32,7 @@ class RequestOutput:
         token and logprob, and the later state. Changes and returns self."""
         self.new_token_ids += later.new_token_ids
         self.new_logprobs += later.new_logprobs
+        self.new_top_logprobs += later.new_top_logprobs
         self.finished, self.finish_reason = later.finished, later.finish_reason
         self.held = later.held
         self.num_cached_tokens = later.num_cached_tokens

@@ -28,12 +28,17 @@ class FinishReason(enum.StrEnum):
     ABORT = "abort"  # cancelled by the caller
 
 
+# The k likeliest tokens at one position and their logprobs, likeliest first.
+TopLogprobs = tuple[tuple[int, float], ...]
+
+
 @dataclass(slots=True)
 class SampledToken:
     """One request's sample of one step."""
 
     token_id: int
     logprob: float | None = None  # None unless the request asked for logprobs
+    top: TopLogprobs = ()  # empty unless it asked for top_logprobs
 
 
 @dataclass(slots=True, eq=False)
@@ -54,6 +59,7 @@ class Request:
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
     logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[TopLogprobs] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.prompt_token_ids:

@@ -1,18 +1,23 @@
 """Pick the next token of each sampling sequence from its logits.
 
-Greedy rows take the argmax; the others apply temperature, then top-k, then top-p, and
-draw from the remaining distribution with their own generator (seeded per request, so the
-same seed gives the same tokens regardless of what else is in the batch). The logprob
-reported is the model's own (before temperature and truncation), as OpenAI reports it.
+A request's logit changes come first (logit_bias and penalties: engine/logit_adjust.py).
+Greedy rows then take the argmax; the others apply temperature, then min-p, top-k and top-p
+(vLLM's order), and draw from what remains with their own generator (seeded per request,
+so the same seed gives the same tokens regardless of what else is in the batch). The
+logprob reported is the model's own (before any change, temperature or truncation), as
+OpenAI reports it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from engine.logit_adjust import LogitAdjust
+from engine.request import TopLogprobs
 from engine.sampling_params import SamplingParams
 
 
@@ -21,14 +26,17 @@ class SampleRow:
     params: SamplingParams
     generator: torch.Generator
     banned: tuple[int, ...] = ()  # token ids not allowed yet (EOS before min_tokens)
+    adjust: LogitAdjust | None = None  # logit_bias and penalties, where asked for
 
 
 def sample(logits: torch.Tensor, rows: Sequence[SampleRow]) -> tuple[list[int], list[float | None]]:
     """logits: [n, vocab] float32, one row per entry of `rows`."""
     raw = logits
-    if any(r.banned for r in rows):
+    if any(r.banned or r.adjust for r in rows):
         logits = logits.clone()
         for i, r in enumerate(rows):
+            if r.adjust is not None:
+                r.adjust.apply(logits[i])
             if r.banned:
                 logits[i, list(r.banned)] = float("-inf")
     tokens = _argmax(logits)
@@ -46,6 +54,21 @@ def sample(logits: torch.Tensor, rows: Sequence[SampleRow]) -> tuple[list[int], 
     return token_list, logprobs
 
 
+def top_logprobs(logits: torch.Tensor, rows: Sequence[SampleRow]) -> list[TopLogprobs]:
+    """The k likeliest tokens of each row that asks for them (k = its top_logprobs), with
+    the model's own logprobs, likeliest first; () for the others."""
+    tops: list[TopLogprobs] = [()] * len(rows)
+    wanted = [i for i, r in enumerate(rows) if r.params.top_logprobs]
+    if not wanted:
+        return tops
+    k = max(rows[i].params.top_logprobs for i in wanted)
+    values, ids = torch.log_softmax(logits[torch.tensor(wanted)], dim=-1).topk(k, dim=-1)
+    for row, i in enumerate(wanted):
+        n = rows[i].params.top_logprobs
+        tops[i] = tuple(zip(ids[row, :n].tolist(), values[row, :n].tolist(), strict=True))
+    return tops
+
+
 def _argmax(logits: torch.Tensor) -> torch.Tensor:
     """The first index of each row's maximum. On CPU through numpy: torch's CPU argmax is
     not vectorised (~100 us for a 49,152-token row on a 2-core VM; numpy ~5 us), and it
@@ -57,6 +80,8 @@ def _argmax(logits: torch.Tensor) -> torch.Tensor:
 
 def _draw(row: torch.Tensor, p: SamplingParams, gen: torch.Generator) -> int:
     scaled = row / p.temperature
+    if p.min_p > 0.0:  # relative to the likeliest token: exp(l - max) < min_p
+        scaled = scaled.masked_fill(scaled - scaled.max() < math.log(p.min_p), float("-inf"))
     if p.top_k and p.top_k < scaled.shape[-1]:
         kth = torch.topk(scaled, p.top_k).values[-1]
         scaled = scaled.masked_fill(scaled < kth, float("-inf"))

@@ -16,6 +16,13 @@ MAX_STOP_CHARS = 256
 # would stop a worker). The router sends such a temperature as 0, greedy, as vLLM treats
 # those below 1e-5. A power of two, so a value at or above it stays so as the wire's float32.
 MIN_TEMPERATURE = 2.0**-16
+# logit_bias entries a request may carry (OpenAI documents a map of token ids to -100..100;
+# each entry costs an add per step): the bound keeps a body from buying work per token.
+MAX_LOGIT_BIAS = 1024
+MAX_STOP_TOKEN_IDS = 1024
+MAX_TOP_LOGPROBS = (
+    20  # OpenAI's bound  # a set lookup per token, but a body should not carry millions
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,11 +37,26 @@ class SamplingParams:
     ignore_eos: bool = False
     min_tokens: int = 0
     logprobs: bool = False  # logprob of each chosen token
+    top_logprobs: int = 0  # and of the k likeliest tokens at each position (implies logprobs)
+    # vLLM's and OpenAI's logit changes (engine/logit_adjust.py says how each applies)
+    presence_penalty: float = 0.0  # [-2, 2]
+    frequency_penalty: float = 0.0  # [-2, 2]
+    repetition_penalty: float = 1.0  # (0, 2]; 1 is off
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias in [-100, 100])
+    min_p: float = 0.0  # [0, 1]: drop tokens below min_p x the likeliest one's probability
 
     def __post_init__(self) -> None:
         # Normalise so callers may pass lists.
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        if self.top_logprobs:
+            object.__setattr__(self, "logprobs", True)
+        # one entry per token (the last given wins, as in a dict), in id order: equal
+        # biases compare equal however they were given
+        bias = dict(self.logit_bias)
+        object.__setattr__(
+            self, "logit_bias", tuple(sorted((int(t), float(b)) for t, b in bias.items()))
+        )
         if self.seed is not None:
             # torch.Generator.manual_seed reads a negative seed modulo 2**64 (-1 is
             # 2**64 - 1): so do we, and OpenAI's signed seeds fit the wire's uint64
@@ -60,6 +82,33 @@ class SamplingParams:
             raise ValueError(f"stop takes at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}")
         if any(not 0 < len(s) <= MAX_STOP_CHARS for s in self.stop):
             raise ValueError(f"stop strings must be 1 to {MAX_STOP_CHARS} characters long")
+        if len(self.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+            raise ValueError(f"stop_token_ids takes at most {MAX_STOP_TOKEN_IDS} ids")
+        if any(not 0 <= t < _UINT32 for t in self.stop_token_ids):
+            raise ValueError("stop_token_ids must be token ids (in [0, 2**32))")
+        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(
+                f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs}"
+            )
+        self._check_logit_changes()
+
+    def _check_logit_changes(self) -> None:
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not -2.0 <= value <= 2.0:  # also refuses NaN
+                raise ValueError(f"{name} must be in [-2, 2], got {value}")
+        if not 0.0 < self.repetition_penalty <= 2.0:
+            raise ValueError(f"repetition_penalty must be in (0, 2], got {self.repetition_penalty}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if len(self.logit_bias) > MAX_LOGIT_BIAS:
+            raise ValueError(
+                f"logit_bias takes at most {MAX_LOGIT_BIAS} tokens, got {len(self.logit_bias)}"
+            )
+        if any(not 0 <= t < _UINT32 for t, _ in self.logit_bias):
+            raise ValueError("logit_bias keys must be token ids (in [0, 2**32))")
+        if any(not -100.0 <= b <= 100.0 for _, b in self.logit_bias):
+            raise ValueError("logit_bias values must be in [-100, 100]")
 
     def remaining(self, generated: int) -> SamplingParams:
         """What is left to ask once `generated` tokens are out: a request resumed on another
@@ -79,3 +128,9 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty) or (
+            self.repetition_penalty != 1.0
+        )

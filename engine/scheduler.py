@@ -204,6 +204,8 @@ class Scheduler:
             req.token_ids.append(s.token_id)
             if s.logprob is not None:
                 req.logprobs.append(s.logprob)
+            if s.top:
+                req.top_logprobs.append(s.top)
             got.append(req)
             if self.role == "prefill":
                 self._hold(req)

@@ -186,15 +186,17 @@ async def _complete(
     id_prefix: str,
     arrival: float,
 ) -> Response:
-    params = sampling_params(body, resolve_max_tokens(body, len(prompt_ids), s.max_model_len))
+    max_tokens = resolve_max_tokens(body, len(prompt_ids), s.max_model_len)
+    params = sampling_params(body, max_tokens, s.tokenizer.vocab_size)
     request_id = f"{id_prefix}-{uuid.uuid4().hex}"
     gen_request = GenerateRequest(request_id, prompt_ids, params, body.cache_salt or "")
-    text = IncrementalText(DecodeStreamDecoder(s.tokenizer.backend), params.stop)
+    decoder = DecodeStreamDecoder(s.tokenizer.backend, body.skip_special_tokens)
+    text = IncrementalText(decoder, params.stop, body.include_stop_str_in_output)
     gen = Generation(s.backend, gen_request, text, s.metrics, arrival)
     chat = isinstance(body, ChatCompletionRequest)
     meta = Meta(request_id, int(time.time()), s.model_name)
     fmt: Format = (ChatFormat if chat else CompletionFormat)(meta, body.include_usage)
-    logprobs = Logprobs(s.tokenizer, chat) if params.logprobs else None
+    logprobs = Logprobs(s.tokenizer, chat, params.top_logprobs) if params.logprobs else None
     pieces = gen.pieces()
     watch = DisconnectWatch(request.receive)
     handed_over = False  # to the stream's response, which closes the watch
@@ -216,7 +218,7 @@ async def _complete(
             watch.close()
     if answer is None:
         return Response(status_code=CLIENT_CLOSED)
-    lp = logprobs.body(answer.token_ids, answer.logprobs) if logprobs else None
+    lp = logprobs.body(answer.token_ids, answer.logprobs, answer.top_logprobs) if logprobs else None
     return FastJSONResponse(fmt.response(answer.text, answer.finish_reason, lp, gen.usage))
 
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from engine.request import TopLogprobs
 from engine.sampling_params import SamplingParams
 
 # How a request was served (a label of the `tandem_requests_total` metric).
@@ -40,6 +41,7 @@ class TokenDelta:
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     num_cached_tokens: int = 0  # prompt tokens served from a prefix cache
     route: str = ""
+    top_logprobs: list[TopLogprobs] = field(default_factory=list)  # one per token when asked
 
 
 class BackendError(Exception):

@@ -182,6 +182,7 @@ class Dispatcher:
             finish_reason=reply.finish_reason,
             num_cached_tokens=reply.num_cached_tokens,
             route=ROUTE_DISAGG,
+            top_logprobs=[reply.first_top_logprobs] if reply.first_top_logprobs else [],
         )
         if done:
             yield first

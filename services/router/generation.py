@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.detokenize import IncrementalText
-from engine.request import FinishReason
+from engine.request import FinishReason, TopLogprobs
 from services.router.backend import Backend, BackendError, GenerateRequest, TokenDelta
 from services.router.metrics import ABORTED, ERROR, OK, RouterMetrics
 
@@ -27,6 +27,7 @@ class Piece:
     token_ids: list[int]
     logprobs: list[float]
     finish_reason: str | None = None
+    top_logprobs: list[TopLogprobs] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -76,14 +77,15 @@ class Generation:
         yield piece  # the last one, after the books are closed: nobody has to resume us
 
     def _on_delta(self, delta: TokenDelta) -> Piece:
-        ids, logprobs = delta.token_ids, delta.logprobs
+        ids, logprobs, tops = delta.token_ids, delta.logprobs, delta.top_logprobs
         if self._text.stop and len(ids) > 1:
             # A delta of several tokens (a worker's stream that fell behind): the answer,
             # its usage and logprobs end at the token that completed a stop string.
             stopped = False
             for k, t in enumerate(ids):
                 if self._text.add((t,)):
-                    stopped, ids, logprobs = True, ids[: k + 1], logprobs[: k + 1]
+                    stopped, ids = True, ids[: k + 1]
+                    logprobs, tops = logprobs[: k + 1], tops[: k + 1]
                     break
         else:
             stopped = self._text.add(ids)
@@ -94,7 +96,7 @@ class Generation:
         if finish == FinishReason.ABORT:
             raise BackendError(503, "The request was aborted before it finished; retry it.")
         text = self._text.take(final=finish is not None)
-        return Piece(text, ids, logprobs, finish)  # the delta's own lists, when whole
+        return Piece(text, ids, logprobs, finish, tops)  # the delta's own lists, when whole
 
     def _observe(self, delta: TokenDelta, num_tokens: int) -> None:
         u = self.usage
@@ -134,15 +136,17 @@ class Answer:
     finish_reason: str
     token_ids: list[int]
     logprobs: list[float]
+    top_logprobs: list[TopLogprobs]
 
 
 async def collect(pieces: AsyncIterator[Piece]) -> Answer:
-    answer = Answer("", "", [], [])
+    answer = Answer("", "", [], [], [])
     texts: list[str] = []
     async for piece in pieces:
         texts.append(piece.text)
         answer.token_ids += piece.token_ids
         answer.logprobs += piece.logprobs
+        answer.top_logprobs += piece.top_logprobs
         answer.finish_reason = piece.finish_reason or ""
     answer.text = "".join(texts)
     return answer

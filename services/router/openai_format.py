@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import orjson
 from fastapi.responses import JSONResponse
 
+from engine.request import TopLogprobs
 from engine.tokenizer import Tokenizer
 from services.router.generation import Piece, Usage
 
@@ -43,23 +44,33 @@ def usage_body(u: Usage) -> Json:
 
 
 class Logprobs:
-    """The chosen tokens' logprobs, in the endpoint's shape. One per request: completions'
-    `text_offset` runs on across stream chunks.
+    """The chosen tokens' logprobs, and the likeliest tokens' where asked (`tops`: one per
+    token, or none), in the endpoint's shape. One per request: completions' `text_offset`
+    runs on across stream chunks.
 
     A token's text is its own decoding, so a token holding part of a multi-byte character
-    shows as U+FFFD (and its `bytes` as that character's)."""
+    shows as U+FFFD (and its `bytes` as that character's). In completions' `top_logprobs`
+    (a map from text to logprob) two tokens of the same text keep the likelier's."""
 
-    def __init__(self, tokenizer: Tokenizer, chat: bool) -> None:
-        self._tok, self._chat = tokenizer, chat
+    def __init__(self, tokenizer: Tokenizer, chat: bool, top: int) -> None:
+        self._tok, self._chat, self._top = tokenizer, chat, top  # top: how many were asked
         self._offset = 0
 
-    def body(self, token_ids: Sequence[int], logprobs: Sequence[float]) -> Json:
+    def body(
+        self, token_ids: Sequence[int], logprobs: Sequence[float], tops: Sequence[TopLogprobs]
+    ) -> Json:
         tokens = [self._tok.decode([t]) for t in token_ids]
+        # [(text, logprob)] of each position's likeliest tokens; empty where not asked
+        top_texts = [
+            [(self._tok.decode([t]), lp) for t, lp in top]
+            for top in (tops[: len(tokens)] if self._top else ())
+        ]
+        top_texts += [[] for _ in range(len(tokens) - len(top_texts))]
         if self._chat:
             return {
                 "content": [
-                    {"token": s, "logprob": lp, "bytes": list(s.encode()), "top_logprobs": []}
-                    for s, lp in zip(tokens, logprobs, strict=False)
+                    _chat_entry(s, lp, top)
+                    for s, lp, top in zip(tokens, logprobs, top_texts, strict=False)
                 ]
             }
         offsets = []
@@ -69,9 +80,25 @@ class Logprobs:
         return {
             "tokens": tokens,
             "token_logprobs": list(logprobs),
-            "top_logprobs": None,
+            "top_logprobs": [_likelier_first(top) for top in top_texts] if self._top else None,
             "text_offset": offsets,
         }
+
+
+def _chat_entry(text: str, logprob: float, top: list[tuple[str, float]]) -> Json:
+    return {
+        "token": text,
+        "logprob": logprob,
+        "bytes": list(text.encode()),
+        "top_logprobs": [{"token": s, "logprob": lp, "bytes": list(s.encode())} for s, lp in top],
+    }
+
+
+def _likelier_first(top: list[tuple[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for text, lp in top:  # likeliest first: a later token of the same text loses
+        out.setdefault(text, lp)
+    return out
 
 
 class Format(Protocol):

@@ -3,7 +3,7 @@
 Bodies are parsed strictly (a string is not an integer, as with OpenAI; 2.0 is one, as JSON
 Schema counts them), and fields we do not know are ignored (also as OpenAI does). Known
 fields we cannot honour are refused with a 400 naming the field, never silently dropped: a
-client asking for n=2 or top_logprobs=5 must not get an answer shaped as if it had been
+client asking for n=2 or for tools must not get an answer shaped as if it had been
 served.
 
 The OpenAPI schema (/openapi.json) states what is accepted, so that generated clients and
@@ -28,7 +28,13 @@ from pydantic import (
     model_validator,
 )
 
-from engine.sampling_params import MAX_STOP_CHARS, MAX_STOP_STRINGS
+from engine.sampling_params import (
+    MAX_LOGIT_BIAS,
+    MAX_STOP_CHARS,
+    MAX_STOP_STRINGS,
+    MAX_STOP_TOKEN_IDS,
+    MAX_TOP_LOGPROBS,
+)
 from services.router.errors import APIError
 from services.router.unicode_check import has_lone_surrogate
 from services.router.unsupported import refuse_unsupported
@@ -130,11 +136,25 @@ class SamplingBody(_Body):
     stop: StopString | StopList | None = None
     ignore_eos: bool = False
     min_tokens: Annotated[int, Field(ge=0, lt=_UINT32), _WHOLE] = 0
-    presence_penalty: Annotated[float, _served(minimum=0, maximum=0)] = 0.0  # neutral only
-    frequency_penalty: Annotated[float, _served(minimum=0, maximum=0)] = 0.0
-    # Refused unless empty (no bias is applied), so a large one costs nothing past parsing,
-    # which the body limit bounds (middleware.py).
-    logit_bias: Annotated[dict[str, float], _served(maxProperties=0)] | None = None
+    # Logit changes (engine/logit_adjust.py): OpenAI's penalties and logit_bias (token ids
+    # as strings, checked against the vocabulary by sampling.py), vLLM's repetition_penalty,
+    # min_p and stop_token_ids.
+    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
+    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] = 1.0
+    logit_bias: (
+        Annotated[
+            dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]],
+            Field(max_length=MAX_LOGIT_BIAS),
+        ]
+        | None
+    ) = None
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    stop_token_ids: Annotated[list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
+    # vLLM's: the text ends after the stop string that ended it, not before; special tokens
+    # (e.g. <|im_end|>) in the text or not
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
     user: str | None = None  # ignored
     # vLLM's: prefix-cache hits only among requests with the same salt (engine/hashing.py),
     # so one tenant cannot learn from hit timings or routing what another one sent.
@@ -157,6 +177,10 @@ class SamplingBody(_Body):
     def wants_logprobs(self) -> bool:
         return False
 
+    def wanted_top_logprobs(self) -> int:
+        """How many of the likeliest tokens' logprobs to return at each position."""
+        return 0
+
     def check_supported(self) -> None:
         if self.n != 1:
             raise APIError(400, "Only n=1 is supported: one choice per request.", param="n")
@@ -164,11 +188,6 @@ class SamplingBody(_Body):
             raise APIError(
                 400, "stream_options is only allowed with stream=true.", param="stream_options"
             )
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name) != 0.0:
-                raise APIError(400, f"{name} is not supported; leave it at 0.", param=name)
-        if self.logit_bias:
-            raise APIError(400, "logit_bias is not supported.", param="logit_bias")
 
 
 _TEXT_FORMAT = {"type": {"const": "text"}}
@@ -179,7 +198,7 @@ class ChatCompletionRequest(SamplingBody):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Annotated[int, Field(ge=1), _WHOLE] | None = None
     logprobs: bool = False
-    top_logprobs: Annotated[int, _served(minimum=0, maximum=0), _WHOLE] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), _WHOLE] | None = None
     tools: Annotated[list[Any], _served(maxItems=0)] | None = None
     response_format: Annotated[dict[str, Any], _served(properties=_TEXT_FORMAT)] | None = None
 
@@ -191,17 +210,13 @@ class ChatCompletionRequest(SamplingBody):
     def wants_logprobs(self) -> bool:
         return self.logprobs
 
+    def wanted_top_logprobs(self) -> int:
+        return self.top_logprobs or 0
+
     def check_supported(self) -> None:
         super().check_supported()
-        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= 20:
-            raise APIError(400, "top_logprobs must be in [0, 20].", param="top_logprobs")
-        if self.top_logprobs:
-            raise APIError(
-                400,
-                "top_logprobs is not supported: only the chosen token's logprob is returned "
-                "(send logprobs=true without top_logprobs).",
-                param="top_logprobs",
-            )
+        if self.top_logprobs and not self.logprobs:  # as OpenAI refuses it
+            raise APIError(400, "top_logprobs needs logprobs=true.", param="top_logprobs")
         if self.tools:
             raise APIError(400, "Tool calling is not supported.", param="tools")
         if self.response_format and self.response_format.get("type", "text") != "text":
@@ -226,8 +241,8 @@ class CompletionRequest(SamplingBody):
         | Annotated[list[TextPrompt], OnePrompt]
         | Annotated[list[IdsPrompt], OnePrompt]
     )
-    # 0 or 1: the chosen token's logprob
-    logprobs: Annotated[int, _served(minimum=0, maximum=1), _WHOLE] | None = None
+    # the chosen token's logprob, and the k likeliest tokens' (OpenAI's legacy bound: 5)
+    logprobs: Annotated[int, Field(ge=0, le=5), _WHOLE] | None = None
     echo: Annotated[bool, _served(const=False)] = False
     best_of: Annotated[int, _served(minimum=1, maximum=1), _WHOLE] | None = None
     suffix: Annotated[str, _served(maxLength=0)] | None = None
@@ -235,17 +250,11 @@ class CompletionRequest(SamplingBody):
     def wants_logprobs(self) -> bool:
         return self.logprobs is not None
 
+    def wanted_top_logprobs(self) -> int:
+        return self.logprobs or 0
+
     def check_supported(self) -> None:
         super().check_supported()
-        if self.logprobs is not None and not 0 <= self.logprobs <= 5:
-            raise APIError(400, "logprobs must be in [0, 5].", param="logprobs")
-        if self.logprobs is not None and self.logprobs > 1:
-            raise APIError(
-                400,
-                "logprobs > 1 is not supported: only the chosen token's logprob is returned "
-                "(send logprobs=1 or 0).",
-                param="logprobs",
-            )
         if self.echo:
             raise APIError(400, "echo is not supported.", param="echo")
         if self.best_of not in (None, 1):

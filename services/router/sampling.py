@@ -37,7 +37,20 @@ def resolve_max_tokens(body: SamplingBody, prompt_len: int, max_model_len: int) 
 
 
 # SamplingParams names the field its message is about first ("top_p must be ...").
-_FIELDS_IN_MESSAGES = {"max_tokens", "temperature", "top_k", "top_p", "min_tokens", "stop"}
+_FIELDS_IN_MESSAGES = {
+    "max_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_tokens",
+    "stop",
+    "stop_token_ids",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "logit_bias",
+    "min_p",
+}
 
 
 # The wire carries top_p as a float32, in which a positive value below this reads as 0 (which
@@ -46,8 +59,11 @@ _FIELDS_IN_MESSAGES = {"max_tokens", "temperature", "top_k", "top_p", "min_token
 _FLOAT32_TINY = 1.1754943508222875e-38  # float32's smallest normal number
 
 
-def sampling_params(body: SamplingBody, max_tokens: int) -> SamplingParams:
+def sampling_params(body: SamplingBody, max_tokens: int, vocab_size: int) -> SamplingParams:
     stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
+    stop_token_ids = body.stop_token_ids or []
+    if any(t >= vocab_size for t in stop_token_ids):
+        raise APIError(400, f"stop_token_ids must be in [0, {vocab_size}).", param="stop_token_ids")
     try:
         return SamplingParams(
             max_tokens=max_tokens,
@@ -59,9 +75,31 @@ def sampling_params(body: SamplingBody, max_tokens: int) -> SamplingParams:
             ignore_eos=body.ignore_eos,
             min_tokens=body.min_tokens,
             logprobs=body.wants_logprobs(),
+            top_logprobs=body.wanted_top_logprobs(),
+            presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty,
+            repetition_penalty=body.repetition_penalty,
+            logit_bias=_logit_bias(body.logit_bias or {}, vocab_size),
+            min_p=body.min_p,
+            stop_token_ids=tuple(stop_token_ids),
         )
     except ValueError as e:
         raise APIError(400, str(e), param=_param_of(str(e), body)) from None
+
+
+def _logit_bias(bias: dict[str, float], vocab_size: int) -> tuple[tuple[int, float], ...]:
+    """OpenAI's map of token ids (as strings) to biases, as the engine's pairs."""
+    pairs = []
+    for key, value in bias.items():
+        token = int(key) if key.isascii() and key.isdigit() else -1
+        if not 0 <= token < vocab_size:
+            raise APIError(
+                400,
+                f"logit_bias keys must be token ids in [0, {vocab_size}), got {key!r}.",
+                param="logit_bias",
+            )
+        pairs.append((token, value))
+    return tuple(pairs)
 
 
 def _param_of(message: str, body: SamplingBody) -> str | None:

@@ -16,6 +16,7 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from engine.request import TopLogprobs
 from services.router.backend import BackendError
 from services.router.disconnect import DisconnectWatch
 from services.router.errors import SERVER_ERROR, error_body
@@ -77,14 +78,16 @@ class _Batcher:
         self._fmt, self._logprobs = fmt, logprobs
         self._ids: list[int] = []
         self._lps: list[float] = []
+        self._tops: list[TopLogprobs] = []
 
     def add(self, piece: Piece) -> bytes | None:
         self._ids += piece.token_ids
         self._lps += piece.logprobs
+        self._tops += piece.top_logprobs
         if not piece.text and piece.finish_reason is None:
             return None
-        lp = self._logprobs.body(self._ids, self._lps) if self._logprobs else None
-        self._ids, self._lps = [], []
+        lp = self._logprobs.body(self._ids, self._lps, self._tops) if self._logprobs else None
+        self._ids, self._lps, self._tops = [], [], []
         return event(self._fmt.chunk(piece, lp))
 
 

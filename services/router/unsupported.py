@@ -5,7 +5,7 @@ A body's unknown fields are otherwise ignored (OpenAI's SDKs and UIs send fields
 may not know: `user`, `metadata`, `store`, ...). These are the ones that are not
 harmless: vLLM's sampling and decoding extensions, and OpenAI's tool and output options.
 Each is accepted at its neutral value (what Tandem does anyway), so a client that always
-sends the default, e.g. `repetition_penalty: 1.0` or `skip_special_tokens: true`, works.
+sends the default, e.g. `length_penalty: 1.0` or `skip_special_tokens: true`, works.
 """
 
 from __future__ import annotations
@@ -27,13 +27,8 @@ def _equals(neutral: Any) -> Callable[[Any], bool]:
 # field -> does this value change nothing?
 NEUTRAL: Mapping[str, Callable[[Any], bool]] = {
     # vLLM's sampling parameters
-    "repetition_penalty": _equals(1.0),
-    "min_p": _equals(0.0),
     "length_penalty": _equals(1.0),
     "use_beam_search": _absent,
-    "stop_token_ids": _absent,
-    "include_stop_str_in_output": _absent,
-    "skip_special_tokens": _equals(True),  # special tokens are left out of the text
     "spaces_between_special_tokens": _equals(True),
     "bad_words": _absent,
     "allowed_token_ids": _absent,

@@ -97,6 +97,7 @@ class WorkerCalls:
                             finish_reason=chunk.finish_reason,
                             num_cached_tokens=chunk.num_cached_tokens if local else 0,
                             route=route if first else "",
+                            top_logprobs=chunk.top_logprobs,
                         )
                         first = False
             except WorkerError as e:

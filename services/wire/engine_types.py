@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from engine.request import TopLogprobs
 from engine.sampling_params import SamplingParams
 from engine.transfer.exchange import KVHandle
 from services.pb import worker_pb2
@@ -22,9 +23,16 @@ def params_to_pb(p: SamplingParams) -> worker_pb2.SamplingParams:
         ignore_eos=p.ignore_eos,
         min_tokens=p.min_tokens,
         logprobs=p.logprobs,
+        presence_penalty=p.presence_penalty,
+        frequency_penalty=p.frequency_penalty,
+        logit_bias=dict(p.logit_bias),
+        min_p=p.min_p,
+        top_logprobs=p.top_logprobs,
     )
     if p.seed is not None:
         msg.seed = p.seed
+    if p.repetition_penalty != 1.0:
+        msg.repetition_penalty = p.repetition_penalty
     return msg
 
 
@@ -41,7 +49,21 @@ def params_from_pb(msg: worker_pb2.SamplingParams) -> SamplingParams:
         ignore_eos=msg.ignore_eos,
         min_tokens=msg.min_tokens,
         logprobs=msg.logprobs,
+        presence_penalty=msg.presence_penalty,
+        frequency_penalty=msg.frequency_penalty,
+        repetition_penalty=(msg.repetition_penalty if msg.HasField("repetition_penalty") else 1.0),
+        logit_bias=tuple(msg.logit_bias.items()),
+        min_p=msg.min_p,
+        top_logprobs=msg.top_logprobs,
     )
+
+
+def top_to_pb(top: TopLogprobs) -> worker_pb2.TopLogprobs:
+    return worker_pb2.TopLogprobs(token_ids=[t for t, _ in top], logprobs=[lp for _, lp in top])
+
+
+def top_from_pb(msg: worker_pb2.TopLogprobs) -> TopLogprobs:
+    return tuple(zip(msg.token_ids, msg.logprobs, strict=True))
 
 
 def handle_to_pb(h: KVHandle) -> worker_pb2.KVHandle:

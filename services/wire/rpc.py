@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
+from engine.request import TopLogprobs
 from engine.sampling_params import SamplingParams
 from engine.transfer.exchange import KVHandle
 from services.pb import worker_pb2
@@ -20,6 +21,8 @@ from services.wire.engine_types import (
     params_to_pb,
     reason_from_pb,
     reason_to_pb,
+    top_from_pb,
+    top_to_pb,
 )
 
 if TYPE_CHECKING:  # the worker's types, for annotations only: the router must not load them
@@ -121,6 +124,7 @@ class PrefillReply:
     num_cached_tokens: int
     finish_reason: str | None  # set when the first token already ends the request
     handle: KVHandle | None  # None when finished: nothing is held
+    first_top_logprobs: TopLogprobs = ()
 
     @classmethod
     def from_pb(cls, msg: worker_pb2.PrefillResponse, called_at: float) -> PrefillReply:
@@ -132,6 +136,7 @@ class PrefillReply:
             msg.num_cached_tokens,
             reason_from_pb(msg.finish_reason),
             handle_from_pb(msg.kv, since=called_at) if msg.HasField("kv") else None,
+            top_from_pb(msg.first_top_logprobs),
         )
 
 
@@ -143,6 +148,8 @@ def prefill_result_to_pb(res: PrefillResult) -> worker_pb2.PrefillResponse:
     )
     if res.first_logprob is not None:
         msg.first_logprob = res.first_logprob
+    if res.first_top_logprobs:
+        msg.first_top_logprobs.CopyFrom(top_to_pb(res.first_top_logprobs))
     if res.handle is not None:
         msg.kv.CopyFrom(handle_to_pb(res.handle))
     return msg
@@ -161,6 +168,7 @@ class DecodeReply:
     kv_recomputed: bool = False  # the read failed or its lease may have expired
     kv_bytes_read: int = 0
     kv_read_seconds: float = 0.0
+    top_logprobs: list[TopLogprobs] = field(default_factory=list)
 
     @classmethod
     def from_pb(cls, msg: worker_pb2.DecodeChunk) -> DecodeReply:
@@ -173,6 +181,7 @@ class DecodeReply:
             msg.kv_recomputed,
             msg.kv_bytes_read,
             msg.kv_read_seconds,
+            [top_from_pb(t) for t in msg.top_logprobs],
         )
 
 
@@ -184,6 +193,7 @@ def decode_update_to_pb(update: DecodeUpdate) -> worker_pb2.DecodeChunk:
         finished=out.finished,
         finish_reason=reason_to_pb(out.finish_reason),
         num_cached_tokens=out.num_cached_tokens,
+        top_logprobs=[top_to_pb(t) for t in out.new_top_logprobs],
     )
     if report is not None:
         chunk.kv_recomputed = report.recomputed

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from engine import Engine, EngineConfig, SamplingParams
 from engine.kv_events import KVEventSink
 from engine.output import RequestOutput
+from engine.request import TopLogprobs
 from engine.transfer.exchange import KVHandle, KVSink, KVSource, ReadReport
 from engine.transfer.leases import DEFAULT_LEASE_S, LeaseTable
 from engine.transfer.nixl_transfer import NixlKVTransfer
@@ -77,6 +78,7 @@ class PrefillResult:
     num_cached_tokens: int
     finish_reason: str | None  # set when the first token already ends the request
     handle: KVHandle | None  # None when finished: nothing is held
+    first_top_logprobs: TopLogprobs = ()
 
 
 @dataclass(slots=True)
@@ -176,6 +178,7 @@ class Worker:
                 num_cached_tokens=out.num_cached_tokens,
                 finish_reason=None if handle is not None else out.finish_reason,
                 handle=handle,
+                first_top_logprobs=out.new_top_logprobs[0] if out.new_top_logprobs else (),
             )
         finally:
             self.loop.unsubscribe(request_id)

@@ -63,6 +63,7 @@ def _delta(out: RequestOutput) -> TokenDelta:
         finish_reason=out.finish_reason,
         num_cached_tokens=out.num_cached_tokens,
         route=ROUTE_COLOCATED,
+        top_logprobs=list(out.new_top_logprobs),
     )
 
 

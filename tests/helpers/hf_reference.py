@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from engine.sampling_params import SamplingParams
+
 
 def build_tiny_checkpoint(
     kind: str, path: Path, vocab_size: int = 512, seed: int = 0, **overrides: int
@@ -79,3 +81,49 @@ def hf_greedy(model, prompt: Sequence[int], max_new_tokens: int) -> tuple[list[i
         logprobs.append(float(torch.log_softmax(logits, -1)[tok]))
         out = model(torch.tensor([[tok]]), past_key_values=out.past_key_values, use_cache=True)
     return tokens, logprobs
+
+
+class OpenAIPenalties:
+    """logits[t] -= count[t] * frequency + (count[t] > 0) * presence, count over the
+    tokens generated after the prompt (OpenAI's API reference, "frequency and presence
+    penalties")."""
+
+    def __init__(self, prompt_len: int, frequency: float, presence: float) -> None:
+        self.prompt_len, self.frequency, self.presence = prompt_len, frequency, presence
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        out = input_ids[:, self.prompt_len :]
+        counts = torch.zeros_like(scores).scatter_add_(
+            1, out, torch.ones_like(out, dtype=scores.dtype)
+        )
+        scores = scores - counts * self.frequency
+        return scores - (counts > 0).float() * self.presence
+
+
+@torch.inference_mode()
+def hf_generate(model, prompt: Sequence[int], params: SamplingParams) -> list[int]:  # type: ignore[no-untyped-def]
+    """Greedy `generate` with the logits processors matching `params`' logit changes, in
+    vLLM's order: bias, repetition, frequency and presence. transformers has the first two
+    (`SequenceBiasLogitsProcessor`, `RepetitionPenaltyLogitsProcessor`); OpenAI's frequency
+    and presence penalties it has not, so they are applied as OpenAI documents them
+    (`OpenAIPenalties`). Stops at the model's EOS and includes it, as the engine does."""
+    from transformers import (
+        GenerationConfig,
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        SequenceBiasLogitsProcessor,
+    )
+
+    processors = LogitsProcessorList()
+    if params.logit_bias:
+        processors.append(SequenceBiasLogitsProcessor({(t,): b for t, b in params.logit_bias}))
+    if params.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    if params.frequency_penalty or params.presence_penalty:
+        processors.append(
+            OpenAIPenalties(len(prompt), params.frequency_penalty, params.presence_penalty)
+        )
+    config = GenerationConfig(do_sample=False, max_new_tokens=params.max_tokens, pad_token_id=2)
+    ids = torch.tensor([list(prompt)])
+    out = model.generate(ids, generation_config=config, logits_processor=processors)
+    return out[0, len(prompt) :].tolist()

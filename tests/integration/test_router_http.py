@@ -194,9 +194,12 @@ def test_completion_of_token_ids_with_logprobs(
     assert choice.text == tokenizer.decode(want.token_ids)
     assert got.usage is not None and got.usage.prompt_tokens == len(prompt)
     lp = choice.logprobs
-    assert lp is not None and lp.top_logprobs is None
+    assert lp is not None and lp.top_logprobs is not None
     assert lp.tokens == [tokenizer.decode([t]) for t in want.token_ids]
     assert lp.token_logprobs == pytest.approx(want.logprobs, abs=1e-4)
+    # logprobs=1: the likeliest token of each position, the one greedy chose
+    pairs = zip(lp.tokens, lp.token_logprobs, strict=True)
+    assert lp.top_logprobs == [{s: pytest.approx(v)} for s, v in pairs]
     assert lp.text_offset is not None and lp.text_offset[0] == 0
     assert lp.text_offset == sorted(lp.text_offset) and len(lp.text_offset) == len(lp.tokens)
 
@@ -348,20 +351,22 @@ BAD_REQUESTS: list[tuple[str, Any, int, str | None, str | None]] = [
     (CHAT_PATH, _chat(top_k=2**32), 400, "top_k", None),  # past the wire's uint32
     (CHAT_PATH, _chat(seed=2**63), 400, "seed", None),
     (CHAT_PATH, _chat(n=2), 400, "n", None),
-    (CHAT_PATH, _chat(logprobs=True, top_logprobs=5), 400, "top_logprobs", None),
+    (CHAT_PATH, _chat(top_logprobs=5), 400, "top_logprobs", None),  # needs logprobs=true
+    (CHAT_PATH, _chat(logprobs=True, top_logprobs=21), 400, "top_logprobs", None),
     (CHAT_PATH, _chat(stop=[""]), 400, "stop", None),
     (CHAT_PATH, _chat(stop="x" * (MAX_STOP_CHARS + 1)), 400, "stop", None),
     (CHAT_PATH, _chat(stop=[str(i) for i in range(MAX_STOP_STRINGS + 1)]), 400, "stop", None),
     (CHAT_PATH, _chat(min_tokens=9), 400, "min_tokens", None),
     (CHAT_PATH, _chat(stream_options={"include_usage": True}), 400, "stream_options", None),
-    (CHAT_PATH, _chat(presence_penalty=0.5), 400, "presence_penalty", None),
+    (CHAT_PATH, _chat(presence_penalty=2.5), 400, "presence_penalty", None),
+    (CHAT_PATH, _chat(logit_bias={"49152": 1}), 400, "logit_bias", None),
     (CMPL_PATH, _cmpl(prompt=[7] * MAX_MODEL_LEN), 400, "prompt", TOO_LONG),
     (CMPL_PATH, {"model": MODEL, "prompt": [7] * MAX_MODEL_LEN}, 400, "prompt", TOO_LONG),
     (CMPL_PATH, _cmpl(prompt=[7] * 4000, max_tokens=97), 400, "max_tokens", TOO_LONG),
     (CMPL_PATH, _cmpl(prompt=["a", "b"]), 400, "prompt", None),
     (CMPL_PATH, _cmpl(prompt=[49152]), 400, "prompt", None),
     (CMPL_PATH, _cmpl(prompt=""), 400, "prompt", None),
-    (CMPL_PATH, _cmpl(logprobs=3), 400, "logprobs", None),
+    (CMPL_PATH, _cmpl(logprobs=6), 400, "logprobs", None),
     (CMPL_PATH, _cmpl(echo=True), 400, "echo", None),
 ]  # fmt: skip
 
@@ -404,7 +409,7 @@ def test_a_body_over_the_limit_gets_413_before_it_is_parsed(url: str) -> None:
 
 
 def test_not_supported_says_so(url: str) -> None:
-    r = httpx.post(f"{url}{CHAT_PATH}", json=_chat(logprobs=True, top_logprobs=5))
+    r = httpx.post(f"{url}{CHAT_PATH}", json=_chat(tools=[{"type": "function"}]))
     assert "not supported" in r.json()["error"]["message"]
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import Engine, EngineConfig, SamplingParams
+from engine import Engine, SamplingParams
 from engine.model.quant import QuantLinear
 from tests.helpers.hf_reference import hf_greedy
+from tests.integration.conftest import SMOLLM_QUANT_ROWS
 
 pytestmark = pytest.mark.slow
 
@@ -21,23 +22,14 @@ QUESTIONS = [
     "Write a haiku about the sea.",
     "List three prime numbers and explain why they are prime.",
 ]
-QUANT_ROWS = 4  # the batch of three below and a prefill's last-token row read the blocks
 
 
-@pytest.fixture(scope="module")
-def engine(smollm_path: Path) -> Engine:
-    # How many rows read the GGUF blocks is a speed choice measured at start-up, and a busy
-    # machine can measure it at 0: fixed here, since these tests are about the answers.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("engine.runner.choose_quant_rows", lambda *_: QUANT_ROWS)
-        return Engine(EngineConfig(model=str(smollm_path), dtype="float32"))
-
-
-def test_greedy_matches_transformers_on_gguf(engine: Engine, smollm_hf: object) -> None:
+def test_greedy_matches_transformers_on_gguf(smollm_f32: Engine, smollm_hf: object) -> None:
+    engine = smollm_f32
     assert engine.tokenizer is not None
     # the default path: decode GEMMs read the GGUF's Q4_1/Q8_0 blocks (engine/model/quant.py)
     linear = engine.runner.model.ops.linear  # type: ignore[attr-defined]
-    assert isinstance(linear, QuantLinear) and linear.max_rows == QUANT_ROWS, linear
+    assert isinstance(linear, QuantLinear) and linear.max_rows == SMOLLM_QUANT_ROWS, linear
     prompts = [
         engine.tokenizer.apply_chat_template([{"role": "user", "content": q}]) for q in QUESTIONS
     ]
@@ -51,7 +43,8 @@ def test_greedy_matches_transformers_on_gguf(engine: Engine, smollm_hf: object) 
     assert engine.pool.is_idle()
 
 
-def test_stop_string_is_never_emitted(engine: Engine) -> None:
+def test_stop_string_is_never_emitted(smollm_f32: Engine) -> None:
+    engine = smollm_f32
     assert engine.tokenizer is not None
     prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": QUESTIONS[0]}])
     (plain,) = engine.generate([prompt], SamplingParams(max_tokens=20))
@@ -62,7 +55,8 @@ def test_stop_string_is_never_emitted(engine: Engine) -> None:
     assert plain.text.startswith(stopped.text)
 
 
-def test_seeded_sampling_is_reproducible(engine: Engine) -> None:
+def test_seeded_sampling_is_reproducible(smollm_f32: Engine) -> None:
+    engine = smollm_f32
     prompt = "Once upon a time"
     a, b, c = (
         engine.generate([prompt], SamplingParams(max_tokens=24, temperature=1.0, seed=s))[

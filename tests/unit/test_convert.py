@@ -40,11 +40,29 @@ HANDLE = handle("prefill-0", "prefill-0-ab12", (4, 9, 2), 40, "lease-1")
             min_tokens=2,
             logprobs=True,
         ),
+        # logit changes: values a float32 holds exactly (the wire's type)
+        SamplingParams(
+            presence_penalty=-1.5,
+            frequency_penalty=0.25,
+            repetition_penalty=1.125,
+            logit_bias={7: -100.0, 3: 2.5},
+            min_p=0.0625,
+            top_logprobs=20,
+        ),
+        SamplingParams(repetition_penalty=0.5),
     ],
 )
 def test_params_round_trip(params: SamplingParams) -> None:
     wire = worker_pb2.SamplingParams.FromString(params_to_pb(params).SerializeToString())
     assert params_from_pb(wire) == params
+
+
+def test_top_logprobs_round_trip() -> None:
+    from services.wire.engine_types import top_from_pb, top_to_pb
+
+    top = ((5, -0.25), (1, -1.5))
+    wire = worker_pb2.TopLogprobs.FromString(top_to_pb(top).SerializeToString())
+    assert top_from_pb(wire) == top
 
 
 def test_seed_zero_is_not_no_seed() -> None:

@@ -3,7 +3,10 @@ settled (the router's, and `Engine.generate`'s)."""
 
 from __future__ import annotations
 
-from engine.detokenize import IncrementalText
+from pathlib import Path
+
+from engine.detokenize import DecodeStreamDecoder, IncrementalText
+from engine.tokenizer import load_tokenizer
 
 
 class FakeDecoder:
@@ -197,3 +200,21 @@ def test_emitted_text_is_prefix_of_full_text_without_stops() -> None:
     assert pieces == ["The ", "", "quick ", "", "\u00e9", " "]
     assert s.take(True) == "fox"
     assert s.text == "The quick \u00e9 fox"
+
+
+def test_include_stop_ends_the_text_with_the_stop_string() -> None:
+    # vLLM's include_stop_str_in_output: the stop string split over tokens, text after it
+    dec = FakeDecoder({1: "abcE", 2: "NDxyz"})
+    s = IncrementalText(dec, ("END",), include_stop=True)
+    pieces, stopped = run(s, [1, 2])
+    assert stopped and s.stopped_on == "END"
+    assert "".join(pieces) == "abcEND" and pieces[0] == "abc"  # still held back until settled
+
+
+def test_special_tokens_are_in_the_text_only_when_asked(smollm_path: Path) -> None:
+    tok = load_tokenizer(smollm_path)
+    ids = tok.encode("Hi") + [tok.eos_token_ids[0]] + tok.encode(" there")
+    for skip, want in ((True, "Hi there"), (False, "Hi<|im_end|> there")):
+        s = IncrementalText(DecodeStreamDecoder(tok.backend, skip_special_tokens=skip))
+        pieces, _ = run(s, ids)
+        assert "".join(pieces) == want

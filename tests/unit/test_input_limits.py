@@ -18,7 +18,15 @@ import torch
 from pydantic import ValidationError
 
 from engine.sampler import SampleRow, sample
-from engine.sampling_params import MAX_STOP_CHARS, MAX_STOP_STRINGS, MIN_TEMPERATURE, SamplingParams
+from engine.sampling_params import (
+    MAX_LOGIT_BIAS,
+    MAX_STOP_CHARS,
+    MAX_STOP_STRINGS,
+    MAX_STOP_TOKEN_IDS,
+    MAX_TOP_LOGPROBS,
+    MIN_TEMPERATURE,
+    SamplingParams,
+)
 from services.router.app import create_app
 from services.router.errors import validation_error
 from services.router.metrics import RouterMetrics
@@ -77,18 +85,30 @@ REFUSED: list[tuple[str, dict[str, Any] | str, str]] = [
     (CMPL, {"min_tokens": 5}, "min_tokens"),  # more than max_tokens
     (CMPL, {"n": 2}, "n"),
     (CMPL, {"n": 0}, "n"),
-    (CMPL, {"presence_penalty": 0.5}, "presence_penalty"),
-    (CMPL, {"frequency_penalty": -0.5}, "frequency_penalty"),
-    (CMPL, {"logit_bias": {"5": 1.0}}, "logit_bias"),  # no bias is applied: refused
+    (CMPL, {"presence_penalty": 2.0001}, "presence_penalty"),
+    (CMPL, {"frequency_penalty": -2.0001}, "frequency_penalty"),
+    (CMPL, '"presence_penalty": NaN', "presence_penalty"),
+    (CMPL, {"repetition_penalty": 0}, "repetition_penalty"),
+    (CMPL, {"repetition_penalty": 2.0001}, "repetition_penalty"),
+    (CMPL, {"min_p": -0.1}, "min_p"),
+    (CMPL, {"min_p": 1.0001}, "min_p"),
+    (CMPL, {"logit_bias": {"5": 100.0001}}, "logit_bias"),
+    (CMPL, {"logit_bias": {"5": "1"}}, "logit_bias"),
+    (CMPL, {"logit_bias": {"five": 1.0}}, "logit_bias"),
+    (CMPL, {"logit_bias": {"-1": 1.0}}, "logit_bias"),
+    (CMPL, {"logit_bias": {str(VOCAB): 1.0}}, "logit_bias"),
+    (CMPL, {"logit_bias": {str(i): 1.0 for i in range(MAX_LOGIT_BIAS + 1)}}, "logit_bias"),
+    (CMPL, {"stop_token_ids": [VOCAB]}, "stop_token_ids"),
+    (CMPL, {"stop_token_ids": [-1]}, "stop_token_ids[0]"),
+    (CMPL, {"stop_token_ids": [1] * (MAX_STOP_TOKEN_IDS + 1)}, "stop_token_ids"),
     (CMPL, {"stop": [""]}, "stop"),
     (CMPL, {"stop": "x" * (MAX_STOP_CHARS + 1)}, "stop"),
     (CMPL, {"stop": ["x"] * (MAX_STOP_STRINGS + 1)}, "stop"),
     (CHAT, {"top_logprobs": 21}, "top_logprobs"),
-    (CHAT, {"logprobs": True, "top_logprobs": 1}, "top_logprobs"),
+    (CHAT, {"top_logprobs": 1}, "top_logprobs"),  # without logprobs=true, as OpenAI
     (CHAT, {"tools": [{"type": "function"}]}, "tools"),
     (CHAT, {"response_format": {"type": "json_object"}}, "response_format"),
     (CMPL, {"logprobs": 6}, "logprobs"),
-    (CMPL, {"logprobs": 2}, "logprobs"),
     (CMPL, {"echo": True}, "echo"),
     (CMPL, {"best_of": 2}, "best_of"),
     (CMPL, {"suffix": "x"}, "suffix"),
@@ -99,12 +119,9 @@ REFUSED: list[tuple[str, dict[str, Any] | str, str]] = [
     (CMPL, {"prompt": ""}, "prompt"),
     (CMPL, {"prompt": ["a", "b"]}, "prompt"),
     # vLLM's and OpenAI's fields that would change the answer: named, never dropped
-    (CMPL, {"repetition_penalty": 1.2}, "repetition_penalty"),
-    (CMPL, {"min_p": 0.1}, "min_p"),
-    (CMPL, {"stop_token_ids": [2]}, "stop_token_ids"),
-    (CMPL, {"skip_special_tokens": False}, "skip_special_tokens"),
-    (CMPL, {"include_stop_str_in_output": True}, "include_stop_str_in_output"),
     (CMPL, {"guided_json": {"type": "object"}}, "guided_json"),
+    (CMPL, {"spaces_between_special_tokens": False}, "spaces_between_special_tokens"),
+    (CMPL, {"include_stop_str_in_output": 1}, "include_stop_str_in_output"),  # strict bool
     (CHAT, {"chat_template_kwargs": {"enable_thinking": False}}, "chat_template_kwargs"),
     (CHAT, {"tool_choice": "required"}, "tool_choice"),
     (CHAT, {"functions": [{"name": "f"}]}, "functions"),
@@ -128,9 +145,6 @@ def test_out_of_range_is_a_400_naming_the_field(
 
 
 NEUTRAL_FIELDS: dict[str, Any] = {
-    "repetition_penalty": 1.0,
-    "min_p": 0.0,
-    "stop_token_ids": [],
     "skip_special_tokens": True,
     "include_stop_str_in_output": False,
     "tool_choice": "none",
@@ -173,6 +187,13 @@ ACCEPTED: list[tuple[dict[str, Any], dict[str, Any]]] = [
     ({"max_tokens": 4.0, "min_tokens": 4.0}, {"max_tokens": 4, "min_tokens": 4}),  # 4.0 is 4
     ({"stop": ["x" * MAX_STOP_CHARS] * MAX_STOP_STRINGS}, {}),
     ({"n": 1, "logit_bias": {}, "presence_penalty": 0, "best_of": 1, "logprobs": 1}, {}),
+    # logit changes (float32 on the wire: values a float32 holds exactly)
+    ({"presence_penalty": -2, "frequency_penalty": 2}, {"presence_penalty": -2}),
+    ({"frequency_penalty": 1.5}, {"frequency_penalty": 1.5}),
+    ({"repetition_penalty": 1.25, "min_p": 0.5}, {"repetition_penalty": 1.25, "min_p": 0.5}),
+    ({"repetition_penalty": 2}, {"repetition_penalty": 2.0}),
+    ({"logit_bias": {"0": -100, str(VOCAB - 1): 100.0}}, {"logit_bias": ((0, -100.0), (VOCAB - 1, 100.0))}),  # noqa: E501
+    ({"stop_token_ids": [0, 2.0, VOCAB - 1]}, {"stop_token_ids": (0, 2, VOCAB - 1)}),
     ({"prompt": [0.0, VOCAB - 1]}, {}),
     # A temperature too small to divide by is greedy (as vLLM's below 1e-5); the smallest
     # positive top_p the float32 on the wire holds keeps the top token, as any smaller one.
@@ -252,11 +273,22 @@ def test_the_openapi_schema_states_the_limits() -> None:
     assert "x-below-vocab-size" not in ids  # the marker is filled in, not served
     # What we serve of what OpenAI defines more widely.
     assert (cmpl["n"]["minimum"], cmpl["n"]["maximum"]) == (1, 1)
-    assert cmpl["presence_penalty"]["maximum"] == cmpl["presence_penalty"]["minimum"] == 0
-    assert _branch(cmpl["logit_bias"], "object")["maxProperties"] == 0
-    assert _branch(cmpl["logprobs"], "integer")["maximum"] == 1
+    assert (cmpl["presence_penalty"]["minimum"], cmpl["presence_penalty"]["maximum"]) == (-2, 2)
+    assert (cmpl["frequency_penalty"]["minimum"], cmpl["frequency_penalty"]["maximum"]) == (-2, 2)
+    rep = cmpl["repetition_penalty"]
+    assert (rep["exclusiveMinimum"], rep["maximum"]) == (0, 2)
+    bias = _branch(cmpl["logit_bias"], "object")
+    assert bias["maxProperties"] == MAX_LOGIT_BIAS
+    assert (bias["additionalProperties"]["minimum"], bias["additionalProperties"]["maximum"]) == (
+        -100,
+        100,
+    )
+    stop_ids = _branch(cmpl["stop_token_ids"], "array")
+    assert stop_ids["maxItems"] == MAX_STOP_TOKEN_IDS
+    assert stop_ids["items"]["exclusiveMaximum"] == VOCAB
+    assert _branch(cmpl["logprobs"], "integer")["maximum"] == 5
     assert cmpl["echo"]["const"] is False
-    assert _branch(chat["top_logprobs"], "integer")["maximum"] == 0
+    assert _branch(chat["top_logprobs"], "integer")["maximum"] == MAX_TOP_LOGPROBS
     assert _branch(chat["tools"], "array")["maxItems"] == 0
 
 

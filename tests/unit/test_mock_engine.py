@@ -295,3 +295,16 @@ def test_gguf_config_alone_equals_the_full_reader(tmp_path: Path) -> None:
     (tmp_path / "bad.gguf").write_bytes(b"GGUF\x09\x00\x00\x00")
     with pytest.raises(ModelLoadError, match="unsupported GGUF version 9"):
         read_model_config(tmp_path / "bad.gguf")
+
+
+def test_token_ids_past_the_vocabulary_are_refused_at_admission(config_only: Path) -> None:
+    """Not inside a step, where one request's bad id would fail the whole batch."""
+    engine = _engine(config_only)
+    vocab = engine.model_config.vocab_size
+    for params in (
+        SamplingParams(logit_bias={vocab: 1.0}),
+        SamplingParams(stop_token_ids=[vocab]),
+    ):
+        with pytest.raises(ValueError, match="below the vocabulary"):
+            engine.add_request("r", [1, 2, 3], params)
+    assert not engine.has_unfinished()

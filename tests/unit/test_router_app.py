@@ -260,3 +260,11 @@ def test_a_delta_of_several_tokens_ends_at_the_stop_string_inside_it() -> None:
     assert (choice["text"], choice["finish_reason"]) == ("hello ", "stop")
     assert r.json()["usage"]["completion_tokens"] == len("hello wor")
     assert len(choice["logprobs"]["tokens"]) == len("hello wor")
+
+
+def test_include_stop_str_in_output_ends_the_text_after_the_stop_string() -> None:
+    body = {"prompt": "x", "max_tokens": 30, "stop": "wor"}
+    for include, want in ((False, "hello "), (True, "hello wor")):
+        backend = ScriptedBackend(_deltas("hello world and more"))
+        r = _post(backend, "/v1/completions", {**body, "include_stop_str_in_output": include})
+        assert r.json()["choices"][0]["text"] == want
