@@ -20,15 +20,15 @@ from engine.backends import Runner, load_backend, make_runner
 from engine.block_pool import BlockPool
 from engine.config import EngineConfig
 from engine.detokenize import DecodeStreamDecoder, IncrementalText
+from engine.guided import Grammars
 from engine.kv_events import KVEventSink
-from engine.logit_adjust import LogitAdjust
 from engine.mock import MOCK_NUM_BLOCKS
 from engine.offline import Completion, run_to_completion
 from engine.output import EngineLoad, KVSnapshot, RequestLengths, RequestOutput, StepTotals
-from engine.request import FinishReason, Request, SampledToken, Status
-from engine.sampler import SampleRow, sample, top_logprobs
+from engine.request import FinishReason, Request, Status
+from engine.sample_rows import SampleRows
 from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler, SchedulerOutput
+from engine.scheduler import Scheduler
 from engine.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = ["Completion", "Engine", "RequestOutput", "Runner"]
@@ -85,8 +85,12 @@ class Engine:
             self.tokenizer.vocab_size if self.tokenizer else None,
         )
         self.requests: dict[str, Request] = {}
-        self._rows: dict[str, SampleRow] = {}
-        self._seed_gen = torch.Generator().manual_seed(config.seed)
+        grammars = (
+            Grammars(self.tokenizer.backend, model_cfg.vocab_size, self.eos_token_ids)
+            if self.tokenizer
+            else None
+        )
+        self._rows = SampleRows(config.seed, self.eos_token_ids, grammars)
 
     def _blocks_for(self, gb: float) -> int:
         per_block = self.block_size * self.model_config.kv_bytes_per_token * self.dtype.itemsize
@@ -121,11 +125,8 @@ class Engine:
             remote_prefill=remote_prefill,
             cache_salt=cache_salt,
         )
+        self._rows.add(req)  # first: it may refuse the request's grammar
         self.requests[request_id] = req
-        adjust = (
-            LogitAdjust(params, req.token_ids, len(ids)) if LogitAdjust.wanted(params) else None
-        )
-        self._rows[request_id] = SampleRow(params, self._generator(params), adjust=adjust)
         self.scheduler.add(req)
         return req
 
@@ -135,12 +136,6 @@ class Engine:
                 raise ValueError("this engine has no tokenizer: pass token ids")
             return self.tokenizer.encode(prompt)
         return [int(t) for t in prompt]
-
-    def _generator(self, params: SamplingParams) -> torch.Generator:
-        seed = params.seed
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,), generator=self._seed_gen).item())
-        return torch.Generator().manual_seed(seed)
 
     def abort(self, request_id: str, reason: FinishReason = FinishReason.ABORT) -> bool:
         """Stop a request wherever it is and free its blocks. False if unknown/finished.
@@ -162,29 +157,12 @@ class Engine:
         if not sched.chunks:
             return []
         logits = self.runner.execute(sched.chunks)
-        got = self.scheduler.update(sched, self._sample(sched, logits))
+        sampled = self._rows.sample([c.request for c in sched.chunks if c.samples], logits)
+        got = self.scheduler.update(sched, sampled)
         outputs = [self._conclude(r) for r in got]
         self.runner.finish_step(started)  # the mock waits out its modelled time here
         self.totals.add([c.num_tokens for c in sched.chunks], time.perf_counter() - started)
         return outputs
-
-    def _sample(self, sched: SchedulerOutput, logits: torch.Tensor) -> dict[str, SampledToken]:
-        reqs = [c.request for c in sched.chunks if c.samples]
-        rows = [self._row(r) for r in reqs]
-        tokens, logprobs = sample(logits, rows)
-        tops = top_logprobs(logits, rows)
-        return {
-            r.request_id: SampledToken(t, lp, top)
-            for r, t, lp, top in zip(reqs, tokens, logprobs, tops, strict=True)
-        }
-
-    def _row(self, req: Request) -> SampleRow:
-        row = self._rows[req.request_id]
-        p = req.params
-        row.banned = (
-            (self.eos_token_ids + p.stop_token_ids) if req.num_output_tokens < p.min_tokens else ()
-        )
-        return row
 
     def _conclude(self, req: Request) -> RequestOutput:
         """`req` just got a token: end it if that token stops it, and report it."""
@@ -216,11 +194,11 @@ class Engine:
             return FinishReason.STOP
         if req.num_output_tokens >= p.max_tokens or req.num_tokens >= self.max_model_len:
             return FinishReason.LENGTH
-        return None
+        return FinishReason.STOP if self._rows.grammar_done(req) else None
 
     def _forget(self, request_id: str) -> None:
         self.requests.pop(request_id, None)
-        self._rows.pop(request_id, None)
+        self._rows.drop(request_id)
 
     # ---- disaggregation hooks (the transfer layer drives these) -------------------
     def held_request(self, request_id: str) -> Request | None:

@@ -1,6 +1,7 @@
 """Pick the next token of each sampling sequence from its logits.
 
-A request's logit changes come first (logit_bias and penalties: engine/logit_adjust.py).
+A request's logit changes come first (logit_bias and penalties: engine/logit_adjust.py), then
+its grammar's mask (structured output: engine/guided.py).
 Greedy rows then take the argmax; the others apply temperature, then min-p, top-k and top-p
 (vLLM's order), and draw from what remains with their own generator (seeded per request,
 so the same seed gives the same tokens regardless of what else is in the batch). The
@@ -10,15 +11,19 @@ OpenAI reports it.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from engine.guided import Constraint
 from engine.logit_adjust import LogitAdjust
 from engine.request import TopLogprobs
 from engine.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -27,18 +32,16 @@ class SampleRow:
     generator: torch.Generator
     banned: tuple[int, ...] = ()  # token ids not allowed yet (EOS before min_tokens)
     adjust: LogitAdjust | None = None  # logit_bias and penalties, where asked for
+    constraint: Constraint | None = None  # structured output's grammar, where asked for
 
 
 def sample(logits: torch.Tensor, rows: Sequence[SampleRow]) -> tuple[list[int], list[float | None]]:
     """logits: [n, vocab] float32, one row per entry of `rows`."""
     raw = logits
-    if any(r.banned or r.adjust for r in rows):
+    if any(r.banned or r.adjust or r.constraint for r in rows):
         logits = logits.clone()
         for i, r in enumerate(rows):
-            if r.adjust is not None:
-                r.adjust.apply(logits[i])
-            if r.banned:
-                logits[i, list(r.banned)] = float("-inf")
+            _change(logits[i], r, raw[i])
     tokens = _argmax(logits)
     for i, r in enumerate(rows):
         if not r.params.greedy:
@@ -52,6 +55,22 @@ def sample(logits: torch.Tensor, rows: Sequence[SampleRow]) -> tuple[list[int], 
         for i, v in zip(wanted, lp.tolist(), strict=True):
             logprobs[i] = v
     return token_list, logprobs
+
+
+def _change(row: torch.Tensor, r: SampleRow, raw: torch.Tensor) -> None:
+    """A request's changes to its logits [vocab], in place. Where together they leave no
+    token at all (a grammar whose only next tokens are banned until min_tokens, say), the
+    row goes back to the model's own: one step's answer breaks the grammar (its
+    constraint logs it) rather than a draw from nothing failing every request of the step."""
+    if r.adjust is not None:
+        r.adjust.apply(row)
+    if r.banned:
+        row[list(r.banned)] = float("-inf")
+    if r.constraint is not None and (allowed := r.constraint.allowed()) is not None:
+        row.masked_fill_(~allowed, float("-inf"))
+    if bool(torch.isneginf(row).all()):
+        log.warning("a request's bans and grammar left no token: its step samples freely")
+        row.copy_(raw)
 
 
 def top_logprobs(logits: torch.Tensor, rows: Sequence[SampleRow]) -> list[TopLogprobs]:

@@ -19,10 +19,36 @@ MIN_TEMPERATURE = 2.0**-16
 # logit_bias entries a request may carry (OpenAI documents a map of token ids to -100..100;
 # each entry costs an add per step): the bound keeps a body from buying work per token.
 MAX_LOGIT_BIAS = 1024
+# A repetition penalty divides logits by it: one near 0 would overflow float32 to inf (and
+# a sampled draw then fails inside the step). Any penalty below this one already makes a
+# seen token's logit certain or impossible; a power of two, exact as the wire's float32.
+MIN_REPETITION_PENALTY = 2.0**-16
 MAX_STOP_TOKEN_IDS = 1024
 MAX_TOP_LOGPROBS = (
     20  # OpenAI's bound  # a set lookup per token, but a body should not carry millions
 )
+
+
+GUIDED_KINDS = ("json_schema", "json_object", "regex", "choice")
+MAX_GUIDED_CHARS = 65536  # a schema, regex or list of choices: compiled per request
+
+
+@dataclass(frozen=True, slots=True)
+class GuidedSpec:
+    """Structured output (engine/guided.py): JSON of a schema (`spec`: the schema as JSON
+    text), any JSON object, text matching a regex, or one of a list of strings (`spec`: a
+    JSON list of them)."""
+
+    kind: str
+    spec: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in GUIDED_KINDS:
+            raise ValueError(
+                f"guided kind must be one of {', '.join(GUIDED_KINDS)}, got {self.kind!r}"
+            )
+        if len(self.spec) > MAX_GUIDED_CHARS:
+            raise ValueError(f"a guided spec takes at most {MAX_GUIDED_CHARS} characters")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +67,10 @@ class SamplingParams:
     # vLLM's and OpenAI's logit changes (engine/logit_adjust.py says how each applies)
     presence_penalty: float = 0.0  # [-2, 2]
     frequency_penalty: float = 0.0  # [-2, 2]
-    repetition_penalty: float = 1.0  # (0, 2]; 1 is off
+    repetition_penalty: float = 1.0  # [2**-16, 2]; 1 is off
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias in [-100, 100])
     min_p: float = 0.0  # [0, 1]: drop tokens below min_p x the likeliest one's probability
+    guided: GuidedSpec | None = None  # structured output: the grammar its tokens must follow
 
     def __post_init__(self) -> None:
         # Normalise so callers may pass lists.
@@ -97,8 +124,10 @@ class SamplingParams:
             value = getattr(self, name)
             if not -2.0 <= value <= 2.0:  # also refuses NaN
                 raise ValueError(f"{name} must be in [-2, 2], got {value}")
-        if not 0.0 < self.repetition_penalty <= 2.0:
-            raise ValueError(f"repetition_penalty must be in (0, 2], got {self.repetition_penalty}")
+        if not MIN_REPETITION_PENALTY <= self.repetition_penalty <= 2.0:
+            raise ValueError(
+                f"repetition_penalty must be in [2**-16, 2], got {self.repetition_penalty}"
+            )
         if not 0.0 <= self.min_p <= 1.0:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
         if len(self.logit_bias) > MAX_LOGIT_BIAS:

@@ -28,6 +28,11 @@ class Tokenizer:
         self.vocab_size: int = len(hf_tokenizer)
 
     @property
+    def hf(self) -> Any:
+        """The transformers tokenizer itself, for libraries that take one (bench/)."""
+        return self._tok
+
+    @property
     def backend(self) -> Any:
         """The `tokenizers.Tokenizer` underneath, for incremental decoding (detokenize.py)."""
         return self._tok.backend_tokenizer

@@ -14,8 +14,9 @@ from __future__ import annotations
 import importlib.metadata
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
@@ -29,6 +30,7 @@ from services.router.disconnect import DisconnectWatch
 from services.router.drain import Drain
 from services.router.errors import SERVER_ERROR, APIError, error_body, install_error_handlers
 from services.router.generation import Generation, collect
+from services.router.generation_config import with_defaults
 from services.router.metrics import RouterMetrics
 from services.router.middleware import (
     DEFAULT_MAX_BODY_BYTES,
@@ -67,6 +69,7 @@ class _Server:
     started: int  # unix seconds, the model's `created`
     drain: Drain  # /ready fails while it is active
     aliases: tuple[str, ...] = ()  # more names it answers to (vLLM's --served-model-name)
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # generation_config.py
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -95,12 +98,15 @@ def create_app(
     public_metrics: bool = False,
     aliases: Sequence[str] = (),
     allowed_origins: Sequence[str] = (),
+    generation_defaults: Mapping[str, Any] | None = None,
 ) -> FastAPI:
     """`drain`: the router's SIGTERM state (drain.py); /ready fails while it is active.
     With API keys, every path needs one but the probes' (/health, /ready: a Kubernetes
     probe sends no key, and they tell only up or not) and, with `public_metrics`,
     /metrics. `aliases`: more names the model is served under (responses name the first);
-    `allowed_origins`: browsers' origins answered with CORS headers (none: no CORS)."""
+    `allowed_origins`: browsers' origins answered with CORS headers (none: no CORS);
+    `generation_defaults`: sampling values for what a request leaves out
+    (generation_config.py)."""
     started = int(time.time())
     server = _Server(
         backend,
@@ -111,6 +117,7 @@ def create_app(
         started,
         drain or Drain(),
         tuple(aliases),
+        dict(generation_defaults or {}),
     )
     app = FastAPI(title="Tandem router", summary="OpenAI-compatible API")
     fastapi_openapi = app.openapi  # what the API accepts, with the served bounds filled in
@@ -145,6 +152,7 @@ def _openai_routes(s: _Server) -> APIRouter:
         arrival = time.monotonic()
         s.check_model(body.model)
         body.check_supported()
+        body = with_defaults(body, s.defaults)
         ids = await chat_prompt_ids(s.tokenizer, body)
         return await _complete(s, request, body, ids, "chatcmpl", arrival)
 
@@ -153,6 +161,7 @@ def _openai_routes(s: _Server) -> APIRouter:
         arrival = time.monotonic()
         s.check_model(body.model)
         body.check_supported()
+        body = with_defaults(body, s.defaults)
         ids = await completion_prompt_ids(s.tokenizer, body)
         return await _complete(s, request, body, ids, "cmpl", arrival)
 

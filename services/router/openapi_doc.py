@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.router.protocol import BELOW_VOCAB
+from services.router.body_types import BELOW_VOCAB
 
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 

@@ -8,7 +8,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from services.cluster.cluster_token import token_from_env
 from services.cluster.worker_tls import client_ca_from_env
@@ -21,6 +21,7 @@ from services.router.dispatch_config import (
     MODES,
     DispatchConfig,
 )
+from services.router.generation_config import load_defaults
 from services.router.middleware import DEFAULT_MAX_BODY_BYTES
 from services.router.routing import ROUTINGS
 
@@ -56,6 +57,8 @@ class RouterOptions:
     served_model_names: tuple[str, ...] = ()  # the API's names; () : from the model's file
     allowed_origins: tuple[str, ...] = ()  # CORS: browsers' origins (none: no CORS headers)
     chat_template: str | None = None  # a Jinja template instead of the model's own
+    # a request's sampling defaults, from the model's generation_config.json (vLLM's flag)
+    generation_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 def add_router_args(ap: argparse.ArgumentParser) -> None:
@@ -99,6 +102,13 @@ def add_router_args(ap: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FILE_OR_TEMPLATE",
         help="a Jinja chat template, or a file holding one, instead of the model's own",
+    )
+    ap.add_argument(
+        "--generation-config",
+        default="auto",
+        metavar="auto|vllm|FOLDER",
+        help="sampling defaults for what a request leaves out: auto, the model's own "
+        "generation_config.json where it has one; vllm, none (OpenAI's); or a folder's",
     )
     ap.add_argument(
         "--wait-for-workers-s",
@@ -230,6 +240,7 @@ def router_options(args: argparse.Namespace, model: str, redis_url: str) -> Rout
         served_model_names=tuple(args.served_model_name or ()),
         allowed_origins=args.allowed_origins,
         chat_template=_template(args.chat_template),
+        generation_defaults=_generation_defaults(args.generation_config, model),
     )
 
 
@@ -244,6 +255,13 @@ def _origins(spec: str) -> tuple[str, ...]:
             raise argparse.ArgumentTypeError('a JSON list of strings, e.g. ["*"]')
         return tuple(got)
     return tuple(o.strip() for o in spec.split(",") if o.strip())
+
+
+def _generation_defaults(spec: str, model: str) -> dict[str, Any]:
+    try:
+        return load_defaults(spec, model)
+    except ValueError as e:
+        raise SystemExit(f"tandem router: --generation-config: {e}") from None
 
 
 def _template(spec: str | None) -> str | None:

@@ -19,88 +19,47 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
-    field_validator,
     model_validator,
 )
 
 from engine.sampling_params import (
+    MAX_GUIDED_CHARS,
     MAX_LOGIT_BIAS,
-    MAX_STOP_CHARS,
-    MAX_STOP_STRINGS,
     MAX_STOP_TOKEN_IDS,
     MAX_TOP_LOGPROBS,
+    MIN_REPETITION_PENALTY,
+)
+from services.router.body_types import (
+    INT64,
+    UINT32,
+    WHOLE,
+    Body,
+    IdsPrompt,
+    OnePrompt,
+    StopList,
+    StopString,
+    TextPrompt,
+    TokenId,
+    served,
 )
 from services.router.errors import APIError
-from services.router.unicode_check import has_lone_surrogate
 from services.router.unsupported import refuse_unsupported
 
-_INT64 = 2**63
-_UINT32 = 2**32  # max_tokens, top_k and min_tokens are uint32 on the wire
+# logit_bias's keys: token ids as OpenAI sends them, decimal strings. The served schema
+# asks for ones below 10,000 (any vocabulary holds those); sampling.py checks the real bound.
+_SERVED_TOKEN_KEY = "^(0|[1-9][0-9]{0,3})$"
+MAX_GUIDED_CHOICES = 256  # guided_choice's strings: one grammar alternative each
 
 
-def _whole(value: Any) -> Any:
-    # JSON has one kind of number, and to JSON Schema (so to the generated clients and
-    # fuzzers that read ours) 2.0 is the integer 2: taken as one. 2.5 is still refused.
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-# Last in an Annotated integer, after its constraints (pydantic then still writes them into
-# the schema as JSON Schema's minimum and maximum).
-_WHOLE = BeforeValidator(_whole)
-
-
-def _served(**schema: Any) -> Any:
-    """Schema only: what we serve of something OpenAI defines more widely (n: only 1). The
-    schema says it, so generated requests reach the engine; `check_supported` and prompts.py
-    refuse the rest with a message that says it is not supported, which a bare range error
-    would not."""
-    return Field(json_schema_extra=schema)
-
-
-StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
-StopList = Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)]
-# A prompt's token id. The served tokenizer's vocabulary bounds it further (prompts.py), and
-# the served schema says so (openapi_doc.served_openapi fills in the bound this key marks).
-BELOW_VOCAB = "x-below-vocab-size"
-TokenId = Annotated[int, Field(ge=0, lt=_UINT32, json_schema_extra={BELOW_VOCAB: True}), _WHOLE]
-TextPrompt = Annotated[str, _served(minLength=1)]  # "" has no token to start from
-IdsPrompt = Annotated[list[TokenId], _served(minItems=1)]
-OnePrompt = _served(minItems=1, maxItems=1)  # a batch of prompts: only a batch of one
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _null_is_absent(cls, data: Any) -> Any:
-        # OpenAI takes `"temperature": null` (and some clients send it) to mean the default.
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None}
-        return data
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _unicode_only(cls, value: Any) -> Any:
-        # JSON's "\ud800" escapes parse to lone surrogates, which are no characters: UTF-8
-        # cannot encode them, so the tokenizer, protobuf and our own error bodies would each
-        # fail on one later (a 500). Refused here, naming the field.
-        if has_lone_surrogate(value):
-            raise ValueError("text must be valid Unicode (it holds a lone surrogate)")
-        return value
-
-
-class TextPart(_Body):
+class TextPart(Body):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(_Body):
+class ChatMessage(Body):
     # "developer" is OpenAI's newer name for "system"; tool calling is not supported.
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
@@ -111,41 +70,56 @@ class ChatMessage(_Body):
         return "\n".join(part.text for part in self.content)  # as vLLM joins text parts
 
 
-class StreamOptions(_Body):
+class StructuredOutputs(Body):
+    """vLLM's newer form of its guided_* fields: exactly one of json, regex or choice. Its
+    other keys (grammar, structural_tag, ...) are refused, not ignored."""
+
+    model_config = ConfigDict(
+        strict=True, extra="forbid", json_schema_extra={"maxProperties": 1, "minProperties": 1}
+    )
+    json_schema: dict[str, Any] | None = Field(default=None, alias="json")
+    regex: Annotated[str, StringConstraints(min_length=1, max_length=MAX_GUIDED_CHARS)] | None = (
+        None
+    )
+    choice: Annotated[list[str], Field(min_length=1, max_length=MAX_GUIDED_CHOICES)] | None = None
+
+
+class StreamOptions(Body):
     include_usage: bool = False
 
 
-class SamplingBody(_Body):
+class SamplingBody(Body):
     """Fields both endpoints share."""
 
     prompt_field: ClassVar[str] = ""  # where the prompt is, for errors about its length
     model: str
-    n: Annotated[int, _served(minimum=1, maximum=1), _WHOLE] = 1
+    n: Annotated[int, served(minimum=1, maximum=1), WHOLE] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     # The upper bound is the context left after the prompt (resolve_max_tokens), always
     # below the wire's uint32.
-    max_tokens: Annotated[int, Field(ge=1), _WHOLE] | None = None
+    max_tokens: Annotated[int, Field(ge=1), WHOLE] | None = None
     # OpenAI's default temperature is 1: sampling, not greedy.
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     # vLLM's extensions: top_k (0 or -1 turns it off), ignore_eos, min_tokens (<= max_tokens).
-    top_k: Annotated[int, Field(ge=-1, lt=_UINT32), _WHOLE] = 0
+    top_k: Annotated[int, Field(ge=-1, lt=UINT32), WHOLE] = 0
     # OpenAI's seeds are int64; the wire's uint64 takes them modulo 2**64 (SamplingParams).
-    seed: Annotated[int, Field(ge=-_INT64, lt=_INT64), _WHOLE] | None = None
+    seed: Annotated[int, Field(ge=-INT64, lt=INT64), WHOLE] | None = None
     stop: StopString | StopList | None = None
     ignore_eos: bool = False
-    min_tokens: Annotated[int, Field(ge=0, lt=_UINT32), _WHOLE] = 0
+    min_tokens: Annotated[int, Field(ge=0, lt=UINT32), WHOLE] = 0
     # Logit changes (engine/logit_adjust.py): OpenAI's penalties and logit_bias (token ids
     # as strings, checked against the vocabulary by sampling.py), vLLM's repetition_penalty,
     # min_p and stop_token_ids.
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
-    repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] = 1.0
+    repetition_penalty: Annotated[float, Field(ge=MIN_REPETITION_PENALTY, le=2.0)] = 1.0
     logit_bias: (
         Annotated[
             dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]],
             Field(max_length=MAX_LOGIT_BIAS),
+            served(propertyNames={"pattern": _SERVED_TOKEN_KEY}),
         ]
         | None
     ) = None
@@ -155,6 +129,23 @@ class SamplingBody(_Body):
     # (e.g. <|im_end|>) in the text or not
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # vLLM's structured output (structured.py; OpenAI's response_format is chat's, below)
+    # (a schema, or its JSON text; the served schema says object, the form that cannot be
+    # malformed)
+    guided_json: (
+        Annotated[
+            dict[str, Any] | Annotated[str, StringConstraints(max_length=MAX_GUIDED_CHARS)],
+            served(type="object"),
+        ]
+        | None
+    ) = None
+    guided_regex: (
+        Annotated[str, StringConstraints(min_length=1, max_length=MAX_GUIDED_CHARS)] | None
+    ) = None
+    guided_choice: (
+        Annotated[list[str], Field(min_length=1, max_length=MAX_GUIDED_CHOICES)] | None
+    ) = None
+    structured_outputs: StructuredOutputs | None = None
     user: str | None = None  # ignored
     # vLLM's: prefix-cache hits only among requests with the same salt (engine/hashing.py),
     # so one tenant cannot learn from hit timings or routing what another one sent.
@@ -190,17 +181,15 @@ class SamplingBody(_Body):
             )
 
 
-_TEXT_FORMAT = {"type": {"const": "text"}}
-
-
 class ChatCompletionRequest(SamplingBody):
     prompt_field: ClassVar[str] = "messages"
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: Annotated[int, Field(ge=1), _WHOLE] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1), WHOLE] | None = None
     logprobs: bool = False
-    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), _WHOLE] | None = None
-    tools: Annotated[list[Any], _served(maxItems=0)] | None = None
-    response_format: Annotated[dict[str, Any], _served(properties=_TEXT_FORMAT)] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), WHOLE] | None = None
+    tools: Annotated[list[Any], served(maxItems=0)] | None = None
+    # {"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": ...}}
+    response_format: dict[str, Any] | None = None
 
     def requested_max_tokens(self) -> tuple[int | None, str]:
         if self.max_completion_tokens is not None:  # OpenAI's current name wins
@@ -219,10 +208,6 @@ class ChatCompletionRequest(SamplingBody):
             raise APIError(400, "top_logprobs needs logprobs=true.", param="top_logprobs")
         if self.tools:
             raise APIError(400, "Tool calling is not supported.", param="tools")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise APIError(
-                400, "Only response_format type 'text' is supported.", param="response_format"
-            )
 
     def chat(self) -> list[dict[str, str]]:
         """Messages as the chat template takes them."""
@@ -242,10 +227,10 @@ class CompletionRequest(SamplingBody):
         | Annotated[list[IdsPrompt], OnePrompt]
     )
     # the chosen token's logprob, and the k likeliest tokens' (OpenAI's legacy bound: 5)
-    logprobs: Annotated[int, Field(ge=0, le=5), _WHOLE] | None = None
-    echo: Annotated[bool, _served(const=False)] = False
-    best_of: Annotated[int, _served(minimum=1, maximum=1), _WHOLE] | None = None
-    suffix: Annotated[str, _served(maxLength=0)] | None = None
+    logprobs: Annotated[int, Field(ge=0, le=5), WHOLE] | None = None
+    echo: Annotated[bool, served(const=False)] = False
+    best_of: Annotated[int, served(minimum=1, maximum=1), WHOLE] | None = None
+    suffix: Annotated[str, served(maxLength=0)] | None = None
 
     def wants_logprobs(self) -> bool:
         return self.logprobs is not None

@@ -7,6 +7,7 @@ from __future__ import annotations
 from engine.sampling_params import MIN_TEMPERATURE, SamplingParams
 from services.router.errors import APIError
 from services.router.protocol import SamplingBody
+from services.router.structured import guided_spec
 
 # A request without max_tokens may run to the end of the context (OpenAI's and vLLM's
 # default), but not past this: on CPU an unbounded default would hold a decode slot and a
@@ -82,6 +83,7 @@ def sampling_params(body: SamplingBody, max_tokens: int, vocab_size: int) -> Sam
             logit_bias=_logit_bias(body.logit_bias or {}, vocab_size),
             min_p=body.min_p,
             stop_token_ids=tuple(stop_token_ids),
+            guided=guided_spec(body),
         )
     except ValueError as e:
         raise APIError(400, str(e), param=_param_of(str(e), body)) from None

@@ -83,6 +83,7 @@ async def run_router(
             public_metrics=opts.public_metrics,
             aliases=names[1:],
             allowed_origins=opts.allowed_origins,
+            generation_defaults=opts.generation_defaults,
         )
         # httptools parses HTTP in C (h11, the default, in Python); `loop` names what
         # run_on_uvloop already runs us on (serve() never sets a loop up itself).

@@ -40,11 +40,7 @@ NEUTRAL: Mapping[str, Callable[[Any], bool]] = {
     "chat_template_kwargs": _absent,
     "add_generation_prompt": _equals(True),
     "continue_final_message": _absent,
-    "guided_json": _absent,
-    "guided_regex": _absent,
-    "guided_choice": _absent,
     "guided_grammar": _absent,
-    "structured_outputs": _absent,
     # OpenAI's tool and output options
     "tool_choice": lambda v: v in (None, "none"),
     "functions": _absent,

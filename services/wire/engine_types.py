@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from engine.request import TopLogprobs
-from engine.sampling_params import SamplingParams
+from engine.sampling_params import GuidedSpec, SamplingParams
 from engine.transfer.exchange import KVHandle
 from services.pb import worker_pb2
 
@@ -33,6 +33,8 @@ def params_to_pb(p: SamplingParams) -> worker_pb2.SamplingParams:
         msg.seed = p.seed
     if p.repetition_penalty != 1.0:
         msg.repetition_penalty = p.repetition_penalty
+    if p.guided is not None:
+        msg.guided.kind, msg.guided.spec = p.guided.kind, p.guided.spec
     return msg
 
 
@@ -55,6 +57,7 @@ def params_from_pb(msg: worker_pb2.SamplingParams) -> SamplingParams:
         logit_bias=tuple(msg.logit_bias.items()),
         min_p=msg.min_p,
         top_logprobs=msg.top_logprobs,
+        guided=GuidedSpec(msg.guided.kind, msg.guided.spec) if msg.HasField("guided") else None,
     )
 
 

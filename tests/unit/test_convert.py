@@ -12,7 +12,7 @@ from engine.block_pool import BlockPool
 from engine.kv_events import AllBlocksCleared, BlockStored, KVEvent
 from engine.output import RequestOutput, StepTotals
 from engine.request import FinishReason
-from engine.sampling_params import SamplingParams
+from engine.sampling_params import GuidedSpec, SamplingParams
 from engine.transfer.exchange import ReadReport
 from services import wire
 from services.pb import events_pb2, worker_pb2
@@ -50,6 +50,8 @@ HANDLE = handle("prefill-0", "prefill-0-ab12", (4, 9, 2), 40, "lease-1")
             top_logprobs=20,
         ),
         SamplingParams(repetition_penalty=0.5),
+        SamplingParams(guided=GuidedSpec("json_schema", '{"type": "object"}')),
+        SamplingParams(guided=GuidedSpec("json_object")),
     ],
 )
 def test_params_round_trip(params: SamplingParams) -> None:

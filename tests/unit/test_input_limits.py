@@ -24,6 +24,7 @@ from engine.sampling_params import (
     MAX_STOP_STRINGS,
     MAX_STOP_TOKEN_IDS,
     MAX_TOP_LOGPROBS,
+    MIN_REPETITION_PENALTY,
     MIN_TEMPERATURE,
     SamplingParams,
 )
@@ -89,6 +90,7 @@ REFUSED: list[tuple[str, dict[str, Any] | str, str]] = [
     (CMPL, {"frequency_penalty": -2.0001}, "frequency_penalty"),
     (CMPL, '"presence_penalty": NaN', "presence_penalty"),
     (CMPL, {"repetition_penalty": 0}, "repetition_penalty"),
+    (CMPL, {"repetition_penalty": 1e-30}, "repetition_penalty"),  # would overflow the logits
     (CMPL, {"repetition_penalty": 2.0001}, "repetition_penalty"),
     (CMPL, {"min_p": -0.1}, "min_p"),
     (CMPL, {"min_p": 1.0001}, "min_p"),
@@ -107,7 +109,7 @@ REFUSED: list[tuple[str, dict[str, Any] | str, str]] = [
     (CHAT, {"top_logprobs": 21}, "top_logprobs"),
     (CHAT, {"top_logprobs": 1}, "top_logprobs"),  # without logprobs=true, as OpenAI
     (CHAT, {"tools": [{"type": "function"}]}, "tools"),
-    (CHAT, {"response_format": {"type": "json_object"}}, "response_format"),
+    (CHAT, {"response_format": {"type": "yaml"}}, "response_format"),
     (CMPL, {"logprobs": 6}, "logprobs"),
     (CMPL, {"echo": True}, "echo"),
     (CMPL, {"best_of": 2}, "best_of"),
@@ -119,7 +121,7 @@ REFUSED: list[tuple[str, dict[str, Any] | str, str]] = [
     (CMPL, {"prompt": ""}, "prompt"),
     (CMPL, {"prompt": ["a", "b"]}, "prompt"),
     # vLLM's and OpenAI's fields that would change the answer: named, never dropped
-    (CMPL, {"guided_json": {"type": "object"}}, "guided_json"),
+    (CMPL, {"guided_grammar": "start: x"}, "guided_grammar"),
     (CMPL, {"spaces_between_special_tokens": False}, "spaces_between_special_tokens"),
     (CMPL, {"include_stop_str_in_output": 1}, "include_stop_str_in_output"),  # strict bool
     (CHAT, {"chat_template_kwargs": {"enable_thinking": False}}, "chat_template_kwargs"),
@@ -276,7 +278,7 @@ def test_the_openapi_schema_states_the_limits() -> None:
     assert (cmpl["presence_penalty"]["minimum"], cmpl["presence_penalty"]["maximum"]) == (-2, 2)
     assert (cmpl["frequency_penalty"]["minimum"], cmpl["frequency_penalty"]["maximum"]) == (-2, 2)
     rep = cmpl["repetition_penalty"]
-    assert (rep["exclusiveMinimum"], rep["maximum"]) == (0, 2)
+    assert (rep["minimum"], rep["maximum"]) == (MIN_REPETITION_PENALTY, 2)
     bias = _branch(cmpl["logit_bias"], "object")
     assert bias["maxProperties"] == MAX_LOGIT_BIAS
     assert (bias["additionalProperties"]["minimum"], bias["additionalProperties"]["maximum"]) == (

@@ -90,3 +90,23 @@ def test_only_requests_that_change_logits_get_an_adjuster() -> None:
     assert not LogitAdjust.wanted(SamplingParams(repetition_penalty=1.0, presence_penalty=0.0))
     assert LogitAdjust.wanted(SamplingParams(presence_penalty=-0.1))
     assert LogitAdjust.wanted(SamplingParams(logit_bias={7: 0.5}))
+
+
+def test_changes_that_leave_no_token_fall_back_to_the_models_logits() -> None:
+    """min_tokens bans the only tokens a grammar would allow: the step still samples (from
+    the model's own logits) instead of failing every request in it."""
+
+    class OnlyZero:
+        def allowed(self) -> torch.Tensor:
+            return torch.tensor([True] + [False] * (len(LOGITS) - 1))
+
+    logits = torch.tensor([LOGITS, LOGITS])
+    greedy = SampleRow(SamplingParams(), torch.Generator(), banned=(0,), constraint=OnlyZero())  # type: ignore[arg-type]
+    drawn = SampleRow(
+        SamplingParams(temperature=1.0),
+        torch.Generator().manual_seed(0),
+        banned=(0,),
+        constraint=OnlyZero(),  # type: ignore[arg-type]
+    )
+    tokens, _ = sample(logits, [greedy, drawn])
+    assert tokens[0] == 0 and 0 <= tokens[1] < len(LOGITS)
