@@ -35,8 +35,14 @@ def grammar_of(spec: GuidedSpec) -> str:
         grammar = LLMatcher.grammar_from_lark("start: " + " | ".join(map(json.dumps, choices)))
     error = LLMatcher.validate_grammar(grammar)
     if error:
-        raise ValueError(f"the {spec.kind.replace('_', ' ')} cannot be enforced: {error}")
+        raise unenforceable(spec, error)
     return grammar
+
+
+def unenforceable(spec: GuidedSpec, why: str) -> ValueError:
+    """The error for a spec llguidance refuses (a 400 at the router, INVALID_ARGUMENT at a
+    worker)."""
+    return ValueError(f"the {spec.kind.replace('_', ' ')} cannot be enforced: {why}")
 
 
 def check(spec: GuidedSpec) -> None:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from engine.grammar import grammar_of
+from engine.grammar import grammar_of, unenforceable
 from engine.sampling_params import GuidedSpec
 
 if TYPE_CHECKING:
@@ -55,9 +55,7 @@ class Grammars:
             self._tokenizer = LLTokenizer(json_text, n_vocab=self._vocab, eos_token=self._eos)
         matcher = LLMatcher(self._tokenizer, grammar_of(spec), log_level=0)
         if matcher.is_error():
-            raise ValueError(
-                f"the {spec.kind.replace('_', ' ')} cannot be enforced: {matcher.get_error()}"
-            )
+            raise unenforceable(spec, matcher.get_error())
         return Constraint(matcher, token_ids, num_prompt, self._vocab)
 
 

@@ -49,7 +49,7 @@ from services.router.dispatch_config import DispatchConfig
 from services.router.metrics import RouterMetrics
 from services.router.prefill_deadline import PrefillDeadline
 from services.router.routing import Choice, Policy
-from services.router.worker_calls import WorkerCalls
+from services.router.worker_calls import WorkerCalls, first_delta
 from services.router.worker_client import WorkerError
 from services.router.workers import WorkerRef
 from services.wire import DecodeCall, PrefillReply
@@ -175,15 +175,7 @@ class Dispatcher:
             return
         prefill_ref, reply = prefilled
         done = reply.finish_reason is not None
-        first = TokenDelta(
-            [reply.first_token],
-            [reply.first_logprob] if reply.first_logprob is not None else [],
-            finished=done,
-            finish_reason=reply.finish_reason,
-            num_cached_tokens=reply.num_cached_tokens,
-            route=ROUTE_DISAGG,
-            top_logprobs=[reply.first_top_logprobs] if reply.first_top_logprobs else [],
-        )
+        first = first_delta(reply, ROUTE_DISAGG)
         if done:
             yield first
             return

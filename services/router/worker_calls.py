@@ -153,3 +153,17 @@ def raise_client_error(e: WorkerError) -> None:
     """The worker rejected the request itself: the client's fault, say so."""
     if e.rejected:
         raise BackendError(400, e.details or "invalid request", "invalid_request_error")
+
+
+def first_delta(reply: PrefillReply, route: str) -> TokenDelta:
+    """A remote prefill's first token as the request's first delta (sent before the KV
+    moves: TTFT does not wait for the transfer)."""
+    return TokenDelta(
+        [reply.first_token],
+        [reply.first_logprob] if reply.first_logprob is not None else [],
+        finished=reply.finish_reason is not None,
+        finish_reason=reply.finish_reason,
+        num_cached_tokens=reply.num_cached_tokens,
+        route=route,
+        top_logprobs=[reply.first_top_logprobs] if reply.first_top_logprobs else [],
+    )

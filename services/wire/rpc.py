@@ -26,7 +26,7 @@ from services.wire.engine_types import (
 )
 
 if TYPE_CHECKING:  # the worker's types, for annotations only: the router must not load them
-    from services.worker.core import DecodeUpdate, PrefillResult
+    from services.worker.results import DecodeUpdate, PrefillResult
     from services.worker.stats import WorkerStats
 
 

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from engine import Engine, EngineConfig, SamplingParams
 from engine.kv_events import KVEventSink
 from engine.output import RequestOutput
-from engine.request import TopLogprobs
-from engine.transfer.exchange import KVHandle, KVSink, KVSource, ReadReport
+from engine.transfer.exchange import KVHandle, KVSink, KVSource
 from engine.transfer.leases import DEFAULT_LEASE_S, LeaseTable
 from engine.transfer.nixl_transfer import NixlKVTransfer
 from services.worker.engine_thread import EngineLoop
+from services.worker.results import DecodeUpdate, PrefillResult
 from services.worker.stats import WorkerStats, collect_stats
 
 log = logging.getLogger(__name__)
@@ -69,22 +69,6 @@ class WorkerConfig:
     @property
     def role(self) -> str:
         return self.engine.role
-
-
-@dataclass(slots=True)
-class PrefillResult:
-    first_token: int
-    first_logprob: float | None
-    num_cached_tokens: int
-    finish_reason: str | None  # set when the first token already ends the request
-    handle: KVHandle | None  # None when finished: nothing is held
-    first_top_logprobs: TopLogprobs = ()
-
-
-@dataclass(slots=True)
-class DecodeUpdate:
-    output: RequestOutput
-    report: ReadReport | None  # on the first update of a request whose KV was remote
 
 
 class Worker:

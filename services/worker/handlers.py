@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 from services.wire import DecodeCall, HealthReply, KVDump, PrefillCall
-from services.worker.core import DecodeUpdate, PrefillResult, Worker
+from services.worker.core import Worker
 from services.worker.liveness import Liveness
 from services.worker.peers import PeerWatcher
+from services.worker.results import DecodeUpdate, PrefillResult
 from services.worker.stats import WorkerStats
 
 

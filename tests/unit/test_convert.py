@@ -17,7 +17,7 @@ from engine.transfer.exchange import ReadReport
 from services import wire
 from services.pb import events_pb2, worker_pb2
 from services.wire import event_from_pb, event_to_pb, params_from_pb, params_to_pb
-from services.worker.core import DecodeUpdate, PrefillResult
+from services.worker.results import DecodeUpdate, PrefillResult
 from services.worker.stats import WorkerStats
 from tests.helpers.handles import assert_same_but_lease, handle
 

@@ -18,8 +18,9 @@ from engine.transfer.exchange import ReadReport
 from services.pb import worker_pb2_grpc
 from services.router.worker_client import WorkerClient, WorkerError
 from services.wire import DecodeCall, DecodeReply, HealthReply, KVDump, PrefillCall, PrefillReply
-from services.worker.core import DecodeUpdate, PrefillResult, RoleError
+from services.worker.core import RoleError
 from services.worker.engine_thread import EngineDead
+from services.worker.results import DecodeUpdate, PrefillResult
 from services.worker.servicer import WorkerService
 from services.worker.stats import WorkerStats
 from tests.helpers.handles import assert_same_but_lease, handle
