@@ -90,11 +90,72 @@ constexpr bool bf16_walk() {
 #endif
 }
 
-inline void prefetch_block(const char* k, int64_t half_bytes) {
-  for (int off = 0; off < 1024; off += 64) {  // start both streams; the hardware does the rest
-    __builtin_prefetch(k + off);
-    __builtin_prefetch(k + half_bytes + off);
+// Into L2 (prefetcht1). Through asm on x86: GCC deleted loops whose bodies were only
+// __builtin_prefetch (none was left in the binary).
+inline void prefetch_l2(const char* p) {
+#if defined(__x86_64__)
+  asm volatile("prefetcht1 %0" : : "m"(*p));
+#else
+  __builtin_prefetch(p, 0, 2);
+#endif
+}
+
+// Software prefetch of the blocks a walk reads next. A block's K and V rows of one layer
+// (~12 KiB for SmolLM2 in bf16) lie at a random place in a cache of GiBs, and the
+// hardware's prefetchers start on a stream only after it has missed, a 4 KiB page at a
+// time: on its own the walk waited on memory about as long as it computed. Measured on
+// decode attention alone (batch 32, context 290, bf16, 2 threads, blocks shuffled over
+// 1 GiB; docs/benchmarks.md): the first KiB of the next block (before) 21-25 ms a step;
+// every line of the block three ahead, into L2, spread over the current block's work,
+// 13-15 ms. Two ahead into L1 gained nothing; four or six ahead, or prefetcht2, as three.
+class BlockPrefetch {
+ public:
+  static constexpr int64_t kAhead = 3;
+
+  // table: the sequence's blocks, [0, blk1) of them walked; the lines of each are the
+  // bytes [col0, col1) of every row of its K and of its V (the walk's kv heads).
+  BlockPrefetch(const char* kv, const int64_t* table, int64_t blk1, int64_t block_bytes,
+                int64_t half_bytes, int64_t row_bytes, int64_t col0, int64_t col1)
+      : kv_(kv), table_(table), blk1_(blk1), block_bytes_(block_bytes), row_bytes_(row_bytes),
+        col0_(col0 & ~int64_t{63}), chunks_((col1 - col0_ + 63) / 64),
+        lines_(2 * (half_bytes / row_bytes) * chunks_) {}
+
+  // Before the walk: the blocks between its first and the first that slice() covers.
+  void begin(int64_t blk0) const {
+    for (int64_t b = blk0 + 1; b < std::min(blk1_, blk0 + kAhead); ++b) fetch(b, 0, lines_);
   }
+
+  // While block blk is worked on in `parts` pieces, before piece i: the i-th share of
+  // the lines of block blk + kAhead.
+  void slice(int64_t blk, int64_t i, int64_t parts) const {
+    if (blk + kAhead >= blk1_) return;
+    const int64_t per = (lines_ + parts - 1) / parts;
+    fetch(blk + kAhead, i * per, std::min(lines_, (i + 1) * per));
+  }
+
+ private:
+  void fetch(int64_t blk, int64_t from, int64_t to) const {
+    // rows of K, then rows of V: one stretch of memory. One division a call, none a line
+    // (a division per line cost more than the prefetch gained).
+    const char* base = kv_ + table_[blk] * block_bytes_ + col0_;
+    int64_t row = from / chunks_, chunk = from % chunks_;
+    for (int64_t line = from; line < to; ++line) {
+      prefetch_l2(base + row * row_bytes_ + chunk * 64);
+      if (++chunk == chunks_) chunk = 0, ++row;
+    }
+  }
+
+  const char* kv_;
+  const int64_t* table_;
+  int64_t blk1_, block_bytes_, row_bytes_, col0_, chunks_, lines_;
+};
+
+template <typename T>
+BlockPrefetch prefetch_for(const Geometry& g, const T* kv, const int64_t* table, int64_t blk1,
+                           int64_t h0, int64_t h1) {
+  constexpr int64_t es = sizeof(T);
+  return BlockPrefetch(reinterpret_cast<const char*>(kv), table, blk1, g.block_stride * es,
+                       g.half * es, g.row * es, h0 * g.dim * es, h1 * g.dim * es);
 }
 
 // Softmax of one block's scores for query head i, folded into the running max/sum/acc.
@@ -122,14 +183,14 @@ template <int DIM>
 void attend_blocks_bf16(const Geometry& g, const uint16_t* kv, const int64_t* table,
                         int64_t len, int64_t blk0, int64_t blk1, int64_t h0, int64_t h1,
                         Scratch& s) {
+  const BlockPrefetch ahead = prefetch_for(g, kv, table, blk1, h0, h1);
+  ahead.begin(blk0);
   for (int64_t blk = blk0; blk < blk1; ++blk) {
     const uint16_t* base = kv + table[blk] * g.block_stride;
-    if (blk + 1 < blk1)
-      prefetch_block(reinterpret_cast<const char*>(kv + table[blk + 1] * g.block_stride),
-                     g.half * static_cast<int64_t>(sizeof(uint16_t)));
-    const int64_t n = std::min(g.bs, len - blk * g.bs);
+    const int64_t n = std::min(g.bs, len - blk * g.bs), runs = (n + 15) / 16;
     for (int64_t t0 = 0; t0 < n; t0 += 16)
       for (int64_t h = h0; h < h1; ++h) {
+        ahead.slice(blk, t0 / 16 * (h1 - h0) + h - h0, runs * (h1 - h0));
         const uint16_t* k = base + t0 * g.row + h * DIM;
         for (int64_t j = (h - h0) * g.group; j < (h - h0 + 1) * g.group; ++j)
           attend_run<DIM>(s.qb.data() + j * DIM, k, k + g.half, g.row, std::min<int64_t>(16, n - t0),
@@ -150,12 +211,12 @@ void attend_blocks(const Geometry& g, const T* kv, const int64_t* table, int64_t
                             h0, h1, s);
     return;
   }
+  const BlockPrefetch ahead = prefetch_for(g, kv, table, blk1, h0, h1);
+  ahead.begin(blk0);
   for (int64_t blk = blk0; blk < blk1; ++blk) {
     const T* base = kv + table[blk] * g.block_stride;
-    if (blk + 1 < blk1)
-      prefetch_block(reinterpret_cast<const char*>(kv + table[blk + 1] * g.block_stride),
-                     g.half * static_cast<int64_t>(sizeof(T)));
     const int64_t n = std::min(bs, len - blk * bs);
+    ahead.slice(blk, 0, 2);
     for (int64_t t = 0; t < n; ++t)  // scores: each K row read once for its query heads
       for (int64_t h = h0; h < h1; ++h) {
         const float* k = row_as_float<T, DIM>(base + t * g.row + h * D, D, s.kf);
@@ -165,6 +226,7 @@ void attend_blocks(const Geometry& g, const T* kv, const int64_t* table, int64_t
       }
     for (int64_t i = 0; i < nh; ++i)
       online_softmax<DIM>(s.p + i * bs, n, D, s.m[i], s.l[i], s.acc + i * D);
+    ahead.slice(blk, 1, 2);
     for (int64_t t = 0; t < n; ++t)  // values: each V row read once for its query heads
       for (int64_t h = h0; h < h1; ++h) {
         const float* v = row_as_float<T, DIM>(base + g.half + t * g.row + h * D, D, s.kf);
