@@ -30,6 +30,8 @@ def grammar_of(spec: GuidedSpec) -> str:
         grammar = LLMatcher.grammar_from_json_schema(spec.spec, overrides=_JSON)
     elif spec.kind == "regex":
         grammar = LLMatcher.grammar_from_regex(spec.spec)
+    elif spec.kind == "grammar":
+        grammar = LLMatcher.grammar_from_lark(_lark(spec))
     else:  # choice: one of the strings, exactly
         choices = json.loads(spec.spec)
         grammar = LLMatcher.grammar_from_lark("start: " + " | ".join(map(json.dumps, choices)))
@@ -37,6 +39,17 @@ def grammar_of(spec: GuidedSpec) -> str:
     if error:
         raise unenforceable(spec, error)
     return grammar
+
+
+def _lark(spec: GuidedSpec) -> str:
+    """A grammar's text as Lark: GBNF (rules as `name ::= ...`, a `root` rule) converted,
+    as vLLM's guidance backend does; Lark as it is."""
+    from llguidance.gbnf_to_lark import any_to_lark
+
+    try:
+        return any_to_lark(spec.spec)
+    except Exception as e:  # GbnfToLarkError, and what its parser raises on other text
+        raise unenforceable(spec, str(e) or type(e).__name__) from None
 
 
 def unenforceable(spec: GuidedSpec, why: str) -> ValueError:

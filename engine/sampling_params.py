@@ -29,15 +29,16 @@ MAX_TOP_LOGPROBS = (
 )
 
 
-GUIDED_KINDS = ("json_schema", "json_object", "regex", "choice")
-MAX_GUIDED_CHARS = 65536  # a schema, regex or list of choices: compiled per request
+GUIDED_KINDS = ("json_schema", "json_object", "regex", "choice", "grammar")
+MAX_GUIDED_CHARS = 65536  # a schema, regex, grammar or list of choices: compiled per request
 
 
 @dataclass(frozen=True, slots=True)
 class GuidedSpec:
     """Structured output (engine/guided.py): JSON of a schema (`spec`: the schema as JSON
-    text), any JSON object, text matching a regex, or one of a list of strings (`spec`: a
-    JSON list of them)."""
+    text), any JSON object, text matching a regex, one of a list of strings (`spec`: a
+    JSON list of them), or text of a context-free grammar (`spec`: Lark, as llguidance
+    reads it, or GBNF, as llama.cpp and xgrammar write it)."""
 
     kind: str
     spec: str = ""

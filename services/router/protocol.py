@@ -70,18 +70,21 @@ class ChatMessage(Body):
         return "\n".join(part.text for part in self.content)  # as vLLM joins text parts
 
 
+# a regex or a grammar's text
+GuidedText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_GUIDED_CHARS)]
+
+
 class StructuredOutputs(Body):
-    """vLLM's newer form of its guided_* fields: exactly one of json, regex or choice. Its
-    other keys (grammar, structural_tag, ...) are refused, not ignored."""
+    """vLLM's newer form of its guided_* fields: exactly one of json, regex, choice or
+    grammar. Its other keys (structural_tag, ...) are refused, not ignored."""
 
     model_config = ConfigDict(
         strict=True, extra="forbid", json_schema_extra={"maxProperties": 1, "minProperties": 1}
     )
     json_schema: dict[str, Any] | None = Field(default=None, alias="json")
-    regex: Annotated[str, StringConstraints(min_length=1, max_length=MAX_GUIDED_CHARS)] | None = (
-        None
-    )
+    regex: GuidedText | None = None
     choice: Annotated[list[str], Field(min_length=1, max_length=MAX_GUIDED_CHOICES)] | None = None
+    grammar: GuidedText | None = None
 
 
 class StreamOptions(Body):
@@ -139,12 +142,11 @@ class SamplingBody(Body):
         ]
         | None
     ) = None
-    guided_regex: (
-        Annotated[str, StringConstraints(min_length=1, max_length=MAX_GUIDED_CHARS)] | None
-    ) = None
+    guided_regex: GuidedText | None = None
     guided_choice: (
         Annotated[list[str], Field(min_length=1, max_length=MAX_GUIDED_CHOICES)] | None
     ) = None
+    guided_grammar: GuidedText | None = None  # Lark or GBNF (engine/grammar.py)
     structured_outputs: StructuredOutputs | None = None
     user: str | None = None  # ignored
     # vLLM's: prefix-cache hits only among requests with the same salt (engine/hashing.py),

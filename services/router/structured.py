@@ -37,6 +37,7 @@ def _asked(body: SamplingBody) -> list[tuple[str, GuidedSpec | None]]:
         ("guided_json", _json_spec(body.guided_json, "guided_json")),
         ("guided_regex", GuidedSpec("regex", body.guided_regex) if body.guided_regex else None),
         ("guided_choice", _choice_spec(body.guided_choice)),
+        ("guided_grammar", _grammar_spec(body.guided_grammar)),
         ("structured_outputs", _structured_outputs(body.structured_outputs)),
     ]
     if isinstance(body, ChatCompletionRequest):
@@ -87,16 +88,25 @@ def _choice_spec(choices: list[str] | None, param: str = "guided_choice") -> Gui
     return GuidedSpec("choice", json.dumps(choices))
 
 
+def _grammar_spec(text: str | None) -> GuidedSpec | None:
+    return GuidedSpec("grammar", text) if text else None
+
+
 def _structured_outputs(so: StructuredOutputs | None) -> GuidedSpec | None:
-    """vLLM's newer form: {"json": schema} | {"regex": r} | {"choice": [...]}."""
+    """vLLM's newer form: {"json": schema} | {"regex": r} | {"choice": [...]} |
+    {"grammar": g}."""
     if so is None:
         return None
     param = "structured_outputs"
-    asked = [v for v in (so.json_schema, so.regex, so.choice) if v is not None]
+    asked = [v for v in (so.json_schema, so.regex, so.choice, so.grammar) if v is not None]
     if len(asked) != 1:
-        raise APIError(400, f"{param} takes exactly one of json, regex or choice.", param=param)
+        raise APIError(
+            400, f"{param} takes exactly one of json, regex, choice or grammar.", param=param
+        )
     if so.json_schema is not None:
         return _json_spec(so.json_schema, param)
     if so.regex is not None:
         return GuidedSpec("regex", so.regex)
+    if so.grammar is not None:
+        return _grammar_spec(so.grammar)
     return _choice_spec(so.choice, param)

@@ -40,7 +40,6 @@ NEUTRAL: Mapping[str, Callable[[Any], bool]] = {
     "chat_template_kwargs": _absent,
     "add_generation_prompt": _equals(True),
     "continue_final_message": _absent,
-    "guided_grammar": _absent,
     # OpenAI's tool and output options
     "tool_choice": lambda v: v in (None, "none"),
     "functions": _absent,

@@ -5,6 +5,7 @@ model, streamed JSON mode is JSON, and a schema that cannot be enforced is a 400
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -77,6 +78,17 @@ def test_vllm_guided_choice_picks_one_of_the_strings(cluster: Served) -> None:
         extra_body={"guided_choice": [" yes", " no"]},
     )
     assert r.choices[0].text in (" yes", " no")
+
+
+def test_vllm_guided_grammar_holds_the_text_to_its_language(cluster: Served) -> None:
+    r = _client(cluster).completions.create(
+        model=MODEL,
+        prompt="The year the Berlin wall fell:",
+        max_tokens=8,
+        temperature=0,
+        extra_body={"guided_grammar": 'root ::= " " [12] [0-9] [0-9] [0-9]'},  # GBNF
+    )
+    assert re.fullmatch(r" [12][0-9]{3}", r.choices[0].text), r.choices[0].text
 
 
 def test_a_schema_that_cannot_be_enforced_is_a_400(cluster: Served) -> None:

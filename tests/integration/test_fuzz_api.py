@@ -49,6 +49,7 @@ IN_FLIGHT = 4
 # max_tokens (or min_tokens) above this comes down to it, and one is set where none is
 # (the default would run on to 1024 tokens). Invalid values are left as they are.
 MAX_TOKENS = 8
+FUZZ_GRAMMAR = 'start: WORD (" " WORD)*\nWORD: /[a-z]+/'
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 CONFIG = {
     # Every request names the served model: a made-up name stops at 404 before anything
@@ -143,6 +144,7 @@ def _small_budget(case: Any) -> Any:
     body: Any = case.body
     if not isinstance(body, dict):
         return case
+    _a_real_grammar(body)
     names = [k for k in ("max_tokens", "max_completion_tokens") if body.get(k) is not None]
     for name in [*names, "min_tokens"]:
         value: Any = body.get(name)
@@ -151,6 +153,16 @@ def _small_budget(case: Any) -> Any:
     if not names:
         body["max_tokens"] = MAX_TOKENS
     return case
+
+
+def _a_real_grammar(body: dict[str, Any]) -> None:
+    """A generated grammar's text (a string the schema allows) becomes a real grammar: text
+    made at random is seldom one, and no JSON schema can say what is (a Lark or GBNF
+    grammar is a language of its own). Other types are left to be refused."""
+    outputs = body.get("structured_outputs")
+    for holder, key in ((body, "guided_grammar"), (outputs, "grammar")):
+        if isinstance(holder, dict) and isinstance(holder.get(key), str) and holder[key]:
+            holder[key] = FUZZ_GRAMMAR
 
 
 def _whole_number(value: Any) -> bool:

@@ -62,6 +62,24 @@ def test_a_choice_allows_exactly_its_strings(grammars: Grammars, tokenizer: Toke
     assert c.done
 
 
+@pytest.mark.parametrize(
+    "text",
+    ['start: "id-" DIGITS\nDIGITS: /[0-9]{2}/', 'root ::= "id-" [0-9] [0-9]'],
+    ids=["lark", "gbnf"],
+)
+def test_a_grammar_allows_only_its_language(
+    grammars: Grammars, tokenizer: Tokenizer, text: str
+) -> None:
+    c, tokens = _follow(grammars, GuidedSpec("grammar", text), [5])
+    allowed = c.allowed()
+    assert allowed is not None
+    assert not allowed[tokenizer.encode("name")[0]]
+    for t in tokenizer.encode("id-42"):
+        assert not c.done and c.allowed()[t]  # type: ignore[index]
+        tokens.append(t)
+    assert c.done and not c.broken
+
+
 def test_tokens_sampled_elsewhere_are_caught_up_before_the_next_mask(
     grammars: Grammars, tokenizer: Tokenizer
 ) -> None:
@@ -85,7 +103,13 @@ def test_a_token_the_grammar_refuses_breaks_it_without_raising(
 
 @pytest.mark.parametrize(
     "spec",
-    [GuidedSpec("regex", "(unclosed"), GuidedSpec("json_schema", '{"type": "nonsense"}')],
+    [
+        GuidedSpec("regex", "(unclosed"),
+        GuidedSpec("json_schema", '{"type": "nonsense"}'),
+        GuidedSpec("grammar", "start: undefined_rule"),
+        GuidedSpec("grammar", "root ::= [unclosed"),
+        GuidedSpec("grammar", "neither lark nor gbnf ::="),
+    ],
 )
 def test_a_grammar_that_cannot_be_enforced_is_a_value_error(spec: GuidedSpec) -> None:
     with pytest.raises(ValueError, match="cannot be enforced"):

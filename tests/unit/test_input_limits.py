@@ -120,8 +120,8 @@ REFUSED: list[tuple[str, dict[str, Any] | str, str]] = [
     (CMPL, {"prompt": []}, "prompt"),
     (CMPL, {"prompt": ""}, "prompt"),
     (CMPL, {"prompt": ["a", "b"]}, "prompt"),
+    (CMPL, {"guided_grammar": ""}, "guided_grammar"),
     # vLLM's and OpenAI's fields that would change the answer: named, never dropped
-    (CMPL, {"guided_grammar": "start: x"}, "guided_grammar"),
     (CMPL, {"spaces_between_special_tokens": False}, "spaces_between_special_tokens"),
     (CMPL, {"include_stop_str_in_output": 1}, "include_stop_str_in_output"),  # strict bool
     (CHAT, {"chat_template_kwargs": {"enable_thinking": False}}, "chat_template_kwargs"),

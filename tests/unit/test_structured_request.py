@@ -14,6 +14,8 @@ from tests.unit.test_router_app import ScriptedBackend, _chat_body, _deltas, _po
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
 CHAT, CMPL = "/v1/chat/completions", "/v1/completions"
+LARK = 'start: "x" NUM\nNUM: /[0-9]+/'
+GBNF = 'root ::= "x" [0-9]+'
 STRICT = {"type": "json_schema", "json_schema": {"name": "x", "schema": SCHEMA, "strict": True}}
 
 ASKED: list[tuple[str, dict[str, Any], GuidedSpec | None]] = [
@@ -27,6 +29,9 @@ ASKED: list[tuple[str, dict[str, Any], GuidedSpec | None]] = [
     (CMPL, {"structured_outputs": {"choice": ["a"]}}, GuidedSpec("choice", '["a"]')),
     (CMPL, {"structured_outputs": {"regex": "x+"}}, GuidedSpec("regex", "x+")),
     (CMPL, {"structured_outputs": {"json": SCHEMA}}, GuidedSpec("json_schema", json.dumps(SCHEMA))),
+    (CMPL, {"guided_grammar": LARK}, GuidedSpec("grammar", LARK)),
+    (CMPL, {"guided_grammar": GBNF}, GuidedSpec("grammar", GBNF)),
+    (CMPL, {"structured_outputs": {"grammar": LARK}}, GuidedSpec("grammar", LARK)),
 ]  # fmt: skip
 
 
@@ -53,9 +58,12 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     (CMPL, {"guided_json": {"type": "nonsense"}}, "guided_json"),
     (CMPL, {"guided_choice": []}, "guided_choice"),
     (CMPL, {"guided_regex": "a", "guided_choice": ["a"]}, "guided_choice"),  # one at a time
-    (CMPL, {"structured_outputs": {"grammar": "start: x"}}, "structured_outputs.grammar"),
+    (CMPL, {"structured_outputs": {"grammar": "start: x"}}, "structured_outputs"),  # no rule x
+    (CMPL, {"structured_outputs": {"structural_tag": "x"}}, "structured_outputs.structural_tag"),
     (CMPL, {"structured_outputs": {"regex": "a", "choice": ["a"]}}, "structured_outputs"),
-    (CMPL, {"guided_grammar": "start: x"}, "guided_grammar"),  # Lark grammars: not yet
+    (CMPL, {"guided_grammar": "start: x"}, "guided_grammar"),  # no rule x
+    (CMPL, {"guided_grammar": "root ::= [unclosed"}, "guided_grammar"),
+    (CMPL, {"guided_grammar": LARK, "guided_regex": "x"}, "guided_grammar"),  # one at a time
 ]  # fmt: skip
 
 
