@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from engine.env import model_cache_dir
 from engine.model.config import ModelLoadError
+
+# transformers' apply_chat_template takes these as its own arguments, not the template's
+RESERVED_TEMPLATE_KWARGS = frozenset(
+    {
+        "conversation", "messages", "tools", "documents", "chat_template",
+        "add_generation_prompt", "continue_final_message", "tokenize", "padding",
+        "truncation", "max_length", "return_tensors", "return_dict",
+        "return_assistant_tokens_mask", "tokenizer_kwargs",
+    }
+)  # fmt: skip
 
 
 class Tokenizer:
@@ -52,10 +62,17 @@ class Tokenizer:
         except Exception as e:  # jinja2's errors, or a template that raises on purpose
             raise ValueError(f"the chat template cannot render a chat: {e}") from None
 
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> list[int]:
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], template_kwargs: Mapping[str, Any] | None = None
+    ) -> list[int]:
+        """`template_kwargs`: more variables for the template (vLLM's chat_template_kwargs,
+        e.g. Qwen3's enable_thinking); the caller keeps out apply_chat_template's own
+        arguments (RESERVED_TEMPLATE_KWARGS)."""
         if not self._tok.chat_template:
             raise ValueError("this model has no chat template; send a plain completion instead")
-        text = self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = self._tok.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **(template_kwargs or {})
+        )
         return self.encode(text)
 
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import TypeVar
 
-from engine.tokenizer import Tokenizer
+from jinja2 import TemplateError
+
+from engine.tokenizer import RESERVED_TEMPLATE_KWARGS, Tokenizer
 from services.router.errors import APIError
 from services.router.protocol import ChatCompletionRequest, CompletionRequest
 
@@ -23,12 +26,31 @@ INLINE_CHARS = 8192  # a prompt's text up to this long is tokenized on the event
 
 async def chat_prompt_ids(tokenizer: Tokenizer, body: ChatCompletionRequest) -> list[int]:
     chat = body.chat()
+    kwargs = _template_kwargs(body)
     try:
         chars = sum(len(m["content"]) for m in chat)
-        ids = await _off_loop(chars, tokenizer.apply_chat_template, chat)
+        ids = await _off_loop(
+            chars, partial(tokenizer.apply_chat_template, template_kwargs=kwargs), chat
+        )
     except ValueError as e:  # no chat template
         raise APIError(400, str(e), param="messages") from None
+    except TemplateError as e:  # the template refused these messages or variables
+        param = "chat_template_kwargs" if kwargs else "messages"
+        raise APIError(400, f"The chat template failed: {e}", param=param) from None
     return _non_empty(ids, "messages")
+
+
+def _template_kwargs(body: ChatCompletionRequest) -> dict[str, object]:
+    kwargs = body.chat_template_kwargs or {}
+    reserved = sorted(RESERVED_TEMPLATE_KWARGS & kwargs.keys())
+    if reserved:
+        raise APIError(
+            400,
+            f"chat_template_kwargs may not set {', '.join(reserved)}: those are not the "
+            "template's variables.",
+            param="chat_template_kwargs",
+        )
+    return kwargs
 
 
 async def completion_prompt_ids(tokenizer: Tokenizer, body: CompletionRequest) -> list[int]:

@@ -190,6 +190,8 @@ class ChatCompletionRequest(SamplingBody):
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), WHOLE] | None = None
     tools: Annotated[list[Any], served(maxItems=0)] | None = None
+    # vLLM's: more variables for the chat template (Qwen3's enable_thinking, ...)
+    chat_template_kwargs: dict[str, Any] | None = None
     # {"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": ...}}
     response_format: dict[str, Any] | None = None
 

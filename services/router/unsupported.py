@@ -37,7 +37,6 @@ NEUTRAL: Mapping[str, Callable[[Any], bool]] = {
     "logits_processors": _absent,
     # vLLM's chat template and structured-output extensions
     "chat_template": _absent,
-    "chat_template_kwargs": _absent,
     "add_generation_prompt": _equals(True),
     "continue_final_message": _absent,
     # OpenAI's tool and output options

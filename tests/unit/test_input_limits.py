@@ -124,7 +124,7 @@ REFUSED: list[tuple[str, dict[str, Any] | str, str]] = [
     # vLLM's and OpenAI's fields that would change the answer: named, never dropped
     (CMPL, {"spaces_between_special_tokens": False}, "spaces_between_special_tokens"),
     (CMPL, {"include_stop_str_in_output": 1}, "include_stop_str_in_output"),  # strict bool
-    (CHAT, {"chat_template_kwargs": {"enable_thinking": False}}, "chat_template_kwargs"),
+    (CHAT, {"chat_template_kwargs": {"tokenize": True}}, "chat_template_kwargs"),  # not a variable
     (CHAT, {"tool_choice": "required"}, "tool_choice"),
     (CHAT, {"functions": [{"name": "f"}]}, "functions"),
     # Lone surrogates are no characters: the tokenizer, protobuf and JSON replies fail on them.

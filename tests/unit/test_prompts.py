@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
+import pytest
+
+from engine.tokenizer import Tokenizer
+from services.router.errors import APIError
 from services.router.prompts import INLINE_CHARS, chat_prompt_ids, encode_text
 from services.router.protocol import ChatCompletionRequest
-from tests.unit.test_router_app import TOKENIZER
+from tests.unit.test_router_app import TOKENIZER, _byte_tokenizer
 
 
 class _Where:
@@ -21,9 +26,11 @@ class _Where:
         self.threads.append(threading.get_ident())
         return TOKENIZER.encode(text)
 
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> list[int]:
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], template_kwargs: dict[str, Any] | None = None
+    ) -> list[int]:
         self.threads.append(threading.get_ident())
-        return TOKENIZER.apply_chat_template(messages)
+        return TOKENIZER.apply_chat_template(messages, template_kwargs)
 
 
 def _chat(text: str) -> ChatCompletionRequest:
@@ -46,3 +53,45 @@ def test_long_prompts_are_tokenized_on_a_thread_short_ones_inline() -> None:
         assert [t == loop for t in tok.threads] == [True, False, True, False]
 
     asyncio.run(main())
+
+
+def _templated(template: str) -> Tokenizer:
+    """The byte tokenizer with another chat template (transformers renders it)."""
+    tok = _byte_tokenizer()
+    tok.hf.chat_template = template
+    return tok
+
+
+def _with_kwargs(kwargs: dict[str, Any]) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "chat_template_kwargs": kwargs,
+        }
+    )
+
+
+def test_chat_template_kwargs_reach_the_template_as_its_variables() -> None:
+    tok = _templated("{% if enable_thinking %}<think>{% endif %}{{ messages[0].content }}")
+    on = asyncio.run(chat_prompt_ids(tok, _with_kwargs({"enable_thinking": True})))
+    off = asyncio.run(chat_prompt_ids(tok, _with_kwargs({"enable_thinking": False})))
+    assert tok.decode(on) == "<think>hi" and tok.decode(off) == "hi"
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"tokenize": True}, {"messages": []}, {"add_generation_prompt": False}]
+)
+def test_kwargs_that_are_apply_chat_templates_own_arguments_are_a_400(
+    kwargs: dict[str, Any],
+) -> None:
+    with pytest.raises(APIError) as e:
+        asyncio.run(chat_prompt_ids(TOKENIZER, _with_kwargs(kwargs)))
+    assert e.value.param == "chat_template_kwargs"
+
+
+def test_a_template_that_raises_on_the_kwargs_is_a_400_naming_them() -> None:
+    tok = _templated("{% if strict %}{{ raise_exception('no strict mode here') }}{% endif %}x")
+    with pytest.raises(APIError) as e:
+        asyncio.run(chat_prompt_ids(tok, _with_kwargs({"strict": True})))
+    assert e.value.param == "chat_template_kwargs" and "no strict mode" in str(e.value)
