@@ -11,7 +11,9 @@ ones a native bfloat16 GEMM with float32 accumulation computes (only the order o
 sums differs), and the output is rounded to bfloat16 as it would be there.
 
 `choose_upcast_rows` measures at start-up where the float32 path starts to win; None
-means never (the CPU has fast bfloat16, or the model is not bfloat16).
+means never (the model is not bfloat16, or the CPU has bfloat16 arithmetic: there nothing
+is measured, since a start-up beside a busy neighbour once measured float32 faster at one
+row on an EPYC with AVX512_BF16 and ran every GEMM 2.5x slower until restarted).
 """
 
 from __future__ import annotations
@@ -41,10 +43,16 @@ class UpcastLinear:
         return F.linear(x.float(), w32, b32).to(x.dtype)
 
 
+def has_bf16_arithmetic() -> bool:
+    """AVX512_BF16 or AMX: bfloat16 GEMMs run natively (torch's own CPU checks)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def choose_upcast_rows(weight: torch.Tensor, reps: int = 5) -> int | None:
     """The fewest rows at which the float32 path beats bfloat16 by 25% on `weight`'s shape
     (the model's widest GEMM), or None when it never does (checked up to 32 rows)."""
-    if weight.device.type != "cpu" or weight.dtype != torch.bfloat16:
+    if weight.device.type != "cpu" or weight.dtype != torch.bfloat16 or has_bf16_arithmetic():
         return None
     w32 = weight.float()
     for rows in _PROBE_ROWS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -28,3 +29,20 @@ def test_wide_gemms_run_on_float32_copies_and_round_back() -> None:
 
 def test_no_upcast_for_float32_models() -> None:
     assert choose_upcast_rows(torch.randn(64, 32)) is None
+
+
+def test_no_probe_where_the_cpu_has_bf16_arithmetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A probe run beside a busy neighbour must not send a bfloat16 CPU's GEMMs to float32:
+    with native bfloat16 nothing is timed at all."""
+    timed: list[int] = []
+
+    def upcast_wins(fns: list[object], reps: int) -> list[float]:
+        timed.append(reps)
+        return [1.0, 0.0]  # bfloat16, float32: float32 far faster
+
+    monkeypatch.setattr("engine.model.gemm.fastest", upcast_wins)
+    weight = torch.randn(64, 32).to(torch.bfloat16)
+    monkeypatch.setattr("engine.model.gemm.has_bf16_arithmetic", lambda: True)
+    assert choose_upcast_rows(weight) is None and not timed
+    monkeypatch.setattr("engine.model.gemm.has_bf16_arithmetic", lambda: False)
+    assert choose_upcast_rows(weight) == 1 and timed  # float32 "faster": it is measured
