@@ -28,6 +28,7 @@ are called through worker_calls.py (and their WorkerClient): no protobuf here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 
@@ -209,6 +210,12 @@ class Dispatcher:
                 return ref, await self.calls.prefill(ref, request, chosen.uncached)
             except WorkerError as e:
                 reason, why = e.code, f"prefill on {ref.worker_id} failed ({e.code})"
+            except asyncio.CancelledError:
+                # The client left (or a sibling choice failed) while the worker prefilled:
+                # its answer may be on the way, with the blocks held under a lease that
+                # nobody would read until it ran out.
+                self.calls.abort_later(ref, request.request_id)
+                raise
             self.calls.abort_later(ref, request.request_id)
             tried.append(ref.worker_id)
         log.warning("%s: %s; prefilling on the decode worker instead", request.request_id, why)

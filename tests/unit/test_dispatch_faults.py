@@ -12,7 +12,7 @@ from engine.sampling_params import SamplingParams
 from services.router.backend import BackendError, GenerateRequest
 from services.router.metrics import RouterMetrics
 from services.router.worker_client import WorkerError
-from services.wire import PrefillReply
+from services.wire import PrefillCall, PrefillReply
 from tests.helpers.dispatch_fakes import HANDLE, PROMPT, FakeWorker, chunk, dispatcher, run
 
 
@@ -47,6 +47,33 @@ def test_a_failed_prefill_is_tried_on_another_prefill_worker_first() -> None:
     assert decode.decodes[0].handle == HANDLE  # from the worker that answered
     assert metrics.prefill_retries.labels(reason="deadline_exceeded")._value.get() == 1
     assert metrics.prefill_fallbacks.labels(reason="deadline_exceeded")._value.get() == 0
+
+
+class _PrefillHangs(FakeWorker):
+    async def prefill(self, call: PrefillCall, timeout_s: float) -> PrefillReply:
+        self.prefills.append(call)
+        await asyncio.Event().wait()  # until cancelled
+        raise AssertionError("unreachable")
+
+
+def test_a_request_cancelled_during_its_prefill_frees_what_the_worker_may_hold() -> None:
+    # The worker may answer just as the client leaves (or a sibling choice fails), holding
+    # the blocks under a lease that nobody would read until it ran out.
+    prefill, decode = _PrefillHangs(), FakeWorker()
+    d, _ = dispatcher(**{"prefill-0": prefill, "decode-0": decode})
+
+    async def leave_during_prefill() -> None:
+        stream = d.generate(GenerateRequest("r1", PROMPT, SamplingParams(max_tokens=4)))
+        first = asyncio.ensure_future(anext(stream))
+        while not prefill.prefills:
+            await asyncio.sleep(0)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await d.close()  # waits for the aborts it sent
+
+    asyncio.run(leave_during_prefill())
+    assert prefill.aborted == ["r1"] and not decode.decodes
 
 
 def test_a_worker_that_keeps_failing_opens_its_breaker_and_gets_no_more_calls() -> None:
