@@ -50,7 +50,6 @@ BELOW_VOCAB = "x-below-vocab-size"
 TokenId = Annotated[int, Field(ge=0, lt=UINT32, json_schema_extra={BELOW_VOCAB: True}), WHOLE]
 TextPrompt = Annotated[str, served(minLength=1)]  # "" has no token to start from
 IdsPrompt = Annotated[list[TokenId], served(minItems=1)]
-OnePrompt = served(minItems=1, maxItems=1)  # a batch of prompts: only a batch of one
 
 
 class Body(BaseModel):

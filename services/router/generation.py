@@ -21,13 +21,16 @@ from services.router.metrics import ABORTED, ERROR, OK, RouterMetrics
 
 @dataclass(slots=True)
 class Piece:
-    """What one backend delta adds to the answer. `finish_reason` is set on the last."""
+    """What one backend delta adds to the answer. `finish_reason` is set on the last.
+    `reasoning`: the part of its text that is the model's thinking (reasoning.py), taken
+    out of `text`."""
 
     text: str
     token_ids: list[int]
     logprobs: list[float]
     finish_reason: str | None = None
     top_logprobs: list[TopLogprobs] = field(default_factory=list)
+    reasoning: str = ""
 
 
 @dataclass(slots=True)
@@ -137,16 +140,23 @@ class Answer:
     token_ids: list[int]
     logprobs: list[float]
     top_logprobs: list[TopLogprobs]
+    reasoning: str = ""
 
 
-async def collect(pieces: AsyncIterator[Piece]) -> Answer:
-    answer = Answer("", "", [], [], [])
-    texts: list[str] = []
-    async for piece in pieces:
-        texts.append(piece.text)
+async def collect(items: AsyncIterator[tuple[int, Piece]], count: int) -> list[Answer]:
+    """The whole answers of `count` choices from their pieces (each with its choice's
+    index), in the order of their indices."""
+    answers = [Answer("", "", [], [], []) for _ in range(count)]
+    texts: list[list[str]] = [[] for _ in range(count)]
+    thoughts: list[list[str]] = [[] for _ in range(count)]
+    async for index, piece in items:
+        answer = answers[index]
+        texts[index].append(piece.text)
+        thoughts[index].append(piece.reasoning)
         answer.token_ids += piece.token_ids
         answer.logprobs += piece.logprobs
         answer.top_logprobs += piece.top_logprobs
         answer.finish_reason = piece.finish_reason or ""
-    answer.text = "".join(texts)
-    return answer
+    for answer, text, thought in zip(answers, texts, thoughts, strict=True):
+        answer.text, answer.reasoning = "".join(text), "".join(thought)
+    return answers

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from engine.request import TopLogprobs
 from engine.tokenizer import Tokenizer
-from services.router.generation import Piece, Usage
+from services.router.generation import Answer, Piece, Usage
 
 Json = dict[str, Any]
 
@@ -102,15 +102,15 @@ def _likelier_first(top: list[tuple[str, float]]) -> dict[str, float]:
 
 
 class Format(Protocol):
-    def response(self, text: str, finish_reason: str, logprobs: Json | None, u: Usage) -> Json:
-        """The whole answer (stream=false)."""
+    def response(self, answers: Sequence[tuple[Answer, Json | None]], u: Usage) -> Json:
+        """The whole answer (stream=false): each choice's answer and logprobs, in order."""
         ...
 
-    def first_chunk(self) -> Json | None:
-        """Sent before any text (chat announces the assistant's role)."""
+    def first_chunk(self, index: int) -> Json | None:
+        """Sent before any of a choice's text (chat announces the assistant's role)."""
         ...
 
-    def chunk(self, piece: Piece, logprobs: Json | None) -> Json: ...
+    def chunk(self, index: int, piece: Piece, logprobs: Json | None) -> Json: ...
 
     def usage_chunk(self, u: Usage) -> Json:
         """The last chunk with stream_options.include_usage: no choices, the usage."""
@@ -122,10 +122,10 @@ class _Base:
     meta: Meta
     include_usage: bool = False  # streams: every chunk then carries "usage": null
 
-    def _envelope(self, obj: str, choice: Json, usage: Json | None = None) -> Json:
+    def _envelope(self, obj: str, choices: list[Json], usage: Json | None = None) -> Json:
         m = self.meta
         body = {"id": m.id, "object": obj, "created": m.created, "model": m.model}
-        body["choices"] = [{"index": 0, **choice}]
+        body["choices"] = choices
         if usage is not None:
             body["usage"] = usage
         elif self.include_usage:
@@ -133,47 +133,69 @@ class _Base:
         return body
 
     def usage_chunk(self, u: Usage) -> Json:
-        m = self.meta
-        return {
-            "id": m.id,
-            "object": self._chunk_object,
-            "created": m.created,
-            "model": m.model,
-            "choices": [],
-            "usage": usage_body(u),
-        }
+        return self._envelope(self._chunk_object, [], usage_body(u))
 
     _chunk_object = ""
 
 
+@dataclass(frozen=True, slots=True)
 class ChatFormat(_Base):
+    # a reasoning parser runs (reasoning.py): messages say `reasoning_content`, null or not
+    reasoning: bool = False
     _chunk_object = "chat.completion.chunk"
 
-    def response(self, text: str, finish_reason: str, logprobs: Json | None, u: Usage) -> Json:
-        message = {"role": "assistant", "content": text}
-        choice = {"message": message, "logprobs": logprobs, "finish_reason": finish_reason}
-        return self._envelope("chat.completion", choice, usage_body(u))
+    def response(self, answers: Sequence[tuple[Answer, Json | None]], u: Usage) -> Json:
+        choices = [self._choice(i, a, lp) for i, (a, lp) in enumerate(answers)]
+        return self._envelope("chat.completion", choices, usage_body(u))
 
-    def first_chunk(self) -> Json | None:
-        choice = {"delta": {"role": "assistant", "content": ""}, "logprobs": None}
-        return self._envelope(self._chunk_object, choice | {"finish_reason": None})
+    def _choice(self, index: int, answer: Answer, logprobs: Json | None) -> Json:
+        message: Json = {"role": "assistant", "content": answer.text}
+        if self.reasoning:
+            # as vLLM: an answer that is all thinking has no content, not ""
+            message["reasoning_content"] = answer.reasoning or None
+            if answer.reasoning and not answer.text:
+                message["content"] = None
+        return {
+            "index": index,
+            "message": message,
+            "logprobs": logprobs,
+            "finish_reason": answer.finish_reason,
+        }
 
-    def chunk(self, piece: Piece, logprobs: Json | None) -> Json:
-        delta = {"content": piece.text} if piece.text else {}
-        choice = {"delta": delta, "logprobs": logprobs, "finish_reason": piece.finish_reason}
-        return self._envelope(self._chunk_object, choice)
+    def first_chunk(self, index: int) -> Json | None:
+        delta = {"role": "assistant", "content": ""}
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
+        return self._envelope(self._chunk_object, [choice])
+
+    def chunk(self, index: int, piece: Piece, logprobs: Json | None) -> Json:
+        delta = {"reasoning_content": piece.reasoning} if piece.reasoning else {}
+        if piece.text:
+            delta["content"] = piece.text
+        choice = {
+            "index": index,
+            "delta": delta,
+            "logprobs": logprobs,
+            "finish_reason": piece.finish_reason,
+        }
+        return self._envelope(self._chunk_object, [choice])
 
 
 class CompletionFormat(_Base):
     _chunk_object = "text_completion"
 
-    def response(self, text: str, finish_reason: str, logprobs: Json | None, u: Usage) -> Json:
-        choice = {"text": text, "logprobs": logprobs, "finish_reason": finish_reason}
-        return self._envelope("text_completion", choice, usage_body(u))
+    def response(self, answers: Sequence[tuple[Answer, Json | None]], u: Usage) -> Json:
+        choices = [
+            _completion_choice(i, a.text, lp, a.finish_reason) for i, (a, lp) in enumerate(answers)
+        ]
+        return self._envelope("text_completion", choices, usage_body(u))
 
-    def first_chunk(self) -> Json | None:
+    def first_chunk(self, index: int) -> Json | None:
         return None
 
-    def chunk(self, piece: Piece, logprobs: Json | None) -> Json:
-        choice = {"text": piece.text, "logprobs": logprobs, "finish_reason": piece.finish_reason}
-        return self._envelope(self._chunk_object, choice)
+    def chunk(self, index: int, piece: Piece, logprobs: Json | None) -> Json:
+        choice = _completion_choice(index, piece.text, logprobs, piece.finish_reason)
+        return self._envelope(self._chunk_object, [choice])
+
+
+def _completion_choice(index: int, text: str, logprobs: Json | None, finish: str | None) -> Json:
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}

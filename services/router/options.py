@@ -23,6 +23,7 @@ from services.router.dispatch_config import (
 )
 from services.router.generation_config import load_defaults
 from services.router.middleware import DEFAULT_MAX_BODY_BYTES
+from services.router.reasoning import PARSERS, ReasoningSyntax
 from services.router.routing import ROUTINGS
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class RouterOptions:
     chat_template: str | None = None  # a Jinja template instead of the model's own
     # a request's sampling defaults, from the model's generation_config.json (vLLM's flag)
     generation_defaults: dict[str, Any] = field(default_factory=dict)
+    reasoning: ReasoningSyntax | None = None  # --reasoning-parser: chat's thinking split off
 
 
 def add_router_args(ap: argparse.ArgumentParser) -> None:
@@ -109,6 +111,14 @@ def add_router_args(ap: argparse.ArgumentParser) -> None:
         metavar="auto|vllm|FOLDER",
         help="sampling defaults for what a request leaves out: auto, the model's own "
         "generation_config.json where it has one; vllm, none (OpenAI's); or a folder's",
+    )
+    ap.add_argument(
+        "--reasoning-parser",
+        choices=sorted(PARSERS),
+        default=None,
+        help="split a reasoning model's thinking (<think>...</think>) from its chat answers "
+        "into reasoning_content (vLLM's flag): qwen3, whose output opens the tag; "
+        "deepseek_r1 and minimax_m2, whose templates open it (default: no split)",
     )
     ap.add_argument(
         "--wait-for-workers-s",
@@ -241,6 +251,7 @@ def router_options(args: argparse.Namespace, model: str, redis_url: str) -> Rout
         allowed_origins=args.allowed_origins,
         chat_template=_template(args.chat_template),
         generation_defaults=_generation_defaults(args.generation_config, model),
+        reasoning=PARSERS[args.reasoning_parser] if args.reasoning_parser else None,
     )
 
 

@@ -53,8 +53,12 @@ def _template_kwargs(body: ChatCompletionRequest) -> dict[str, object]:
     return kwargs
 
 
-async def completion_prompt_ids(tokenizer: Tokenizer, body: CompletionRequest) -> list[int]:
-    prompt = body.single_prompt()
+async def completion_prompt_ids(tokenizer: Tokenizer, body: CompletionRequest) -> list[list[int]]:
+    """Each of the request's prompts as ids."""
+    return [await _prompt_ids(tokenizer, p) for p in body.prompts()]
+
+
+async def _prompt_ids(tokenizer: Tokenizer, prompt: str | list[int]) -> list[int]:
     if isinstance(prompt, str):
         return _non_empty(await encode_text(tokenizer, prompt), "prompt")
     vocab = tokenizer.vocab_size

@@ -3,7 +3,7 @@
 Bodies are parsed strictly (a string is not an integer, as with OpenAI; 2.0 is one, as JSON
 Schema counts them), and fields we do not know are ignored (also as OpenAI does). Known
 fields we cannot honour are refused with a 400 naming the field, never silently dropped: a
-client asking for n=2 or for tools must not get an answer shaped as if it had been
+client asking for tools or for echo must not get an answer shaped as if it had been
 served.
 
 The OpenAPI schema (/openapi.json) states what is accepted, so that generated clients and
@@ -38,7 +38,6 @@ from services.router.body_types import (
     WHOLE,
     Body,
     IdsPrompt,
-    OnePrompt,
     StopList,
     StopString,
     TextPrompt,
@@ -52,6 +51,8 @@ from services.router.unsupported import refuse_unsupported
 # asks for ones below 10,000 (any vocabulary holds those); sampling.py checks the real bound.
 _SERVED_TOKEN_KEY = "^(0|[1-9][0-9]{0,3})$"
 MAX_GUIDED_CHOICES = 256  # guided_choice's strings: one grammar alternative each
+# choices.py: `n` choices of each prompt, and up to this many prompts in one completion
+MAX_N, MAX_PROMPTS = 8, 8
 
 
 class TextPart(Body):
@@ -96,7 +97,7 @@ class SamplingBody(Body):
 
     prompt_field: ClassVar[str] = ""  # where the prompt is, for errors about its length
     model: str
-    n: Annotated[int, served(minimum=1, maximum=1), WHOLE] = 1
+    n: Annotated[int, Field(ge=1, le=MAX_N), WHOLE] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     # The upper bound is the context left after the prompt (resolve_max_tokens), always
@@ -175,8 +176,6 @@ class SamplingBody(Body):
         return 0
 
     def check_supported(self) -> None:
-        if self.n != 1:
-            raise APIError(400, "Only n=1 is supported: one choice per request.", param="n")
         if self.stream_options is not None and not self.stream:
             raise APIError(
                 400, "stream_options is only allowed with stream=true.", param="stream_options"
@@ -223,12 +222,12 @@ class ChatCompletionRequest(SamplingBody):
 
 class CompletionRequest(SamplingBody):
     prompt_field: ClassVar[str] = "prompt"
-    # One prompt: text or token ids (a list holding one of either is accepted too).
+    # One prompt (text or token ids), or a list of either: a choice each (choices.py).
     prompt: (
         TextPrompt
         | IdsPrompt
-        | Annotated[list[TextPrompt], OnePrompt]
-        | Annotated[list[IdsPrompt], OnePrompt]
+        | Annotated[list[TextPrompt], Field(min_length=1, max_length=MAX_PROMPTS)]
+        | Annotated[list[IdsPrompt], Field(min_length=1, max_length=MAX_PROMPTS)]
     )
     # the chosen token's logprob, and the k likeliest tokens' (OpenAI's legacy bound: 5)
     logprobs: Annotated[int, Field(ge=0, le=5), WHOLE] | None = None
@@ -251,10 +250,8 @@ class CompletionRequest(SamplingBody):
         if self.suffix:
             raise APIError(400, "suffix is not supported.", param="suffix")
 
-    def single_prompt(self) -> str | list[int]:
+    def prompts(self) -> list[str | list[int]]:
         p = self.prompt
         if isinstance(p, str) or not p or isinstance(p[0], int):
-            return p  # type: ignore[return-value]
-        if len(p) != 1:
-            raise APIError(400, "Only one prompt per request is supported (n=1).", param="prompt")
-        return p[0]
+            return [p]  # type: ignore[list-item]  # one prompt ([] is refused as empty)
+        return list(p)

@@ -84,6 +84,7 @@ async def run_router(
             aliases=names[1:],
             allowed_origins=opts.allowed_origins,
             generation_defaults=opts.generation_defaults,
+            reasoning=opts.reasoning,
         )
         # httptools parses HTTP in C (h11, the default, in Python); `loop` names what
         # run_on_uvloop already runs us on (serve() never sets a loop up itself).

@@ -9,7 +9,7 @@ as one `data: {"error": {...}}` event, followed by [DONE] like any other end.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -71,11 +71,12 @@ class EventStreamResponse(Response):
 
 
 class _Batcher:
-    """Turns pieces into chunks. A piece with no text yet (held back by the IncrementalText)
-    sends nothing; its tokens' logprobs wait for the next chunk that goes out."""
+    """Turns one choice's pieces into chunks. A piece with no text yet (held back by the
+    IncrementalText, or by the reasoning parser) sends nothing; its tokens' logprobs wait
+    for the next chunk that goes out."""
 
-    def __init__(self, fmt: Format, logprobs: Logprobs | None) -> None:
-        self._fmt, self._logprobs = fmt, logprobs
+    def __init__(self, fmt: Format, index: int, logprobs: Logprobs | None) -> None:
+        self._fmt, self._index, self._logprobs = fmt, index, logprobs
         self._ids: list[int] = []
         self._lps: list[float] = []
         self._tops: list[TopLogprobs] = []
@@ -84,43 +85,45 @@ class _Batcher:
         self._ids += piece.token_ids
         self._lps += piece.logprobs
         self._tops += piece.top_logprobs
-        if not piece.text and piece.finish_reason is None:
+        if not piece.text and not piece.reasoning and piece.finish_reason is None:
             return None
         lp = self._logprobs.body(self._ids, self._lps, self._tops) if self._logprobs else None
         self._ids, self._lps, self._tops = [], [], []
-        return event(self._fmt.chunk(piece, lp))
+        return event(self._fmt.chunk(self._index, piece, lp))
 
 
 async def sse_events(
     fmt: Format,
-    first: Piece,
-    rest: AsyncIterator[Piece],
-    logprobs: Logprobs | None,
-    usage: Usage | None,  # the usage chunk's source, when stream_options.include_usage
+    first: tuple[int, Piece],
+    rest: AsyncIterator[tuple[int, Piece]],
+    logprobs: Sequence[Logprobs | None],  # one per choice
+    usage: Callable[[], Usage] | None,  # the usage chunk's source, with include_usage
     metrics: RouterMetrics,
 ) -> AsyncIterator[bytes]:
-    """`first` was taken from the pieces before the response started (so a failure before
-    the first token is still a plain HTTP error); `rest` yields the others."""
-    batcher = _Batcher(fmt, logprobs)
-    tail = b""  # the last piece's frame and the usage chunk go out with [DONE]
+    """`first` (a choice's index and piece) was taken before the response started (so a
+    failure before the first token is still a plain HTTP error); `rest` yields the others,
+    of every choice, until each has finished."""
+    batchers = [_Batcher(fmt, i, lp) for i, lp in enumerate(logprobs)]
+    unfinished = len(batchers)
+    tail = b""  # the last choice's last frame and the usage chunk go out with [DONE]
     try:
-        if (start := fmt.first_chunk()) is not None:
-            yield event(start)
-        last: Piece | None = first
-        if first.finish_reason is None:
-            if (frame := batcher.add(first)) is not None:
+        for i in range(len(batchers)):
+            if (start := fmt.first_chunk(i)) is not None:
+                yield event(start)
+        item: tuple[int, Piece] | None = first
+        while item is not None:
+            index, piece = item
+            frame = batchers[index].add(piece)
+            if piece.finish_reason is not None:
+                unfinished -= 1
+            if unfinished == 0:
+                tail = frame or b""
+                break
+            if frame is not None:
                 yield frame
-            last = None
-            async for piece in rest:
-                if piece.finish_reason is not None:
-                    last = piece
-                    break
-                if (frame := batcher.add(piece)) is not None:
-                    yield frame
-        if last is not None:
-            tail = batcher.add(last) or b""
+            item = await anext(rest, None)
         if usage is not None:
-            tail += event(fmt.usage_chunk(usage))
+            tail += event(fmt.usage_chunk(usage()))
     except Exception as e:
         tail += _error_event(e, metrics)
     finally:

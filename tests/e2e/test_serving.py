@@ -130,6 +130,27 @@ def test_openai_sdk_streaming_and_not(cluster: Served) -> None:
     assert done.choices[0].text and done.usage is not None and done.usage.completion_tokens <= 5
 
 
+def test_n_choices_compute_their_prompt_once(cluster: Served, tokenizer: Tokenizer) -> None:
+    client = openai.OpenAI(base_url=cluster.url + "/v1", api_key=API_KEY, max_retries=0)
+    question = "Name a colour of the rainbow and say one thing that has that colour."
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}])
+    cached = cluster.metric("tandem_cached_prompt_tokens_total")
+    got = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": question}],
+        n=3,
+        max_tokens=10,
+        temperature=0,
+    )
+    assert [c.index for c in got.choices] == [0, 1, 2]
+    assert len({c.message.content for c in got.choices}) == 1  # greedy: one answer, thrice
+    assert got.usage is not None and got.usage.prompt_tokens == len(prompt)
+    # the second and third choices found every whole block of the prompt cached
+    whole = (len(prompt) - 1) // 16 * 16
+    assert cluster.metric("tandem_cached_prompt_tokens_total") - cached == 2 * whole
+    _wait_idle(cluster)
+
+
 async def _stream(client: httpx.AsyncClient, question: str, n: int) -> tuple[int, bool]:
     body = {
         "model": MODEL,

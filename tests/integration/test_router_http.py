@@ -350,7 +350,7 @@ BAD_REQUESTS: list[tuple[str, Any, int, str | None, str | None]] = [
     (CHAT_PATH, _chat(top_k=-2), 400, "top_k", None),
     (CHAT_PATH, _chat(top_k=2**32), 400, "top_k", None),  # past the wire's uint32
     (CHAT_PATH, _chat(seed=2**63), 400, "seed", None),
-    (CHAT_PATH, _chat(n=2), 400, "n", None),
+    (CHAT_PATH, _chat(n=9), 400, "n", None),
     (CHAT_PATH, _chat(top_logprobs=5), 400, "top_logprobs", None),  # needs logprobs=true
     (CHAT_PATH, _chat(logprobs=True, top_logprobs=21), 400, "top_logprobs", None),
     (CHAT_PATH, _chat(stop=[""]), 400, "stop", None),
@@ -363,7 +363,7 @@ BAD_REQUESTS: list[tuple[str, Any, int, str | None, str | None]] = [
     (CMPL_PATH, _cmpl(prompt=[7] * MAX_MODEL_LEN), 400, "prompt", TOO_LONG),
     (CMPL_PATH, {"model": MODEL, "prompt": [7] * MAX_MODEL_LEN}, 400, "prompt", TOO_LONG),
     (CMPL_PATH, _cmpl(prompt=[7] * 4000, max_tokens=97), 400, "max_tokens", TOO_LONG),
-    (CMPL_PATH, _cmpl(prompt=["a", "b"]), 400, "prompt", None),
+    (CMPL_PATH, _cmpl(prompt=["a"] * 9), 400, "prompt", None),  # at most 8 prompts
     (CMPL_PATH, _cmpl(prompt=[49152]), 400, "prompt", None),
     (CMPL_PATH, _cmpl(prompt=""), 400, "prompt", None),
     (CMPL_PATH, _cmpl(logprobs=6), 400, "logprobs", None),
@@ -428,7 +428,7 @@ def test_sdk_raises_typed_errors(client: openai.OpenAI) -> None:
         client.chat.completions.create(model="gpt-4o", messages=CHAT)
     assert missing.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError) as too_many:
-        client.completions.create(model=MODEL, prompt="Hi", n=2)
+        client.completions.create(model=MODEL, prompt="Hi", n=9)
     assert too_many.value.param == "n"
 
 

@@ -31,7 +31,7 @@ from engine.sampling_params import (
 from services.router.app import create_app
 from services.router.errors import validation_error
 from services.router.metrics import RouterMetrics
-from services.router.protocol import CompletionRequest
+from services.router.protocol import MAX_N, MAX_PROMPTS, CompletionRequest
 from services.router.unicode_check import has_lone_surrogate
 from services.wire.engine_types import params_from_pb, params_to_pb
 from tests.unit.test_router_app import MODEL, TOKENIZER, ScriptedBackend, _deltas
@@ -84,7 +84,7 @@ REFUSED: list[tuple[str, dict[str, Any] | str, str]] = [
     (CMPL, {"min_tokens": -1}, "min_tokens"),
     (CMPL, {"min_tokens": U32}, "min_tokens"),
     (CMPL, {"min_tokens": 5}, "min_tokens"),  # more than max_tokens
-    (CMPL, {"n": 2}, "n"),
+    (CMPL, {"n": 9}, "n"),  # choices.py's bound: 8
     (CMPL, {"n": 0}, "n"),
     (CMPL, {"presence_penalty": 2.0001}, "presence_penalty"),
     (CMPL, {"frequency_penalty": -2.0001}, "frequency_penalty"),
@@ -119,7 +119,7 @@ REFUSED: list[tuple[str, dict[str, Any] | str, str]] = [
     (CMPL, {"prompt": [U32]}, "prompt"),
     (CMPL, {"prompt": []}, "prompt"),
     (CMPL, {"prompt": ""}, "prompt"),
-    (CMPL, {"prompt": ["a", "b"]}, "prompt"),
+    (CMPL, {"prompt": ["a"] * 9}, "prompt"),  # at most 8 prompts
     (CMPL, {"guided_grammar": ""}, "guided_grammar"),
     # vLLM's and OpenAI's fields that would change the answer: named, never dropped
     (CMPL, {"spaces_between_special_tokens": False}, "spaces_between_special_tokens"),
@@ -274,7 +274,9 @@ def test_the_openapi_schema_states_the_limits() -> None:
     assert (ids["minimum"], ids["exclusiveMaximum"]) == (0, VOCAB)
     assert "x-below-vocab-size" not in ids  # the marker is filled in, not served
     # What we serve of what OpenAI defines more widely.
-    assert (cmpl["n"]["minimum"], cmpl["n"]["maximum"]) == (1, 1)
+    assert (cmpl["n"]["minimum"], cmpl["n"]["maximum"]) == (1, MAX_N)
+    prompts = [b for b in cmpl["prompt"]["anyOf"] if b["type"] == "array"]
+    assert [b.get("maxItems") for b in prompts] == [None, MAX_PROMPTS, MAX_PROMPTS]
     assert (cmpl["presence_penalty"]["minimum"], cmpl["presence_penalty"]["maximum"]) == (-2, 2)
     assert (cmpl["frequency_penalty"]["minimum"], cmpl["frequency_penalty"]["maximum"]) == (-2, 2)
     rep = cmpl["repetition_penalty"]
