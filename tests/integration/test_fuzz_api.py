@@ -145,6 +145,7 @@ def _small_budget(case: Any) -> Any:
     if not isinstance(body, dict):
         return case
     _a_real_grammar(body)
+    _rules_across_fields(body)
     names = [k for k in ("max_tokens", "max_completion_tokens") if body.get(k) is not None]
     for name in [*names, "min_tokens"]:
         value: Any = body.get(name)
@@ -163,6 +164,30 @@ def _a_real_grammar(body: dict[str, Any]) -> None:
     for holder, key in ((body, "guided_grammar"), (outputs, "grammar")):
         if isinstance(holder, dict) and isinstance(holder.get(key), str) and holder[key]:
             holder[key] = FUZZ_GRAMMAR
+
+
+# Structured-output fields: one a request (the first sent is kept)
+GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs")
+
+
+def _rules_across_fields(body: dict[str, Any]) -> None:
+    """The API's rules between fields, which a JSON schema of each field cannot state (the
+    README says them): one structured output at a time, structured_outputs with one key,
+    stream_options with stream=true only, top_logprobs with logprobs=true only. A valid
+    case is made to keep them, so that the share of valid cases served measures what the
+    schema says of each field."""
+    asked = [k for k in GUIDED if body.get(k) is not None]
+    for k in asked[1:]:
+        del body[k]
+    if asked and body.get("response_format") is not None:
+        del body["response_format"]
+    outputs = body.get("structured_outputs")
+    if isinstance(outputs, dict) and len(outputs) > 1:
+        body["structured_outputs"] = dict([next(iter(outputs.items()))])
+    if body.get("stream_options") is not None and body.get("stream") is not True:
+        del body["stream_options"]
+    if body.get("top_logprobs") and body.get("logprobs") is not True:
+        body["logprobs"] = True
 
 
 def _whole_number(value: Any) -> bool:
