@@ -63,15 +63,23 @@ class Tokenizer:
             raise ValueError(f"the chat template cannot render a chat: {e}") from None
 
     def apply_chat_template(
-        self, messages: list[dict[str, str]], template_kwargs: Mapping[str, Any] | None = None
+        self,
+        messages: list[dict[str, Any]],
+        template_kwargs: Mapping[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
         """`template_kwargs`: more variables for the template (vLLM's chat_template_kwargs,
         e.g. Qwen3's enable_thinking); the caller keeps out apply_chat_template's own
-        arguments (RESERVED_TEMPLATE_KWARGS)."""
+        arguments (RESERVED_TEMPLATE_KWARGS). `tools`: OpenAI's tool definitions, for a
+        template that renders them (one that does not leaves them out)."""
         if not self._tok.chat_template:
             raise ValueError("this model has no chat template; send a plain completion instead")
         text = self._tok.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True, **(template_kwargs or {})
+            messages,
+            tools=tools,
+            tokenize=False,
+            add_generation_prompt=True,
+            **(template_kwargs or {}),
         )
         return self.encode(text)
 

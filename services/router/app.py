@@ -59,6 +59,7 @@ def create_app(
     allowed_origins: Sequence[str] = (),
     generation_defaults: Mapping[str, Any] | None = None,
     reasoning: ReasoningSyntax | None = None,
+    tool_parser: str | None = None,
 ) -> FastAPI:
     """`drain`: the router's SIGTERM state (drain.py); /ready fails while it is active.
     With API keys, every path needs one but the probes' (/health, /ready: a Kubernetes
@@ -67,7 +68,8 @@ def create_app(
     `allowed_origins`: browsers' origins answered with CORS headers (none: no CORS);
     `generation_defaults`: sampling values for what a request leaves out
     (generation_config.py); `reasoning`: the tags of the model's thinking, split from chat
-    answers into `reasoning_content` (reasoning.py)."""
+    answers into `reasoning_content` (reasoning.py); `tool_parser`: how tool calls are
+    read from the model's output for tool_choice auto (tool_parsers.py)."""
     started = int(time.time())
     server = Server(
         backend,
@@ -80,6 +82,7 @@ def create_app(
         tuple(aliases),
         dict(generation_defaults or {}),
         reasoning,
+        tool_parser,
     )
     app = FastAPI(title="Tandem router", summary="OpenAI-compatible API")
     fastapi_openapi = app.openapi  # what the API accepts, with the served bounds filled in

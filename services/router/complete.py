@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -20,7 +20,7 @@ from services.router.choices import Choice, kth_params, merged, total_usage
 from services.router.disconnect import DisconnectWatch
 from services.router.drain import Drain
 from services.router.errors import APIError
-from services.router.generation import Generation, collect
+from services.router.generation import Generation, Piece, collect
 from services.router.metrics import RouterMetrics
 from services.router.openai_format import (
     ChatFormat,
@@ -34,6 +34,7 @@ from services.router.protocol import ChatCompletionRequest, CompletionRequest
 from services.router.reasoning import ReasoningSyntax, check_combination, split_reasoning
 from services.router.sampling import resolve_max_tokens, sampling_params
 from services.router.sse import EventStreamResponse, sse_events
+from services.router.tools import ParserFactory, extract_tool_calls, tool_parsers
 
 # nginx's status for "the client closed the connection": nobody reads it, logs do.
 CLIENT_CLOSED = 499
@@ -51,6 +52,7 @@ class Server:
     aliases: tuple[str, ...] = ()  # more names it answers to (vLLM's --served-model-name)
     defaults: Mapping[str, Any] = field(default_factory=dict)  # generation_config.py
     reasoning: ReasoningSyntax | None = None  # chat answers' thinking split off (reasoning.py)
+    tool_parser: str | None = None  # tool_choice auto's reader (tool_parsers.py)
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -124,6 +126,7 @@ def _choices(
 ) -> list[Choice]:
     """`body.n` choices of each prompt, in choices.py's order, none started yet."""
     chat = isinstance(body, ChatCompletionRequest)
+    calls = tool_parsers(body, s.tool_parser) if isinstance(body, ChatCompletionRequest) else None
     several = len(prompts) * body.n > 1
     out: list[Choice] = []
     for p, prompt_ids in enumerate(prompts):
@@ -139,9 +142,18 @@ def _choices(
             decoder = DecodeStreamDecoder(s.tokenizer.backend, body.skip_special_tokens)
             text = IncrementalText(decoder, params.stop, body.include_stop_str_in_output)
             gen = Generation(s.backend, gen_request, text, s.metrics, arrival)
-            pieces = gen.pieces()
-            if thinking is not None:
-                pieces = split_reasoning(pieces, thinking)
+            pieces = _read(gen.pieces(), thinking, calls)
             logprobs = Logprobs(s.tokenizer, chat, params.top_logprobs) if params.logprobs else None
             out.append(Choice(index, gen, pieces, logprobs))
     return out
+
+
+def _read(
+    pieces: AsyncIterator[Piece], thinking: ReasoningSyntax | None, calls: ParserFactory | None
+) -> AsyncIterator[Piece]:
+    """A choice's pieces with its thinking, then its tool calls, taken out of the text."""
+    if thinking is not None:
+        pieces = split_reasoning(pieces, thinking)
+    if calls is not None:
+        pieces = extract_tool_calls(pieces, calls())
+    return pieces

@@ -17,13 +17,14 @@ from engine.detokenize import IncrementalText
 from engine.request import FinishReason, TopLogprobs
 from services.router.backend import Backend, BackendError, GenerateRequest, TokenDelta
 from services.router.metrics import ABORTED, ERROR, OK, RouterMetrics
+from services.router.tool_parsers import CallOut
 
 
 @dataclass(slots=True)
 class Piece:
     """What one backend delta adds to the answer. `finish_reason` is set on the last.
-    `reasoning`: the part of its text that is the model's thinking (reasoning.py), taken
-    out of `text`."""
+    `reasoning`: the part of its text that is the model's thinking (reasoning.py), and
+    `tool_calls`: the calls found in it (tools.py), both taken out of `text`."""
 
     text: str
     token_ids: list[int]
@@ -31,6 +32,7 @@ class Piece:
     finish_reason: str | None = None
     top_logprobs: list[TopLogprobs] = field(default_factory=list)
     reasoning: str = ""
+    tool_calls: list[CallOut] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -141,6 +143,7 @@ class Answer:
     logprobs: list[float]
     top_logprobs: list[TopLogprobs]
     reasoning: str = ""
+    tool_calls: list[CallOut] = field(default_factory=list)
 
 
 async def collect(items: AsyncIterator[tuple[int, Piece]], count: int) -> list[Answer]:
@@ -156,6 +159,7 @@ async def collect(items: AsyncIterator[tuple[int, Piece]], count: int) -> list[A
         answer.token_ids += piece.token_ids
         answer.logprobs += piece.logprobs
         answer.top_logprobs += piece.top_logprobs
+        answer.tool_calls += piece.tool_calls
         answer.finish_reason = piece.finish_reason or ""
     for answer, text, thought in zip(answers, texts, thoughts, strict=True):
         answer.text, answer.reasoning = "".join(text), "".join(thought)

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from engine.request import TopLogprobs
 from engine.tokenizer import Tokenizer
 from services.router.generation import Answer, Piece, Usage
+from services.router.tool_parsers import CallOut
 
 Json = dict[str, Any]
 
@@ -155,6 +156,9 @@ class ChatFormat(_Base):
             message["reasoning_content"] = answer.reasoning or None
             if answer.reasoning and not answer.text:
                 message["content"] = None
+        if answer.tool_calls:
+            message["tool_calls"] = [_call(c) for c in answer.tool_calls]
+            message["content"] = answer.text or None
         return {
             "index": index,
             "message": message,
@@ -168,9 +172,11 @@ class ChatFormat(_Base):
         return self._envelope(self._chunk_object, [choice])
 
     def chunk(self, index: int, piece: Piece, logprobs: Json | None) -> Json:
-        delta = {"reasoning_content": piece.reasoning} if piece.reasoning else {}
+        delta: Json = {"reasoning_content": piece.reasoning} if piece.reasoning else {}
         if piece.text:
             delta["content"] = piece.text
+        if piece.tool_calls:
+            delta["tool_calls"] = [{"index": c.index, **_call(c)} for c in piece.tool_calls]
         choice = {
             "index": index,
             "delta": delta,
@@ -195,6 +201,10 @@ class CompletionFormat(_Base):
     def chunk(self, index: int, piece: Piece, logprobs: Json | None) -> Json:
         choice = _completion_choice(index, piece.text, logprobs, piece.finish_reason)
         return self._envelope(self._chunk_object, [choice])
+
+
+def _call(c: CallOut) -> Json:
+    return {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
 
 
 def _completion_choice(index: int, text: str, logprobs: Json | None, finish: str | None) -> Json:

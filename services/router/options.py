@@ -25,6 +25,7 @@ from services.router.generation_config import load_defaults
 from services.router.middleware import DEFAULT_MAX_BODY_BYTES
 from services.router.reasoning import PARSERS, ReasoningSyntax
 from services.router.routing import ROUTINGS
+from services.router.tool_parsers import PARSERS as TOOL_PARSERS
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -61,6 +62,7 @@ class RouterOptions:
     # a request's sampling defaults, from the model's generation_config.json (vLLM's flag)
     generation_defaults: dict[str, Any] = field(default_factory=dict)
     reasoning: ReasoningSyntax | None = None  # --reasoning-parser: chat's thinking split off
+    tool_parser: str | None = None  # --tool-call-parser: tool_parsers.py's name
 
 
 def add_router_args(ap: argparse.ArgumentParser) -> None:
@@ -119,6 +121,14 @@ def add_router_args(ap: argparse.ArgumentParser) -> None:
         help="split a reasoning model's thinking (<think>...</think>) from its chat answers "
         "into reasoning_content (vLLM's flag): qwen3, whose output opens the tag; "
         "deepseek_r1 and minimax_m2, whose templates open it (default: no split)",
+    )
+    ap.add_argument(
+        "--tool-call-parser",
+        choices=sorted(TOOL_PARSERS),
+        default=None,
+        help="read tool calls in the model's own format, for tool_choice auto (vLLM's flag): "
+        "hermes (<tool_call> JSON, Qwen and Hermes), llama3_json, minimax_m2 (default: none; "
+        "tool_choice required or a named function works without one)",
     )
     ap.add_argument(
         "--wait-for-workers-s",
@@ -252,6 +262,7 @@ def router_options(args: argparse.Namespace, model: str, redis_url: str) -> Rout
         chat_template=_template(args.chat_template),
         generation_defaults=_generation_defaults(args.generation_config, model),
         reasoning=PARSERS[args.reasoning_parser] if args.reasoning_parser else None,
+        tool_parser=args.tool_call_parser,
     )
 
 

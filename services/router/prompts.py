@@ -30,7 +30,13 @@ async def chat_prompt_ids(tokenizer: Tokenizer, body: ChatCompletionRequest) -> 
     try:
         chars = sum(len(m["content"]) for m in chat)
         ids = await _off_loop(
-            chars, partial(tokenizer.apply_chat_template, template_kwargs=kwargs), chat
+            chars,
+            partial(
+                tokenizer.apply_chat_template,
+                template_kwargs=kwargs,
+                tools=body.template_tools(),
+            ),
+            chat,
         )
     except ValueError as e:  # no chat template
         raise APIError(400, str(e), param="messages") from None

@@ -45,6 +45,7 @@ from services.router.body_types import (
     served,
 )
 from services.router.errors import APIError
+from services.router.tool_bodies import MAX_TOOLS, NamedToolChoice, ToolCallIn, ToolDef, arguments
 from services.router.unsupported import refuse_unsupported
 
 # logit_bias's keys: token ids as OpenAI sends them, decimal strings. The served schema
@@ -61,14 +62,49 @@ class TextPart(Body):
 
 
 class ChatMessage(Body):
-    # "developer" is OpenAI's newer name for "system"; tool calling is not supported.
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    # "developer" is OpenAI's newer name for "system"
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None  # None only for an assistant's tool calls
+    tool_calls: Annotated[list[ToolCallIn], Field(max_length=MAX_TOOLS)] | None = None
+    tool_call_id: str | None = None  # a tool's message: the call it answers
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _content_or_calls(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required, but for an assistant's tool calls")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant's message carries tool_calls")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "\n".join(part.text for part in self.content)  # as vLLM joins text parts
+
+    def for_template(self) -> dict[str, Any]:
+        """As chat templates take a message (transformers' form: a call's arguments as an
+        object where they are one)."""
+        out: dict[str, Any] = {
+            "role": "system" if self.role == "developer" else self.role,
+            "content": self.text(),
+        }
+        if self.tool_calls:
+            out["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.function.name, "arguments": arguments(c)},
+                }
+                for c in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            out["name"] = self.name
+        return out
 
 
 # a regex or a grammar's text
@@ -188,7 +224,11 @@ class ChatCompletionRequest(SamplingBody):
     max_completion_tokens: Annotated[int, Field(ge=1), WHOLE] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), WHOLE] | None = None
-    tools: Annotated[list[Any], served(maxItems=0)] | None = None
+    # Tool calling (tools.py): the tools go to the chat template; tool_choice says whether
+    # (and which) the model must call: "auto" needs the server's --tool-call-parser.
+    tools: Annotated[list[ToolDef], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
     # vLLM's: more variables for the chat template (Qwen3's enable_thinking, ...)
     chat_template_kwargs: dict[str, Any] | None = None
     # {"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": ...}}
@@ -209,15 +249,18 @@ class ChatCompletionRequest(SamplingBody):
         super().check_supported()
         if self.top_logprobs and not self.logprobs:  # as OpenAI refuses it
             raise APIError(400, "top_logprobs needs logprobs=true.", param="top_logprobs")
-        if self.tools:
-            raise APIError(400, "Tool calling is not supported.", param="tools")
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            raise APIError(400, "tool_choice needs tools to choose from.", param="tool_choice")
 
-    def chat(self) -> list[dict[str, str]]:
+    def chat(self) -> list[dict[str, Any]]:
         """Messages as the chat template takes them."""
-        return [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in self.messages
-        ]
+        return [m.for_template() for m in self.messages]
+
+    def template_tools(self) -> list[dict[str, Any]] | None:
+        """The tools as chat templates take them (OpenAI's form)."""
+        if not self.tools:
+            return None
+        return [t.model_dump(exclude_none=True) for t in self.tools]
 
 
 class CompletionRequest(SamplingBody):

@@ -85,6 +85,7 @@ async def run_router(
             allowed_origins=opts.allowed_origins,
             generation_defaults=opts.generation_defaults,
             reasoning=opts.reasoning,
+            tool_parser=opts.tool_parser,
         )
         # httptools parses HTTP in C (h11, the default, in Python); `loop` names what
         # run_on_uvloop already runs us on (serve() never sets a loop up itself).

@@ -85,7 +85,7 @@ class _Batcher:
         self._ids += piece.token_ids
         self._lps += piece.logprobs
         self._tops += piece.top_logprobs
-        if not piece.text and not piece.reasoning and piece.finish_reason is None:
+        if not (piece.text or piece.reasoning or piece.tool_calls or piece.finish_reason):
             return None
         lp = self._logprobs.body(self._ids, self._lps, self._tops) if self._logprobs else None
         self._ids, self._lps, self._tops = [], [], []

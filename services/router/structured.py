@@ -12,6 +12,7 @@ from engine.grammar import check
 from engine.sampling_params import GuidedSpec
 from services.router.errors import APIError
 from services.router.protocol import ChatCompletionRequest, SamplingBody, StructuredOutputs
+from services.router.tools import tool_choice_spec
 
 
 def guided_spec(body: SamplingBody) -> GuidedSpec | None:
@@ -42,6 +43,7 @@ def _asked(body: SamplingBody) -> list[tuple[str, GuidedSpec | None]]:
     ]
     if isinstance(body, ChatCompletionRequest):
         fields.append(("response_format", _response_format(body.response_format)))
+        fields.append(("tool_choice", tool_choice_spec(body)))
     return fields
 
 

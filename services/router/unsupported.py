@@ -40,7 +40,6 @@ NEUTRAL: Mapping[str, Callable[[Any], bool]] = {
     "add_generation_prompt": _equals(True),
     "continue_final_message": _absent,
     # OpenAI's tool and output options
-    "tool_choice": lambda v: v in (None, "none"),
     "functions": _absent,
     "function_call": lambda v: v in (None, "none"),
     "prediction": _absent,

@@ -88,7 +88,7 @@ class Outcomes:
 
 
 def test_fuzzed_requests_never_get_a_5xx(cluster_factory: ClusterFactory) -> None:
-    c = cluster_factory(**{"decode-0": ZERO_TIME})
+    c = cluster_factory(router_args=("--tool-call-parser=hermes",), **{"decode-0": ZERO_TIME})
     schema = schemathesis.openapi.from_url(
         f"{c.url}/openapi.json", config=schemathesis.Config.from_dict(CONFIG), wait_for_schema=30
     )
@@ -145,6 +145,7 @@ def _small_budget(case: Any) -> Any:
     if not isinstance(body, dict):
         return case
     _a_real_grammar(body)
+    _real_tools(body)
     _rules_across_fields(body)
     names = [k for k in ("max_tokens", "max_completion_tokens") if body.get(k) is not None]
     for name in [*names, "min_tokens"]:
@@ -166,14 +167,37 @@ def _a_real_grammar(body: dict[str, Any]) -> None:
             holder[key] = FUZZ_GRAMMAR
 
 
+FUZZ_PARAMETERS = {"type": "object", "properties": {"city": {"type": "string"}}}
+
+
+def _real_tools(body: dict[str, Any]) -> None:
+    """Generated tools get a real JSON schema for their arguments (a dict made at random
+    is seldom one, as a grammar's text is seldom a grammar), and a named tool_choice names
+    one of them: the API refuses a name that is not in tools."""
+    tools = body.get("tools")
+    functions = [
+        t["function"]
+        for t in tools or ()
+        if isinstance(t, dict) and isinstance(t.get("function"), dict)
+    ]
+    for f in functions:
+        if "parameters" in f:
+            f["parameters"] = FUZZ_PARAMETERS
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict) and functions:
+        choice["function"]["name"] = functions[0].get("name")
+
+
 # Structured-output fields: one a request (the first sent is kept)
 GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs")
 
 
 def _rules_across_fields(body: dict[str, Any]) -> None:
     """The API's rules between fields, which a JSON schema of each field cannot state (the
-    README says them): one structured output at a time, structured_outputs with one key,
-    stream_options with stream=true only, top_logprobs with logprobs=true only. A valid
+    README says them): one structured output at a time (tool_choice required or named is
+    one, and needs tools), structured_outputs with one key, stream_options with
+    stream=true only, top_logprobs with logprobs=true only, a message's content null only
+    beside an assistant's tool calls. A valid
     case is made to keep them, so that the share of valid cases served measures what the
     schema says of each field."""
     asked = [k for k in GUIDED if body.get(k) is not None]
@@ -181,6 +205,9 @@ def _rules_across_fields(body: dict[str, Any]) -> None:
         del body[k]
     if asked and body.get("response_format") is not None:
         del body["response_format"]
+    forced = body.get("tool_choice") not in (None, "none", "auto")  # a structured output too
+    if forced and (asked or body.get("response_format") is not None or not body.get("tools")):
+        del body["tool_choice"]
     outputs = body.get("structured_outputs")
     if isinstance(outputs, dict) and len(outputs) > 1:
         body["structured_outputs"] = dict([next(iter(outputs.items()))])
@@ -188,6 +215,13 @@ def _rules_across_fields(body: dict[str, Any]) -> None:
         del body["stream_options"]
     if body.get("top_logprobs") and body.get("logprobs") is not True:
         body["logprobs"] = True
+    for m in body.get("messages") or ():
+        if not isinstance(m, dict):
+            continue
+        if m.get("tool_calls") and m.get("role") != "assistant":
+            del m["tool_calls"]  # only an assistant's message carries calls
+        if m.get("content") is None and not m.get("tool_calls"):
+            m["content"] = ""  # content may be null only beside tool calls
 
 
 def _whole_number(value: Any) -> bool:

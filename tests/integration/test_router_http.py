@@ -337,7 +337,7 @@ BAD_REQUESTS: list[tuple[str, Any, int, str | None, str | None]] = [
     (CHAT_PATH, _chat(max_tokens="5"), 400, "max_tokens", None),
     (CHAT_PATH, _chat(temperature="hot"), 400, "temperature", None),
     (CHAT_PATH, _chat(messages=[{"role": "user", "content": 5}]), 400, "messages[0].content", None),
-    (CHAT_PATH, _chat(messages=[{"role": "tool", "content": "x"}]), 400, "messages[0].role", None),
+    (CHAT_PATH, _chat(messages=[{"role": "robot", "content": "x"}]), 400, "messages[0].role", None),
     (CHAT_PATH, _chat(messages=[]), 400, "messages", None),
     (CHAT_PATH, {"messages": CHAT}, 400, "model", None),
     (CHAT_PATH, _chat(model="gpt-4o"), 404, "model", "model_not_found"),
@@ -409,7 +409,7 @@ def test_a_body_over_the_limit_gets_413_before_it_is_parsed(url: str) -> None:
 
 
 def test_not_supported_says_so(url: str) -> None:
-    r = httpx.post(f"{url}{CHAT_PATH}", json=_chat(tools=[{"type": "function"}]))
+    r = httpx.post(f"{url}{CHAT_PATH}", json=_chat(functions=[{"name": "f"}]))  # OpenAI's old
     assert "not supported" in r.json()["error"]["message"]
 
 

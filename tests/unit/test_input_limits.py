@@ -32,11 +32,13 @@ from services.router.app import create_app
 from services.router.errors import validation_error
 from services.router.metrics import RouterMetrics
 from services.router.protocol import MAX_N, MAX_PROMPTS, CompletionRequest
+from services.router.tool_bodies import MAX_TOOLS
 from services.router.unicode_check import has_lone_surrogate
 from services.wire.engine_types import params_from_pb, params_to_pb
 from tests.unit.test_router_app import MODEL, TOKENIZER, ScriptedBackend, _deltas
 
 CHAT, CMPL = "/v1/chat/completions", "/v1/completions"
+TOOL_NAME = "tools[0].function.name"  # a function name has no spaces (OpenAI's rule)
 VOCAB = TOKENIZER.vocab_size
 U32, I64 = 2**32, 2**63
 
@@ -108,7 +110,9 @@ REFUSED: list[tuple[str, dict[str, Any] | str, str]] = [
     (CMPL, {"stop": ["x"] * (MAX_STOP_STRINGS + 1)}, "stop"),
     (CHAT, {"top_logprobs": 21}, "top_logprobs"),
     (CHAT, {"top_logprobs": 1}, "top_logprobs"),  # without logprobs=true, as OpenAI
-    (CHAT, {"tools": [{"type": "function"}]}, "tools"),
+    (CHAT, {"tools": [{"type": "function"}]}, "tools[0].function"),
+    (CHAT, {"tools": [{"type": "function", "function": {"name": "a b"}}]}, TOOL_NAME),
+    (CHAT, {"messages": [{"role": "user", "content": None}]}, "messages[0]"),
     (CHAT, {"response_format": {"type": "yaml"}}, "response_format"),
     (CMPL, {"logprobs": 6}, "logprobs"),
     (CMPL, {"echo": True}, "echo"),
@@ -293,7 +297,7 @@ def test_the_openapi_schema_states_the_limits() -> None:
     assert _branch(cmpl["logprobs"], "integer")["maximum"] == 5
     assert cmpl["echo"]["const"] is False
     assert _branch(chat["top_logprobs"], "integer")["maximum"] == MAX_TOP_LOGPROBS
-    assert _branch(chat["tools"], "array")["maxItems"] == 0
+    assert _branch(chat["tools"], "array")["maxItems"] == MAX_TOOLS
 
 
 def test_a_union_error_names_the_member_whose_type_matched() -> None:

@@ -27,10 +27,13 @@ class _Where:
         return TOKENIZER.encode(text)
 
     def apply_chat_template(
-        self, messages: list[dict[str, str]], template_kwargs: dict[str, Any] | None = None
+        self,
+        messages: list[dict[str, Any]],
+        template_kwargs: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
         self.threads.append(threading.get_ident())
-        return TOKENIZER.apply_chat_template(messages, template_kwargs)
+        return TOKENIZER.apply_chat_template(messages, template_kwargs, tools)
 
 
 def _chat(text: str) -> ChatCompletionRequest:
