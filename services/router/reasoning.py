@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from engine.sampling_params import SamplingParams
 from services.router.errors import APIError
 from services.router.generation import Piece
+from services.router.held_text import marker_start_at_end
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,19 +88,11 @@ class ReasoningSplitter:
         if self._part is _Part.REASONING:
             head, sep, tail = text.partition(s.end)
             if not sep:
-                keep = 0 if final else _tag_prefix_at_end(text, s.end)
+                keep = 0 if final else marker_start_at_end(text, s.end)
                 self._held = text[len(text) - keep :] if keep else ""
                 return text[: len(text) - keep], ""
             reasoning, text, self._part = head, tail, _Part.CONTENT
         return reasoning, text
-
-
-def _tag_prefix_at_end(text: str, tag: str) -> int:
-    """The length of the longest end of `text` that begins `tag` (0 if none)."""
-    for n in range(min(len(text), len(tag) - 1), 0, -1):
-        if tag.startswith(text[-n:]):
-            return n
-    return 0
 
 
 async def split_reasoning(

@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from services.router.held_text import marker_start_at_end
+
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
@@ -53,14 +55,6 @@ class ToolParser(Protocol):
 Schemas = Mapping[str, Mapping[str, Any]]  # a tool's name -> its parameters' JSON schema
 
 
-def _held_prefix(text: str, marker: str) -> int:
-    """How many characters at the end of `text` may begin `marker`."""
-    for n in range(min(len(text), len(marker) - 1), 0, -1):
-        if marker.startswith(text[-n:]):
-            return n
-    return 0
-
-
 def json_object(text: str) -> dict[str, Any] | None:
     try:
         got = json.loads(text)
@@ -87,7 +81,7 @@ class _Tagged:
             if not self._in_call:
                 head, sep, tail = self._buf.partition(self.start)
                 if not sep:
-                    keep = 0 if final else _held_prefix(self._buf, self.start)
+                    keep = 0 if final else marker_start_at_end(self._buf, self.start)
                     out.content += self._buf[: len(self._buf) - keep]
                     self._buf = self._buf[len(self._buf) - keep :]
                     return out
