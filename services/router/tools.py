@@ -113,8 +113,14 @@ class RequiredCalls:
             got = json.loads(self._text)
         except ValueError:  # cut off by max_tokens: what there is, as text
             return Parsed(self._text)
+        if not isinstance(got, list) or not all(_is_call(c) for c in got):
+            return Parsed(self._text)  # not the schema's shape (a backend that ignored it)
         calls = [ToolCall(c["name"], json.dumps(c["arguments"], ensure_ascii=False)) for c in got]
         return Parsed(calls=calls)
+
+
+def _is_call(c: Any) -> bool:
+    return isinstance(c, dict) and isinstance(c.get("name"), str) and "arguments" in c
 
 
 class NamedCall:

@@ -77,6 +77,8 @@ def test_whole_outputs_of_required_and_named() -> None:
     got = required.feed('{"name": "get_weather", "arguments": {"city": "Oslo"}}]', final=True)
     assert got.calls == [ToolCall("ping", "{}"), ToolCall("get_weather", '{"city": "Oslo"}')]
     assert RequiredCalls().feed('[{"name": "pi', final=True).content == '[{"name": "pi'
+    for off_schema in ("[1]", '{"name": "ping"}', '[{"arguments": {}}]'):  # text, not a 500
+        assert RequiredCalls().feed(off_schema, final=True).content == off_schema
     assert NamedCall("get_weather").feed('{"city": "Rome"}', final=True).calls == [
         ToolCall("get_weather", '{"city": "Rome"}')
     ]
