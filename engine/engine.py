@@ -24,7 +24,14 @@ from engine.guided import Grammars
 from engine.kv_events import KVEventSink
 from engine.mock import MOCK_NUM_BLOCKS
 from engine.offline import Completion, run_to_completion
-from engine.output import EngineLoad, KVSnapshot, RequestLengths, RequestOutput, StepTotals
+from engine.output import (
+    AdmissionCounts,
+    EngineLoad,
+    KVSnapshot,
+    RequestLengths,
+    RequestOutput,
+    StepTotals,
+)
 from engine.request import FinishReason, Request, Status
 from engine.sample_rows import SampleRows
 from engine.sampling_params import SamplingParams
@@ -169,6 +176,7 @@ class Engine:
         reason = self._stop_reason(req)
         if reason is not None:
             self.scheduler.finish(req, reason)
+        start, req.start = req.start, None  # reported once
         out = RequestOutput(
             request_id=req.request_id,
             new_token_ids=[req.token_ids[-1]],
@@ -180,6 +188,7 @@ class Engine:
             new_logprobs=req.logprobs[-1:] if req.params.logprobs else [],
             new_top_logprobs=req.top_logprobs[-1:] if req.params.top_logprobs else [],
             held=req.held,
+            start=start,
         )
         if out.finished:  # ended, or held for a peer: its lengths are known
             self.lengths.add(req.num_prompt_tokens, req.num_output_tokens)
@@ -251,6 +260,12 @@ class Engine:
             cached_blocks=pool.num_cached_blocks,
             held_blocks=sum(len(r.block_ids) for r in sched.held.values()),
             idle=pool.is_idle() and not sched.has_unfinished() and not sched.held,
+        )
+
+    def admission_counts(self) -> AdmissionCounts:
+        sched = self.scheduler
+        return AdmissionCounts(
+            sched.num_preemptions, sched.prefix_queried_tokens, sched.prefix_hit_tokens
         )
 
     def kv_snapshot(self) -> KVSnapshot:

@@ -9,7 +9,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from engine.request import FinishReason, TopLogprobs
+from engine.request import FinishReason, StartTiming, TopLogprobs
 
 
 @dataclass(slots=True)
@@ -26,6 +26,7 @@ class RequestOutput:
     new_logprobs: list[float] = field(default_factory=list)
     new_top_logprobs: list[TopLogprobs] = field(default_factory=list)
     held: bool = False  # prefill role: prompt done, blocks held for the decode worker
+    start: StartTiming | None = None  # on the output of the first token sampled here
 
     def extend(self, later: RequestOutput) -> RequestOutput:
         """This output followed by `later`, the same request's next one, as one: every
@@ -35,6 +36,7 @@ class RequestOutput:
         self.new_top_logprobs += later.new_top_logprobs
         self.finished, self.finish_reason = later.finished, later.finish_reason
         self.held = later.held
+        self.start = self.start or later.start
         self.num_cached_tokens = later.num_cached_tokens
         self.num_output_tokens = later.num_output_tokens
         return self
@@ -56,6 +58,16 @@ class EngineLoad:
     @property
     def used_blocks(self) -> int:
         return self.num_blocks - self.free_blocks
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionCounts:
+    """Since the engine started: preemptions, and the prefix cache's prompt tokens looked
+    up and found at first admissions (vLLM's prefix_cache_queries and _hits)."""
+
+    preemptions: int = 0
+    prefix_queried_tokens: int = 0
+    prefix_hit_tokens: int = 0
 
 
 @dataclass(slots=True)

@@ -32,6 +32,17 @@ class FinishReason(enum.StrEnum):
 TopLogprobs = tuple[tuple[int, float], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class StartTiming:
+    """How one engine spent a request's start, in seconds: queued until admitted; then,
+    for a prompt whose KV a peer computed, waiting for that KV to land; then computing up
+    to the first token this engine sampled (the prompt's rest, or one decode step)."""
+
+    queue_s: float
+    kv_wait_s: float
+    compute_s: float
+
+
 @dataclass(slots=True)
 class SampledToken:
     """One request's sample of one step."""
@@ -60,6 +71,12 @@ class Request:
     num_preemptions: int = 0
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[TopLogprobs] = field(default_factory=list)
+    # time.monotonic() of its start's stages on this engine (the first admission, the KV
+    # landing, the first sample), and their StartTiming until an output has reported it
+    admitted_at: float | None = None
+    kv_ready_at: float | None = None
+    first_sampled_at: float | None = None
+    start: StartTiming | None = None
 
     def __post_init__(self) -> None:
         if not self.prompt_token_ids:
@@ -89,6 +106,19 @@ class Request:
     @property
     def held(self) -> bool:
         return self.status is Status.HELD
+
+    def sampled(self, now: float) -> None:
+        """A token was sampled for it here: the first one closes its start."""
+        if self.first_sampled_at is not None:
+            return
+        self.first_sampled_at = now
+        admitted = self.admitted_at if self.admitted_at is not None else now
+        computing_from = self.kv_ready_at if self.kv_ready_at is not None else admitted
+        self.start = StartTiming(
+            queue_s=admitted - self.arrival_time,
+            kv_wait_s=computing_from - admitted,
+            compute_s=now - computing_from,
+        )
 
     def update_hashes(self, block_size: int) -> list[int]:
         """Extend `block_hashes` to cover every full block of `token_ids`."""

@@ -19,6 +19,7 @@ WAITING_FOR_REMOTE_KV with blocks allocated, and runs them once `remote_kv_ready
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -72,6 +73,9 @@ class Scheduler:
         self.remote: dict[str, Request] = {}  # WAITING_FOR_REMOTE_KV
         self.held: dict[str, Request] = {}  # HELD (prefill role)
         self.num_preemptions = 0
+        # the prefix cache at first admissions: prompt tokens looked up, and found
+        self.prefix_queried_tokens = 0
+        self.prefix_hit_tokens = 0
 
     # ---- bookkeeping ---------------------------------------------------------------
     def add(self, request: Request) -> None:
@@ -164,6 +168,9 @@ class Scheduler:
             req.num_committed_blocks = len(hits)
             if req.num_preemptions == 0:
                 req.num_cached_tokens = cached
+                req.admitted_at = time.monotonic()
+                self.prefix_queried_tokens += req.num_prompt_tokens
+                self.prefix_hit_tokens += cached
             if req.remote_prefill:
                 req.status = Status.WAITING_FOR_REMOTE_KV
                 self.remote[req.request_id] = req
@@ -194,6 +201,7 @@ class Scheduler:
         still ends it there, e.g. when that token already stops it).
         """
         got: list[Request] = []
+        now = time.monotonic()
         for chunk in out.chunks:
             req = chunk.request
             req.num_computed_tokens += chunk.num_tokens
@@ -202,6 +210,7 @@ class Scheduler:
                 continue
             s = sampled[req.request_id]
             req.token_ids.append(s.token_id)
+            req.sampled(now)
             if s.logprob is not None:
                 req.logprobs.append(s.logprob)
             if s.top:
@@ -271,6 +280,7 @@ class Scheduler:
         here; without a `first_token` the recompute samples it.
         """
         req = self.remote.pop(request_id)
+        req.kv_ready_at = time.monotonic()
         req.status = Status.RUNNING
         req.remote_prefill = False  # from here on (a preemption included) it computes locally
         self.running.append(req)

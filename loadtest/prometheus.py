@@ -19,9 +19,9 @@ Series = tuple[str, tuple[tuple[str, str], ...]]  # (sample name, sorted labels)
 
 TANDEM_COUNTERS = (
     "tandem_requests_total",
-    "tandem_prompt_tokens_total",
-    "tandem_cached_prompt_tokens_total",
-    "tandem_generation_tokens_total",
+    "tandem:prompt_tokens_total",
+    "tandem:prompt_tokens_cached_total",
+    "tandem:generation_tokens_total",
     "tandem_nixl_bytes_total",
     "tandem_kv_recomputed_total",
     "tandem_prefill_fallbacks_total",
@@ -78,8 +78,8 @@ def tandem_summary(before: Mapping[Series, float], after: Mapping[Series, float]
             route = dict(labels).get("route")
             if name == "tandem_requests_total" and route is not None:
                 by_route[route] = by_route.get(route, 0.0) + delta
-    prompt = by_name.get("tandem_prompt_tokens_total", 0.0)
-    cached = by_name.get("tandem_cached_prompt_tokens_total", 0.0)
+    prompt = by_name.get("tandem:prompt_tokens_total", 0.0)
+    cached = by_name.get("tandem:prompt_tokens_cached_total", 0.0)
     return {
         "prefix_cache_hit_rate": cached / prompt if prompt else None,
         "prompt_tokens": prompt,

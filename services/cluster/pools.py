@@ -108,11 +108,16 @@ class Pools:
     """Start, look up and stop the worker actors of one Tandem cluster."""
 
     def __init__(
-        self, engine: EngineConfig, net: WorkerNetConfig, node_address: bool = False
+        self,
+        engine: EngineConfig,
+        net: WorkerNetConfig,
+        node_address: bool = False,
+        served_name: str = "",
     ) -> None:
         """`node_address`: workers register their node's address, not 127.0.0.1 (a Ray
-        cluster that may span nodes)."""
+        cluster that may span nodes); `served_name`: their metrics' model_name."""
         self.engine = engine
+        self.served_name = served_name
         self.net = net
         self.node_address = node_address
         self.members: dict[str, PoolMember] = {}
@@ -177,7 +182,8 @@ class Pools:
             num_gpus=spec.num_gpus,
             max_concurrency=2,  # stop must get through while address() waits
         )
-        actor = actor_cls.remote(WorkerConfig(name, engine), self.net, cores, self.node_address)
+        config = WorkerConfig(name, engine, served_name=self.served_name)
+        actor = actor_cls.remote(config, self.net, cores, self.node_address)
         return PoolMember(name, spec.role, actor)
 
     def stop(self, timeout_s: float = 30.0) -> None:

@@ -56,6 +56,7 @@ class ClusterConfig:
     # what worker gRPC callers must show, and what registry records are signed with
     cluster_token: str | None = field(default=None, repr=False)
     redis_password: str | None = field(default=None, repr=False)  # ours; None: a new one
+    served_name: str = ""  # the workers' metrics' model_name; "": from the model's file
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -172,11 +173,16 @@ class Cluster:
         ):  # before the wait: a slow start shows what it waits for
             log.info("placement: %s", line)
         net = WorkerNetConfig(
-            redis_url=self.redis_url, cluster_token=cfg.cluster_token, tls=server_tls_from_env()
+            redis_url=self.redis_url,
+            cluster_token=cfg.cluster_token,
+            tls=server_tls_from_env(),
+            metrics_port=0,  # each its own /metrics, listed by the router's /metrics/workers
         )
         # Joined a Ray cluster (RAY_ADDRESS): it may span nodes, so workers register an
         # address other nodes can dial; one of our own is this host alone.
-        pools = Pools(cfg.engine, net, node_address=address is not None)
+        pools = Pools(
+            cfg.engine, net, node_address=address is not None, served_name=cfg.served_name
+        )
         self._stack.callback(pools.stop)
         self.pools = pools
         t1 = time.monotonic()
@@ -191,6 +197,7 @@ class Cluster:
             url = self.dashboard_url.removeprefix("http://")
             lines.insert(0, f"Ray dashboard:  http://{url}")
         lines += [f"Workers:        {line}" for line in placement(self.specs, self.cores)]
+        lines.append("Metrics:        /metrics (the router's), /metrics/workers (the workers')")
         if self.started_s:  # start-up, printed so that a slower one is seen
             s = self.started_s
             lines.append(
@@ -261,6 +268,7 @@ def cmd_serve(args: argparse.Namespace, model: str) -> int:
         # signed with it: the variable's, or a new one.
         cluster_token=token_from_env() or new_token(),
         redis_password=redis_password_from_env(),
+        served_name=(args.served_model_name or [""])[0],
     )
     scaling = autoscaler_config(args, args.mode) if args.autoscale else None
     if scaling is not None and scaling.bounds[scaling.serving].min == 0:

@@ -3,6 +3,7 @@
     POST /v1/chat/completions   POST /v1/completions   GET /v1/models   POST /tokenize
     GET /health (always 200)   GET /ready (503 while draining: drain.py; both need no key)
     GET /metrics (needs a key where keys are set, unless --public-metrics)
+    GET /metrics/workers (the workers' own /metrics, for Prometheus' HTTP service discovery)
 
 A request is validated (protocol.py), tokenized once (prompts.py), run through the backend
 as token ids, one request per choice (complete.py, choices.py, generation.py), and shaped
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -22,6 +23,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from engine.tokenizer import Tokenizer
+from services.pb.events_pb2 import WorkerRecord
 from services.router.api_keys import ApiKeys
 from services.router.backend import Backend
 from services.router.complete import Server, complete
@@ -29,6 +31,7 @@ from services.router.drain import Drain
 from services.router.errors import SERVER_ERROR, error_body, install_error_handlers
 from services.router.generation_config import with_defaults
 from services.router.metrics import RouterMetrics
+from services.router.metrics_routes import metrics_routes
 from services.router.middleware import (
     DEFAULT_MAX_BODY_BYTES,
     ApiKeyMiddleware,
@@ -41,7 +44,6 @@ from services.router.protocol import ChatCompletionRequest, CompletionRequest
 from services.router.reasoning import ReasoningSyntax
 from services.router.tokenize_route import tokenize_routes
 
-PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 _VERSION = importlib.metadata.version("tandem")  # GET /version (vLLM's endpoint)
 
 
@@ -60,6 +62,7 @@ def create_app(
     generation_defaults: Mapping[str, Any] | None = None,
     reasoning: ReasoningSyntax | None = None,
     tool_parser: str | None = None,
+    worker_targets: Callable[[], list[WorkerRecord]] | None = None,
 ) -> FastAPI:
     """`drain`: the router's SIGTERM state (drain.py); /ready fails while it is active.
     With API keys, every path needs one but the probes' (/health, /ready: a Kubernetes
@@ -69,7 +72,8 @@ def create_app(
     `generation_defaults`: sampling values for what a request leaves out
     (generation_config.py); `reasoning`: the tags of the model's thinking, split from chat
     answers into `reasoning_content` (reasoning.py); `tool_parser`: how tool calls are
-    read from the model's output for tool_choice auto (tool_parsers.py)."""
+    read from the model's output for tool_choice auto (tool_parsers.py); `worker_targets`:
+    the workers whose own /metrics GET /metrics/workers lists for Prometheus to scrape."""
     started = int(time.time())
     server = Server(
         backend,
@@ -93,7 +97,8 @@ def create_app(
     # Outermost first: error counting, the key, the body's size (added in reverse).
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     if api_keys is not None and api_keys.keys:
-        open_paths = {"/health", "/ready"} | ({"/metrics"} if public_metrics else set())
+        public = {"/metrics", "/metrics/workers"} if public_metrics else set()
+        open_paths = {"/health", "/ready"} | public
         app.add_middleware(ApiKeyMiddleware, keys=api_keys, open_paths=frozenset(open_paths))
     app.add_middleware(ErrorCountMiddleware, metrics=metrics)  # sees 401s too
     if allowed_origins:  # outermost: a browser's preflight carries no API key
@@ -105,6 +110,7 @@ def create_app(
         )
     app.include_router(_openai_routes(server))
     app.include_router(_ops_routes(server))
+    app.include_router(metrics_routes(metrics, worker_targets or list))
     app.include_router(tokenize_routes(tokenizer, max_model_len, server.check_model))
     return app
 
@@ -176,9 +182,5 @@ def _ops_routes(s: Server) -> APIRouter:
             return JSONResponse({"status": "ready"})
         body = error_body("No worker can serve a request yet.", SERVER_ERROR, None, "not_ready")
         return JSONResponse(body, status_code=503)
-
-    @r.get("/metrics")
-    async def metrics() -> Response:
-        return Response(s.metrics.render(), media_type=PROMETHEUS_TEXT)
 
     return r

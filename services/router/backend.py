@@ -31,6 +31,33 @@ class GenerateRequest:
     cache_salt: str = ""  # prefix-cache hits only among requests with the same salt
 
 
+@dataclass(frozen=True, slots=True)
+class StartTimes:
+    """Where a request's start went on the workers, in seconds; None where its path has
+    no such stage. The first token follows queue and prefill; a disaggregated request's
+    second token also waits for its KV to reach the decode worker and that worker's first
+    step. Each worker reports its own part; `then` joins them."""
+
+    queue_s: float | None = None  # waiting for a place in a worker's batch
+    prefill_s: float | None = None  # admitted to the first token
+    kv_transfer_s: float | None = None  # at the decode worker until the prompt's KV landed
+    first_decode_s: float | None = None  # the KV landed to the decode worker's first token
+
+    def then(self, later: StartTimes) -> StartTimes:
+        """These times, with `later`'s for the stages these lack (a resumed request's
+        second worker changes nothing its first reported)."""
+        return StartTimes(
+            *(
+                mine if mine is not None else theirs
+                for mine, theirs in zip(_times(self), _times(later), strict=True)
+            )
+        )
+
+
+def _times(s: StartTimes) -> tuple[float | None, ...]:
+    return (s.queue_s, s.prefill_s, s.kv_transfer_s, s.first_decode_s)
+
+
 @dataclass(slots=True)
 class TokenDelta:
     """New tokens of one request. The first delta carries `route` and `num_cached_tokens`."""
@@ -42,6 +69,7 @@ class TokenDelta:
     num_cached_tokens: int = 0  # prompt tokens served from a prefix cache
     route: str = ""
     top_logprobs: list[TopLogprobs] = field(default_factory=list)  # one per token when asked
+    start: StartTimes | None = None  # on a worker's first delta
 
 
 class BackendError(Exception):

@@ -37,12 +37,15 @@ def kth_params(params: SamplingParams, k: int) -> SamplingParams:
 
 
 def total_usage(choices: Sequence[Choice], n: int) -> Usage:
-    """Every choice's output tokens; each prompt (and its cached part) once."""
+    """Every choice's output tokens; each prompt (and its cached part) once; the first
+    choice's timing."""
     firsts = [c.generation.usage for c in choices[::n]]
     return Usage(
         prompt_tokens=sum(u.prompt_tokens for u in firsts),
         completion_tokens=sum(c.generation.usage.completion_tokens for c in choices),
         cached_tokens=sum(u.cached_tokens for u in firsts),
+        ttft_s=firsts[0].ttft_s,
+        start=firsts[0].start,
     )
 
 

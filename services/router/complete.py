@@ -82,10 +82,11 @@ async def complete(
     thinking = s.reasoning if chat else None
     choices = _choices(s, body, prompts, request_id, arrival, thinking)
     meta = Meta(request_id, int(time.time()), s.model_name)
+    shown = {"include_usage": body.include_usage, "include_timing": body.include_timing}
     fmt: Format = (
-        ChatFormat(meta, body.include_usage, thinking is not None)
+        ChatFormat(meta, **shown, reasoning=thinking is not None)
         if chat
-        else CompletionFormat(meta, body.include_usage)
+        else CompletionFormat(meta, **shown)
     )
     items = merged(choices, body.n)
     watch = DisconnectWatch(request.receive)

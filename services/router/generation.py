@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 from engine.detokenize import IncrementalText
 from engine.request import FinishReason, TopLogprobs
-from services.router.backend import Backend, BackendError, GenerateRequest, TokenDelta
+from services.router.backend import Backend, BackendError, GenerateRequest, StartTimes, TokenDelta
 from services.router.metrics import ABORTED, ERROR, OK, RouterMetrics
+from services.router.request_metrics import ABORT, Finished
 from services.router.tool_parsers import CallOut
 
 
@@ -41,6 +42,8 @@ class Usage:
     completion_tokens: int = 0
     cached_tokens: int = 0
     route: str = ""
+    ttft_s: float | None = None  # arrival to the first token
+    start: StartTimes | None = None  # the workers' part of it, and of the second token
 
 
 class Generation:
@@ -57,11 +60,12 @@ class Generation:
         self._backend, self._text, self._metrics = backend, text, metrics
         self._arrival = arrival
         self._last_token_at: float | None = None
+        self._finish_reason = ABORT  # until a piece says otherwise
 
     async def pieces(self) -> AsyncIterator[Piece]:
         """Pieces until one carries a finish reason. Raises BackendError; an engine abort
         is one too (the client must not take a cut-off answer for a whole one)."""
-        self._metrics.record_admitted(self.usage.prompt_tokens)
+        self._metrics.edge.admitted(self.usage.prompt_tokens)
         deltas = self._backend.generate(self.request)
         status = ABORTED  # until it finishes or fails: covers cancellation and early close
         try:
@@ -100,6 +104,8 @@ class Generation:
             finish = FinishReason.STOP if stopped else delta.finish_reason or FinishReason.STOP
         if finish == FinishReason.ABORT:
             raise BackendError(503, "The request was aborted before it finished; retry it.")
+        if finish is not None:
+            self._finish_reason = finish
         text = self._text.take(final=finish is not None)
         return Piece(text, ids, logprobs, finish, tops)  # the delta's own lists, when whole
 
@@ -108,22 +114,38 @@ class Generation:
         if delta.route:
             u.route = delta.route
         u.cached_tokens = max(u.cached_tokens, delta.num_cached_tokens)
+        if delta.start is not None:
+            u.start = delta.start if u.start is None else u.start.then(delta.start)
         if not num_tokens:
             return
         now = time.monotonic()
         if self._last_token_at is None:
-            self._metrics.record_first_token(now - self._arrival)
+            u.ttft_s = now - self._arrival
+            self._metrics.edge.first_token(u.ttft_s)
             gap = None
         else:
             gap = now - self._last_token_at
-        self._metrics.record_tokens(num_tokens, gap)
+        self._metrics.edge.tokens(num_tokens, gap)
         self._last_token_at = now
         u.completion_tokens += num_tokens
 
     def _finish(self, status: str) -> None:
         u = self.usage
-        e2e = time.monotonic() - self._arrival
-        self._metrics.record_finished(u.route, status, e2e, u.cached_tokens)
+        self._metrics.record_finished(u.route, status)
+        last = self._last_token_at
+        self._metrics.edge.finished(
+            Finished(
+                finished_reason=ERROR if status == ERROR else self._finish_reason,
+                prompt_tokens=u.prompt_tokens,
+                cached_tokens=u.cached_tokens,
+                generation_tokens=u.completion_tokens,
+                max_tokens=self.request.params.max_tokens,
+                e2e_s=time.monotonic() - self._arrival,
+                first_token_s=u.ttft_s,
+                last_token_s=None if last is None else last - self._arrival,
+                start=u.start,
+            )
+        )
 
 
 async def _close(it: AsyncIterator[TokenDelta]) -> None:

@@ -3,8 +3,9 @@
 A private `CollectorRegistry` (not prometheus_client's global one) keeps two routers in one
 process (tests) from colliding and keeps `/metrics` to what Tandem itself measures.
 
-The HTTP edge records requests, latencies and token counts; the dispatcher records queue
-depth, KV block usage, NIXL transfers and recomputes through the `set_*` / `record_*`
+The HTTP edge records each request's latencies and token counts (`edge`, under vLLM's names:
+request_metrics.py) and its route; the dispatcher records queue depth, KV block usage,
+NIXL transfers and recomputes through the `set_*` / `record_*`
 methods below (or the metric attributes themselves, which are public).
 """
 
@@ -15,11 +16,8 @@ from collections.abc import Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-# CPU serving spans milliseconds (a cached prompt, one decode step of a small model) to tens
-# of seconds (a long prompt on a busy laptop), so the buckets do too.
-TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80)
-ITL_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5, 5)
-E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+from services.router.request_metrics import RequestMetrics
+
 TRANSFER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 # Request outcomes (the `status` label of tandem_requests_total).
@@ -27,42 +25,19 @@ OK, ERROR, ABORTED = "ok", "error", "aborted"
 
 
 class RouterMetrics:
-    def __init__(self, extra: Sequence[CollectorRegistry] = ()) -> None:
-        """`extra`: registries served on /metrics too (the autoscaler's, in tandem serve)."""
+    def __init__(self, model_name: str, extra: Sequence[CollectorRegistry] = ()) -> None:
+        """`model_name`: the served model name, the label of every request's figures;
+        `extra`: registries served on /metrics too (the autoscaler's, in tandem serve)."""
         self.registry = CollectorRegistry(auto_describe=True)
         self._extra = tuple(extra)
         r = self.registry
         # ---- updated by the HTTP edge ----
+        self.edge = RequestMetrics(r, model_name)  # vLLM's figures (request_metrics.py)
         self.requests = Counter(
             "tandem_requests",
             "Requests sent to the model, by route and outcome.",
             ["route", "status"],
             registry=r,
-        )
-        self.ttft = Histogram(
-            "tandem_ttft_seconds",
-            "Arrival to first generated token.",
-            buckets=TTFT_BUCKETS,
-            registry=r,
-        )
-        self.inter_token_latency = Histogram(
-            "tandem_inter_token_latency_seconds",
-            "Time between generated tokens.",
-            buckets=ITL_BUCKETS,
-            registry=r,
-        )
-        self.e2e_latency = Histogram(
-            "tandem_e2e_latency_seconds",
-            "Arrival to the last token (or the failure).",
-            buckets=E2E_BUCKETS,
-            registry=r,
-        )
-        self.prompt_tokens = Counter("tandem_prompt_tokens", "Prompt tokens.", registry=r)
-        self.generation_tokens = Counter(
-            "tandem_generation_tokens", "Generated tokens.", registry=r
-        )
-        self.cached_prompt_tokens = Counter(
-            "tandem_cached_prompt_tokens", "Prompt tokens served from a prefix cache.", registry=r
         )
         self.http_errors = Counter(
             "tandem_http_errors", "Error responses, by HTTP status.", ["status"], registry=r
@@ -179,24 +154,8 @@ class RouterMetrics:
         return b"".join(generate_latest(r) for r in (self.registry, *self._extra))
 
     # ---- the HTTP edge ----------------------------------------------------------------
-    def record_admitted(self, prompt_tokens: int) -> None:
-        self.prompt_tokens.inc(prompt_tokens)
-
-    def record_first_token(self, seconds: float) -> None:
-        self.ttft.observe(seconds)
-
-    def record_tokens(self, count: int, gap_seconds: float | None) -> None:
-        """`count` tokens arrived together, `gap_seconds` after the previous ones (None for
-        the first): each counts as one inter-token gap of gap/count."""
-        self.generation_tokens.inc(count)
-        if gap_seconds is not None and count > 0:
-            for _ in range(count):
-                self.inter_token_latency.observe(gap_seconds / count)
-
-    def record_finished(self, route: str, status: str, e2e_seconds: float, cached: int) -> None:
+    def record_finished(self, route: str, status: str) -> None:
         self.requests.labels(route=route or "none", status=status).inc()
-        self.e2e_latency.observe(e2e_seconds)
-        self.cached_prompt_tokens.inc(cached)
 
     def record_http_error(self, status: int) -> None:
         self.http_errors.labels(status=str(status)).inc()

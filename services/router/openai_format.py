@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 
 from engine.request import TopLogprobs
 from engine.tokenizer import Tokenizer
+from services.router.backend import StartTimes
 from services.router.generation import Answer, Piece, Usage
 from services.router.tool_parsers import CallOut
 
@@ -35,13 +36,27 @@ class Meta:
     model: str
 
 
-def usage_body(u: Usage) -> Json:
-    return {
+def usage_body(u: Usage, timing: bool = False) -> Json:
+    """OpenAI's usage; with `timing` (the request's `include_timing`, Tandem's own), also
+    where the first choice's start went: arrival to first token, and the workers' stages
+    (null where its path had none: a colocated request moves no KV)."""
+    body: Json = {
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.prompt_tokens + u.completion_tokens,
         "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
     }
+    if timing:
+        s = u.start or StartTimes()
+        stages = {
+            "ttft_s": u.ttft_s,
+            "queue_s": s.queue_s,
+            "prefill_s": s.prefill_s,
+            "kv_transfer_s": s.kv_transfer_s,
+            "first_decode_s": s.first_decode_s,
+        }
+        body["timing"] = {k: None if v is None else round(v, 6) for k, v in stages.items()}
+    return body
 
 
 class Logprobs:
@@ -122,6 +137,7 @@ class Format(Protocol):
 class _Base:
     meta: Meta
     include_usage: bool = False  # streams: every chunk then carries "usage": null
+    include_timing: bool = False  # usage carries "timing" (usage_body)
 
     def _envelope(self, obj: str, choices: list[Json], usage: Json | None = None) -> Json:
         m = self.meta
@@ -134,7 +150,7 @@ class _Base:
         return body
 
     def usage_chunk(self, u: Usage) -> Json:
-        return self._envelope(self._chunk_object, [], usage_body(u))
+        return self._envelope(self._chunk_object, [], usage_body(u, self.include_timing))
 
     _chunk_object = ""
 
@@ -147,7 +163,7 @@ class ChatFormat(_Base):
 
     def response(self, answers: Sequence[tuple[Answer, Json | None]], u: Usage) -> Json:
         choices = [self._choice(i, a, lp) for i, (a, lp) in enumerate(answers)]
-        return self._envelope("chat.completion", choices, usage_body(u))
+        return self._envelope("chat.completion", choices, usage_body(u, self.include_timing))
 
     def _choice(self, index: int, answer: Answer, logprobs: Json | None) -> Json:
         message: Json = {"role": "assistant", "content": answer.text}
@@ -193,7 +209,7 @@ class CompletionFormat(_Base):
         choices = [
             _completion_choice(i, a.text, lp, a.finish_reason) for i, (a, lp) in enumerate(answers)
         ]
-        return self._envelope("text_completion", choices, usage_body(u))
+        return self._envelope("text_completion", choices, usage_body(u, self.include_timing))
 
     def first_chunk(self, index: int) -> Json | None:
         return None

@@ -136,6 +136,9 @@ class SamplingBody(Body):
     n: Annotated[int, Field(ge=1, le=MAX_N), WHOLE] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # Tandem's: usage also says where the start went (openai_format.usage_body); a stream
+    # sends usage only with stream_options.include_usage
+    include_timing: bool = False
     # The upper bound is the context left after the prompt (resolve_max_tokens), always
     # below the wire's uint32.
     max_tokens: Annotated[int, Field(ge=1), WHOLE] | None = None

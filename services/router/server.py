@@ -19,24 +19,18 @@ import socket
 import sys
 import time
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from services.cluster.redis_url import redact_url, redis_url_from
 from services.router.listener import bind_listener
 from services.router.options import RouterOptions, router_options
+from services.served_name import served_model_name
 
 if TYPE_CHECKING:
     from services.router.cluster_view import ClusterView
 
 T = TypeVar("T")
 WORKER_POLL_S = 0.5  # the cluster view reads the registry this often
-
-
-def served_model_name(model: str) -> str:
-    """SmolLM2-135M-Instruct.Q4_1.gguf -> SmolLM2-135M-Instruct; a directory -> its name."""
-    p = Path(model)
-    return p.name.split(".")[0] if p.suffix == ".gguf" else p.name
 
 
 async def run_router(
@@ -53,7 +47,8 @@ async def run_router(
     from services.router.metrics import RouterMetrics
 
     sock = sock or bind_listener(opts.host, opts.port)
-    metrics = RouterMetrics(opts.extra_metrics)
+    names = opts.served_model_names or (served_model_name(opts.model),)
+    metrics = RouterMetrics(names[0], opts.extra_metrics)
     dispatcher = make_dispatcher(
         opts.redis_url, opts.dispatch, metrics, opts.cluster_token, opts.worker_ca
     )
@@ -68,7 +63,6 @@ async def run_router(
             except ValueError as e:
                 raise SystemExit(f"tandem router: --chat-template: {e}") from None
         max_len = opts.max_model_len or await _workers_max_len(dispatcher.cluster, opts)
-        names = opts.served_model_names or (served_model_name(opts.model),)
         name = names[0]
         drain = Drain()
         app = create_app(
@@ -86,6 +80,7 @@ async def run_router(
             generation_defaults=opts.generation_defaults,
             reasoning=opts.reasoning,
             tool_parser=opts.tool_parser,
+            worker_targets=dispatcher.cluster.records,
         )
         # httptools parses HTTP in C (h11, the default, in Python); `loop` names what
         # run_on_uvloop already runs us on (serve() never sets a loop up itself).

@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator, Coroutine
 from contextlib import aclosing
 from typing import Any
 
-from services.router.backend import BackendError, GenerateRequest, TokenDelta
+from engine.request import StartTiming
+from services.router.backend import BackendError, GenerateRequest, StartTimes, TokenDelta
 from services.router.cluster_view import ClusterView
 from services.router.metrics import RouterMetrics
 from services.router.prefill_deadline import PrefillDeadline
@@ -98,6 +99,9 @@ class WorkerCalls:
                             num_cached_tokens=chunk.num_cached_tokens if local else 0,
                             route=route if first else "",
                             top_logprobs=chunk.top_logprobs,
+                            start=_decode_start(
+                                chunk.start, prefill is not None and not chunk.kv_recomputed
+                            ),
                         )
                         first = False
             except WorkerError as e:
@@ -166,4 +170,17 @@ def first_delta(reply: PrefillReply, route: str) -> TokenDelta:
         num_cached_tokens=reply.num_cached_tokens,
         route=route,
         top_logprobs=[reply.first_top_logprobs] if reply.first_top_logprobs else [],
+        start=_prefill_start(reply.start),
     )
+
+
+def _prefill_start(t: StartTiming | None) -> StartTimes | None:
+    return None if t is None else StartTimes(queue_s=t.queue_s, prefill_s=t.compute_s)
+
+
+def _decode_start(t: StartTiming | None, remote: bool) -> StartTimes | None:
+    """A decode worker's start: with the prompt's KV from a prefill worker, the wait for it
+    and the first step; with the prompt computed there, its queue and prefill."""
+    if t is None or not remote:
+        return _prefill_start(t)
+    return StartTimes(kv_transfer_s=t.queue_s + t.kv_wait_s, first_decode_s=t.compute_s)

@@ -2,7 +2,7 @@
 
     router                         wire                          worker
     WorkerClient  --PrefillCall.to_pb()-->  PrefillRequest  --PrefillCall.from_pb()-->  handlers
-                  <--PrefillReply.from_pb()- PrefillResponse <--prefill_result_to_pb()--
+                  <--PrefillReply.from_pb()- PrefillResponse <--prefill_reply_to_pb()--
     (Decode, Stats, DumpKV, Health, Abort alike; KV events and registry records too)
 
 rpc.py           every rpc's request and reply (worker.proto), `to_pb` / `from_pb`
@@ -44,7 +44,7 @@ from services.wire.rpc import (
     decode_update_to_pb,
     found_from_pb,
     found_to_pb,
-    prefill_result_to_pb,
+    prefill_reply_to_pb,
     stats_to_pb,
 )
 
@@ -69,7 +69,7 @@ __all__ = [
     "params_from_pb",
     "params_to_pb",
     "peer_from_record",
-    "prefill_result_to_pb",
+    "prefill_reply_to_pb",
     "reason_from_pb",
     "reason_to_pb",
     "set_load",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from engine.request import TopLogprobs
+from engine.request import StartTiming, TopLogprobs
 from engine.sampling_params import GuidedSpec, SamplingParams
 from engine.transfer.exchange import KVHandle
 from services.pb import worker_pb2
@@ -59,6 +59,18 @@ def params_from_pb(msg: worker_pb2.SamplingParams) -> SamplingParams:
         top_logprobs=msg.top_logprobs,
         guided=GuidedSpec(msg.guided.kind, msg.guided.spec) if msg.HasField("guided") else None,
     )
+
+
+def start_to_pb(start: StartTiming) -> worker_pb2.StartTiming:
+    return worker_pb2.StartTiming(
+        queue_seconds=start.queue_s,
+        kv_wait_seconds=start.kv_wait_s,
+        compute_seconds=start.compute_s,
+    )
+
+
+def start_from_pb(msg: worker_pb2.StartTiming) -> StartTiming:
+    return StartTiming(msg.queue_seconds, msg.kv_wait_seconds, msg.compute_seconds)
 
 
 def top_to_pb(top: TopLogprobs) -> worker_pb2.TopLogprobs:

@@ -1,8 +1,8 @@
 """Every rpc's request and reply (worker.proto) as a dataclass, with `to_pb` / `from_pb`.
 
-The router builds the calls and reads the replies; the worker reads the calls and sends
-its own results (services/worker/core.py) through the `*_to_pb` functions: the router
-never imports the worker, so its side of a reply is a type of its own here.
+The router builds the calls and reads the replies; the worker reads the calls and answers
+with the same reply types (a prefill's `PrefillReply`) or its own results (a decode's
+`DecodeUpdate`, services/worker/results.py) through the `*_to_pb` functions.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
-from engine.request import TopLogprobs
+from engine.request import StartTiming, TopLogprobs
 from engine.sampling_params import SamplingParams
 from engine.transfer.exchange import KVHandle
 from services.pb import worker_pb2
@@ -21,12 +21,14 @@ from services.wire.engine_types import (
     params_to_pb,
     reason_from_pb,
     reason_to_pb,
+    start_from_pb,
+    start_to_pb,
     top_from_pb,
     top_to_pb,
 )
 
 if TYPE_CHECKING:  # the worker's types, for annotations only: the router must not load them
-    from services.worker.results import DecodeUpdate, PrefillResult
+    from services.worker.results import DecodeUpdate
     from services.worker.stats import WorkerStats
 
 
@@ -125,6 +127,7 @@ class PrefillReply:
     finish_reason: str | None  # set when the first token already ends the request
     handle: KVHandle | None  # None when finished: nothing is held
     first_top_logprobs: TopLogprobs = ()
+    start: StartTiming | None = None
 
     @classmethod
     def from_pb(cls, msg: worker_pb2.PrefillResponse, called_at: float) -> PrefillReply:
@@ -137,10 +140,11 @@ class PrefillReply:
             reason_from_pb(msg.finish_reason),
             handle_from_pb(msg.kv, since=called_at) if msg.HasField("kv") else None,
             top_from_pb(msg.first_top_logprobs),
+            start_from_pb(msg.start) if msg.HasField("start") else None,
         )
 
 
-def prefill_result_to_pb(res: PrefillResult) -> worker_pb2.PrefillResponse:
+def prefill_reply_to_pb(res: PrefillReply) -> worker_pb2.PrefillResponse:
     msg = worker_pb2.PrefillResponse(
         first_token=res.first_token,
         num_cached_tokens=res.num_cached_tokens,
@@ -152,6 +156,8 @@ def prefill_result_to_pb(res: PrefillResult) -> worker_pb2.PrefillResponse:
         msg.first_top_logprobs.CopyFrom(top_to_pb(res.first_top_logprobs))
     if res.handle is not None:
         msg.kv.CopyFrom(handle_to_pb(res.handle))
+    if res.start is not None:
+        msg.start.CopyFrom(start_to_pb(res.start))
     return msg
 
 
@@ -169,6 +175,7 @@ class DecodeReply:
     kv_bytes_read: int = 0
     kv_read_seconds: float = 0.0
     top_logprobs: list[TopLogprobs] = field(default_factory=list)
+    start: StartTiming | None = None  # on the chunk with the first token sampled there
 
     @classmethod
     def from_pb(cls, msg: worker_pb2.DecodeChunk) -> DecodeReply:
@@ -182,6 +189,7 @@ class DecodeReply:
             msg.kv_bytes_read,
             msg.kv_read_seconds,
             [top_from_pb(t) for t in msg.top_logprobs],
+            start_from_pb(msg.start) if msg.HasField("start") else None,
         )
 
 
@@ -195,6 +203,8 @@ def decode_update_to_pb(update: DecodeUpdate) -> worker_pb2.DecodeChunk:
         num_cached_tokens=out.num_cached_tokens,
         top_logprobs=[top_to_pb(t) for t in out.new_top_logprobs],
     )
+    if out.start is not None:
+        chunk.start.CopyFrom(start_to_pb(out.start))
     if report is not None:
         chunk.kv_recomputed = report.recomputed
         chunk.kv_bytes_read = report.bytes_read

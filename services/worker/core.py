@@ -24,8 +24,9 @@ from engine.output import RequestOutput
 from engine.transfer.exchange import KVHandle, KVSink, KVSource
 from engine.transfer.leases import DEFAULT_LEASE_S, LeaseTable
 from engine.transfer.nixl_transfer import NixlKVTransfer
+from services.wire import PrefillReply
 from services.worker.engine_thread import EngineLoop
-from services.worker.results import DecodeUpdate, PrefillResult
+from services.worker.results import DecodeUpdate
 from services.worker.stats import WorkerStats, collect_stats
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class WorkerConfig:
     # Each router bounds what it sends a pool (services/router/admission.py); this bounds
     # what several routers together, or one with an unbalanced pool, can pile up here.
     max_waiting: int | None = None
+    served_name: str = ""  # its metrics' model_name; "": from the model's file name
 
     def __post_init__(self) -> None:
         if self.max_waiting is not None and self.max_waiting < 0:
@@ -143,7 +145,7 @@ class Worker:
     # ---- calls -----------------------------------------------------------------------
     async def prefill(
         self, request_id: str, prompt: Sequence[int], params: SamplingParams, cache_salt: str = ""
-    ) -> PrefillResult:
+    ) -> PrefillReply:
         source = self.source
         if source is None:
             raise RoleError(f"{self.worker_id} is a {self.role} worker: it does not prefill")
@@ -156,13 +158,14 @@ class Worker:
             if out.held:  # not finished: it goes on on a decode worker
                 handle = await self.loop.call(lambda e: source.hold(request_id))
             done = True
-            return PrefillResult(
+            return PrefillReply(
                 first_token=out.new_token_ids[0],
                 first_logprob=out.new_logprobs[0] if out.new_logprobs else None,
                 num_cached_tokens=out.num_cached_tokens,
                 finish_reason=None if handle is not None else out.finish_reason,
                 handle=handle,
                 first_top_logprobs=out.new_top_logprobs[0] if out.new_top_logprobs else (),
+                start=out.start,
             )
         finally:
             self.loop.unsubscribe(request_id)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
-from services.wire import DecodeCall, HealthReply, KVDump, PrefillCall
+from services.wire import DecodeCall, HealthReply, KVDump, PrefillCall, PrefillReply
 from services.worker.core import Worker
 from services.worker.liveness import Liveness
 from services.worker.peers import PeerWatcher
-from services.worker.results import DecodeUpdate, PrefillResult
+from services.worker.results import DecodeUpdate
 from services.worker.stats import WorkerStats
 
 
@@ -39,7 +39,7 @@ class WorkerCalls:
         self.liveness = liveness
         self.leaving = leaving
 
-    async def prefill(self, call: PrefillCall) -> PrefillResult:
+    async def prefill(self, call: PrefillCall) -> PrefillReply:
         # A stopping worker keeps taking what routers send until they see it gone (decodes
         # finish on it), but a prompt prefilled here now could not be read: decode workers
         # forget a peer as it leaves the registry, and would compute it again. Refused, it

@@ -30,11 +30,13 @@ from services.cluster.registry import Registry
 from services.cluster.worker_tls import ServerTls, server_tls_from_env
 from services.pb import worker_pb2_grpc
 from services.pb.events_pb2 import WorkerRecord
+from services.served_name import served_model_name
 from services.worker.core import WAITING_PER_SEQ, Worker, WorkerConfig
 from services.worker.engine_flags import add_engine_args, engine_config
 from services.worker.handlers import WorkerCalls
 from services.worker.kv_publisher import KVPublisher
 from services.worker.liveness import DEFAULT_STALL_S, Liveness
+from services.worker.metrics import serve_metrics
 from services.worker.peers import PeerWatcher
 from services.worker.preflight import run_preflight
 from services.worker.servicer import WorkerService
@@ -63,6 +65,7 @@ class WorkerNetConfig:
     # None: any caller may call (cluster_token.py); also signs our registry record
     cluster_token: str | None = field(default=None, repr=False)
     tls: ServerTls | None = field(default=None, repr=False)  # None: plain gRPC (worker_tls.py)
+    metrics_port: int | None = None  # its own /metrics (metrics.py); 0: a free port; None: none
 
 
 class WorkerServer:
@@ -73,6 +76,7 @@ class WorkerServer:
         self.net = net
         self.worker: Worker | None = None
         self.address = ""
+        self.metrics_address = ""  # host:port of its own /metrics, once started (if any)
         self.stopping = asyncio.Event()
         client = redis_client.connect(net.redis_url)
         self._registry = Registry(client, net.registry_prefix, token=net.cluster_token)
@@ -106,6 +110,7 @@ class WorkerServer:
             port = self._server.add_secure_port(listen, tls.credentials())
         await self._server.start()
         self.address = f"{self.net.advertise_host or self.net.host}:{port}"
+        self.metrics_address = self._serve_metrics(worker)
         self._record = self._base_record(worker)
         await self._beat()  # registered before we say we are up
         self._tasks = [
@@ -117,6 +122,16 @@ class WorkerServer:
             self._tasks.append(asyncio.create_task(peers.run(0.5, self.stopping)))
         log.info("%s (%s) serving on %s", worker.worker_id, worker.role, self.address)
         return self.address
+
+    def _serve_metrics(self, w: Worker) -> str:
+        """host:port of our /metrics, or "" when the config asks for none."""
+        if self.net.metrics_port is None:
+            return ""
+        name = self.config.served_name or served_model_name(self.config.engine.model)
+        self._metrics_server, port = serve_metrics(
+            lambda: w.last_stats, (name, w.worker_id, w.role), self.net.host, self.net.metrics_port
+        )
+        return f"{self.net.advertise_host or self.net.host}:{port}"
 
     async def _kv_snapshot(self) -> tuple[int, list[int]]:
         assert self.worker is not None
@@ -133,6 +148,7 @@ class WorkerServer:
             worker_id=w.worker_id,
             role=w.role,
             grpc_address=self.address,
+            metrics_address=self.metrics_address,
             model=self.config.engine.model,
             block_size=w.engine.block_size,
             num_blocks=w.engine.num_blocks,
@@ -190,6 +206,9 @@ class WorkerServer:
             await self._quiesce(deadline)
         if hasattr(self, "_server"):  # calls still open get what is left of the drain
             await self._server.stop(max(deadline - time.monotonic(), 0.0))
+        if hasattr(self, "_metrics_server"):
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         if self.worker is not None:
             self.worker.close()
 
@@ -241,6 +260,19 @@ def add_worker_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", default=None)
     add_engine_args(ap)  # --engine, --dtype, --block-size, --kv-cache-gb, --num-blocks, ...
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="its own Prometheus /metrics on --host (default 0: a free port, in its registry "
+        "record and the router's /metrics/workers; -1: none)",
+    )
+    ap.add_argument(
+        "--served-model-name",
+        default="",
+        help="its metrics' model_name, as the router's --served-model-name (default: from "
+        "the model's file name)",
+    )
     ap.add_argument("--lease-s", type=float, default=30.0)
     ap.add_argument(
         "--max-waiting",
@@ -280,11 +312,16 @@ def run_standalone(args: argparse.Namespace, model: str) -> int:
         drain_s=args.drain_timeout_s,
         cluster_token=token_from_env(),
         tls=server_tls_from_env(),
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
     )
-    server = WorkerServer(
-        WorkerConfig(args.worker_id, engine, lease_s=args.lease_s, max_waiting=args.max_waiting),
-        net,
+    config = WorkerConfig(
+        args.worker_id,
+        engine,
+        lease_s=args.lease_s,
+        max_waiting=args.max_waiting,
+        served_name=args.served_model_name,
     )
+    server = WorkerServer(config, net)
 
     async def main() -> None:
         event_loop = asyncio.get_running_loop()
@@ -292,6 +329,8 @@ def run_standalone(args: argparse.Namespace, model: str) -> int:
             event_loop.add_signal_handler(sig, server.stopping.set)
         address = await server.start()
         print(f"{args.worker_id} ({args.role}) serving on {address}", flush=True)
+        if server.metrics_address:
+            print(f"  metrics on http://{server.metrics_address}/metrics", flush=True)
         await server.stopping.wait()
         await server.stop()
 

@@ -52,7 +52,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         self, request: worker_pb2.PrefillRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb2.PrefillResponse:
         res = await _guard(context, lambda: self.calls.prefill(wire.PrefillCall.from_pb(request)))
-        return wire.prefill_result_to_pb(res)
+        return wire.prefill_reply_to_pb(res)
 
     async def Decode(
         self, request: worker_pb2.DecodeRequest, context: grpc.aio.ServicerContext

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine import Engine
-from engine.output import Lengths, StepTotals
+from engine.output import AdmissionCounts, Lengths, StepTotals
 from engine.transfer.exchange import KVSink, KVSource
 
 
@@ -29,6 +29,7 @@ class WorkerStats:
     integrity_error: str  # empty when the block pool's books balance (or not audited)
     totals: StepTotals  # what the engine computed so far, and in how long (the autoscaler's)
     lengths: Lengths = Lengths()  # of the requests it finished lately (the autoscaler's)
+    admissions: AdmissionCounts = AdmissionCounts()  # for its /metrics
 
 
 def collect_stats(
@@ -54,6 +55,7 @@ def collect_stats(
         integrity_error=_integrity_error(engine) if integrity else "",
         totals=engine.totals.copy(),
         lengths=engine.lengths.percentiles(),
+        admissions=engine.admission_counts(),
     )
 
 

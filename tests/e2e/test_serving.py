@@ -134,7 +134,7 @@ def test_n_choices_compute_their_prompt_once(cluster: Served, tokenizer: Tokeniz
     client = openai.OpenAI(base_url=cluster.url + "/v1", api_key=API_KEY, max_retries=0)
     question = "Name a colour of the rainbow and say one thing that has that colour."
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}])
-    cached = cluster.metric("tandem_cached_prompt_tokens_total")
+    cached = cluster.metric("tandem:prompt_tokens_cached_total")
     got = client.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": question}],
@@ -150,7 +150,7 @@ def test_n_choices_compute_their_prompt_once(cluster: Served, tokenizer: Tokeniz
     first = got.usage.prompt_tokens_details
     assert first is not None and first.cached_tokens is not None
     whole = (len(prompt) - 1) // 16 * 16
-    counted = cluster.metric("tandem_cached_prompt_tokens_total") - cached
+    counted = cluster.metric("tandem:prompt_tokens_cached_total") - cached
     assert counted == first.cached_tokens + 2 * whole
     _wait_idle(cluster)
 

@@ -79,24 +79,31 @@ def test_servicemonitor_scrapes_the_router_with_a_key(releases: Releases) -> Non
     assert "--public-metrics" in the_container(r, "router")["args"]
 
 
-def _router_metric_names() -> set[str]:
+def _served_metric_names() -> set[str]:
+    """Every sample name the router's /metrics and a worker's own can carry."""
+    from engine.output import StepTotals
     from services.router.metrics import RouterMetrics
+    from services.worker.metrics import WorkerCollector
+    from services.worker.stats import WorkerStats
 
+    stats = WorkerStats(1, 2, 64, 40, 8, 24, 4, 1, 0, 10, 512, 2, 1, False, "", StepTotals())
+    families = [
+        *RouterMetrics("test-model").registry.collect(),
+        *WorkerCollector(lambda: stats, ("test-model", "decode-0", "decode")).collect(),
+    ]
     names = set()
-    for family in RouterMetrics().registry.collect():
-        for sample in family.samples:
-            names.add(sample.name)
-        names.add(family.name)
-    # Histograms' series appear in samples only once observed: name them all.
-    for family in RouterMetrics().registry.collect():
+    for family in families:
+        names |= {sample.name for sample in family.samples}
+        # Histograms' series appear in samples only once observed: name them all.
         if family.type == "histogram":
             names |= {f"{family.name}_{s}" for s in ("bucket", "sum", "count")}
         if family.type == "counter":
             names.add(f"{family.name}_total")
+        names.add(family.name)
     return names
 
 
-def test_grafana_dashboard_charts_metrics_the_router_has(releases: Releases) -> None:
+def test_grafana_dashboard_charts_metrics_tandem_serves(releases: Releases) -> None:
     r = releases["monitoring"]
     (config_map,) = r.all("ConfigMap")
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
@@ -104,8 +111,8 @@ def test_grafana_dashboard_charts_metrics_the_router_has(releases: Releases) -> 
     dashboard = json.loads(document)
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     assert len(exprs) >= 10
-    used = {m for e in exprs for m in re.findall(r"\b(tandem_[a-z_]+)\b", e)}
-    known = _router_metric_names()
+    used = {m for e in exprs for m in re.findall(r"\b(tandem[_:][a-z_:]+)\b", e)}
+    known = _served_metric_names()
     assert used and used <= known, used - known
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
 

@@ -74,7 +74,7 @@ def dispatcher(
     for worker_id, fake in fakes.items():
         record = WorkerRecord(worker_id=worker_id, role=worker_id.split("-")[0], block_size=4)
         workers.workers[worker_id] = WorkerRef(record, fake)  # type: ignore[arg-type]
-    metrics = RouterMetrics()
+    metrics = RouterMetrics("test-model")
     config = DispatchConfig(
         routing="round-robin",
         local_prefill_tokens=8,

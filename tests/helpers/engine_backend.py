@@ -8,7 +8,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from engine import Engine, RequestOutput
-from services.router.backend import ROUTE_COLOCATED, BackendError, GenerateRequest, TokenDelta
+from services.router.backend import (
+    ROUTE_COLOCATED,
+    BackendError,
+    GenerateRequest,
+    StartTimes,
+    TokenDelta,
+)
 from services.worker.engine_thread import EngineLoop
 
 T = TypeVar("T")
@@ -64,6 +70,7 @@ def _delta(out: RequestOutput) -> TokenDelta:
         num_cached_tokens=out.num_cached_tokens,
         route=ROUTE_COLOCATED,
         top_logprobs=list(out.new_top_logprobs),
+        start=StartTimes(out.start.queue_s, out.start.compute_s) if out.start else None,
     )
 
 

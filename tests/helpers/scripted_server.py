@@ -108,10 +108,10 @@ class ScriptedServer:
             text = (
                 "# TYPE tandem_requests_total counter\n"
                 f'tandem_requests_total{{route="local_prefill",status="ok"}} {n}\n'
-                "# TYPE tandem_prompt_tokens_total counter\n"
-                f"tandem_prompt_tokens_total {self.seen.prompt_tokens}\n"
-                "# TYPE tandem_cached_prompt_tokens_total counter\n"
-                f"tandem_cached_prompt_tokens_total {self.seen.prompt_tokens // 4}\n"
+                "# TYPE tandem:prompt_tokens_total counter\n"
+                f"tandem:prompt_tokens_total {self.seen.prompt_tokens}\n"
+                "# TYPE tandem:prompt_tokens_cached_total counter\n"
+                f"tandem:prompt_tokens_cached_total {self.seen.prompt_tokens // 4}\n"
             )
             return PlainTextResponse(text)
 

@@ -57,7 +57,7 @@ def backend(checkpoint: Path) -> Iterator[EngineBackend]:
 
 @pytest.fixture(scope="module")
 def url(backend: EngineBackend, tokenizer: Tokenizer) -> Iterator[str]:
-    with serve(create_app(backend, tokenizer, MODEL, 1024, RouterMetrics())) as u:
+    with serve(create_app(backend, tokenizer, MODEL, 1024, RouterMetrics(MODEL))) as u:
         yield u
 
 

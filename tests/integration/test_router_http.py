@@ -78,7 +78,7 @@ def backend(checkpoint: Path) -> Iterator[EngineBackend]:
 
 @pytest.fixture(scope="module")
 def metrics() -> RouterMetrics:
-    return RouterMetrics()
+    return RouterMetrics(MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,9 @@ def url(backend: EngineBackend, tokenizer: Tokenizer, metrics: RouterMetrics) ->
 
 @pytest.fixture(scope="module")
 def keyed_url(backend: EngineBackend, tokenizer: Tokenizer) -> Iterator[str]:
-    app = create_app(backend, tokenizer, MODEL, MAX_MODEL_LEN, RouterMetrics(), ApiKeys((KEY,)))
+    app = create_app(
+        backend, tokenizer, MODEL, MAX_MODEL_LEN, RouterMetrics(MODEL), ApiKeys((KEY,))
+    )
     with serve(app) as u:
         yield u
 
@@ -98,7 +100,7 @@ def keyed_url(backend: EngineBackend, tokenizer: Tokenizer) -> Iterator[str]:
 def public_metrics_url(backend: EngineBackend, tokenizer: Tokenizer) -> Iterator[str]:
     keys = ApiKeys((KEY,))
     app = create_app(
-        backend, tokenizer, MODEL, MAX_MODEL_LEN, RouterMetrics(), keys, public_metrics=True
+        backend, tokenizer, MODEL, MAX_MODEL_LEN, RouterMetrics(MODEL), keys, public_metrics=True
     )
     with serve(app) as u:
         yield u
@@ -107,7 +109,9 @@ def public_metrics_url(backend: EngineBackend, tokenizer: Tokenizer) -> Iterator
 @pytest.fixture(scope="module")
 def limited_url(backend: EngineBackend, tokenizer: Tokenizer) -> Iterator[str]:
     keys = ApiKeys((KEY, OTHER_KEY), max_requests_per_key=2)
-    with serve(create_app(backend, tokenizer, MODEL, MAX_MODEL_LEN, RouterMetrics(), keys)) as u:
+    with serve(
+        create_app(backend, tokenizer, MODEL, MAX_MODEL_LEN, RouterMetrics(MODEL), keys)
+    ) as u:
         yield u
 
 
@@ -452,7 +456,7 @@ def test_models_health_ready_metrics(url: str, client: openai.OpenAI) -> None:
 def test_ready_is_503_without_a_live_backend(checkpoint: Path, tokenizer: Tokenizer) -> None:
     dead = EngineBackend(_engine(checkpoint))
     dead.close()
-    with serve(create_app(dead, tokenizer, MODEL, MAX_MODEL_LEN, RouterMetrics())) as u:
+    with serve(create_app(dead, tokenizer, MODEL, MAX_MODEL_LEN, RouterMetrics(MODEL))) as u:
         r = httpx.get(f"{u}/ready")
         assert httpx.get(f"{u}/health").status_code == 200
     assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
@@ -464,7 +468,7 @@ def test_what_the_engine_refuses_is_a_plain_http_error(
     cfg = EngineConfig(model=str(checkpoint), dtype="float32", cache=CacheConfig(num_blocks=4))
     small = EngineBackend(Engine(cfg, load_tokenizer_files=False))  # 64 tokens of KV cache
     try:
-        with serve(create_app(small, tokenizer, MODEL, MAX_MODEL_LEN, RouterMetrics())) as u:
+        with serve(create_app(small, tokenizer, MODEL, MAX_MODEL_LEN, RouterMetrics(MODEL))) as u:
             body = {"model": MODEL, "prompt": "Hi", "max_tokens": 100, "stream": True}
             r = httpx.post(f"{u}/v1/completions", json=body)
     finally:
@@ -475,19 +479,19 @@ def test_what_the_engine_refuses_is_a_plain_http_error(
 def test_metrics_count_what_was_served(url: str, client: openai.OpenAI) -> None:
     ok = {"route": "colocated", "status": "ok"}
     before = _metric(url, "tandem_requests_total", **ok)
-    tokens_before = _metric(url, "tandem_generation_tokens_total")
+    tokens_before = _metric(url, "tandem:generation_tokens_total")
     errors_before = _metric(url, "tandem_http_errors_total", status="404")
     client.completions.create(
         model=MODEL, prompt="Count me", max_tokens=5, extra_body={"ignore_eos": True}
     )
     httpx.post(f"{url}{CHAT_PATH}", json=_chat(model="nope"))
     assert _metric(url, "tandem_requests_total", **ok) == before + 1
-    assert _metric(url, "tandem_generation_tokens_total") == tokens_before + 5
+    assert _metric(url, "tandem:generation_tokens_total") == tokens_before + 5
     assert _metric(url, "tandem_http_errors_total", status="404") == errors_before + 1
-    assert _metric(url, "tandem_prompt_tokens_total") > 0
-    assert _metric(url, "tandem_ttft_seconds_count") >= before + 1
-    assert _metric(url, "tandem_inter_token_latency_seconds_count") >= 4
-    assert _metric(url, "tandem_e2e_latency_seconds_count") >= before + 1
+    assert _metric(url, "tandem:prompt_tokens_total") > 0
+    assert _metric(url, "tandem:time_to_first_token_seconds_count") >= before + 1
+    assert _metric(url, "tandem:inter_token_latency_seconds_count") >= 4
+    assert _metric(url, "tandem:e2e_request_latency_seconds_count") >= before + 1
     text = httpx.get(f"{url}/metrics").text
     for name in ("tandem_queue_depth", "tandem_nixl_bytes_total", "tandem_kv_recomputed_total"):
         assert name in text  # declared, for the dispatcher to update
@@ -568,7 +572,7 @@ LONG = {"model": MODEL, "prompt": "Go on", "max_tokens": 4000, "ignore_eos": Tru
 def test_client_leaving_a_stream_aborts_the_request(url: str, backend: EngineBackend) -> None:
     aborted = {"route": "colocated", "status": "aborted"}
     before = _metric(url, "tandem_requests_total", **aborted)
-    tokens_before = _metric(url, "tandem_generation_tokens_total")
+    tokens_before = _metric(url, "tandem:generation_tokens_total")
     with httpx.stream("POST", f"{url}/v1/completions", json={**LONG, "stream": True}) as r:
         lines = r.iter_lines()
         for _ in range(6):  # a few chunks in, the request is surely running
@@ -577,7 +581,7 @@ def test_client_leaving_a_stream_aborts_the_request(url: str, backend: EngineBac
     # leaving the block closed the connection mid-stream
     _wait_for(lambda: not backend.call(engine_state)["unfinished"], "the abort", timeout=3)
     _wait_for(lambda: _metric(url, "tandem_requests_total", **aborted) == before + 1, "metric")
-    assert _metric(url, "tandem_generation_tokens_total") - tokens_before < 4000
+    assert _metric(url, "tandem:generation_tokens_total") - tokens_before < 4000
 
 
 def test_client_leaving_before_the_answer_aborts_it(url: str, backend: EngineBackend) -> None:

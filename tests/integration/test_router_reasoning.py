@@ -44,7 +44,9 @@ def backend(smollm_f32: Engine) -> Iterator[EngineBackend]:
 
 
 def _client(backend: EngineBackend, tokenizer: Tokenizer, parser: str) -> Iterator[openai.OpenAI]:
-    app = create_app(backend, tokenizer, MODEL, 512, RouterMetrics(), reasoning=PARSERS[parser])
+    app = create_app(
+        backend, tokenizer, MODEL, 512, RouterMetrics(MODEL), reasoning=PARSERS[parser]
+    )
     with serve(app) as url:
         yield openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
 

@@ -91,7 +91,7 @@ def backend(smollm_f32: Engine) -> Iterator[EngineBackend]:
 def _client(
     backend: EngineBackend, tokenizer: Tokenizer, parser: str | None
 ) -> Iterator[openai.OpenAI]:
-    app = create_app(backend, tokenizer, MODEL, 2048, RouterMetrics(), tool_parser=parser)
+    app = create_app(backend, tokenizer, MODEL, 2048, RouterMetrics(MODEL), tool_parser=parser)
     with serve(app) as url:
         yield openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
 

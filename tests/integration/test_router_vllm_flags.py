@@ -45,7 +45,7 @@ def url(tmp_path_factory: pytest.TempPathFactory, tokenizer: Tokenizer) -> Itera
         tokenizer,
         NAMES[0],
         512,
-        RouterMetrics(),
+        RouterMetrics(NAMES[0]),
         ApiKeys((KEY,)),
         aliases=NAMES[1:],
         allowed_origins=(ORIGIN,),

@@ -34,7 +34,7 @@ class FakeRegistry:
 
 
 def _view(registry: FakeRegistry) -> ClusterView:
-    return ClusterView(WorkerSet(registry), RouterMetrics())  # type: ignore[arg-type]
+    return ClusterView(WorkerSet(registry), RouterMetrics("test-model"))  # type: ignore[arg-type]
 
 
 def test_workers_last_seen_outlive_an_outage_and_an_empty_restarted_redis(

@@ -11,13 +11,13 @@ import pytest
 from engine.block_pool import BlockPool
 from engine.kv_events import AllBlocksCleared, BlockStored, KVEvent
 from engine.output import RequestOutput, StepTotals
-from engine.request import FinishReason
+from engine.request import FinishReason, StartTiming
 from engine.sampling_params import GuidedSpec, SamplingParams
 from engine.transfer.exchange import ReadReport
 from services import wire
 from services.pb import events_pb2, worker_pb2
 from services.wire import event_from_pb, event_to_pb, params_from_pb, params_to_pb
-from services.worker.results import DecodeUpdate, PrefillResult
+from services.worker.results import DecodeUpdate
 from services.worker.stats import WorkerStats
 from tests.helpers.handles import assert_same_but_lease, handle
 
@@ -136,30 +136,23 @@ def test_decode_call_with_a_handle_lacking_a_lease_is_rejected() -> None:
 
 
 @pytest.mark.parametrize(
-    "result",
+    "sent",
     [
-        PrefillResult(7, -0.5, 16, None, HANDLE),
-        PrefillResult(0, None, 0, FinishReason.STOP, None),  # ended by its first token
+        wire.PrefillReply(7, -0.5, 16, None, HANDLE, start=StartTiming(0.25, 0.0, 1.5)),
+        wire.PrefillReply(0, None, 0, FinishReason.STOP, None),  # ended by its first token
     ],
 )
-def test_prefill_result_reaches_the_router_as_a_reply(result: PrefillResult) -> None:
+def test_a_prefill_reply_reaches_the_router_as_sent(sent: wire.PrefillReply) -> None:
     called_at = time.monotonic()
-    reply = wire.PrefillReply.from_pb(_bytes(wire.prefill_result_to_pb(result)), called_at)
-    want = wire.PrefillReply(
-        result.first_token,
-        result.first_logprob,
-        result.num_cached_tokens,
-        result.finish_reason,
-        result.handle,
-    )
-    assert_same_but_lease(reply, want)
+    reply = wire.PrefillReply.from_pb(_bytes(wire.prefill_reply_to_pb(sent)), called_at)
+    assert_same_but_lease(reply, sent)
 
 
 def test_a_lease_travels_as_time_left_counted_from_the_call() -> None:
     """No wall clock crosses hosts: the router counts the time left from when it called
     (the worker answered later, so the lease can only end later than the router thinks)."""
     fresh = replace(HANDLE, lease_deadline=time.monotonic() + 30.0)
-    msg = _bytes(wire.prefill_result_to_pb(PrefillResult(7, None, 0, None, fresh)))
+    msg = _bytes(wire.prefill_reply_to_pb(wire.PrefillReply(7, None, 0, None, fresh)))
     assert 29_000 < msg.kv.lease_ms_left <= 30_000
     reply = wire.PrefillReply.from_pb(msg, called_at=time.monotonic() - 10.0)
     assert reply.handle is not None
@@ -169,10 +162,13 @@ def test_a_lease_travels_as_time_left_counted_from_the_call() -> None:
 
 
 def test_decode_update_reaches_the_router_as_a_reply() -> None:
+    start = StartTiming(queue_s=0.125, kv_wait_s=0.5, compute_s=0.25)
     out = RequestOutput("r", [4, 5], True, FinishReason.LENGTH, 10, 8, 2, [-0.25, -1.0])
+    out.start = start
     report = ReadReport(bytes_read=4096, seconds=0.5, recomputed=False)
     reply = wire.DecodeReply.from_pb(_bytes(wire.decode_update_to_pb(DecodeUpdate(out, report))))
-    assert reply == wire.DecodeReply([4, 5], [-0.25, -1.0], True, "length", 8, False, 4096, 0.5)
+    want = wire.DecodeReply([4, 5], [-0.25, -1.0], True, "length", 8, False, 4096, 0.5)
+    assert reply == replace(want, start=start)
     running = RequestOutput("r", [3], False, None, 10, 0, 1)
     reply = wire.DecodeReply.from_pb(_bytes(wire.decode_update_to_pb(DecodeUpdate(running, None))))
     assert reply == wire.DecodeReply([3], [], False, None, 0)

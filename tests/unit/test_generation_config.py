@@ -63,7 +63,7 @@ def _params(body: dict[str, Any], defaults: dict[str, Any]) -> Any:
 
     async def go() -> httpx.Response:
         app = create_app(
-            backend, TOKENIZER, MODEL, 256, RouterMetrics(), generation_defaults=defaults
+            backend, TOKENIZER, MODEL, 256, RouterMetrics(MODEL), generation_defaults=defaults
         )
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://router") as http:

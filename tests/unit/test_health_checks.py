@@ -61,7 +61,7 @@ def test_a_stalled_or_dead_engine_is_out_of_routing_and_a_recovered_one_back() -
         server, address = await _serve(liveness)
         workers = WorkerSet(registry=None)  # type: ignore[arg-type]  # never refreshed
         ref = workers.workers["decode-0"] = _ref("decode-0", address)
-        metrics = RouterMetrics()
+        metrics = RouterMetrics("test-model")
         checks = HealthChecks(workers, metrics, every_s=1.0)
         try:
             assert await liveness.update() is None
@@ -118,7 +118,7 @@ def test_a_worker_nobody_answers_for_is_out_of_routing() -> None:
         workers = WorkerSet(registry=None)  # type: ignore[arg-type]
         # A port nothing listens on: every check fails at once.
         ref = workers.workers["decode-9"] = _ref("decode-9", "127.0.0.1:1")
-        checks = HealthChecks(workers, RouterMetrics(), every_s=0.5)
+        checks = HealthChecks(workers, RouterMetrics("test-model"), every_s=0.5)
         try:
             for _ in range(FAILURES_TO_EXCLUDE):
                 await checks.check_all()

@@ -55,7 +55,7 @@ def _post(path: str, raw: str | dict[str, Any]) -> tuple[httpx.Response, Scripte
 
 
 async def _send(backend: ScriptedBackend, path: str, raw: str) -> httpx.Response:
-    app = create_app(backend, TOKENIZER, MODEL, 256, RouterMetrics())
+    app = create_app(backend, TOKENIZER, MODEL, 256, RouterMetrics(MODEL))
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://router") as http:
         headers = {"content-type": "application/json"}
@@ -241,7 +241,7 @@ def test_a_temperature_too_small_to_divide_by_is_refused_by_the_engine() -> None
 
 # ---- the schema says the same ------------------------------------------------------------
 def _schema() -> dict[str, Any]:
-    app = create_app(ScriptedBackend([]), TOKENIZER, MODEL, 256, RouterMetrics())
+    app = create_app(ScriptedBackend([]), TOKENIZER, MODEL, 256, RouterMetrics(MODEL))
     r = asyncio.run(_get(app))
     assert r.status_code == 200
     return dict(r.json()["components"]["schemas"])

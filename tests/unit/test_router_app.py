@@ -86,7 +86,7 @@ def _deltas(text: str, finish: str | None = "stop", route: str = "colocated") ->
 
 
 def _post(backend: ScriptedBackend, path: str, body: dict[str, Any]) -> httpx.Response:
-    metrics = RouterMetrics()
+    metrics = RouterMetrics(MODEL)
     return asyncio.run(_post_async(backend, metrics, path, body))
 
 
@@ -148,7 +148,7 @@ def test_an_engine_abort_is_an_error_not_an_answer() -> None:
 
 def test_a_failure_mid_stream_is_an_error_event_then_done() -> None:
     backend = ScriptedBackend(_deltas("abc", finish=None), fail=BackendError(502, "worker died"))
-    metrics = RouterMetrics()
+    metrics = RouterMetrics(MODEL)
     body = {"prompt": "x", "stream": True, "max_tokens": 9}
     r = asyncio.run(_post_async(backend, metrics, "/v1/completions", body))
     *chunks, error = _sse(r)
@@ -175,7 +175,7 @@ def test_overload_is_a_429_that_says_when_to_come_back() -> None:
 
 def test_a_bug_is_a_500_without_a_traceback() -> None:
     backend = ScriptedBackend([], fail=RuntimeError("secret internals"))
-    metrics = RouterMetrics()
+    metrics = RouterMetrics(MODEL)
     r = asyncio.run(_post_async(backend, metrics, "/v1/completions", {"prompt": "x"}))
     assert r.status_code == 500
     assert r.json()["error"] == {
@@ -194,7 +194,7 @@ def test_a_stream_that_ends_unfinished_is_a_502() -> None:
 
 def test_ready_follows_the_backend() -> None:
     async def get(backend: ScriptedBackend) -> httpx.Response:
-        app = create_app(backend, TOKENIZER, MODEL, 256, RouterMetrics())
+        app = create_app(backend, TOKENIZER, MODEL, 256, RouterMetrics(MODEL))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://router") as http:
             return await http.get("/ready")

@@ -61,7 +61,7 @@ def test_ready_fails_while_draining_and_requests_are_still_served() -> None:
     async def run() -> tuple[httpx.Response, httpx.Response]:
         drain = Drain()
         backend = ScriptedBackend(_deltas("ok"))
-        app = create_app(backend, TOKENIZER, MODEL, 256, RouterMetrics(), drain=drain)
+        app = create_app(backend, TOKENIZER, MODEL, 256, RouterMetrics(MODEL), drain=drain)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://router") as http:
             assert (await http.get("/ready")).status_code == 200

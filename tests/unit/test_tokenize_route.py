@@ -16,7 +16,7 @@ from tests.unit.test_router_app import MODEL, TOKENIZER, ScriptedBackend, _delta
 def _tokenize(body: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
     async def post() -> httpx.Response:
         app = create_app(
-            ScriptedBackend([]), TOKENIZER, MODEL, 256, RouterMetrics(), ApiKeys(("key",))
+            ScriptedBackend([]), TOKENIZER, MODEL, 256, RouterMetrics(MODEL), ApiKeys(("key",))
         )
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://router") as http:

@@ -20,7 +20,7 @@ from services.router.worker_client import WorkerClient, WorkerError
 from services.wire import DecodeCall, DecodeReply, HealthReply, KVDump, PrefillCall, PrefillReply
 from services.worker.core import RoleError
 from services.worker.engine_thread import EngineDead
-from services.worker.results import DecodeUpdate, PrefillResult
+from services.worker.results import DecodeUpdate
 from services.worker.servicer import WorkerService
 from services.worker.stats import WorkerStats
 from tests.helpers.handles import assert_same_but_lease, handle
@@ -36,11 +36,11 @@ class ScriptedCalls:
     def __init__(self) -> None:
         self.seen: list[object] = []
 
-    async def prefill(self, call: PrefillCall) -> PrefillResult:
+    async def prefill(self, call: PrefillCall) -> PrefillReply:
         self.seen.append(call)
         if call.request_id == "decode-only":
             raise RoleError("a decode worker does not prefill")
-        return PrefillResult(7, -0.5, 16, None, HANDLE)
+        return PrefillReply(7, -0.5, 16, None, HANDLE)
 
     async def decode(self, call: DecodeCall) -> AsyncIterator[DecodeUpdate]:
         self.seen.append(call)
