@@ -4,7 +4,8 @@ Each tick the sizing gives two needs per pool: `up` at the targets and `down` at
 eased by the hysteresis margin (a smaller pool must be comfortably enough, not just enough).
 
     scale up    to the least `up` need of the panic window (a need that held for it, not
-                one reading), at most x max_up_factor (and +1) a step, once per up cooldown
+                one reading), at most x max_up_factor or + max_up_step a step (whichever
+                is more, as the Kubernetes HPA's default: x2 or +4), once per up cooldown
     scale down  to the greatest `down` need of the stable window (every reading in it
                 agreed), at most max_down_step a step, once per down cooldown; a window of
                 no load at all goes to the floor in one step
@@ -36,6 +37,7 @@ class Pacing:
     up_cooldown_s: float = 15.0
     down_cooldown_s: float = 120.0
     max_up_factor: float = 2.0
+    max_up_step: int = 4  # workers a step may add whatever the factor allows (a small pool)
     max_down_step: int = 1
     hysteresis: float = 0.1  # how much tighter the targets a smaller pool must meet
 
@@ -44,6 +46,8 @@ class Pacing:
             raise ValueError("need 0 < panic window <= stable window")
         if min(self.up_cooldown_s, self.down_cooldown_s) < 0 or self.max_down_step < 1:
             raise ValueError("cooldowns must be >= 0 and the down step >= 1")
+        if self.max_up_step < 1:
+            raise ValueError("the up step must be >= 1")
         if self.max_up_factor < 1 or not 0 <= self.hysteresis < 1:
             raise ValueError("need max_up_factor >= 1 and 0 <= hysteresis < 1")
 
@@ -133,7 +137,7 @@ class PoolPacer:
         p = self.pacing
         if now - self._last_up < p.up_cooldown_s:
             return Step(current, f"hold: {wanted} needed, up cooldown")
-        most = max(current + 1, math.floor(current * p.max_up_factor))
+        most = max(current + p.max_up_step, math.floor(current * p.max_up_factor))
         desired = min(wanted, most, self.bounds.max)
         if desired <= current:
             return Step(current, f"hold: {wanted} needed, {current} is the max")

@@ -184,14 +184,16 @@ def test_eased_targets_are_tighter() -> None:
 PACE = Pacing(stable_window_s=60, panic_window_s=6, up_cooldown_s=15, down_cooldown_s=120)
 
 
-def test_up_waits_out_the_panic_window_then_doubles_at_most() -> None:
-    pacer = PoolPacer(Bounds(1, 10), PACE, now=0.0)
-    assert pacer.step(0.0, 2, up=7, down=7, idle=False).desired == 2  # one reading: not yet
-    assert pacer.step(3.0, 2, up=7, down=7, idle=False).desired == 2
-    step = pacer.step(6.0, 2, up=7, down=7, idle=False)
-    assert (step.desired, step.direction) == (4, "up")  # x2 a step
-    assert pacer.step(10.0, 4, up=7, down=7, idle=False).reason.endswith("up cooldown")
-    assert pacer.step(21.0, 4, up=7, down=7, idle=False).desired == 7
+def test_up_waits_out_the_panic_window_then_adds_four_or_doubles_at_most() -> None:
+    pacer = PoolPacer(Bounds(1, 40), PACE, now=0.0)
+    assert pacer.step(0.0, 2, up=30, down=30, idle=False).desired == 2  # one reading: not yet
+    assert pacer.step(3.0, 2, up=30, down=30, idle=False).desired == 2
+    step = pacer.step(6.0, 2, up=30, down=30, idle=False)
+    assert (step.desired, step.direction) == (6, "up")  # +4 a step (x2 would be 4)
+    assert pacer.step(10.0, 6, up=30, down=30, idle=False).reason.endswith("up cooldown")
+    assert pacer.step(21.0, 6, up=30, down=30, idle=False).desired == 12  # x2 (+4 would be 10)
+    assert pacer.step(36.0, 12, up=30, down=30, idle=False).desired == 24
+    assert pacer.step(51.0, 24, up=30, down=30, idle=False).desired == 30  # what is needed
 
 
 def test_no_step_while_workers_asked_for_are_starting() -> None:
