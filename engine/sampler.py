@@ -38,20 +38,26 @@ class SampleRow:
 def sample(logits: torch.Tensor, rows: Sequence[SampleRow]) -> tuple[list[int], list[float | None]]:
     """logits: [n, vocab] float32, one row per entry of `rows`."""
     raw = logits
-    if any(r.banned or r.adjust or r.constraint for r in rows):
+    changed = [r.adjust is not None or r.constraint is not None for r in rows]
+    if any(changed):
         logits = logits.clone()
         for i, r in enumerate(rows):
-            _change(logits[i], r, raw[i])
-    tokens = _argmax(logits)
+            if changed[i]:
+                _change(logits[i], r, raw[i])
+    # A row with bans alone (EOS before min_tokens: every row of such a batch, every step)
+    # is not copied: its draw bans on its own copy, and a greedy row looks again only
+    # when its best token is banned.
+    token_list = _argmax(logits).tolist()
     for i, r in enumerate(rows):
-        if not r.params.greedy:
-            tokens[i] = _draw(logits[i], r.params, r.generator)
-    token_list = tokens.tolist()
+        banned = () if changed[i] else r.banned  # a changed row has its bans in already
+        if not r.params.greedy or token_list[i] in banned:
+            token_list[i] = _draw(logits[i], r.params, r.generator, banned)
     logprobs: list[float | None] = [None] * len(rows)
     wanted = [i for i, r in enumerate(rows) if r.params.logprobs]
     if wanted:
         idx = torch.tensor(wanted)
-        lp = torch.log_softmax(raw[idx], dim=-1).gather(1, tokens[idx, None]).squeeze(1)
+        chosen = torch.tensor([token_list[i] for i in wanted])
+        lp = torch.log_softmax(raw[idx], dim=-1).gather(1, chosen[:, None]).squeeze(1)
         for i, v in zip(wanted, lp.tolist(), strict=True):
             logprobs[i] = v
     return token_list, logprobs
@@ -97,8 +103,18 @@ def _argmax(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(dim=-1)
 
 
-def _draw(row: torch.Tensor, p: SamplingParams, gen: torch.Generator) -> int:
+def _draw(
+    row: torch.Tensor, p: SamplingParams, gen: torch.Generator, banned: tuple[int, ...] = ()
+) -> int:
+    """A token from `row` [vocab] with `banned` ones left out: the best for a greedy request,
+    a draw after temperature, min-p, top-k and top-p for the others."""
+    if p.greedy:
+        allowed = row.clone()
+        allowed[list(banned)] = float("-inf")
+        return int(allowed.argmax())
     scaled = row / p.temperature
+    if banned:
+        scaled[list(banned)] = float("-inf")
     if p.min_p > 0.0:  # relative to the likeliest token: exp(l - max) < min_p
         scaled = scaled.masked_fill(scaled - scaled.max() < math.log(p.min_p), float("-inf"))
     if p.top_k and p.top_k < scaled.shape[-1]:
