@@ -84,7 +84,7 @@ def cmd_router(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from services.worker.process import run_standalone
+    from services.worker.standalone import run_standalone
 
     return run_standalone(args, _resolve_model(args.model))
 
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     router.set_defaults(func=cmd_router)
 
-    from services.worker.process import add_worker_args
+    from services.worker.standalone import add_worker_args
 
     worker = sub.add_parser("worker", help="run one worker in this process (as a pod does)")
     add_worker_args(worker)

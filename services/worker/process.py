@@ -1,19 +1,18 @@
 """Run one worker: engine + NIXL + gRPC server + registry heartbeat (+ peer watcher).
 
-Used by the Ray actors (services/cluster/pools.py), by `tandem worker` (one worker per process, as
-a Kubernetes pod runs it) and by tests.
+Used by the Ray actors (services/cluster/pools.py), by `tandem worker` (standalone.py: one
+worker per process, as a Kubernetes pod runs it) and by tests.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 import redis
@@ -21,24 +20,20 @@ import uvloop
 from grpc_health.v1 import health_pb2_grpc
 
 from engine import Engine
-from engine.config import ROLES
 from services import wire
 from services.cluster import redis_client
-from services.cluster.cluster_token import TokenInterceptor, token_from_env
-from services.cluster.redis_url import redis_url_from
+from services.cluster.cluster_token import TokenInterceptor
 from services.cluster.registry import Registry
-from services.cluster.worker_tls import ServerTls, server_tls_from_env
+from services.cluster.worker_tls import ServerTls
 from services.pb import worker_pb2_grpc
 from services.pb.events_pb2 import WorkerRecord
 from services.served_name import served_model_name
-from services.worker.core import WAITING_PER_SEQ, Worker, WorkerConfig
-from services.worker.engine_flags import add_engine_args, engine_config
+from services.worker.core import Worker, WorkerConfig
 from services.worker.handlers import WorkerCalls
 from services.worker.kv_publisher import KVPublisher
 from services.worker.liveness import DEFAULT_STALL_S, Liveness
 from services.worker.metrics import serve_metrics
 from services.worker.peers import PeerWatcher
-from services.worker.preflight import run_preflight
 from services.worker.servicer import WorkerService
 
 log = logging.getLogger(__name__)
@@ -77,6 +72,7 @@ class WorkerServer:
         self.worker: Worker | None = None
         self.address = ""
         self.metrics_address = ""  # host:port of its own /metrics, once started (if any)
+        self._metrics_server: WSGIServer | None = None
         self.stopping = asyncio.Event()
         client = redis_client.connect(net.redis_url)
         self._registry = Registry(client, net.registry_prefix, token=net.cluster_token)
@@ -206,7 +202,7 @@ class WorkerServer:
             await self._quiesce(deadline)
         if hasattr(self, "_server"):  # calls still open get what is left of the drain
             await self._server.stop(max(deadline - time.monotonic(), 0.0))
-        if hasattr(self, "_metrics_server"):
+        if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
         if self.worker is not None:
@@ -248,93 +244,3 @@ class WorkerThread:
         finally:
             self.event_loop.call_soon_threadsafe(self.event_loop.stop)
             self._thread.join(10)
-
-
-def add_worker_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--role", choices=ROLES, required=True)
-    ap.add_argument("--worker-id", required=True)
-    ap.add_argument("--redis-url", default=None, help="default: $TANDEM_REDIS_URL")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--advertise-host", default=None, help="address peers dial (default: host)")
-    ap.add_argument("--model", default=None)
-    add_engine_args(ap)  # --engine, --dtype, --block-size, --kv-cache-gb, --num-blocks, ...
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument(
-        "--metrics-port",
-        type=int,
-        default=0,
-        help="its own Prometheus /metrics on --host (default 0: a free port, in its registry "
-        "record and the router's /metrics/workers; -1: none)",
-    )
-    ap.add_argument(
-        "--served-model-name",
-        default="",
-        help="its metrics' model_name, as the router's --served-model-name (default: from "
-        "the model's file name)",
-    )
-    ap.add_argument("--lease-s", type=float, default=30.0)
-    ap.add_argument(
-        "--max-waiting",
-        type=int,
-        default=None,
-        help="requests that may wait for a place in the batch before the worker refuses "
-        "more (RESOURCE_EXHAUSTED; the router tries another worker) "
-        f"(default: {WAITING_PER_SEQ} x --max-num-seqs)",
-    )
-    ap.add_argument(
-        "--drain-timeout-s",
-        type=float,
-        default=30.0,
-        help="on SIGTERM: out of the registry at once, then this long for the streams in "
-        "flight to finish (default %(default)s)",
-    )
-    ap.add_argument(
-        "--stall-timeout-s",
-        type=float,
-        default=DEFAULT_STALL_S,
-        help="an engine in one step this long takes the worker out of the registry "
-        "(default %(default)s; more than the longest step)",
-    )
-
-
-def run_standalone(args: argparse.Namespace, model: str) -> int:
-    """`tandem worker`: serve until SIGINT/SIGTERM, then deregister and stop."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    run_preflight()  # RDMA requested but UCX only has TCP: exits here, before the model loads
-    engine = engine_config(args, model, role=args.role, num_threads=args.threads)
-    net = WorkerNetConfig(
-        redis_url=redis_url_from(args.redis_url),
-        host=args.host,
-        port=args.port,
-        advertise_host=args.advertise_host,
-        stall_s=args.stall_timeout_s,
-        drain_s=args.drain_timeout_s,
-        cluster_token=token_from_env(),
-        tls=server_tls_from_env(),
-        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
-    )
-    config = WorkerConfig(
-        args.worker_id,
-        engine,
-        lease_s=args.lease_s,
-        max_waiting=args.max_waiting,
-        served_name=args.served_model_name,
-    )
-    server = WorkerServer(config, net)
-
-    async def main() -> None:
-        event_loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            event_loop.add_signal_handler(sig, server.stopping.set)
-        address = await server.start()
-        print(f"{args.worker_id} ({args.role}) serving on {address}", flush=True)
-        if server.metrics_address:
-            print(f"  metrics on http://{server.metrics_address}/metrics", flush=True)
-        await server.stopping.wait()
-        await server.stop()
-
-    # uvloop: the loop that carries every token (engine thread -> queue -> gRPC) in C.
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main())
-    return 0

@@ -493,7 +493,7 @@ def test_run_preflight_reads_the_process_environment(monkeypatch: pytest.MonkeyP
 def test_tandem_worker_runs_the_preflight_before_building_the_engine(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from services.worker import process
+    from services.worker import standalone as process
 
     def preflight_fails() -> PreflightResult:
         raise SystemExit("RDMA was requested ...")
