@@ -174,10 +174,9 @@ def _real_tools(body: dict[str, Any]) -> None:
     """Generated tools get a real JSON schema for their arguments (a dict made at random
     is seldom one, as a grammar's text is seldom a grammar), and a named tool_choice names
     one of them: the API refuses a name that is not in tools."""
-    tools = body.get("tools")
     functions = [
         t["function"]
-        for t in tools or ()
+        for t in _listed(body.get("tools"))
         if isinstance(t, dict) and isinstance(t.get("function"), dict)
     ]
     for f in functions:
@@ -215,13 +214,18 @@ def _rules_across_fields(body: dict[str, Any]) -> None:
         del body["stream_options"]
     if body.get("top_logprobs") and body.get("logprobs") is not True:
         body["logprobs"] = True
-    for m in body.get("messages") or ():
+    for m in _listed(body.get("messages")):
         if not isinstance(m, dict):
             continue
         if m.get("tool_calls") and m.get("role") != "assistant":
             del m["tool_calls"]  # only an assistant's message carries calls
         if m.get("content") is None and not m.get("tool_calls"):
             m["content"] = ""  # content may be null only beside tool calls
+
+
+def _listed(value: Any) -> list[Any]:
+    """A field's items when it is a list; none when a negative case made it something else."""
+    return value if isinstance(value, list) else []
 
 
 def _whole_number(value: Any) -> bool:
