@@ -57,7 +57,7 @@ class ModelRunner:
         if upcast_rows is not None:
             model.ops.linear = UpcastLinear(upcast_rows)
             log.info("bfloat16 GEMMs of %d rows or more run in float32 here", upcast_rows)
-        packable = param.dtype in onednn.PACKABLE and param.device.type == "cpu"
+        packable = param.device.type == "cpu" and onednn.packable(param.dtype)
         if eager_gemms and packable and upcast_rows is None:
             packed = _packed_linear(model)
             if packed is not None:
@@ -130,8 +130,6 @@ def _native_kernels(kv_cache: torch.Tensor) -> bool:
 def _packed_linear(model: LlamaModel) -> PackedLinear | None:
     """GEMMs in the model's dtype through oneDNN on packed copies of the weights, where
     that measures faster than F.linear here (engine/model/onednn.py); None where not."""
-    if not onednn.available():
-        return None
     layers = [cast(DecoderLayer, layer) for layer in model.layers]
     start = time.perf_counter()
     if not onednn.packs_faster([layer.gate_up_weight for layer in layers[:10]]):

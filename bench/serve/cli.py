@@ -145,6 +145,7 @@ def machine() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from engine.model.gemm import has_bf16_arithmetic
     from services.cluster.models import pull_default
 
     ap = argparse.ArgumentParser(description=__doc__)
@@ -156,10 +157,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=2, help="requests per level left out")
     ap.add_argument("--systems", default=",".join(report.SYSTEMS))
     ap.add_argument("--cpus", default="0-1", help="VLLM_CPU_OMP_THREADS_BIND")
-    ap.add_argument("--vllm-dtype", default="bfloat16", help="vLLM's --dtype")
+    ap.add_argument(
+        "--vllm-dtype",
+        default="auto",
+        help="vLLM's --dtype; auto: bfloat16 where the CPU has bfloat16 arithmetic "
+        "(AVX512_BF16 or AMX), else float32 (vLLM's faster dtype there, as Tandem picks)",
+    )
     ap.add_argument("--kv-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE")
     args = ap.parse_args(argv)
     args.model = Path(pull_default())
+    if args.vllm_dtype == "auto":
+        args.vllm_dtype = "bfloat16" if has_bf16_arithmetic() else "float32"
     levels = {int(c): int(n) for c, n in (p.split(":") for p in args.levels.split(","))}
     (args.out / "serve-runs").mkdir(parents=True, exist_ok=True)
 

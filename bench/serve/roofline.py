@@ -120,8 +120,9 @@ def measure(
 def _kernels(dtype: str) -> list[str]:
     import torch
 
-    packed = dtype in ("float32", "bfloat16") and torch.backends.mkldnn.is_available()
-    return ["F.linear", "oneDNN packed"] if packed else ["F.linear"]
+    from engine.model import onednn
+
+    return ["F.linear", "oneDNN packed"] if onednn.packable(getattr(torch, dtype)) else ["F.linear"]
 
 
 def _linear(kernel: str, weights: list[Any]) -> Any:

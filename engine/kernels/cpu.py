@@ -6,9 +6,12 @@ reason and the pure-torch path, never a silent switch."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -52,6 +55,7 @@ def _isa_flags() -> tuple[str, list[str]]:
 def load() -> bool:
     """Build (or load the cached build of) the kernels; False, with a logged warning, when
     they cannot be built."""
+    from torch.utils.cpp_extension import _get_build_directory
     from torch.utils.cpp_extension import load as build
 
     suffix, isa = _isa_flags()
@@ -60,20 +64,41 @@ def load() -> bool:
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(_CSRC.iterdir()))).hexdigest()
     # -fopenmp: at::parallel_for is inlined here and splits work with OpenMP pragmas.
     flags = ["-O3", "-ffast-math", "-fopenmp", *isa]
+    name = f"tandem_ops{suffix}_{digest[:10]}"
     try:
-        build(
-            name=f"tandem_ops{suffix}_{digest[:10]}",
-            sources=[str(p) for p in _SOURCES],
-            extra_cflags=flags,
-            extra_ldflags=["-fopenmp"],
-            is_python_module=False,  # the library registers torch.ops.tandem.* on load
-            verbose=False,
-        )
+        build_dir = Path(_get_build_directory(name, verbose=False))  # torch's own cache path
+        with build_lock(build_dir):
+            build(
+                name=name,
+                sources=[str(p) for p in _SOURCES],
+                extra_cflags=flags,
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(build_dir),
+                is_python_module=False,  # the library registers torch.ops.tandem.* on load
+                verbose=False,
+            )
     except Exception as e:  # compiler missing, headers missing, build error
         log.warning("tandem C++ CPU kernels unavailable (%s); using the pure-torch path", e)
         return False
     _register_fakes()
     return True
+
+
+@contextlib.contextmanager
+def build_lock(build_dir: Path) -> Iterator[None]:
+    """Held around a build. torch's builder marks a build in progress with a `lock` file
+    and waits for it to go, without end and without a word: a process killed mid-build
+    left one behind, and every later worker hung at start. Our builders take this flock
+    first, which the kernel releases when its holder dies, so a `lock` file found while
+    holding it is stale: removed, and said so."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir / "tandem.flock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another live builder: wait for its build
+        stale = build_dir / "lock"
+        if stale.exists():
+            log.warning("removing %s, left by a kernel build that did not finish", stale)
+            stale.unlink(missing_ok=True)
+        yield
 
 
 def vectorised() -> bool:

@@ -12,6 +12,7 @@ start-up whether it wins here at all, at a decode batch's rows and a prefill chu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
@@ -24,11 +25,18 @@ Linear = Callable[..., torch.Tensor]
 _PROBE_ROWS = (32, 256)
 
 
-def available() -> bool:
-    return torch.backends.mkldnn.is_available()
-
-
-PACKABLE = (torch.float32, torch.bfloat16)
+@functools.cache
+def packable(dtype: torch.dtype) -> bool:
+    """oneDNN packs weights of `dtype` on this CPU: float32 wherever torch has oneDNN;
+    bfloat16 only where the CPU has what oneDNN's bfloat16 path needs (AVX-512 BW/VL/DQ
+    or AVX-NE-CONVERT): on an AVX2-only CPU it refuses with a RuntimeError."""
+    if dtype not in (torch.float32, torch.bfloat16) or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        pack(torch.zeros(16, 16, dtype=dtype))
+    except RuntimeError:
+        return False
+    return True
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:
