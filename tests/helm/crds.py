@@ -27,6 +27,9 @@ CRD_FILES: dict[tuple[str, str], Path] = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): (
         HERE / "prometheus-operator" / "monitoring.coreos.com_servicemonitors.yaml"
     ),
+    ("monitoring.coreos.com/v1", "PodMonitor"): (
+        HERE / "prometheus-operator" / "monitoring.coreos.com_podmonitors.yaml"
+    ),
 }
 # libyaml's loader where PyYAML has it: the RayCluster CRD is close to 1 MB of YAML.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -79,6 +79,26 @@ def test_servicemonitor_scrapes_the_router_with_a_key(releases: Releases) -> Non
     assert "--public-metrics" in the_container(r, "router")["args"]
 
 
+def test_podmonitor_scrapes_every_worker_on_its_metrics_port(releases: Releases) -> None:
+    r = releases["monitoring"]
+    (monitor,) = r.all("PodMonitor")
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"], endpoint["interval"]) == (
+        "metrics",
+        "/metrics",
+        "15s",
+    )
+    workers = pods_of(r, "worker")
+    assert len(workers) == 2  # the prefill and the decode group
+    for pod in workers:
+        assert selects(monitor["spec"]["selector"], pod.labels)
+        (container,) = pod.spec["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["metrics"] == 9090 and "--metrics-port=9090" in container["args"]
+    assert not any(selects(monitor["spec"]["selector"], p.labels) for p in pods_of(r, "router"))
+    assert releases["default"].all("PodMonitor") == []
+
+
 def _served_metric_names() -> set[str]:
     """Every sample name the router's /metrics and a worker's own can carry."""
     from engine.output import StepTotals

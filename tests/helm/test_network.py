@@ -9,7 +9,7 @@ from tests.helm.conftest import Releases
 from tests.helm.manifests import NAMESPACE, Rendered, pods_of
 from tests.helm.netpol import Outside, Pod, allowed, in_namespace
 
-WORKER_PORT, ROUTER_PORT, REDIS_PORT = 50051, 8000, 6379
+WORKER_PORT, ROUTER_PORT, REDIS_PORT, METRICS_PORT = 50051, 8000, 6379, 9090
 # Ray ports: GCS, client, dashboard, dashboard agent, a raylet's, a worker's.
 RAY_PORTS = (6379, 10001, 8265, 52365, 37251, 10042)
 
@@ -61,6 +61,7 @@ def test_every_path_the_cluster_uses_is_open(default: Cluster) -> None:
     assert c.can(c.test, c.router, ROUTER_PORT)
     for worker in (c.prefill, c.decode):
         assert c.can(c.router, worker, WORKER_PORT)
+        assert c.can(INTERNET, worker, METRICS_PORT)  # a scraper anywhere, by default
         for client in (c.router, worker, c.autoscaler):
             assert c.can(client, c.redis, REDIS_PORT)
         for port in RAY_PORTS:
@@ -115,6 +116,15 @@ def test_router_ingress_can_be_narrowed(releases: Releases) -> None:
     assert not c.can(INTERNET, c.router, ROUTER_PORT)
     assert not c.can(c.stranger, c.router, ROUTER_PORT)
     assert not c.can(nginx, c.decode, WORKER_PORT)
+
+
+def test_worker_metrics_can_be_narrowed_to_the_scraper(releases: Releases) -> None:
+    c = Cluster(releases["monitoring"])
+    prometheus = Pod({"app": "prometheus"}, "monitoring", "10.244.7.3")
+    assert c.can(prometheus, c.decode, METRICS_PORT) and c.can(prometheus, c.prefill, METRICS_PORT)
+    assert not c.can(INTERNET, c.decode, METRICS_PORT)
+    assert not c.can(c.stranger, c.decode, METRICS_PORT)
+    assert not c.can(prometheus, c.decode, WORKER_PORT)  # its metrics port, nothing else
 
 
 def test_external_redis_is_reached_at_its_address_and_port(releases: Releases) -> None:

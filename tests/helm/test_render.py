@@ -31,6 +31,7 @@ EXPECTED_KINDS = {
     "PersistentVolumeClaim",
     "Pod",
     "PodDisruptionBudget",
+    "PodMonitor",
     "RayCluster",
     "Role",
     "RoleBinding",
@@ -129,6 +130,10 @@ def test_crd_copies_are_the_documented_releases() -> None:
             "gateway.networking.k8s.io/bundle-version",
         ),
         ("monitoring.coreos.com/v1", "ServiceMonitor"): (
+            "prometheus-operator",
+            "operator.prometheus.io/version",
+        ),
+        ("monitoring.coreos.com/v1", "PodMonitor"): (
             "prometheus-operator",
             "operator.prometheus.io/version",
         ),
