@@ -32,6 +32,7 @@ from engine.output import (
     RequestOutput,
     StepTotals,
 )
+from engine.prompt_logprobs import score_prompts
 from engine.request import FinishReason, Request, Status
 from engine.sample_rows import SampleRows
 from engine.sampling_params import SamplingParams
@@ -164,6 +165,8 @@ class Engine:
         if not sched.chunks:
             return []
         logits = self.runner.execute(sched.chunks)
+        if any(c.prompt_rows for c in sched.chunks):
+            logits = score_prompts(sched.chunks, logits)
         sampled = self._rows.sample([c.request for c in sched.chunks if c.samples], logits)
         got = self.scheduler.update(sched, sampled)
         outputs = [self._conclude(r) for r in got]
@@ -190,6 +193,9 @@ class Engine:
             held=req.held,
             start=start,
         )
+        if req.params.prompt_logprobs is not None and req.num_output_tokens == 1:
+            out.prompt_logprobs = req.prompt_logprobs
+            out.prompt_top_logprobs = req.prompt_top_logprobs
         if out.finished:  # ended, or held for a peer: its lengths are known
             self.lengths.add(req.num_prompt_tokens, req.num_output_tokens)
         if req.finished:

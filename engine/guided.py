@@ -56,25 +56,37 @@ class Grammars:
         matcher = LLMatcher(self._tokenizer, grammar_of(spec), log_level=0)
         if matcher.is_error():
             raise unenforceable(spec, matcher.get_error())
-        return Constraint(matcher, token_ids, num_prompt, self._vocab)
+        return Constraint(matcher, token_ids, num_prompt, self._vocab, spec.after)
 
 
 class Constraint:
     """One request's grammar state, following its token list (`token_ids`, prompt first,
-    which the engine appends to)."""
+    which the engine appends to). With `after` (GuidedSpec's), the output is free until
+    those tokens appear in it, and the grammar holds what follows them."""
 
-    def __init__(self, matcher: LLMatcher, token_ids: list[int], num_prompt: int, vocab: int):
+    def __init__(
+        self,
+        matcher: LLMatcher,
+        token_ids: list[int],
+        num_prompt: int,
+        vocab: int,
+        after: tuple[int, ...] = (),
+    ) -> None:
         self._matcher = matcher
         self._tokens = token_ids
-        self._consumed = num_prompt  # token_ids before this index are in the matcher
+        # token_ids before this index are in the matcher, or (None) the grammar has not
+        # started: `after` is looked for from `_searched` on
+        self._consumed: int | None = None if after else num_prompt
+        self._after, self._num_prompt, self._searched = after, num_prompt, num_prompt
         self._bits = np.full((vocab + 31) // 32, -1, dtype=np.int32)  # 1 bit a token
         self._vocab = vocab
         self.broken = False  # a token the grammar refused: no more masks (logged)
 
     def allowed(self) -> torch.Tensor | None:
-        """[vocab] bool: the tokens that may come next; None once broken."""
+        """[vocab] bool: the tokens that may come next; None before the grammar starts
+        and once broken."""
         self._catch_up()
-        if self.broken:
+        if self.broken or self._consumed is None:
             return None
         self._matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
         bits = np.unpackbits(self._bits.view(np.uint8), bitorder="little")[: self._vocab]
@@ -84,9 +96,13 @@ class Constraint:
     def done(self) -> bool:
         """The grammar is complete: nothing but the end may follow."""
         self._catch_up()
-        return not self.broken and self._matcher.is_stopped()
+        return not self.broken and self._consumed is not None and self._matcher.is_stopped()
 
     def _catch_up(self) -> None:
+        if self._consumed is None:
+            self._consumed = self._start()
+            if self._consumed is None:
+                return
         new = self._tokens[self._consumed :]
         if not new or self.broken:
             return
@@ -94,3 +110,13 @@ class Constraint:
         if not self._matcher.consume_tokens(new):
             self.broken = True
             log.warning("a token outside the request's grammar: %s", self._matcher.get_error())
+
+    def _start(self) -> int | None:
+        """Where the grammar starts: just after the first `after` in the output, or None
+        while there is none."""
+        n, tokens = len(self._after), self._tokens
+        for i in range(max(self._searched - n + 1, self._num_prompt), len(tokens) - n + 1):
+            if tuple(tokens[i : i + n]) == self._after:
+                return i + n
+        self._searched = len(tokens)
+        return None

@@ -122,8 +122,8 @@ class MockRunner:
         return self.kv_cache.device
 
     def execute(self, chunks: Sequence[ScheduledChunk]) -> torch.Tensor:
-        """Write each chunk's K/V; return float32 logits [n_sampling, vocab] whose argmax is
-        the chain's pick, for the chunks that sample, in their order."""
+        """Write each chunk's K/V; return float32 logits whose argmax is the chain's pick,
+        in the rows the real runner returns (engine/runner.py)."""
         self.steps += 1
         if self.steps == self.timing.die_at_step:
             raise RuntimeError(f"mock fault: the forward pass dies at step {self.steps}")
@@ -136,9 +136,11 @@ class MockRunner:
         for c, value in zip(chunks, self._values_before(chunks), strict=True):
             positions = range(c.start, c.start + c.num_tokens)
             ids = c.request.token_ids[c.start : c.start + c.num_tokens]
+            first = len(values)
             for pos, token in zip(positions, ids, strict=True):
                 value = (value * _MUL + token * _TOKEN_MUL + pos) % _PRIME
                 values.append(value)
+            picks += (self._pick(values[first + p - c.start]) for p in c.prompt_rows)
             blocks += [c.request.block_ids[p // self.block_size] for p in positions]
             slots += [p % self.block_size for p in positions]
             tokens += ids

@@ -27,6 +27,9 @@ class RequestOutput:
     new_top_logprobs: list[TopLogprobs] = field(default_factory=list)
     held: bool = False  # prefill role: prompt done, blocks held for the decode worker
     start: StartTiming | None = None  # on the output of the first token sampled here
+    # with the first token, where asked (params.prompt_logprobs): prompt tokens 1..
+    prompt_logprobs: list[float] = field(default_factory=list)
+    prompt_top_logprobs: list[TopLogprobs] = field(default_factory=list)
 
     def extend(self, later: RequestOutput) -> RequestOutput:
         """This output followed by `later`, the same request's next one, as one: every
@@ -37,6 +40,8 @@ class RequestOutput:
         self.finished, self.finish_reason = later.finished, later.finish_reason
         self.held = later.held
         self.start = self.start or later.start
+        self.prompt_logprobs = self.prompt_logprobs or later.prompt_logprobs
+        self.prompt_top_logprobs = self.prompt_top_logprobs or later.prompt_top_logprobs
         self.num_cached_tokens = later.num_cached_tokens
         self.num_output_tokens = later.num_output_tokens
         return self

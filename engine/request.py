@@ -71,6 +71,9 @@ class Request:
     num_preemptions: int = 0
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[TopLogprobs] = field(default_factory=list)
+    # prompt tokens 1.. given those before (params.prompt_logprobs), as their rows are run
+    prompt_logprobs: list[float] = field(default_factory=list)
+    prompt_top_logprobs: list[TopLogprobs] = field(default_factory=list)
     # time.monotonic() of its start's stages on this engine (the first admission, the KV
     # landing, the first sample), and their StartTiming until an output has reported it
     admitted_at: float | None = None

@@ -86,8 +86,9 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, chunks: Sequence[ScheduledChunk]) -> torch.Tensor:
-        """Run one step's chunks; return float32 logits [n_sampling, vocab] for the chunks
-        that sample, in their order."""
+        """Run one step's chunks; return float32 logits, chunk by chunk: the rows of its
+        `prompt_rows` (where a request asked for its prompt's logprobs), then its last row
+        if it samples. [n_sampling, vocab] when no prompt is scored."""
         if self.compiled is not None and self.compiled.fits(chunks):
             return self.compiled.run(chunks)
         ids: list[int] = []
@@ -97,6 +98,7 @@ class ModelRunner:
         for c in chunks:
             end = c.start + c.num_tokens
             seqs.append(SeqSlice(len(ids), c.num_tokens, end, tuple(c.request.block_ids)))
+            last_rows += (len(ids) + p - c.start for p in c.prompt_rows)
             ids += c.request.token_ids[c.start : end]
             positions += range(c.start, end)
             if c.samples:

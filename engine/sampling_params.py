@@ -38,10 +38,15 @@ class GuidedSpec:
     """Structured output (engine/guided.py): JSON of a schema (`spec`: the schema as JSON
     text), any JSON object, text matching a regex, one of a list of strings (`spec`: a
     JSON list of them), or text of a context-free grammar (`spec`: Lark, as llguidance
-    reads it, or GBNF, as llama.cpp and xgrammar write it)."""
+    reads it, or GBNF, as llama.cpp and xgrammar write it).
+
+    `after`: token ids that must appear in the output before the grammar applies (a
+    reasoning model's end of thinking, as vLLM holds the grammar until the thinking ends);
+    empty: it applies from the first output token."""
 
     kind: str
     spec: str = ""
+    after: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in GUIDED_KINDS:
@@ -72,6 +77,9 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias in [-100, 100])
     min_p: float = 0.0  # [0, 1]: drop tokens below min_p x the likeliest one's probability
     guided: GuidedSpec | None = None  # structured output: the grammar its tokens must follow
+    # the logprob of each prompt token after the first, given the ones before it, and the
+    # k likeliest tokens' there (k = this; 0: none); None: not asked (completions' echo)
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         # Normalise so callers may pass lists.
@@ -117,6 +125,10 @@ class SamplingParams:
         if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
             raise ValueError(
                 f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs}"
+            )
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(
+                f"prompt_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.prompt_logprobs}"
             )
         self._check_logit_changes()
 

@@ -35,6 +35,15 @@ class ScheduledChunk:
     num_tokens: int
     samples: bool  # the chunk reaches the last known token, so a token is sampled
 
+    @property
+    def prompt_rows(self) -> range:
+        """The positions of this chunk whose logits score the next prompt token, for a
+        request that asked for its prompt's logprobs; empty for all others."""
+        req = self.request
+        if req.params.prompt_logprobs is None:
+            return range(0)
+        return range(self.start, min(self.start + self.num_tokens, req.num_prompt_tokens - 1))
+
 
 @dataclass(slots=True)
 class SchedulerOutput:
@@ -181,7 +190,8 @@ class Scheduler:
             budget -= n
 
     def _prefix_hits(self, req: Request) -> list[int]:
-        if not self.enable_prefix_caching:
+        # A prompt whose logprobs are asked for is run whole: a cached block has no logits.
+        if not self.enable_prefix_caching or req.params.prompt_logprobs is not None:
             return []
         hashes = req.update_hashes(self.block_size)
         hits = self.pool.lookup_prefix(hashes)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18services/pb/worker.proto\x12\ttandem.v1\"\xfc\x03\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\r\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12\x12\n\nmin_tokens\x18\t \x01(\r\x12\x10\n\x08logprobs\x18\n \x01(\x08\x12\x18\n\x10presence_penalty\x18\x0b \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x0c \x01(\x02\x12\x1f\n\x12repetition_penalty\x18\r \x01(\x02H\x01\x88\x01\x01\x12<\n\nlogit_bias\x18\x0e \x03(\x0b\x32(.tandem.v1.SamplingParams.LogitBiasEntry\x12\r\n\x05min_p\x18\x0f \x01(\x02\x12\x14\n\x0ctop_logprobs\x18\x10 \x01(\r\x12%\n\x06guided\x18\x11 \x01(\x0b\x32\x15.tandem.v1.GuidedSpec\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x07\n\x05_seedB\x15\n\x13_repetition_penalty\"(\n\nGuidedSpec\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04spec\x18\x02 \x01(\t\"2\n\x0bTopLogprobs\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\"\x87\x01\n\x08KVHandle\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\nnixl_agent\x18\x02 \x01(\t\x12\x11\n\tblock_ids\x18\x03 \x03(\r\x12\x12\n\nnum_tokens\x18\x04 \x01(\r\x12\x10\n\x08lease_id\x18\x05 \x01(\t\x12\x15\n\rlease_ms_left\x18\x07 \x01(\rJ\x04\x08\x06\x10\x07\"V\n\x0bStartTiming\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x17\n\x0fkv_wait_seconds\x18\x02 \x01(\x01\x12\x17\n\x0f\x63ompute_seconds\x18\x03 \x01(\x01\"}\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12)\n\x06params\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x12\n\ncache_salt\x18\x04 \x01(\t\"\x82\x02\n\x0fPrefillResponse\x12\x13\n\x0b\x66irst_token\x18\x01 \x01(\r\x12\x1a\n\rfirst_logprob\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x1f\n\x02kv\x18\x03 \x01(\x0b\x32\x13.tandem.v1.KVHandle\x12\x19\n\x11num_cached_tokens\x18\x04 \x01(\r\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x32\n\x12\x66irst_top_logprobs\x18\x06 \x01(\x0b\x32\x16.tandem.v1.TopLogprobs\x12%\n\x05start\x18\x07 \x01(\x0b\x32\x16.tandem.v1.StartTimingB\x10\n\x0e_first_logprob\"\xf0\x01\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12)\n\x06params\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12$\n\x02kv\x18\x04 \x01(\x0b\x32\x13.tandem.v1.KVHandleH\x00\x88\x01\x01\x12\x18\n\x0b\x66irst_token\x18\x05 \x01(\rH\x01\x88\x01\x01\x12\x1b\n\x13generated_token_ids\x18\x06 \x03(\r\x12\x12\n\ncache_salt\x18\x07 \x01(\tB\x05\n\x03_kvB\x0e\n\x0c_first_token\"\x9e\x02\n\x0b\x44\x65\x63odeChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x10\n\x08logprobs\x18\x03 \x03(\x02\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x19\n\x11num_cached_tokens\x18\x06 \x01(\r\x12\x15\n\rkv_recomputed\x18\x07 \x01(\x08\x12\x15\n\rkv_bytes_read\x18\x08 \x01(\x04\x12\x17\n\x0fkv_read_seconds\x18\t \x01(\x01\x12,\n\x0ctop_logprobs\x18\n \x03(\x0b\x32\x16.tandem.v1.TopLogprobs\x12%\n\x05start\x18\x0b \x01(\x0b\x32\x16.tandem.v1.StartTimingJ\x04\x08\x02\x10\x03R\x04text\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x0f\n\rHealthRequest\"=\n\x0eHealthResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\"\x0e\n\x0cStatsRequest\"\xaa\x02\n\rStatsResponse\x12\x0f\n\x07running\x18\x01 \x01(\r\x12\x0f\n\x07waiting\x18\x02 \x01(\r\x12\x12\n\nnum_blocks\x18\x03 \x01(\r\x12\x13\n\x0b\x66ree_blocks\x18\x04 \x01(\r\x12\x15\n\rcached_blocks\x18\x05 \x01(\r\x12\x13\n\x0bheld_blocks\x18\x06 \x01(\r\x12\x0e\n\x06leases\x18\x07 \x01(\r\x12\x15\n\rkv_bytes_read\x18\x08 \x01(\x04\x12\x10\n\x08kv_reads\x18\t \x01(\x04\x12\x15\n\rkv_recomputed\x18\n \x01(\x04\x12\x13\n\x0bused_blocks\x18\x0b \x01(\r\x12\x16\n\x0eleases_expired\x18\x0c \x01(\x04\x12\x0c\n\x04idle\x18\r \x01(\x08\x12\x17\n\x0fintegrity_error\x18\x0e \x01(\t\"\x0f\n\rDumpKVRequest\"v\n\x0e\x44umpKVResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1a\n\x12started_at_unix_ms\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x14\n\x0c\x62lock_hashes\x18\x04 \x03(\x04\x12\x12\n\nblock_size\x18\x05 \x01(\r2\xfe\x02\n\x06Worker\x12@\n\x07Prefill\x12\x19.tandem.v1.PrefillRequest\x1a\x1a.tandem.v1.PrefillResponse\x12<\n\x06\x44\x65\x63ode\x12\x18.tandem.v1.DecodeRequest\x1a\x16.tandem.v1.DecodeChunk0\x01\x12:\n\x05\x41\x62ort\x12\x17.tandem.v1.AbortRequest\x1a\x18.tandem.v1.AbortResponse\x12=\n\x06Health\x12\x18.tandem.v1.HealthRequest\x1a\x19.tandem.v1.HealthResponse\x12:\n\x05Stats\x12\x17.tandem.v1.StatsRequest\x1a\x18.tandem.v1.StatsResponse\x12=\n\x06\x44umpKV\x12\x18.tandem.v1.DumpKVRequest\x1a\x19.tandem.v1.DumpKVResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18services/pb/worker.proto\x12\ttandem.v1\"\xae\x04\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\r\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12\x12\n\nmin_tokens\x18\t \x01(\r\x12\x10\n\x08logprobs\x18\n \x01(\x08\x12\x18\n\x10presence_penalty\x18\x0b \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x0c \x01(\x02\x12\x1f\n\x12repetition_penalty\x18\r \x01(\x02H\x01\x88\x01\x01\x12<\n\nlogit_bias\x18\x0e \x03(\x0b\x32(.tandem.v1.SamplingParams.LogitBiasEntry\x12\r\n\x05min_p\x18\x0f \x01(\x02\x12\x14\n\x0ctop_logprobs\x18\x10 \x01(\r\x12%\n\x06guided\x18\x11 \x01(\x0b\x32\x15.tandem.v1.GuidedSpec\x12\x1c\n\x0fprompt_logprobs\x18\x12 \x01(\rH\x02\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x07\n\x05_seedB\x15\n\x13_repetition_penaltyB\x12\n\x10_prompt_logprobs\"A\n\nGuidedSpec\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04spec\x18\x02 \x01(\t\x12\x17\n\x0f\x61\x66ter_token_ids\x18\x03 \x03(\r\"2\n\x0bTopLogprobs\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\"\x87\x01\n\x08KVHandle\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\nnixl_agent\x18\x02 \x01(\t\x12\x11\n\tblock_ids\x18\x03 \x03(\r\x12\x12\n\nnum_tokens\x18\x04 \x01(\r\x12\x10\n\x08lease_id\x18\x05 \x01(\t\x12\x15\n\rlease_ms_left\x18\x07 \x01(\rJ\x04\x08\x06\x10\x07\"V\n\x0bStartTiming\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x17\n\x0fkv_wait_seconds\x18\x02 \x01(\x01\x12\x17\n\x0f\x63ompute_seconds\x18\x03 \x01(\x01\"}\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12)\n\x06params\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x12\n\ncache_salt\x18\x04 \x01(\t\"\x82\x02\n\x0fPrefillResponse\x12\x13\n\x0b\x66irst_token\x18\x01 \x01(\r\x12\x1a\n\rfirst_logprob\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x1f\n\x02kv\x18\x03 \x01(\x0b\x32\x13.tandem.v1.KVHandle\x12\x19\n\x11num_cached_tokens\x18\x04 \x01(\r\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x32\n\x12\x66irst_top_logprobs\x18\x06 \x01(\x0b\x32\x16.tandem.v1.TopLogprobs\x12%\n\x05start\x18\x07 \x01(\x0b\x32\x16.tandem.v1.StartTimingB\x10\n\x0e_first_logprob\"\xf0\x01\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12)\n\x06params\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12$\n\x02kv\x18\x04 \x01(\x0b\x32\x13.tandem.v1.KVHandleH\x00\x88\x01\x01\x12\x18\n\x0b\x66irst_token\x18\x05 \x01(\rH\x01\x88\x01\x01\x12\x1b\n\x13generated_token_ids\x18\x06 \x03(\r\x12\x12\n\ncache_salt\x18\x07 \x01(\tB\x05\n\x03_kvB\x0e\n\x0c_first_token\"\xec\x02\n\x0b\x44\x65\x63odeChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x10\n\x08logprobs\x18\x03 \x03(\x02\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x19\n\x11num_cached_tokens\x18\x06 \x01(\r\x12\x15\n\rkv_recomputed\x18\x07 \x01(\x08\x12\x15\n\rkv_bytes_read\x18\x08 \x01(\x04\x12\x17\n\x0fkv_read_seconds\x18\t \x01(\x01\x12,\n\x0ctop_logprobs\x18\n \x03(\x0b\x32\x16.tandem.v1.TopLogprobs\x12%\n\x05start\x18\x0b \x01(\x0b\x32\x16.tandem.v1.StartTiming\x12\x17\n\x0fprompt_logprobs\x18\x0c \x03(\x02\x12\x33\n\x13prompt_top_logprobs\x18\r \x03(\x0b\x32\x16.tandem.v1.TopLogprobsJ\x04\x08\x02\x10\x03R\x04text\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x0f\n\rHealthRequest\"=\n\x0eHealthResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\"\x0e\n\x0cStatsRequest\"\xaa\x02\n\rStatsResponse\x12\x0f\n\x07running\x18\x01 \x01(\r\x12\x0f\n\x07waiting\x18\x02 \x01(\r\x12\x12\n\nnum_blocks\x18\x03 \x01(\r\x12\x13\n\x0b\x66ree_blocks\x18\x04 \x01(\r\x12\x15\n\rcached_blocks\x18\x05 \x01(\r\x12\x13\n\x0bheld_blocks\x18\x06 \x01(\r\x12\x0e\n\x06leases\x18\x07 \x01(\r\x12\x15\n\rkv_bytes_read\x18\x08 \x01(\x04\x12\x10\n\x08kv_reads\x18\t \x01(\x04\x12\x15\n\rkv_recomputed\x18\n \x01(\x04\x12\x13\n\x0bused_blocks\x18\x0b \x01(\r\x12\x16\n\x0eleases_expired\x18\x0c \x01(\x04\x12\x0c\n\x04idle\x18\r \x01(\x08\x12\x17\n\x0fintegrity_error\x18\x0e \x01(\t\"\x0f\n\rDumpKVRequest\"v\n\x0e\x44umpKVResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1a\n\x12started_at_unix_ms\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x14\n\x0c\x62lock_hashes\x18\x04 \x03(\x04\x12\x12\n\nblock_size\x18\x05 \x01(\r2\xfe\x02\n\x06Worker\x12@\n\x07Prefill\x12\x19.tandem.v1.PrefillRequest\x1a\x1a.tandem.v1.PrefillResponse\x12<\n\x06\x44\x65\x63ode\x12\x18.tandem.v1.DecodeRequest\x1a\x16.tandem.v1.DecodeChunk0\x01\x12:\n\x05\x41\x62ort\x12\x17.tandem.v1.AbortRequest\x1a\x18.tandem.v1.AbortResponse\x12=\n\x06Health\x12\x18.tandem.v1.HealthRequest\x1a\x19.tandem.v1.HealthResponse\x12:\n\x05Stats\x12\x17.tandem.v1.StatsRequest\x1a\x18.tandem.v1.StatsResponse\x12=\n\x06\x44umpKV\x12\x18.tandem.v1.DumpKVRequest\x1a\x19.tandem.v1.DumpKVResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,41 +34,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
   _globals['_SAMPLINGPARAMS']._serialized_start=40
-  _globals['_SAMPLINGPARAMS']._serialized_end=548
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=468
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=516
-  _globals['_GUIDEDSPEC']._serialized_start=550
-  _globals['_GUIDEDSPEC']._serialized_end=590
-  _globals['_TOPLOGPROBS']._serialized_start=592
-  _globals['_TOPLOGPROBS']._serialized_end=642
-  _globals['_KVHANDLE']._serialized_start=645
-  _globals['_KVHANDLE']._serialized_end=780
-  _globals['_STARTTIMING']._serialized_start=782
-  _globals['_STARTTIMING']._serialized_end=868
-  _globals['_PREFILLREQUEST']._serialized_start=870
-  _globals['_PREFILLREQUEST']._serialized_end=995
-  _globals['_PREFILLRESPONSE']._serialized_start=998
-  _globals['_PREFILLRESPONSE']._serialized_end=1256
-  _globals['_DECODEREQUEST']._serialized_start=1259
-  _globals['_DECODEREQUEST']._serialized_end=1499
-  _globals['_DECODECHUNK']._serialized_start=1502
-  _globals['_DECODECHUNK']._serialized_end=1788
-  _globals['_ABORTREQUEST']._serialized_start=1790
-  _globals['_ABORTREQUEST']._serialized_end=1824
-  _globals['_ABORTRESPONSE']._serialized_start=1826
-  _globals['_ABORTRESPONSE']._serialized_end=1856
-  _globals['_HEALTHREQUEST']._serialized_start=1858
-  _globals['_HEALTHREQUEST']._serialized_end=1873
-  _globals['_HEALTHRESPONSE']._serialized_start=1875
-  _globals['_HEALTHRESPONSE']._serialized_end=1936
-  _globals['_STATSREQUEST']._serialized_start=1938
-  _globals['_STATSREQUEST']._serialized_end=1952
-  _globals['_STATSRESPONSE']._serialized_start=1955
-  _globals['_STATSRESPONSE']._serialized_end=2253
-  _globals['_DUMPKVREQUEST']._serialized_start=2255
-  _globals['_DUMPKVREQUEST']._serialized_end=2270
-  _globals['_DUMPKVRESPONSE']._serialized_start=2272
-  _globals['_DUMPKVRESPONSE']._serialized_end=2390
-  _globals['_WORKER']._serialized_start=2393
-  _globals['_WORKER']._serialized_end=2775
+  _globals['_SAMPLINGPARAMS']._serialized_end=598
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=498
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=546
+  _globals['_GUIDEDSPEC']._serialized_start=600
+  _globals['_GUIDEDSPEC']._serialized_end=665
+  _globals['_TOPLOGPROBS']._serialized_start=667
+  _globals['_TOPLOGPROBS']._serialized_end=717
+  _globals['_KVHANDLE']._serialized_start=720
+  _globals['_KVHANDLE']._serialized_end=855
+  _globals['_STARTTIMING']._serialized_start=857
+  _globals['_STARTTIMING']._serialized_end=943
+  _globals['_PREFILLREQUEST']._serialized_start=945
+  _globals['_PREFILLREQUEST']._serialized_end=1070
+  _globals['_PREFILLRESPONSE']._serialized_start=1073
+  _globals['_PREFILLRESPONSE']._serialized_end=1331
+  _globals['_DECODEREQUEST']._serialized_start=1334
+  _globals['_DECODEREQUEST']._serialized_end=1574
+  _globals['_DECODECHUNK']._serialized_start=1577
+  _globals['_DECODECHUNK']._serialized_end=1941
+  _globals['_ABORTREQUEST']._serialized_start=1943
+  _globals['_ABORTREQUEST']._serialized_end=1977
+  _globals['_ABORTRESPONSE']._serialized_start=1979
+  _globals['_ABORTRESPONSE']._serialized_end=2009
+  _globals['_HEALTHREQUEST']._serialized_start=2011
+  _globals['_HEALTHREQUEST']._serialized_end=2026
+  _globals['_HEALTHRESPONSE']._serialized_start=2028
+  _globals['_HEALTHRESPONSE']._serialized_end=2089
+  _globals['_STATSREQUEST']._serialized_start=2091
+  _globals['_STATSREQUEST']._serialized_end=2105
+  _globals['_STATSRESPONSE']._serialized_start=2108
+  _globals['_STATSRESPONSE']._serialized_end=2406
+  _globals['_DUMPKVREQUEST']._serialized_start=2408
+  _globals['_DUMPKVREQUEST']._serialized_end=2423
+  _globals['_DUMPKVRESPONSE']._serialized_start=2425
+  _globals['_DUMPKVRESPONSE']._serialized_end=2543
+  _globals['_WORKER']._serialized_start=2546
+  _globals['_WORKER']._serialized_end=2928
 # @@protoc_insertion_point(module_scope)

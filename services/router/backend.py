@@ -20,6 +20,9 @@ ROUTE_LOCAL = "local_prefill"
 ROUTE_LOCAL_QUEUE = "local_prefill_queue"
 # prefilled on the decode worker because the prefill pool has no worker (scaled to zero)
 ROUTE_LOCAL_NO_POOL = "local_prefill_no_pool"
+# prefilled on the decode worker because its prompt's logprobs were asked for (echo): they
+# come with the first token of the Decode stream, where the prompt is computed whole
+ROUTE_LOCAL_PROMPT_LOGPROBS = "local_prefill_prompt_logprobs"
 ROUTE_COLOCATED = "colocated"
 
 
@@ -70,6 +73,9 @@ class TokenDelta:
     route: str = ""
     top_logprobs: list[TopLogprobs] = field(default_factory=list)  # one per token when asked
     start: StartTimes | None = None  # on a worker's first delta
+    # prompt tokens 1.. (params.prompt_logprobs), on the delta of the first token
+    prompt_logprobs: list[float] = field(default_factory=list)
+    prompt_top_logprobs: list[TopLogprobs] = field(default_factory=list)
 
 
 class BackendError(Exception):

@@ -19,6 +19,7 @@ from services.router.backend import Backend, GenerateRequest
 from services.router.choices import Choice, kth_params, merged, total_usage
 from services.router.disconnect import DisconnectWatch
 from services.router.drain import Drain
+from services.router.echo import echoed
 from services.router.errors import APIError
 from services.router.generation import Generation, Piece, collect
 from services.router.metrics import RouterMetrics
@@ -31,7 +32,7 @@ from services.router.openai_format import (
     Meta,
 )
 from services.router.protocol import ChatCompletionRequest, CompletionRequest
-from services.router.reasoning import ReasoningSyntax, check_combination, split_reasoning
+from services.router.reasoning import ReasoningSyntax, grammar_after_thinking, split_reasoning
 from services.router.sampling import resolve_max_tokens, sampling_params
 from services.router.sse import EventStreamResponse, sse_events
 from services.router.tools import ParserFactory, extract_tool_calls, tool_parsers
@@ -128,13 +129,15 @@ def _choices(
     """`body.n` choices of each prompt, in choices.py's order, none started yet."""
     chat = isinstance(body, ChatCompletionRequest)
     calls = tool_parsers(body, s.tool_parser) if isinstance(body, ChatCompletionRequest) else None
+    shown = body.prompts() if isinstance(body, CompletionRequest) and body.echo else None
+    thinking_ends = s.tokenizer.encode(thinking.end) if thinking is not None else []
     several = len(prompts) * body.n > 1
     out: list[Choice] = []
     for p, prompt_ids in enumerate(prompts):
         max_tokens = resolve_max_tokens(body, len(prompt_ids), s.max_model_len)
         params = sampling_params(body, max_tokens, s.tokenizer.vocab_size)
         if thinking is not None:
-            check_combination(thinking, params)
+            params = grammar_after_thinking(thinking, params, thinking_ends)
         for k in range(body.n):
             index = p * body.n + k
             rid = f"{request_id}-{index}" if several else request_id
@@ -144,6 +147,10 @@ def _choices(
             text = IncrementalText(decoder, params.stop, body.include_stop_str_in_output)
             gen = Generation(s.backend, gen_request, text, s.metrics, arrival)
             pieces = _read(gen.pieces(), thinking, calls)
+            if shown is not None:
+                sent = shown[p]
+                echo = sent if isinstance(sent, str) else s.tokenizer.decode(prompt_ids)
+                pieces = echoed(pieces, gen, echo, prompt_ids)
             logprobs = Logprobs(s.tokenizer, chat, params.top_logprobs) if params.logprobs else None
             out.append(Choice(index, gen, pieces, logprobs))
     return out

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 
 from engine.hashing import chain_hashes, salted_seed
 from services.router.admission import RETRY_AFTER_S, Admission
@@ -39,6 +40,7 @@ from services.router.backend import (
     ROUTE_DISAGG,
     ROUTE_LOCAL,
     ROUTE_LOCAL_NO_POOL,
+    ROUTE_LOCAL_PROMPT_LOGPROBS,
     ROUTE_LOCAL_QUEUE,
     BackendError,
     GenerateRequest,
@@ -119,7 +121,7 @@ class Dispatcher:
                 yield delta
             return
         decode = self._pick("decode", request, hashes)
-        route = self._local_route(decode)
+        route = self._local_route(request, decode)
         if route is not None:
             async for delta in self._decode(decode.worker, request, None, route, decode.uncached):
                 yield delta
@@ -127,8 +129,10 @@ class Dispatcher:
         async for delta in self._disaggregated(request, decode.worker, hashes):
             yield delta
 
-    def _local_route(self, decode: Choice) -> str | None:
+    def _local_route(self, request: GenerateRequest, decode: Choice) -> str | None:
         """Why the decode worker prefills this prompt itself, or None to prefill remotely."""
+        if request.params.prompt_logprobs is not None:  # they come with the Decode stream
+            return ROUTE_LOCAL_PROMPT_LOGPROBS
         if decode.uncached <= self.config.local_prefill_tokens:
             return ROUTE_LOCAL
         if not self.cluster.has_pool("prefill"):  # scaled to zero: a route, not a failure
@@ -271,10 +275,12 @@ class Dispatcher:
             )  # fmt: skip
             tried.append(next_ref.worker_id)
             ref, local_tokens = next_ref, len(request.prompt_token_ids) + len(streamed)
+            # the prompt's logprobs came with the first token: a client that has it has them
+            params = replace(request.params, prompt_logprobs=None) if streamed else request.params
             call = DecodeCall(
                 request.request_id,
                 request.prompt_token_ids,
-                request.params,
+                params,
                 generated_token_ids=list(streamed),
                 cache_salt=request.cache_salt,
             )

@@ -10,7 +10,7 @@ worker and frees its blocks (the same path as a client that goes away).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from engine.detokenize import IncrementalText
@@ -29,9 +29,9 @@ class Piece:
 
     text: str
     token_ids: list[int]
-    logprobs: list[float]
+    logprobs: Sequence[float | None]  # None: an echoed prompt's first token (nothing before)
     finish_reason: str | None = None
-    top_logprobs: list[TopLogprobs] = field(default_factory=list)
+    top_logprobs: Sequence[TopLogprobs | None] = field(default_factory=list)
     reasoning: str = ""
     tool_calls: list[CallOut] = field(default_factory=list)
 
@@ -61,6 +61,9 @@ class Generation:
         self._arrival = arrival
         self._last_token_at: float | None = None
         self._finish_reason = ABORT  # until a piece says otherwise
+        # the prompt's tokens' (after the first), where asked: from the first token's delta
+        self.prompt_logprobs: list[float] = []
+        self.prompt_top_logprobs: list[TopLogprobs] = []
 
     async def pieces(self) -> AsyncIterator[Piece]:
         """Pieces until one carries a finish reason. Raises BackendError; an engine abort
@@ -113,6 +116,9 @@ class Generation:
         u = self.usage
         if delta.route:
             u.route = delta.route
+        if delta.prompt_logprobs and not self.prompt_logprobs:  # a resumed stream repeats none
+            self.prompt_logprobs = delta.prompt_logprobs
+            self.prompt_top_logprobs = delta.prompt_top_logprobs
         u.cached_tokens = max(u.cached_tokens, delta.num_cached_tokens)
         if delta.start is not None:
             u.start = delta.start if u.start is None else u.start.then(delta.start)
@@ -162,8 +168,8 @@ class Answer:
     text: str
     finish_reason: str
     token_ids: list[int]
-    logprobs: list[float]
-    top_logprobs: list[TopLogprobs]
+    logprobs: list[float | None]
+    top_logprobs: list[TopLogprobs | None]
     reasoning: str = ""
     tool_calls: list[CallOut] = field(default_factory=list)
 

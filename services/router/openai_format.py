@@ -73,19 +73,24 @@ class Logprobs:
         self._offset = 0
 
     def body(
-        self, token_ids: Sequence[int], logprobs: Sequence[float], tops: Sequence[TopLogprobs]
+        self,
+        token_ids: Sequence[int],
+        logprobs: Sequence[float | None],
+        tops: Sequence[TopLogprobs | None],
     ) -> Json:
+        """None in `logprobs` and `tops`: an echoed prompt's first token, which nothing
+        comes before (completions show null for both)."""
         tokens = [self._tok.decode([t]) for t in token_ids]
         # [(text, logprob)] of each position's likeliest tokens; empty where not asked
-        top_texts = [
-            [(self._tok.decode([t]), lp) for t, lp in top]
+        top_texts: list[list[tuple[str, float]] | None] = [
+            None if top is None else [(self._tok.decode([t]), lp) for t, lp in top]
             for top in (tops[: len(tokens)] if self._top else ())
         ]
         top_texts += [[] for _ in range(len(tokens) - len(top_texts))]
         if self._chat:
             return {
                 "content": [
-                    _chat_entry(s, lp, top)
+                    _chat_entry(s, lp, top or [])
                     for s, lp, top in zip(tokens, logprobs, top_texts, strict=False)
                 ]
             }
@@ -96,12 +101,16 @@ class Logprobs:
         return {
             "tokens": tokens,
             "token_logprobs": list(logprobs),
-            "top_logprobs": [_likelier_first(top) for top in top_texts] if self._top else None,
+            "top_logprobs": (
+                [None if top is None else _likelier_first(top) for top in top_texts]
+                if self._top
+                else None
+            ),
             "text_offset": offsets,
         }
 
 
-def _chat_entry(text: str, logprob: float, top: list[tuple[str, float]]) -> Json:
+def _chat_entry(text: str, logprob: float | None, top: list[tuple[str, float]]) -> Json:
     return {
         "token": text,
         "logprob": logprob,

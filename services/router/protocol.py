@@ -214,6 +214,10 @@ class SamplingBody(Body):
         """How many of the likeliest tokens' logprobs to return at each position."""
         return 0
 
+    def wanted_prompt_logprobs(self) -> int | None:
+        """The prompt's own logprobs (and how many likeliest tokens' beside); None: none."""
+        return None
+
     def check_supported(self) -> None:
         if self.stream_options is not None and not self.stream:
             raise APIError(
@@ -277,7 +281,7 @@ class CompletionRequest(SamplingBody):
     )
     # the chosen token's logprob, and the k likeliest tokens' (OpenAI's legacy bound: 5)
     logprobs: Annotated[int, Field(ge=0, le=5), WHOLE] | None = None
-    echo: Annotated[bool, served(const=False)] = False
+    echo: bool = False  # the prompt ahead of the completion (echo.py), logprobs and all
     best_of: Annotated[int, served(minimum=1, maximum=1), WHOLE] | None = None
     suffix: Annotated[str, served(maxLength=0)] | None = None
 
@@ -287,10 +291,11 @@ class CompletionRequest(SamplingBody):
     def wanted_top_logprobs(self) -> int:
         return self.logprobs or 0
 
+    def wanted_prompt_logprobs(self) -> int | None:
+        return self.logprobs if self.echo else None
+
     def check_supported(self) -> None:
         super().check_supported()
-        if self.echo:
-            raise APIError(400, "echo is not supported.", param="echo")
         if self.best_of not in (None, 1):
             raise APIError(400, "Only best_of=1 is supported.", param="best_of")
         if self.suffix:

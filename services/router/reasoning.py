@@ -17,11 +17,10 @@ is held back until it is whole, so a stream's pieces add up to what the whole an
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
 
 from engine.sampling_params import SamplingParams
-from services.router.errors import APIError
 from services.router.generation import Piece
 from services.router.held_text import marker_start_at_end
 
@@ -42,19 +41,17 @@ PARSERS: dict[str, ReasoningSyntax] = {
 }
 
 
-def check_combination(syntax: ReasoningSyntax, params: SamplingParams) -> None:
-    """A structured output constrains the whole output. Where the output opens the thinking
-    (qwen3), the grammar decides whether there is any; where it starts inside the thinking,
-    the grammar would hold the thinking to the answer's form and the answer would come back
-    as reasoning_content: refused, not served wrong. (vLLM constrains only what follows
-    the thinking; not done here yet.)"""
-    if syntax.starts_inside and params.guided is not None:
-        raise APIError(
-            400,
-            "Structured output is not supported with this server's reasoning parser, whose "
-            "model output starts inside its thinking: the answer would come back as "
-            "reasoning_content.",
-        )
+def grammar_after_thinking(
+    syntax: ReasoningSyntax, params: SamplingParams, end_ids: Sequence[int]
+) -> SamplingParams:
+    """A structured output holds the answer. Where the output opens the thinking (qwen3),
+    the grammar holds the whole output and so decides whether there is any; where it
+    starts inside the thinking (deepseek_r1, minimax_m2), the grammar starts once the end
+    tag's tokens (`end_ids`: one special token in those models' tokenizers) are in the
+    output, as vLLM does: the thinking stays free, the answer after it follows the grammar."""
+    if not syntax.starts_inside or params.guided is None:
+        return params
+    return replace(params, guided=replace(params.guided, after=tuple(end_ids)))
 
 
 class _Part(enum.Enum):

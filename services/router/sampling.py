@@ -84,6 +84,7 @@ def sampling_params(body: SamplingBody, max_tokens: int, vocab_size: int) -> Sam
             min_p=body.min_p,
             stop_token_ids=tuple(stop_token_ids),
             guided=guided_spec(body),
+            prompt_logprobs=body.wanted_prompt_logprobs(),
         )
     except ValueError as e:
         raise APIError(400, str(e), param=_param_of(str(e), body)) from None

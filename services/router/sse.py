@@ -78,8 +78,8 @@ class _Batcher:
     def __init__(self, fmt: Format, index: int, logprobs: Logprobs | None) -> None:
         self._fmt, self._index, self._logprobs = fmt, index, logprobs
         self._ids: list[int] = []
-        self._lps: list[float] = []
-        self._tops: list[TopLogprobs] = []
+        self._lps: list[float | None] = []
+        self._tops: list[TopLogprobs | None] = []
 
     def add(self, piece: Piece) -> bytes | None:
         self._ids += piece.token_ids

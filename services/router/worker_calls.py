@@ -102,6 +102,8 @@ class WorkerCalls:
                             start=_decode_start(
                                 chunk.start, prefill is not None and not chunk.kv_recomputed
                             ),
+                            prompt_logprobs=chunk.prompt_logprobs,
+                            prompt_top_logprobs=chunk.prompt_top_logprobs,
                         )
                         first = False
             except WorkerError as e:

@@ -35,6 +35,9 @@ def params_to_pb(p: SamplingParams) -> worker_pb2.SamplingParams:
         msg.repetition_penalty = p.repetition_penalty
     if p.guided is not None:
         msg.guided.kind, msg.guided.spec = p.guided.kind, p.guided.spec
+        msg.guided.after_token_ids.extend(p.guided.after)
+    if p.prompt_logprobs is not None:
+        msg.prompt_logprobs = p.prompt_logprobs
     return msg
 
 
@@ -57,8 +60,13 @@ def params_from_pb(msg: worker_pb2.SamplingParams) -> SamplingParams:
         logit_bias=tuple(msg.logit_bias.items()),
         min_p=msg.min_p,
         top_logprobs=msg.top_logprobs,
-        guided=GuidedSpec(msg.guided.kind, msg.guided.spec) if msg.HasField("guided") else None,
+        guided=_guided_from_pb(msg.guided) if msg.HasField("guided") else None,
+        prompt_logprobs=msg.prompt_logprobs if msg.HasField("prompt_logprobs") else None,
     )
+
+
+def _guided_from_pb(msg: worker_pb2.GuidedSpec) -> GuidedSpec:
+    return GuidedSpec(msg.kind, msg.spec, tuple(msg.after_token_ids))
 
 
 def start_to_pb(start: StartTiming) -> worker_pb2.StartTiming:

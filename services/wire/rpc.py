@@ -176,6 +176,8 @@ class DecodeReply:
     kv_read_seconds: float = 0.0
     top_logprobs: list[TopLogprobs] = field(default_factory=list)
     start: StartTiming | None = None  # on the chunk with the first token sampled there
+    prompt_logprobs: list[float] = field(default_factory=list)  # on the first, when asked
+    prompt_top_logprobs: list[TopLogprobs] = field(default_factory=list)
 
     @classmethod
     def from_pb(cls, msg: worker_pb2.DecodeChunk) -> DecodeReply:
@@ -190,6 +192,8 @@ class DecodeReply:
             msg.kv_read_seconds,
             [top_from_pb(t) for t in msg.top_logprobs],
             start_from_pb(msg.start) if msg.HasField("start") else None,
+            list(msg.prompt_logprobs),
+            [top_from_pb(t) for t in msg.prompt_top_logprobs],
         )
 
 
@@ -202,6 +206,8 @@ def decode_update_to_pb(update: DecodeUpdate) -> worker_pb2.DecodeChunk:
         finish_reason=reason_to_pb(out.finish_reason),
         num_cached_tokens=out.num_cached_tokens,
         top_logprobs=[top_to_pb(t) for t in out.new_top_logprobs],
+        prompt_logprobs=out.prompt_logprobs,
+        prompt_top_logprobs=[top_to_pb(t) for t in out.prompt_top_logprobs],
     )
     if out.start is not None:
         chunk.start.CopyFrom(start_to_pb(out.start))

@@ -371,7 +371,7 @@ BAD_REQUESTS: list[tuple[str, Any, int, str | None, str | None]] = [
     (CMPL_PATH, _cmpl(prompt=[49152]), 400, "prompt", None),
     (CMPL_PATH, _cmpl(prompt=""), 400, "prompt", None),
     (CMPL_PATH, _cmpl(logprobs=6), 400, "logprobs", None),
-    (CMPL_PATH, _cmpl(echo=True), 400, "echo", None),
+    (CMPL_PATH, _cmpl(echo="yes"), 400, "echo", None),
 ]  # fmt: skip
 
 

@@ -51,3 +51,25 @@ def test_top_logprobs_equal_transformers(smollm_f32: Engine, smollm_hf: object, 
                 # ids equal unless two logprobs tie within the tolerance
                 assert abs(glp - rlp) < TOL
                 assert gid == rid or any(t == gid for t, _ in ref)
+
+
+def test_prompt_logprobs_equal_transformers(smollm_f32: Engine, smollm_hf: object) -> None:
+    """Completions' echo: each prompt token's logprob given those before it, and the k
+    likeliest there, from one prefill (split into chunks where the budget says so)."""
+    assert smollm_f32.tokenizer is not None
+    prompt = smollm_f32.tokenizer.encode("The capital of France is Paris. The capital of Italy")
+    k = 3
+    req = smollm_f32.add_request("echo", prompt, SamplingParams(max_tokens=1, prompt_logprobs=k))
+    while smollm_f32.has_unfinished():
+        smollm_f32.step()
+    with torch.inference_mode():  # position p scores token p + 1
+        logits = smollm_hf(torch.tensor([prompt])).logits[0, :-1].float()  # type: ignore[operator]
+    lp = torch.log_softmax(logits, -1)
+    chosen = lp[torch.arange(len(prompt) - 1), torch.tensor(prompt[1:])]
+    assert req.prompt_logprobs == pytest.approx(chosen.tolist(), abs=TOL)
+    values, idx = lp.topk(k, dim=-1)
+    assert len(req.prompt_top_logprobs) == len(prompt) - 1
+    for got, ids, vals in zip(req.prompt_top_logprobs, idx.tolist(), values.tolist(), strict=True):
+        for (gid, glp), rlp in zip(got, vals, strict=True):
+            assert abs(glp - rlp) < TOL
+            assert gid in ids or abs(glp - vals[-1]) < TOL  # ids equal unless logprobs tie

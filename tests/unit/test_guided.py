@@ -101,6 +101,30 @@ def test_a_token_the_grammar_refuses_breaks_it_without_raising(
     assert c.allowed() is None and c.broken and not c.done
 
 
+def test_a_grammar_after_the_thinking_starts_where_its_end_tag_is(
+    grammars: Grammars, tokenizer: Tokenizer
+) -> None:
+    """A reasoning model's thinking is free; the grammar holds what follows the end tag
+    (several tokens here; one special token in DeepSeek-R1's and MiniMax-M2's vocabulary),
+    even when the tag's tokens arrive split across steps."""
+    end = tuple(tokenizer.encode("</think>"))
+    assert len(end) > 1
+    spec = GuidedSpec("regex", "[0-9]+", after=end)
+    prompt = [1, *end, 2]  # an earlier turn's tag in the prompt does not start it
+    c, tokens = _follow(grammars, spec, prompt)
+    tokens += tokenizer.encode("Numbers, then: ")  # not the grammar's, and not refused
+    assert c.allowed() is None and not c.broken and not c.done
+    tokens += end[:1]
+    assert c.allowed() is None
+    tokens += end[1:]
+    allowed = c.allowed()
+    assert allowed is not None and not c.broken
+    digits = {tokenizer.decode([int(t)]) for t in allowed.nonzero().flatten()}
+    assert digits and all(d.isdigit() for d in digits), sorted(digits)[:10]
+    tokens += tokenizer.encode("42")
+    assert not c.broken and c.allowed() is not None
+
+
 @pytest.mark.parametrize(
     "spec",
     [

@@ -115,7 +115,7 @@ REFUSED: list[tuple[str, dict[str, Any] | str, str]] = [
     (CHAT, {"messages": [{"role": "user", "content": None}]}, "messages[0]"),
     (CHAT, {"response_format": {"type": "yaml"}}, "response_format"),
     (CMPL, {"logprobs": 6}, "logprobs"),
-    (CMPL, {"echo": True}, "echo"),
+    (CMPL, {"echo": 2}, "echo"),
     (CMPL, {"best_of": 2}, "best_of"),
     (CMPL, {"suffix": "x"}, "suffix"),
     (CMPL, {"prompt": [-1]}, "prompt"),
@@ -295,7 +295,7 @@ def test_the_openapi_schema_states_the_limits() -> None:
     assert stop_ids["maxItems"] == MAX_STOP_TOKEN_IDS
     assert stop_ids["items"]["exclusiveMaximum"] == VOCAB
     assert _branch(cmpl["logprobs"], "integer")["maximum"] == 5
-    assert cmpl["echo"]["const"] is False
+    assert cmpl["echo"]["type"] == "boolean"
     assert _branch(chat["top_logprobs"], "integer")["maximum"] == MAX_TOP_LOGPROBS
     assert _branch(chat["tools"], "array")["maxItems"] == MAX_TOOLS
 

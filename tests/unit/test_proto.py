@@ -51,12 +51,16 @@ def test_sampling_params_fit_the_wire() -> None:
     # a negative seed is read modulo 2**64 (as torch.Generator.manual_seed reads it) and
     # crosses the wire's uint64 unchanged; a top_k or max_tokens past uint32 is refused
     # where the params are made, never failing later inside protobuf
-    from engine.sampling_params import SamplingParams
+    from engine.sampling_params import GuidedSpec, SamplingParams
     from services.wire.engine_types import params_from_pb, params_to_pb
 
     p = SamplingParams(max_tokens=4, seed=-1)
     assert p.seed == 2**64 - 1
     assert params_from_pb(params_to_pb(p)) == p
+    # absent and 0 differ for prompt_logprobs (0: the prompt tokens' own logprobs)
+    for k in (None, 0, 3):
+        asked = SamplingParams(prompt_logprobs=k, guided=GuidedSpec("regex", "a+", after=(5, 6)))
+        assert params_from_pb(params_to_pb(asked)) == asked
     with pytest.raises(ValueError, match="top_k must be in"):
         SamplingParams(top_k=2**32)
     with pytest.raises(ValueError, match="max_tokens must be in"):

@@ -10,12 +10,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from engine.sampling_params import GuidedSpec, SamplingParams
-from services.router.errors import APIError
 from services.router.generation import Piece
 from services.router.reasoning import (
     PARSERS,
     ReasoningSplitter,
-    check_combination,
+    grammar_after_thinking,
     split_reasoning,
 )
 
@@ -109,11 +108,11 @@ def test_pieces_carry_their_reasoning_and_closing_closes_the_source() -> None:
     assert closed  # the request's own stream is closed: the backend aborts it
 
 
-def test_structured_output_is_refused_where_the_output_starts_inside_the_thinking() -> None:
+def test_a_grammar_waits_for_the_thinking_where_the_output_starts_inside_it() -> None:
     guided = SamplingParams(guided=GuidedSpec("regex", "[a-z]+"))
     for name in ("deepseek_r1", "minimax_m2"):
-        with pytest.raises(APIError) as e:
-            check_combination(PARSERS[name], guided)
-        assert e.value.status == 400 and "reasoning_content" in e.value.message
-        check_combination(PARSERS[name], SamplingParams())  # no grammar: served
-    check_combination(PARSERS["qwen3"], guided)  # the grammar decides whether it thinks
+        got = grammar_after_thinking(PARSERS[name], guided, [128799])
+        assert got.guided == GuidedSpec("regex", "[a-z]+", after=(128799,))
+        assert grammar_after_thinking(PARSERS[name], SamplingParams(), [128799]).guided is None
+    # qwen3's output opens the thinking itself: the grammar decides whether it thinks
+    assert grammar_after_thinking(PARSERS["qwen3"], guided, [128799]) == guided

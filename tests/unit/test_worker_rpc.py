@@ -50,6 +50,7 @@ class ScriptedCalls:
 
     async def _stream(self, request_id: str) -> AsyncIterator[DecodeUpdate]:
         out = RequestOutput(request_id, [5], False, None, 20, 16, 1)
+        out.prompt_logprobs, out.prompt_top_logprobs = [-1.5, -0.25], [((9, -0.5),), ((4, -0.25),)]
         yield DecodeUpdate(out, ReadReport(bytes_read=64, seconds=0.25))
         if request_id == "dies":
             raise EngineDead("the engine loop has stopped")
@@ -95,7 +96,18 @@ def test_prefill_and_decode_carry_python_objects_both_ways() -> None:
         decode = DecodeCall("r1", [1, 2, 3], PARAMS, HANDLE, first_token=7)
         replies = [r async for r in client.decode(decode)]
         assert replies == [
-            DecodeReply([5], [], False, None, 16, False, 64, 0.25),
+            DecodeReply(
+                [5],
+                [],
+                False,
+                None,
+                16,
+                False,
+                64,
+                0.25,
+                prompt_logprobs=[-1.5, -0.25],
+                prompt_top_logprobs=[((9, -0.5),), ((4, -0.25),)],
+            ),
             DecodeReply([6], [], True, "length", 16),
         ]
         # What the worker side parsed: the same objects (the lease's time left is less).
