@@ -7,7 +7,8 @@ chart gives `tandem router` and `tandem worker` are proven to serve, not only to
 
 What differs from a pod, and why:
   - addresses: 0.0.0.0 and the fixed ports become 127.0.0.1 and free ports (tests stay on
-    loopback, and two workers cannot share 50051 on one host); the Services' DNS names
+    loopback, and two workers cannot share 50051, nor 9090 for metrics, on one host); the
+    Services' DNS names
     become the local processes' addresses;
   - `ray start` (KubeRay's generated command, which the worker's script runs first) is a
     stand-in that exits 0: there is no Ray head here. `tandem worker` itself is real;
@@ -78,6 +79,8 @@ def _local(args: list[str], port: int) -> list[str]:
             a = "--host=127.0.0.1"
         elif a.startswith("--port="):
             a = f"--port={port}"
+        elif a.startswith("--metrics-port="):
+            a = "--metrics-port=0"  # the worker takes a free one
         out.append(a)
     assert out != args, "the chart no longer passes --host=0.0.0.0 / --port: update this test"
     return out
