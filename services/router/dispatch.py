@@ -2,12 +2,9 @@
 
     disaggregated:  Prefill(prefill worker) -> first token to the client at once
                     Decode(decode worker, KV handle) -> the rest, streamed
-    local prefill:  Decode(decode worker, no handle): prompts of at most
-                    `local_prefill_tokens` tokens are cheaper to compute than to move;
-                    and with `balance_prefill`, any prompt the decode worker would start
-                    sooner than the prefill pool (its queued prefill tokens plus this
-                    prompt's are fewer than the shortest prefill worker's queue), so a
-                    burst of prompts keeps both pools computing instead of queueing on one
+    local prefill:  Decode(decode worker, no handle): short prompts, a prefill pool
+                    scaled to zero or with the longer queue, scored prompts (when and
+                    why: local_prefill.py)
     colocated:      Decode(a `both` worker, no handle), for comparison
 
 A prefill worker that fails or misses its deadline (prefill_deadline.py) is not hidden: the
@@ -39,9 +36,6 @@ from services.router.backend import (
     ROUTE_COLOCATED,
     ROUTE_DISAGG,
     ROUTE_LOCAL,
-    ROUTE_LOCAL_NO_POOL,
-    ROUTE_LOCAL_PROMPT_LOGPROBS,
-    ROUTE_LOCAL_QUEUE,
     BackendError,
     GenerateRequest,
     TokenDelta,
@@ -49,6 +43,7 @@ from services.router.backend import (
 from services.router.cluster_view import ClusterView
 from services.router.cold_start import ColdStart
 from services.router.dispatch_config import DispatchConfig
+from services.router.local_prefill import local_route
 from services.router.metrics import RouterMetrics
 from services.router.prefill_deadline import PrefillDeadline
 from services.router.routing import Choice, Policy
@@ -121,30 +116,13 @@ class Dispatcher:
                 yield delta
             return
         decode = self._pick("decode", request, hashes)
-        route = self._local_route(request, decode)
+        route = local_route(request, decode, self.cluster, self.config)
         if route is not None:
             async for delta in self._decode(decode.worker, request, None, route, decode.uncached):
                 yield delta
             return
         async for delta in self._disaggregated(request, decode.worker, hashes):
             yield delta
-
-    def _local_route(self, request: GenerateRequest, decode: Choice) -> str | None:
-        """Why the decode worker prefills this prompt itself, or None to prefill remotely."""
-        if request.params.prompt_logprobs is not None:  # they come with the Decode stream
-            return ROUTE_LOCAL_PROMPT_LOGPROBS
-        if decode.uncached <= self.config.local_prefill_tokens:
-            return ROUTE_LOCAL
-        if not self.cluster.has_pool("prefill"):  # scaled to zero: a route, not a failure
-            return ROUTE_LOCAL_NO_POOL
-        if not self.config.balance_prefill:
-            return None
-        # the shortest prefill queue in the pool (read only: picking would take a turn)
-        shortest = min((w.queued_tokens for w in self.cluster.serving("prefill")), default=None)
-        if shortest is None:  # none usable: _disaggregated falls back, logged and counted
-            return None
-        sooner = decode.worker.queued_tokens + decode.uncached < shortest
-        return ROUTE_LOCAL_QUEUE if sooner else None
 
     def _hashes(self, prompt: list[int], salt: str) -> list[int]:
         """The prompt's chained block hashes, as the workers compute them (kv routing only).
