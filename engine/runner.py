@@ -134,12 +134,12 @@ def _packed_linear(model: LlamaModel) -> PackedLinear | None:
     that measures faster than F.linear here (engine/model/onednn.py); None where not."""
     layers = [cast(DecoderLayer, layer) for layer in model.layers]
     start = time.perf_counter()
-    if not onednn.packs_faster([layer.gate_up_weight for layer in layers[:10]]):
+    if not onednn.packs_faster([layer.widest_weight for layer in layers[:10]]):
         log.info("GEMMs run on F.linear: oneDNN's packed weights measured no faster here")
         return None
-    weights = [model.lm_head if model.lm_head is not None else model.embed]
+    weights: list[torch.Tensor] = [model.lm_head if model.lm_head is not None else model.embed]
     for layer in layers:
-        weights += [layer.qkv_weight, layer.o_weight, layer.gate_up_weight, layer.down_weight]
+        weights += layer.dense_weights()
     linear = PackedLinear({w.data_ptr(): onednn.pack(w) for w in weights}, model.ops.linear)
     took = time.perf_counter() - start
     log.info("GEMMs run on oneDNN, weights packed (measured and packed in %.1f s)", took)
@@ -166,7 +166,7 @@ def _quant_linear(model: LlamaModel) -> QuantLinear | None:
 
 
 def _widest_weight(model: LlamaModel) -> torch.Tensor:
-    """The first layer's gate|up projection: the GEMM shape that dominates a step."""
+    """The first layer's widest GEMM weight: the shape that dominates a step."""
     layer = model.layers[0]
     assert isinstance(layer, DecoderLayer)
-    return layer.gate_up_weight
+    return layer.widest_weight

@@ -11,6 +11,8 @@ SUPPORTED: dict[str, dict[str, bool]] = {
     "MistralForCausalLM": {"qkv_bias": False, "qk_norm": False},
     "Qwen2ForCausalLM": {"qkv_bias": True, "qk_norm": False},
     "Qwen3ForCausalLM": {"qkv_bias": False, "qk_norm": True},
+    # Qwen3's attention; sparse MLPs of routed experts (engine/model/moe.py)
+    "Qwen3MoeForCausalLM": {"qkv_bias": False, "qk_norm": True},
 }
 
 
@@ -36,6 +38,13 @@ class ModelConfig:
     qk_norm: bool
     rope_scaling: tuple[tuple[str, Any], ...] = ()  # llama3-style scaling, as sorted items
     eos_token_ids: tuple[int, ...] = ()
+    # mixture of experts (0 experts: none): the layers whose MLP routes each token to
+    # `num_experts_per_tok` of `num_experts` experts of `moe_intermediate_size`
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = False  # the chosen experts' weights renormalised to sum to 1
+    moe_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -88,4 +97,23 @@ class ModelConfig:
             qk_norm=traits["qk_norm"],
             rope_scaling=tuple(sorted(rope.items())) if rope_type == "llama3" else (),
             eos_token_ids=tuple(eos if isinstance(eos, list) else [eos] if eos is not None else []),
+            **_moe_fields(cfg),
         )
+
+
+def _moe_fields(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Qwen3-MoE's: layer i is sparse unless listed in mlp_only_layers, when (i + 1) is a
+    multiple of decoder_sparse_step (transformers' rule)."""
+    # the Hub's configs say num_experts; transformers 5 saves num_local_experts
+    experts = int(cfg.get("num_experts") or cfg.get("num_local_experts") or 0)
+    if not experts:
+        return {}
+    step, dense = int(cfg.get("decoder_sparse_step", 1)), set(cfg.get("mlp_only_layers") or ())
+    layers = range(int(cfg["num_hidden_layers"]))
+    return {
+        "num_experts": experts,
+        "num_experts_per_tok": int(cfg["num_experts_per_tok"]),
+        "moe_intermediate_size": int(cfg["moe_intermediate_size"]),
+        "norm_topk_prob": bool(cfg.get("norm_topk_prob", False)),
+        "moe_layers": tuple(i for i in layers if i not in dense and (i + 1) % step == 0),
+    }

@@ -1,4 +1,5 @@
-"""The Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, SmolLM) over a flat batch.
+"""The Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE, SmolLM) over a flat
+batch.
 
 Tokens of all scheduled sequences are concatenated: hidden states are [N, hidden]. The
 attention backend knows which rows belong to which sequence. Norms, RoPE and the MLP follow
@@ -16,6 +17,7 @@ from torch import nn
 
 from engine.attention import AttentionBackend
 from engine.model.config import ModelConfig
+from engine.model.moe import SparseMoE
 from engine.model.ops import TorchOps
 from engine.model.quant import QuantizedWeight
 
@@ -38,7 +40,7 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, index: int = 0) -> None:
         super().__init__()
         h, d = cfg.hidden_size, cfg.head_dim
         self.cfg = cfg
@@ -53,10 +55,14 @@ class DecoderLayer(nn.Module):
             else None
         )
         self.o_weight = nn.Parameter(torch.empty(h, self.q_size), requires_grad=False)
-        self.gate_up_weight = nn.Parameter(
-            torch.empty(2 * cfg.intermediate_size, h), requires_grad=False
-        )
-        self.down_weight = nn.Parameter(torch.empty(h, cfg.intermediate_size), requires_grad=False)
+        # the MLP: dense, or routed to experts (engine/model/moe.py)
+        self.moe = SparseMoE(cfg) if index in cfg.moe_layers else None
+        self.gate_up_weight: nn.Parameter | None = None
+        self.down_weight: nn.Parameter | None = None
+        if self.moe is None:
+            inter = cfg.intermediate_size
+            self.gate_up_weight = nn.Parameter(torch.empty(2 * inter, h), requires_grad=False)
+            self.down_weight = nn.Parameter(torch.empty(h, inter), requires_grad=False)
         self.input_norm = nn.Parameter(torch.empty(h), requires_grad=False)
         self.post_attn_norm = nn.Parameter(torch.empty(h), requires_grad=False)
         self.q_norm = nn.Parameter(torch.empty(d), requires_grad=False) if cfg.qk_norm else None
@@ -88,7 +94,19 @@ class DecoderLayer(nn.Module):
         q, k = ops.rope(q, k, cos, sin)
         o = attn.forward(layer, q, k, v).reshape(n, self.q_size)
         x, h = ops.add_rms_norm(x, ops.linear(o, self.o_weight), self.post_attn_norm, eps)
+        if self.moe is not None:
+            return x, self.moe(h, ops)
         return x, ops.linear(ops.silu_and_mul(ops.linear(h, self.gate_up_weight)), self.down_weight)
+
+    def dense_weights(self) -> list[torch.Tensor]:
+        """The 2-D weights its GEMMs read (an expert's are slices of a stacked tensor)."""
+        mlp = [self.gate_up_weight, self.down_weight] if self.moe is None else []
+        return [w for w in (self.qkv_weight, self.o_weight, *mlp) if w is not None]
+
+    @property
+    def widest_weight(self) -> torch.Tensor:
+        """The GEMM shape that dominates a step: gate|up, or q|k|v where experts do the MLP."""
+        return self.gate_up_weight if self.gate_up_weight is not None else self.qkv_weight
 
 
 class LlamaModel(nn.Module):
@@ -96,7 +114,7 @@ class LlamaModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size), requires_grad=False)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
         self.norm = nn.Parameter(torch.empty(cfg.hidden_size), requires_grad=False)
         self.lm_head = (
             None

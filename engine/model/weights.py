@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import cast
 
 import torch
@@ -68,14 +68,40 @@ def load_into(
         if cfg.qk_norm:
             put(layer.q_norm, get(attn + "q_norm.weight"), attn + "q_norm")
             put(layer.k_norm, get(attn + "k_norm.weight"), attn + "k_norm")
-        gate, up = p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"
-        put(layer.gate_up_weight, torch.cat([get(gate), get(up)]), p + "mlp.gate_up")
-        keep_blocks(f"layers.{i}.gate_up_weight", gate, up)
-        put(layer.down_weight, get(p + "mlp.down_proj.weight"), p + "mlp.down_proj")
-        keep_blocks(f"layers.{i}.down_weight", p + "mlp.down_proj.weight")
+        if layer.moe is not None:
+            put(layer.moe.router_weight, get(p + "mlp.gate.weight"), p + "mlp.gate")
+            gate_up, down = _experts(tensors, p + "mlp.experts.", cfg.num_experts, get)
+            put(layer.moe.gate_up, gate_up, p + "mlp.experts gate|up")
+            put(layer.moe.down, down, p + "mlp.experts down")
+        else:
+            gate, up = p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"
+            put(layer.gate_up_weight, torch.cat([get(gate), get(up)]), p + "mlp.gate_up")
+            keep_blocks(f"layers.{i}.gate_up_weight", gate, up)
+            put(layer.down_weight, get(p + "mlp.down_proj.weight"), p + "mlp.down_proj")
+            keep_blocks(f"layers.{i}.down_weight", p + "mlp.down_proj.weight")
         put(layer.input_norm, get(p + "input_layernorm.weight"), p + "input_layernorm")
         put(
             layer.post_attn_norm,
             get(p + "post_attention_layernorm.weight"),
             p + "post_attention_layernorm",
         )
+
+
+def _experts(
+    tensors: Mapping[str, torch.Tensor],
+    prefix: str,
+    count: int,
+    get: Callable[[str], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's experts stacked: gate|up [experts, 2 x inter, hidden] and down [experts,
+    hidden, inter]. Checkpoints on the Hub hold one tensor per expert and projection
+    (`experts.E.gate_proj.weight`); transformers' own in-memory form holds them stacked
+    (`experts.gate_up_proj`, `experts.down_proj`): either is read."""
+    if prefix + "gate_up_proj" in tensors:
+        return get(prefix + "gate_up_proj"), get(prefix + "down_proj")
+    gate_up = [
+        torch.cat([get(f"{prefix}{e}.gate_proj.weight"), get(f"{prefix}{e}.up_proj.weight")])
+        for e in range(count)
+    ]
+    down = [get(f"{prefix}{e}.down_proj.weight") for e in range(count)]
+    return torch.stack(gate_up), torch.stack(down)

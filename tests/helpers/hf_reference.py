@@ -23,6 +23,8 @@ def build_tiny_checkpoint(
         Qwen2ForCausalLM,
         Qwen3Config,
         Qwen3ForCausalLM,
+        Qwen3MoeConfig,
+        Qwen3MoeForCausalLM,
     )
 
     common = dict(
@@ -40,6 +42,19 @@ def build_tiny_checkpoint(
         "llama": (LlamaConfig, LlamaForCausalLM, {}),
         "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
         "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 24}),
+        # 8 experts of which 2 a token, renormalised; layer 1 dense (mlp_only_layers)
+        "qwen3_moe": (
+            Qwen3MoeConfig,
+            Qwen3MoeForCausalLM,
+            {
+                "head_dim": 24,
+                "num_experts": 8,
+                "num_experts_per_tok": 2,
+                "moe_intermediate_size": 48,
+                "norm_topk_prob": True,
+                "mlp_only_layers": [1],
+            },
+        ),
     }
     cfg_cls, model_cls, extra = classes[kind]
     torch.manual_seed(seed)
@@ -48,7 +63,11 @@ def build_tiny_checkpoint(
         for layer in model.model.layers:
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                 torch.nn.init.normal_(proj.bias, std=0.1)
-    if kind == "qwen3":
+    if kind == "qwen3_moe":  # the router starts at zero (all experts tie); experts wide
+        for layer in model.model.layers:
+            for param in layer.mlp.parameters():
+                torch.nn.init.normal_(param, std=0.15)
+    if kind in ("qwen3", "qwen3_moe"):
         for layer in model.model.layers:
             torch.nn.init.normal_(layer.self_attn.q_norm.weight, 1.0, 0.2)
             torch.nn.init.normal_(layer.self_attn.k_norm.weight, 1.0, 0.2)

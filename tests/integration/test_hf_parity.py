@@ -1,5 +1,5 @@
 """Greedy outputs equal Hugging Face transformers' token for token, on random-weight
-Llama, Qwen2 and Qwen3 checkpoints, under every scheduling path the engine has."""
+Llama, Qwen2, Qwen3 and Qwen3-MoE checkpoints, under every scheduling path the engine has."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class Reference:
         return self._memo[key]
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3", "qwen3_moe"])
 def model(
     request: pytest.FixtureRequest, tiny_checkpoints: dict[str, Path]
 ) -> tuple[Path, Reference]:

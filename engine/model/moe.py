@@ -1,0 +1,67 @@
+"""A mixture-of-experts MLP (Qwen3-MoE's, as transformers defines it), with each expert's
+tokens run as one matrix product.
+
+A router scores every token against every expert (a linear layer, softmax in float32),
+keeps its top k, optionally renormalised to sum to 1; each chosen expert is a SwiGLU MLP
+and the token's output is the weighted sum of its experts' outputs. The (token, expert)
+pairs are grouped by expert, so an expert with t tokens costs two GEMMs of t rows, never t
+GEMMs of one; experts nobody chose cost nothing. The outputs are summed into each token's
+row expert by expert in ascending order, as transformers does, so float32 results match.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from engine.model.config import ModelConfig
+from engine.model.ops import TorchOps
+
+
+class SparseMoE(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        e, inter, h = cfg.num_experts, cfg.moe_intermediate_size, cfg.hidden_size
+        self.top_k, self.norm_topk_prob = cfg.num_experts_per_tok, cfg.norm_topk_prob
+        self.router_weight = nn.Parameter(torch.empty(e, h), requires_grad=False)
+        # each expert's gate|up and down, stacked: [experts, 2 x inter, h], [experts, h, inter]
+        self.gate_up = nn.Parameter(torch.empty(e, 2 * inter, h), requires_grad=False)
+        self.down = nn.Parameter(torch.empty(e, h, inter), requires_grad=False)
+
+    def forward(self, h: torch.Tensor, ops: TorchOps) -> torch.Tensor:
+        """h: [n, hidden] (normed) -> the MLP's output [n, hidden]."""
+        weights, experts = self.route(h, ops)
+        return grouped_experts(h, experts, weights, self.gate_up, self.down, ops)
+
+    def route(self, h: torch.Tensor, ops: TorchOps) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each token's top-k experts' weights (in h's dtype) and ids, [n, k] each."""
+        logits = ops.linear(h, self.router_weight)
+        top, ids = torch.softmax(logits, dim=-1, dtype=torch.float32).topk(self.top_k, dim=-1)
+        if self.norm_topk_prob:
+            top = top / top.sum(dim=-1, keepdim=True)
+        return top.to(logits.dtype), ids
+
+
+def grouped_experts(
+    h: torch.Tensor,
+    experts: torch.Tensor,
+    weights: torch.Tensor,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+    ops: TorchOps,
+) -> torch.Tensor:
+    """sum over k of weights[:, k] x expert experts[:, k](h), each expert's tokens at once."""
+    k = experts.shape[1]
+    order = experts.flatten().argsort(stable=True)  # (token, slot) pairs, by expert
+    counts = torch.bincount(experts.flatten(), minlength=gate_up.shape[0]).tolist()
+    tokens, pair_weights = order // k, weights.flatten()[order]
+    out = torch.zeros_like(h)
+    start = 0
+    for e, count in enumerate(counts):
+        if not count:
+            continue
+        rows = tokens[start : start + count]
+        y = ops.linear(ops.silu_and_mul(ops.linear(h[rows], gate_up[e])), down[e])
+        out.index_add_(0, rows, y * pair_weights[start : start + count, None])
+        start += count
+    return out
