@@ -94,15 +94,15 @@ class ModelRunner:
         ids: list[int] = []
         positions: list[int] = []
         seqs: list[SeqSlice] = []
-        last_rows: list[int] = []
+        logit_rows: list[int] = []
         for c in chunks:
             end = c.start + c.num_tokens
             seqs.append(SeqSlice(len(ids), c.num_tokens, end, tuple(c.request.block_ids)))
-            last_rows += (len(ids) + p - c.start for p in c.prompt_rows)
+            logit_rows += (len(ids) + p - c.start for p in c.prompt_rows)
             ids += c.request.token_ids[c.start : end]
             positions += range(c.start, end)
             if c.samples:
-                last_rows.append(len(ids) - 1)
+                logit_rows.append(len(ids) - 1)
         self.attn.prepare(BatchLayout(tuple(seqs), len(ids)))
         dev = self.device
         hidden = self.model(
@@ -110,10 +110,10 @@ class ModelRunner:
             torch.tensor(positions, dtype=torch.long, device=dev),
             self.attn,
         )
-        if not last_rows:
+        if not logit_rows:
             return hidden.new_empty((0, self.model.cfg.vocab_size), dtype=torch.float32)
-        if len(last_rows) != hidden.shape[0]:
-            hidden = hidden[torch.tensor(last_rows, device=dev)]
+        if len(logit_rows) != hidden.shape[0]:
+            hidden = hidden[torch.tensor(logit_rows, device=dev)]
         return self.model.logits(hidden)
 
     def finish_step(self, started: float) -> None:

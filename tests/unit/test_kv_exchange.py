@@ -5,7 +5,6 @@ blocks are never reused while it may still write them."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +17,7 @@ from engine.transfer.exchange import EXPIRY_MARGIN_S, KVHandle, KVSink, KVSource
 from engine.transfer.leases import LeaseTable
 from engine.transfer.local import LocalFabric, LocalKVTransfer
 from tests.helpers.engine_steps import drain as _drain
+from tests.helpers.mock_model import write_config_only
 
 BS = 16
 PROMPT = list(range(50, 95))  # 45 tokens: 3 blocks, the last partial
@@ -27,18 +27,7 @@ PARAMS = SamplingParams(max_tokens=12)
 @pytest.fixture
 def model(tmp_path: Path) -> Path:
     """A config.json and no weights: all the mock backend reads."""
-    cfg = {
-        "architectures": ["LlamaForCausalLM"],
-        "vocab_size": 512,
-        "hidden_size": 64,
-        "intermediate_size": 160,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 1024,
-        "eos_token_id": 2,
-    }
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    return tmp_path
+    return write_config_only(tmp_path)
 
 
 def _engine(model: Path, role: str) -> Engine:

@@ -3,7 +3,6 @@ modelled forward pass, started from a model's config alone."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from services.cli import build_parser
 from services.cluster.pools import PoolSpec
 from services.cluster.serve import ClusterConfig
 from tests.helpers.engine_steps import drain as _drain
+from tests.helpers.mock_model import write_config_only
 
 VOCAB, EOS, BS = 512, 2, 16
 FAST = MockTiming(speed=1000.0)  # unit tests need the numbers, not the waiting
@@ -33,18 +33,7 @@ FAST = MockTiming(speed=1000.0)  # unit tests need the numbers, not the waiting
 @pytest.fixture
 def config_only(tmp_path: Path) -> Path:
     """A model directory with a config.json and no weights at all."""
-    cfg = {
-        "architectures": ["LlamaForCausalLM"],
-        "vocab_size": VOCAB,
-        "hidden_size": 64,
-        "intermediate_size": 160,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 1024,
-        "eos_token_id": EOS,
-    }
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    return tmp_path
+    return write_config_only(tmp_path, VOCAB, EOS)
 
 
 def _engine(

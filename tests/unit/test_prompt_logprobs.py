@@ -5,7 +5,6 @@ in tests/integration/test_smollm_top_logprobs.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from engine.output import RequestOutput
 from engine.prompt_logprobs import score_prompts
 from engine.request import Request
 from engine.scheduler import ScheduledChunk
+from tests.helpers.mock_model import write_config_only
 
 VOCAB, BS = 512, 16
 PROMPT = [(7 * i + 3) % VOCAB for i in range(40)]
@@ -24,18 +24,7 @@ PROMPT = [(7 * i + 3) % VOCAB for i in range(40)]
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
-    cfg = {
-        "architectures": ["LlamaForCausalLM"],
-        "vocab_size": VOCAB,
-        "hidden_size": 64,
-        "intermediate_size": 160,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 1024,
-        "eos_token_id": 2,
-    }
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    return tmp_path
+    return write_config_only(tmp_path, VOCAB)
 
 
 def _engine(model: Path, budget: int = 1024) -> Engine:
