@@ -20,6 +20,8 @@ from services.worker.liveness import DEFAULT_STALL_S
 from services.worker.preflight import run_preflight
 from services.worker.process import WorkerNetConfig, WorkerServer
 
+log = logging.getLogger(__name__)
+
 
 def add_worker_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--role", choices=ROLES, required=True)
@@ -74,6 +76,8 @@ def run_standalone(args: argparse.Namespace, model: str) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     run_preflight()  # RDMA requested but UCX only has TCP: exits here, before the model loads
     engine = engine_config(args, model, role=args.role, num_threads=args.threads)
+    # The first line a pod's log shows: imports are done, the model load begins.
+    log.info("%s (%s): loading %s", args.worker_id, args.role, model)
     net = WorkerNetConfig(
         redis_url=redis_url_from(args.redis_url),
         host=args.host,

@@ -1,5 +1,9 @@
 """One local cluster (`tandem serve`, as `make run` starts it) shared by the end-to-end
-tests, and a colocated one beside it for comparison, joining the same Ray instance."""
+tests, and a colocated one beside it for comparison, joining the same Ray instance.
+
+Both are package-scoped: they stop after the last test here, not at the end of the
+session. Left running, their Ray and three idle workers took CPU from every later test on
+this 2-core machine (CI's helm local run timed out starting its own two workers)."""
 
 from __future__ import annotations
 
@@ -77,7 +81,7 @@ def _serve(tmp: Path, model: Path, *extra: str, env: dict[str, str] | None = Non
     return Served(s.proc, s.url, s.redis_url, s.ray_address)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster(tmp_path_factory: pytest.TempPathFactory, smollm_path: Path) -> Iterator[Served]:
     served = _serve(tmp_path_factory.mktemp("disagg"), smollm_path)
     yield served
@@ -112,7 +116,7 @@ def mock_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     assert served.proc.stop() == 0, served.proc.tail()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def colocated(
     tmp_path_factory: pytest.TempPathFactory, smollm_path: Path, cluster: Served
 ) -> Iterator[Served]:

@@ -98,11 +98,13 @@ class Local:
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.procs.append((name, proc))
 
+    def tail(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
+
     def check_alive(self) -> None:
         for name, proc in self.procs:
             if proc.poll() is not None:
-                tail = (self.logs / f"{name}.log").read_text()[-3000:]
-                raise AssertionError(f"{name} exited {proc.returncode}:\n{tail}")
+                raise AssertionError(f"{name} exited {proc.returncode}:\n{self.tail(name)}")
 
     def stop(self) -> None:
         for _, proc in reversed(self.procs):
@@ -134,7 +136,8 @@ def _wait_ready(url: str, local: Local) -> None:
             if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
                 return
         time.sleep(1)
-    raise AssertionError(f"the router was not ready within {READY_TIMEOUT_S:g} s")
+    logs = "".join(f"\n--- {name}.log ---\n{local.tail(name)}" for name, _ in local.procs)
+    raise AssertionError(f"the router was not ready within {READY_TIMEOUT_S:g} s{logs}")
 
 
 @pytest.fixture(scope="module")
