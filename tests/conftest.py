@@ -34,7 +34,7 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     from tests.helpers.hf_reference import build_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("tiny")
-    kinds = ("llama", "qwen2", "qwen3", "qwen3_moe")
+    kinds = ("llama", "qwen2", "qwen3", "qwen3_moe", "minimax_m2")
     return {kind: build_tiny_checkpoint(kind, root / kind) for kind in kinds}
 
 

@@ -13,6 +13,8 @@ SUPPORTED: dict[str, dict[str, bool]] = {
     "Qwen3ForCausalLM": {"qkv_bias": False, "qk_norm": True},
     # Qwen3's attention; sparse MLPs of routed experts (engine/model/moe.py)
     "Qwen3MoeForCausalLM": {"qkv_bias": False, "qk_norm": True},
+    # q and k normed across all heads, partial RoPE, experts chosen by sigmoid scores
+    "MiniMaxM2ForCausalLM": {"qkv_bias": False, "qk_norm": True, "qk_norm_across_heads": True},
 }
 
 
@@ -38,6 +40,10 @@ class ModelConfig:
     qk_norm: bool
     rope_scaling: tuple[tuple[str, Any], ...] = ()  # llama3-style scaling, as sorted items
     eos_token_ids: tuple[int, ...] = ()
+    # RoPE turns the first `rotary_dim` dims of each head, the rest pass (0: all of them)
+    rotary_dim: int = 0
+    # one RMSNorm over all heads' q (and one over k's), not one per head (MiniMax-M2)
+    qk_norm_across_heads: bool = False
     # mixture of experts (0 experts: none): the layers whose MLP routes each token to
     # `num_experts_per_tok` of `num_experts` experts of `moe_intermediate_size`
     num_experts: int = 0
@@ -45,6 +51,9 @@ class ModelConfig:
     moe_intermediate_size: int = 0
     norm_topk_prob: bool = False  # the chosen experts' weights renormalised to sum to 1
     moe_layers: tuple[int, ...] = ()
+    # "softmax" over all experts; or "sigmoid" per expert, chosen by score plus a learned
+    # correction bias and weighted by the score alone (MiniMax-M2, DeepSeek-V3)
+    router_scoring: str = "softmax"
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -68,12 +77,8 @@ class ModelConfig:
                 f"supported: {', '.join(SUPPORTED)}"
             )
         traits = SUPPORTED[arch]
-        rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
-        rope_theta = float(cfg.get("rope_theta") or rope.pop("rope_theta", None) or 10000.0)
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type not in ("default", "llama3"):
-            raise ModelLoadError(f"{source}: unsupported rope scaling {rope_type!r}")
         heads = int(cfg["num_attention_heads"])
+        head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // heads)
         eos = cfg.get("eos_token_id")
         max_pos = int(cfg.get("max_position_embeddings", 2048))
         # Sliding-window attention is not implemented: cap the context so results stay exact.
@@ -88,32 +93,53 @@ class ModelConfig:
             num_layers=int(cfg["num_hidden_layers"]),
             num_heads=heads,
             num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(cfg.get("head_dim") or cfg["hidden_size"] // heads),
+            head_dim=head_dim,
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            rope_theta=rope_theta,
             max_position_embeddings=max_pos,
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             qkv_bias=traits["qkv_bias"] or bool(cfg.get("attention_bias", False)),
             qk_norm=traits["qk_norm"],
-            rope_scaling=tuple(sorted(rope.items())) if rope_type == "llama3" else (),
             eos_token_ids=tuple(eos if isinstance(eos, list) else [eos] if eos is not None else []),
-            **_moe_fields(cfg),
+            qk_norm_across_heads=traits.get("qk_norm_across_heads", False),
+            **_rope_fields(cfg, head_dim, source),
+            **_moe_fields(cfg, arch),
         )
 
 
-def _moe_fields(cfg: dict[str, Any]) -> dict[str, Any]:
+def _rope_fields(cfg: dict[str, Any], head_dim: int, source: str) -> dict[str, Any]:
+    """rope_theta, llama3-style scaling and partial rotary, from either config layout
+    (transformers 5's rope_parameters, or the older top-level fields)."""
+    rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+    theta = float(cfg.get("rope_theta") or rope.pop("rope_theta", None) or 10000.0)
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "llama3"):
+        raise ModelLoadError(f"{source}: unsupported rope scaling {rope_type!r}")
+    # the Hub's MiniMax-M2 config says rotary_dim; transformers saves the factor
+    factor = float(rope.pop("partial_rotary_factor", 1.0))
+    rotary = int(cfg.get("rotary_dim") or head_dim * factor)
+    return {
+        "rope_theta": theta,
+        "rope_scaling": tuple(sorted(rope.items())) if rope_type == "llama3" else (),
+        "rotary_dim": rotary if rotary != head_dim else 0,
+    }
+
+
+def _moe_fields(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
     """Qwen3-MoE's: layer i is sparse unless listed in mlp_only_layers, when (i + 1) is a
-    multiple of decoder_sparse_step (transformers' rule)."""
+    multiple of decoder_sparse_step (transformers' rule). MiniMax-M2's: every layer, experts
+    of intermediate_size, sigmoid scores always renormalised (its transformers code)."""
     # the Hub's configs say num_experts; transformers 5 saves num_local_experts
     experts = int(cfg.get("num_experts") or cfg.get("num_local_experts") or 0)
     if not experts:
         return {}
     step, dense = int(cfg.get("decoder_sparse_step", 1)), set(cfg.get("mlp_only_layers") or ())
     layers = range(int(cfg["num_hidden_layers"]))
+    minimax = arch == "MiniMaxM2ForCausalLM"
     return {
         "num_experts": experts,
         "num_experts_per_tok": int(cfg["num_experts_per_tok"]),
-        "moe_intermediate_size": int(cfg["moe_intermediate_size"]),
-        "norm_topk_prob": bool(cfg.get("norm_topk_prob", False)),
+        "moe_intermediate_size": int(cfg.get("moe_intermediate_size") or cfg["intermediate_size"]),
+        "norm_topk_prob": minimax or bool(cfg.get("norm_topk_prob", False)),
         "moe_layers": tuple(i for i in layers if i not in dense and (i + 1) % step == 0),
+        "router_scoring": "sigmoid" if minimax else "softmax",
     }

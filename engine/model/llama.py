@@ -1,5 +1,5 @@
-"""The Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE, SmolLM) over a flat
-batch.
+"""The Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE, MiniMax-M2, SmolLM)
+over a flat batch.
 
 Tokens of all scheduled sequences are concatenated: hidden states are [N, hidden]. The
 attention backend knows which rows belong to which sequence. Norms, RoPE and the MLP follow
@@ -23,7 +23,7 @@ from engine.model.quant import QuantizedWeight
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
-    dim = cfg.head_dim
+    dim = cfg.rotary_dim or cfg.head_dim
     inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
     if not cfg.rope_scaling:
         return inv
@@ -65,8 +65,12 @@ class DecoderLayer(nn.Module):
             self.down_weight = nn.Parameter(torch.empty(h, inter), requires_grad=False)
         self.input_norm = nn.Parameter(torch.empty(h), requires_grad=False)
         self.post_attn_norm = nn.Parameter(torch.empty(h), requires_grad=False)
-        self.q_norm = nn.Parameter(torch.empty(d), requires_grad=False) if cfg.qk_norm else None
-        self.k_norm = nn.Parameter(torch.empty(d), requires_grad=False) if cfg.qk_norm else None
+        self.q_norm: nn.Parameter | None = None
+        self.k_norm: nn.Parameter | None = None
+        if cfg.qk_norm:  # per head (Qwen3), or across all heads (MiniMax-M2)
+            q_norm, k_norm = (self.q_size, self.kv_size) if cfg.qk_norm_across_heads else (d, d)
+            self.q_norm = nn.Parameter(torch.empty(q_norm), requires_grad=False)
+            self.k_norm = nn.Parameter(torch.empty(k_norm), requires_grad=False)
 
     def forward(
         self,
@@ -89,14 +93,35 @@ class DecoderLayer(nn.Module):
         q = q.view(n, cfg.num_heads, cfg.head_dim)
         k = k.view(n, cfg.num_kv_heads, cfg.head_dim)
         v = v.view(n, cfg.num_kv_heads, cfg.head_dim)
-        if self.q_norm is not None and self.k_norm is not None:
-            q, k = ops.rms_norm(q, self.q_norm, eps), ops.rms_norm(k, self.k_norm, eps)
-        q, k = ops.rope(q, k, cos, sin)
+        q, k = self._rope(*self._qk_norm(q, k, ops), cos, sin, ops)
         o = attn.forward(layer, q, k, v).reshape(n, self.q_size)
         x, h = ops.add_rms_norm(x, ops.linear(o, self.o_weight), self.post_attn_norm, eps)
         if self.moe is not None:
             return x, self.moe(h, ops)
         return x, ops.linear(ops.silu_and_mul(ops.linear(h, self.gate_up_weight)), self.down_weight)
+
+    def _qk_norm(
+        self, q: torch.Tensor, k: torch.Tensor, ops: TorchOps
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.q_norm is None or self.k_norm is None:
+            return q, k
+        eps = self.cfg.rms_norm_eps
+        if not self.cfg.qk_norm_across_heads:
+            return ops.rms_norm(q, self.q_norm, eps), ops.rms_norm(k, self.k_norm, eps)
+        n = q.shape[0]
+        q2 = ops.rms_norm(q.reshape(n, self.q_size), self.q_norm, eps).view(q.shape)
+        return q2, ops.rms_norm(k.reshape(n, self.kv_size), self.k_norm, eps).view(k.shape)
+
+    @staticmethod
+    def _rope(
+        q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ops: TorchOps
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r = cos.shape[-1]
+        if r == q.shape[-1]:
+            return ops.rope(q, k, cos, sin)
+        # partial rotary: the first r dims of each head turn, the rest pass unchanged
+        q_rot, k_rot = ops.rope(q[..., :r], k[..., :r], cos, sin)
+        return torch.cat([q_rot, q[..., r:]], dim=-1), torch.cat([k_rot, k[..., r:]], dim=-1)
 
     def dense_weights(self) -> list[torch.Tensor]:
         """The 2-D weights its GEMMs read (an expert's are slices of a stacked tensor)."""

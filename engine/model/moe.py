@@ -1,8 +1,10 @@
-"""A mixture-of-experts MLP (Qwen3-MoE's, as transformers defines it), with each expert's
-tokens run as one matrix product.
+"""A mixture-of-experts MLP (Qwen3-MoE's and MiniMax-M2's, as transformers defines them),
+with each expert's tokens run as one matrix product.
 
-A router scores every token against every expert (a linear layer, softmax in float32),
-keeps its top k, optionally renormalised to sum to 1; each chosen expert is a SwiGLU MLP
+A router scores every token against every expert (a linear layer, then in float32 either
+a softmax, or a sigmoid per expert whose top k are chosen by score plus a learned
+correction bias but weighted by the score alone), keeps its top k, optionally
+renormalised to sum to 1; each chosen expert is a SwiGLU MLP
 and the token's output is the weighted sum of its experts' outputs. The (token, expert)
 pairs are grouped by expert, so an expert with t tokens costs two GEMMs of t rows, never t
 GEMMs of one; experts nobody chose cost nothing. The outputs are summed into each token's
@@ -24,6 +26,11 @@ class SparseMoE(nn.Module):
         e, inter, h = cfg.num_experts, cfg.moe_intermediate_size, cfg.hidden_size
         self.top_k, self.norm_topk_prob = cfg.num_experts_per_tok, cfg.norm_topk_prob
         self.router_weight = nn.Parameter(torch.empty(e, h), requires_grad=False)
+        self.correction_bias = (
+            nn.Parameter(torch.empty(e, dtype=torch.float32), requires_grad=False)
+            if cfg.router_scoring == "sigmoid"
+            else None
+        )
         # each expert's gate|up and down, stacked: [experts, 2 x inter, h], [experts, h, inter]
         self.gate_up = nn.Parameter(torch.empty(e, 2 * inter, h), requires_grad=False)
         self.down = nn.Parameter(torch.empty(e, h, inter), requires_grad=False)
@@ -36,7 +43,12 @@ class SparseMoE(nn.Module):
     def route(self, h: torch.Tensor, ops: TorchOps) -> tuple[torch.Tensor, torch.Tensor]:
         """Each token's top-k experts' weights (in h's dtype) and ids, [n, k] each."""
         logits = ops.linear(h, self.router_weight)
-        top, ids = torch.softmax(logits, dim=-1, dtype=torch.float32).topk(self.top_k, dim=-1)
+        if self.correction_bias is None:
+            top, ids = torch.softmax(logits, dim=-1, dtype=torch.float32).topk(self.top_k, dim=-1)
+        else:
+            scores = torch.sigmoid(logits.float())
+            ids = (scores + self.correction_bias).topk(self.top_k, dim=-1).indices
+            top = scores.gather(1, ids)
         if self.norm_topk_prob:
             top = top / top.sum(dim=-1, keepdim=True)
         return top.to(logits.dtype), ids

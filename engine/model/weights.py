@@ -69,10 +69,16 @@ def load_into(
             put(layer.q_norm, get(attn + "q_norm.weight"), attn + "q_norm")
             put(layer.k_norm, get(attn + "k_norm.weight"), attn + "k_norm")
         if layer.moe is not None:
-            put(layer.moe.router_weight, get(p + "mlp.gate.weight"), p + "mlp.gate")
-            gate_up, down = _experts(tensors, p + "mlp.experts.", cfg.num_experts, get)
-            put(layer.moe.gate_up, gate_up, p + "mlp.experts gate|up")
-            put(layer.moe.down, down, p + "mlp.experts down")
+            # Qwen3-MoE's names, or MiniMax-M2's (Mixtral's) on the Hub
+            hub = p + "block_sparse_moe.gate.weight" in tensors
+            mlp = p + ("block_sparse_moe." if hub else "mlp.")
+            put(layer.moe.router_weight, get(mlp + "gate.weight"), mlp + "gate")
+            if layer.moe.correction_bias is not None:
+                bias = get(mlp + "e_score_correction_bias")
+                put(layer.moe.correction_bias, bias, mlp + "e_score_correction_bias")
+            gate_up, down = _experts(tensors, mlp + "experts.", cfg.num_experts, get)
+            put(layer.moe.gate_up, gate_up, mlp + "experts gate|up")
+            put(layer.moe.down, down, mlp + "experts down")
         else:
             gate, up = p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"
             put(layer.gate_up_weight, torch.cat([get(gate), get(up)]), p + "mlp.gate_up")
@@ -95,13 +101,15 @@ def _experts(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A layer's experts stacked: gate|up [experts, 2 x inter, hidden] and down [experts,
     hidden, inter]. Checkpoints on the Hub hold one tensor per expert and projection
-    (`experts.E.gate_proj.weight`); transformers' own in-memory form holds them stacked
-    (`experts.gate_up_proj`, `experts.down_proj`): either is read."""
+    (`experts.E.gate_proj.weight`, or Mixtral's `experts.E.w1.weight` for gate, w3 up, w2
+    down); transformers' own in-memory form holds them stacked (`experts.gate_up_proj`,
+    `experts.down_proj`): any is read."""
     if prefix + "gate_up_proj" in tensors:
         return get(prefix + "gate_up_proj"), get(prefix + "down_proj")
-    gate_up = [
-        torch.cat([get(f"{prefix}{e}.gate_proj.weight"), get(f"{prefix}{e}.up_proj.weight")])
-        for e in range(count)
-    ]
-    down = [get(f"{prefix}{e}.down_proj.weight") for e in range(count)]
-    return torch.stack(gate_up), torch.stack(down)
+    names = ("w1", "w3", "w2") if f"{prefix}0.w1.weight" in tensors else _PROJECTIONS
+    gate, up, down = (f"{prefix}{{}}.{name}.weight" for name in names)
+    gate_up = [torch.cat([get(gate.format(e)), get(up.format(e))]) for e in range(count)]
+    return torch.stack(gate_up), torch.stack([get(down.format(e)) for e in range(count)])
+
+
+_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")

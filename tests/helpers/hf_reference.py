@@ -19,6 +19,8 @@ def build_tiny_checkpoint(
     from transformers import (
         LlamaConfig,
         LlamaForCausalLM,
+        MiniMaxM2Config,
+        MiniMaxM2ForCausalLM,
         Qwen2Config,
         Qwen2ForCausalLM,
         Qwen3Config,
@@ -55,6 +57,21 @@ def build_tiny_checkpoint(
                 "mlp_only_layers": [1],
             },
         ),
+        # 8 experts of intermediate_size, 2 a token by sigmoid score plus correction bias;
+        # q and k normed across heads; RoPE on half of each head (rotary_dim, as the Hub's)
+        "minimax_m2": (
+            MiniMaxM2Config,
+            MiniMaxM2ForCausalLM,
+            {
+                "head_dim": 24,
+                "rotary_dim": 12,
+                "intermediate_size": 48,
+                "num_local_experts": 8,
+                "num_experts_per_tok": 2,
+                "bos_token_id": 1,
+                "eos_token_id": 2,
+            },
+        ),
     }
     cfg_cls, model_cls, extra = classes[kind]
     torch.manual_seed(seed)
@@ -63,11 +80,14 @@ def build_tiny_checkpoint(
         for layer in model.model.layers:
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                 torch.nn.init.normal_(proj.bias, std=0.1)
-    if kind == "qwen3_moe":  # the router starts at zero (all experts tie); experts wide
+    if kind in ("qwen3_moe", "minimax_m2"):  # the router starts at zero (all experts tie)
         for layer in model.model.layers:
             for param in layer.mlp.parameters():
                 torch.nn.init.normal_(param, std=0.15)
-    if kind in ("qwen3", "qwen3_moe"):
+    if kind == "minimax_m2":  # a correction bias that changes which experts win
+        for layer in model.model.layers:
+            torch.nn.init.normal_(layer.mlp.e_score_correction_bias, std=0.1)
+    if kind in ("qwen3", "qwen3_moe", "minimax_m2"):
         for layer in model.model.layers:
             torch.nn.init.normal_(layer.self_attn.q_norm.weight, 1.0, 0.2)
             torch.nn.init.normal_(layer.self_attn.k_norm.weight, 1.0, 0.2)

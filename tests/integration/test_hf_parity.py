@@ -34,7 +34,7 @@ class Reference:
         return self._memo[key]
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3", "qwen3_moe"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3", "qwen3_moe", "minimax_m2"])
 def model(
     request: pytest.FixtureRequest, tiny_checkpoints: dict[str, Path]
 ) -> tuple[Path, Reference]:

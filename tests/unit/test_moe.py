@@ -65,3 +65,56 @@ def test_sparse_layers_follow_transformers_rule() -> None:
     assert ModelConfig.from_hf(saved, "test").num_experts == 8
     dense = {k: v for k, v in HF_CONFIG.items() if k != "num_experts"}
     assert ModelConfig.from_hf(dense, "test").moe_layers == ()
+
+
+# MiniMax-M2's config.json on the Hub (MiniMaxAI/MiniMax-M2), cut to a small size: the
+# fields that differ from transformers' own save (rotary_dim, scoring_func) kept as written.
+MINIMAX_HUB_CONFIG = {
+    "architectures": ["MiniMaxM2ForCausalLM"],
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "intermediate_size": 16,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "rotary_dim": 8,
+    "rope_theta": 5000000,
+    "num_local_experts": 8,
+    "num_experts_per_tok": 2,
+    "scoring_func": "sigmoid",
+    "use_routing_bias": True,
+    "use_qk_norm": True,
+    "qk_norm_type": "per_layer",
+}
+
+
+def test_minimax_m2_config_reads_the_hubs_fields() -> None:
+    cfg = ModelConfig.from_hf(MINIMAX_HUB_CONFIG, "test")
+    assert (cfg.rotary_dim, cfg.rope_theta) == (8, 5e6)
+    assert cfg.qk_norm and cfg.qk_norm_across_heads
+    assert (cfg.router_scoring, cfg.norm_topk_prob) == ("sigmoid", True)
+    assert (cfg.moe_intermediate_size, cfg.moe_layers) == (16, (0, 1, 2))  # every layer
+    # transformers 5 saves the rotary part as a factor of the head instead
+    saved = {k: v for k, v in MINIMAX_HUB_CONFIG.items() if k not in ("rotary_dim", "rope_theta")}
+    saved["rope_parameters"] = {"rope_theta": 5e6, "partial_rotary_factor": 0.5}
+    assert ModelConfig.from_hf(saved, "test").rotary_dim == 8
+    full = {**MINIMAX_HUB_CONFIG, "rotary_dim": 16}
+    assert ModelConfig.from_hf(full, "test").rotary_dim == 0  # 0: the whole head turns
+
+
+def test_sigmoid_routing_chooses_by_biased_score_and_weighs_by_score() -> None:
+    moe = SparseMoE(ModelConfig.from_hf(MINIMAX_HUB_CONFIG, "test"))
+    moe.router_weight.data = torch.zeros(8, 32)
+    moe.router_weight.data[:, 0] = torch.arange(8.0)  # expert e scores sigmoid(e * h[0])
+    assert moe.correction_bias is not None
+    moe.correction_bias.data = torch.tensor([5.0, 0, 0, 0, 0, 0, 0, 0])  # lifts expert 0
+    h = torch.zeros(1, 32)
+    h[0, 0] = 1.0
+    weights, experts = moe.route(h, TorchOps())
+    # chosen: expert 0 (bias) and 7 (best score); weighed by sigmoid scores alone, renormed
+    assert sorted(experts[0].tolist()) == [0, 7]
+    s0, s7 = torch.sigmoid(torch.tensor(0.0)), torch.sigmoid(torch.tensor(7.0))
+    want = {0: s0 / (s0 + s7), 7: s7 / (s0 + s7)}
+    for w, e in zip(weights[0].tolist(), experts[0].tolist(), strict=True):
+        assert abs(w - float(want[e])) < 1e-6
