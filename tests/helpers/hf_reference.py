@@ -95,6 +95,45 @@ def build_tiny_checkpoint(
     return path
 
 
+def fp8_checkpoint(src: Path, dst: Path, block: int) -> Path:
+    """`src` with its projections' and experts' weights block-quantized to FP8 the way
+    DeepSeek-V3 and MiniMax-M2 ship them: float8_e4m3fn values and a float32
+    `weight_scale_inv` a block (the block's largest magnitude over e4m3's largest, 448), the
+    router's gate, norms and embeddings left alone. transformers dequantizes it at load."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    dst.mkdir(parents=True, exist_ok=True)
+    out: dict[str, torch.Tensor] = {}
+    for name, w in load_file(str(src / "model.safetensors")).items():
+        if not (name.endswith("proj.weight") or ".experts." in name):
+            out[name] = w
+            continue
+        rows, cols = w.shape
+        assert rows % block == 0 and cols % block == 0, "transformers reads whole blocks only"
+        blocks = w.reshape(rows // block, block, cols // block, block)
+        scale = blocks.abs().amax(dim=(1, 3)).clamp(min=1e-12) / 448.0
+        quantized = blocks / scale[:, None, :, None]
+        out[name] = quantized.reshape(rows, cols).to(torch.float8_e4m3fn)
+        out[name + "_scale_inv"] = scale
+    save_file(out, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((src / "config.json").read_text())
+    config["quantization_config"] = {
+        "quant_method": "fp8",
+        "activation_scheme": "dynamic",
+        "fmt": "e4m3",
+        "weight_block_size": [block, block],
+        "modules_to_not_convert": ["gate", "e_score_correction_bias", "lm_head"],
+    }
+    (dst / "config.json").write_text(json.dumps(config))
+    for f in src.iterdir():
+        if f.name not in ("config.json", "model.safetensors"):
+            shutil.copy(f, dst / f.name)
+    return dst
+
+
 def load_hf(path: Path | str, dtype: torch.dtype = torch.float32, gguf_file: str | None = None):
     from transformers import AutoModelForCausalLM
 

@@ -13,7 +13,7 @@ import torch
 from engine import CacheConfig, Engine, EngineConfig, SamplingParams, SchedulerConfig
 from engine.attention.torch_backend import TorchAttention
 from engine.model.ops import TorchOps
-from tests.helpers.hf_reference import hf_greedy, load_hf
+from tests.helpers.hf_reference import fp8_checkpoint, hf_greedy, load_hf
 
 NEW_TOKENS = 64
 LOGPROB_TOL = 1e-4
@@ -201,6 +201,24 @@ def test_bfloat16_tracks_transformers_bfloat16(tiny_checkpoints: dict[str, Path]
         want, want_lps = hf_greedy(hf, prompt, 1)
         assert got.token_ids == want
         assert abs(got.logprobs[0] - want_lps[0]) < 0.05
+    assert_idle(engine)
+
+
+def test_fp8_block_checkpoint_matches_transformers(
+    tiny_checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    """A block-quantized FP8 checkpoint (MiniMax-M2's format) is dequantized at load to the
+    very weights transformers dequantizes it to, and greedy outputs match it."""
+    src = tiny_checkpoints["minimax_m2"]
+    path = fp8_checkpoint(src, tmp_path / "fp8", block=16)
+    ref = Reference(path)
+    engine = make_engine(path)
+    ours = engine.runner.model.layers[0].qkv_weight[: 4 * 24]  # q_proj: 4 heads of 24
+    theirs = ref.model.model.layers[0].self_attn.q_proj.weight
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    original = load_hf(src).model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(ours, original)  # it was quantized: FP8 lost some bits
+    assert_matches(run(engine, {0: prompts_of([3, 16, 77], seed=12)}), ref)
     assert_idle(engine)
 
 
