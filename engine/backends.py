@@ -3,6 +3,8 @@ engine.runner) or `mock` (engine.mock: modelled timings, no weights)."""
 
 from __future__ import annotations
 
+import logging
+import resource
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -21,6 +23,9 @@ from engine.model.loader import (
 )
 from engine.runner import ModelRunner
 from engine.scheduler import ScheduledChunk
+
+log = logging.getLogger(__name__)
+GIB = float(1 << 30)
 
 
 class Runner(Protocol):
@@ -55,6 +60,7 @@ def make_runner(
         )
         if not config.enforce_eager:
             runner.compile_decode(config.scheduler.max_num_seqs, config.compile_sizes)
+        _log_memory(model, runner.kv_cache, num_blocks)
         return runner
     return MockRunner(
         config.mock, num_blocks, block_size, vocab_size, eos_token_ids, device, tokenizer_vocab_size
@@ -75,3 +81,21 @@ def load_backend(
     dtype = resolve_dtype(config.dtype, model_cfg, device)
     model = build_model(model_cfg, tensors, dtype, device, config.model, blocks)
     return model_cfg, model, dtype, device
+
+
+def _log_memory(model: LlamaModel, kv_cache: torch.Tensor, num_blocks: int) -> None:
+    """What a worker holds once loaded: a pod's memory request is sized from this line."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    kv = kv_cache.numel() * kv_cache.element_size()
+    if kv_cache.device.type == "cuda":
+        held = f"{torch.cuda.memory_allocated(kv_cache.device) / GIB:.2f} GiB allocated on the GPU"
+    else:  # Linux reports the peak resident size in KiB
+        held = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20):.2f} GiB peak RSS"
+    log.info(
+        "memory: weights %.2f GiB (%s), KV cache %.2f GiB (%d blocks); process %s",
+        weights / GIB,
+        str(next(model.parameters()).dtype).removeprefix("torch."),
+        kv / GIB,
+        num_blocks,
+        held,
+    )

@@ -81,3 +81,23 @@ def test_missing_path(tmp_path: Path) -> None:
         read_checkpoint(tmp_path / "nope.bin")
     with pytest.raises(ModelLoadError, match="file not found"):
         read_checkpoint(tmp_path / "nope.gguf")
+
+
+def test_start_up_reports_the_workers_memory(
+    tiny_checkpoints: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    from engine import CacheConfig, Engine, EngineConfig
+
+    # the tiny Llama's KV: 2 (K, V) x 3 layers x 2 heads x 16 dims x 4 bytes = 768 B a token
+    blocks = (1 << 28) // (16 * 768)  # a quarter GiB of blocks of 16 tokens
+    cfg = EngineConfig(
+        model=str(tiny_checkpoints["llama"]),
+        dtype="float32",
+        cache=CacheConfig(block_size=16, num_blocks=blocks),
+    )
+    with caplog.at_level("INFO", logger="engine.backends"):
+        engine = Engine(cfg, load_tokenizer_files=False)
+    weights = sum(p.numel() * 4 for p in engine.runner.model.parameters()) / (1 << 30)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("memory:")]
+    assert f"weights {weights:.2f} GiB (float32), KV cache 0.25 GiB ({blocks} blocks)" in line
+    assert "GiB peak RSS" in line
