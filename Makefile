@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.stamp-install
 PROMPT ?= What is the capital of France?
 
-.PHONY: install redis-server test lint typecheck run generate pull proto bench-engine bench-profile bench-transfer bench-disagg bench-disagg-scale bench-autoscale bench-routing bench-router bench-grammar bench-serve soak tcmalloc clean
+.PHONY: install redis-server test lint typecheck run generate pull proto bench-engine bench-profile bench-transfer bench-disagg bench-disagg-scale bench-autoscale bench-routing bench-router bench-grammar bench-moe bench-serve soak tcmalloc clean
 
 install: $(STAMP) redis-server
 
@@ -90,6 +90,10 @@ bench-routing: pull
 # Structured output's cost a token: llguidance (the engine's) and xgrammar where importable.
 bench-grammar: pull
 	$(PY) -m bench.grammar_mask $(ARGS)
+
+# A small random MoE model: grouped experts against a per-token loop and transformers.
+bench-moe: install
+	$(PY) -m bench.moe $(ARGS)
 
 # The request path alone: router + one mock worker with zero step time, concurrency 1, 16
 # and 64; TTFT, req/s and each process's CPU per request.

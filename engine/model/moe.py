@@ -41,7 +41,8 @@ class SparseMoE(nn.Module):
         return grouped_experts(h, experts, weights, self.gate_up, self.down, ops)
 
     def route(self, h: torch.Tensor, ops: TorchOps) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each token's top-k experts' weights (in h's dtype) and ids, [n, k] each."""
+        """Each token's top-k experts' weights and ids, [n, k] each. The weights in the
+        dtype transformers weighs experts in: h's after a softmax, float32 after sigmoids."""
         logits = ops.linear(h, self.router_weight)
         if self.correction_bias is None:
             top, ids = torch.softmax(logits, dim=-1, dtype=torch.float32).topk(self.top_k, dim=-1)
@@ -51,7 +52,7 @@ class SparseMoE(nn.Module):
             top = scores.gather(1, ids)
         if self.norm_topk_prob:
             top = top / top.sum(dim=-1, keepdim=True)
-        return top.to(logits.dtype), ids
+        return (top, ids) if self.correction_bias is not None else (top.to(logits.dtype), ids)
 
 
 def grouped_experts(
@@ -74,6 +75,7 @@ def grouped_experts(
             continue
         rows = tokens[start : start + count]
         y = ops.linear(ops.silu_and_mul(ops.linear(h[rows], gate_up[e])), down[e])
-        out.index_add_(0, rows, y * pair_weights[start : start + count, None])
+        # weighted in the weights' dtype, rounded to h's once (transformers' order)
+        out.index_add_(0, rows, (y * pair_weights[start : start + count, None]).to(out.dtype))
         start += count
     return out

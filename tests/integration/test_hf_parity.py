@@ -187,10 +187,13 @@ def test_prefill_logits_match(model: tuple[Path, Reference]) -> None:
     assert_idle(engine)
 
 
-def test_bfloat16_tracks_transformers_bfloat16(tiny_checkpoints: dict[str, Path]) -> None:
+@pytest.mark.parametrize("kind", ["llama", "qwen3_moe", "minimax_m2"])
+def test_bfloat16_tracks_transformers_bfloat16(
+    tiny_checkpoints: dict[str, Path], kind: str
+) -> None:
     """bf16 rounding differs between any two implementations, so token-exactness is asked of
     float32 only; in bf16 the first token (from the prefill) and its logprob must agree."""
-    path = tiny_checkpoints["llama"]
+    path = tiny_checkpoints[kind]
     cfg = EngineConfig(model=str(path), dtype="bfloat16", cache=CacheConfig(num_blocks=100))
     engine = Engine(cfg, load_tokenizer_files=False)
     assert engine.runner.kv_cache.dtype == torch.bfloat16
