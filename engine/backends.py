@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import resource
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 
@@ -21,6 +21,9 @@ from engine.model.loader import (
     resolve_device,
     resolve_dtype,
 )
+from engine.parallel.group import TPGroup
+from engine.parallel.launch import load_shard, start_followers
+from engine.parallel.shard import shard_config
 from engine.runner import ModelRunner
 from engine.scheduler import ScheduledChunk
 
@@ -49,6 +52,7 @@ def make_runner(
     eos_token_ids: Sequence[int],
     device: torch.device,
     tokenizer_vocab_size: int | None,
+    tp: TPGroup | None = None,
 ) -> Runner:
     if model is not None:
         runner = ModelRunner(
@@ -58,6 +62,9 @@ def make_runner(
             config.attention_backend,
             eager_gemms=config.enforce_eager,
         )
+        if tp is not None:
+            tp.send((num_blocks, block_size))  # the followers' caches, sized as rank 0's
+            runner.tp = tp
         if not config.enforce_eager:
             runner.compile_decode(config.scheduler.max_num_seqs, config.compile_sizes)
         _log_memory(model, runner.kv_cache, num_blocks)
@@ -67,20 +74,33 @@ def make_runner(
     )
 
 
-def load_backend(
-    config: EngineConfig,
-) -> tuple[ModelConfig, LlamaModel | None, torch.dtype, torch.device]:
+class Backend(NamedTuple):
+    model_config: ModelConfig  # of the model this process runs (its shard under TP)
+    model: LlamaModel | None  # None for the mock backend
+    dtype: torch.dtype
+    device: torch.device
+    tp: TPGroup | None  # rank 0's group of a tensor-parallel worker
+
+
+def load_backend(config: EngineConfig) -> Backend:
     """The model (None for the mock backend, which reads the config alone), its dtype and
     device. The mock computes nothing in its dtype, so it measures none: float32, and on
     the CPU unless a device is named (hundreds of mock workers need no accelerator)."""
     if config.backend == "mock":
         device = torch.device("cpu" if config.device == "auto" else config.device)
-        return read_model_config(config.model), None, torch.float32, device
+        return Backend(read_model_config(config.model), None, torch.float32, device, None)
     device = resolve_device(config.device)
     model_cfg, tensors, blocks = read_checkpoint(config.model)
     dtype = resolve_dtype(config.dtype, model_cfg, device)
-    model = build_model(model_cfg, tensors, dtype, device, config.model, blocks)
-    return model_cfg, model, dtype, device
+    if config.tensor_parallel_size == 1:
+        model = build_model(model_cfg, tensors, dtype, device, config.model, blocks)
+        return Backend(model_cfg, model, dtype, device, None)
+    # refused here, before any process starts, if the size does not divide the model
+    local_cfg = shard_config(model_cfg, config.tensor_parallel_size, config.model)
+    # a GGUF's quantized blocks are not sharded: the shards run on dequantized weights
+    group = start_followers(config, dtype, device)
+    model = load_shard(config, local_cfg, tensors, group, dtype, device)
+    return Backend(local_cfg, model, dtype, device, group)
 
 
 def _log_memory(model: LlamaModel, kv_cache: torch.Tensor, num_blocks: int) -> None:

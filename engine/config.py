@@ -115,6 +115,8 @@ class EngineConfig:
     enforce_eager: bool = True
     compile_sizes: tuple[int, ...] | None = None  # None: engine.compiled.DEFAULT_SIZES
     max_model_len: int | None = None  # None = the model's own context length
+    # vLLM's name: processes one worker's model is sharded over (engine/parallel)
+    tensor_parallel_size: int = 1
     seed: int = DEFAULT_SEED  # for requests that sample without a seed of their own
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -135,3 +137,16 @@ class EngineConfig:
             raise ValueError(f"compile_sizes must be positive sizes, got {self.compile_sizes}")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be positive, got {self.max_model_len}")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(
+                f"tensor_parallel_size must be positive, got {self.tensor_parallel_size}"
+            )
+        if self.tensor_parallel_size > 1 and (
+            self.backend == "mock" or not self.enforce_eager or self.role != "both"
+        ):
+            # not built yet: a compiled step over ranks, and moving a KV cache whose heads
+            # are split over processes between pools (NIXL reads of head slices)
+            raise ValueError(
+                "tensor_parallel_size > 1 runs the model eagerly in a colocated worker: not "
+                "with backend mock, a compiled decode step or a prefill/decode role yet"
+            )

@@ -52,7 +52,7 @@ class Engine:
         self.config = config
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
-        model_cfg, model, self.dtype, device = load_backend(config)
+        model_cfg, model, self.dtype, device, tp = load_backend(config)
         self.model_config = model_cfg
         self.max_model_len = min(
             config.max_model_len or model_cfg.max_position_embeddings,
@@ -91,6 +91,7 @@ class Engine:
             self.eos_token_ids,
             device,
             self.tokenizer.vocab_size if self.tokenizer else None,
+            tp,
         )
         self.requests: dict[str, Request] = {}
         grammars = (

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import cast
 
 import torch
@@ -18,9 +20,45 @@ from engine.model.llama import DecoderLayer, LlamaModel
 from engine.model.onednn import PackedLinear
 from engine.model.ops import NativeOps
 from engine.model.quant import QuantLinear, choose_quant_rows
+from engine.parallel.group import TPGroup
 from engine.scheduler import ScheduledChunk
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    """A step's tokens as the model reads them, and which rows' logits are wanted: all a
+    follower rank needs to run the same step (engine/parallel)."""
+
+    ids: list[int]
+    positions: list[int]
+    layout: BatchLayout
+    logit_rows: list[int]
+
+    @classmethod
+    def of(cls, chunks: Sequence[ScheduledChunk]) -> StepPlan:
+        ids: list[int] = []
+        positions: list[int] = []
+        seqs: list[SeqSlice] = []
+        logit_rows: list[int] = []
+        for c in chunks:
+            end = c.start + c.num_tokens
+            seqs.append(SeqSlice(len(ids), c.num_tokens, end, tuple(c.request.block_ids)))
+            logit_rows += (len(ids) + p - c.start for p in c.prompt_rows)
+            ids += c.request.token_ids[c.start : end]
+            positions += range(c.start, end)
+            if c.samples:
+                logit_rows.append(len(ids) - 1)
+        return cls(ids, positions, BatchLayout(tuple(seqs), len(ids)), logit_rows)
+
+
+def _receive(pipe: Connection) -> StepPlan | None:
+    try:
+        plan: StepPlan | None = pipe.recv()
+    except EOFError:  # rank 0 is gone
+        return None
+    return plan
 
 
 class ModelRunner:
@@ -70,6 +108,8 @@ class ModelRunner:
             else:
                 model.ops.linear = quant
         self.compiled: CompiledDecode | None = None
+        # rank 0 of a tensor-parallel worker (engine/parallel): its followers get each step
+        self.tp: TPGroup | None = None
 
     def compile_decode(self, max_num_seqs: int, sizes: Sequence[int] | None) -> None:
         """Capture the decode step now, where it can be (engine/compiled.py says how)."""
@@ -91,30 +131,30 @@ class ModelRunner:
         if it samples. [n_sampling, vocab] when no prompt is scored."""
         if self.compiled is not None and self.compiled.fits(chunks):
             return self.compiled.run(chunks)
-        ids: list[int] = []
-        positions: list[int] = []
-        seqs: list[SeqSlice] = []
-        logit_rows: list[int] = []
-        for c in chunks:
-            end = c.start + c.num_tokens
-            seqs.append(SeqSlice(len(ids), c.num_tokens, end, tuple(c.request.block_ids)))
-            logit_rows += (len(ids) + p - c.start for p in c.prompt_rows)
-            ids += c.request.token_ids[c.start : end]
-            positions += range(c.start, end)
-            if c.samples:
-                logit_rows.append(len(ids) - 1)
-        self.attn.prepare(BatchLayout(tuple(seqs), len(ids)))
+        plan = StepPlan.of(chunks)
+        if self.tp is not None:
+            self.tp.send(plan)  # the followers run the same step on their shards
+        hidden = self._forward(plan)
+        if not plan.logit_rows:
+            return hidden.new_empty((0, self.model.cfg.vocab_size), dtype=torch.float32)
+        if len(plan.logit_rows) != hidden.shape[0]:
+            hidden = hidden[torch.tensor(plan.logit_rows, device=self.device)]
+        return self.model.logits(hidden)
+
+    @torch.inference_mode()
+    def follow(self, pipe: Connection) -> None:
+        """A follower rank: run each step rank 0 sends, until it sends None or is gone."""
+        while (plan := _receive(pipe)) is not None:
+            self._forward(plan)
+
+    def _forward(self, plan: StepPlan) -> torch.Tensor:
+        self.attn.prepare(plan.layout)
         dev = self.device
-        hidden = self.model(
-            torch.tensor(ids, dtype=torch.long, device=dev),
-            torch.tensor(positions, dtype=torch.long, device=dev),
+        return self.model(
+            torch.tensor(plan.ids, dtype=torch.long, device=dev),
+            torch.tensor(plan.positions, dtype=torch.long, device=dev),
             self.attn,
         )
-        if not logit_rows:
-            return hidden.new_empty((0, self.model.cfg.vocab_size), dtype=torch.float32)
-        if len(logit_rows) != hidden.shape[0]:
-            hidden = hidden[torch.tensor(logit_rows, device=dev)]
-        return self.model.logits(hidden)
 
     def finish_step(self, started: float) -> None:
         """Nothing to wait for: the forward pass took its real time."""

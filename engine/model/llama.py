@@ -10,6 +10,7 @@ the activation dtype) so greedy outputs match it token for token in float32.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,9 @@ class DecoderLayer(nn.Module):
             inter = cfg.intermediate_size
             self.gate_up_weight = nn.Parameter(torch.empty(2 * inter, h), requires_grad=False)
             self.down_weight = nn.Parameter(torch.empty(h, inter), requires_grad=False)
+        # tensor parallelism (engine/parallel): this rank's partial sums, summed over ranks
+        self.reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.tp_size = 1
         self.input_norm = nn.Parameter(torch.empty(h), requires_grad=False)
         self.post_attn_norm = nn.Parameter(torch.empty(h), requires_grad=False)
         self.q_norm: nn.Parameter | None = None
@@ -95,10 +99,15 @@ class DecoderLayer(nn.Module):
         v = v.view(n, cfg.num_kv_heads, cfg.head_dim)
         q, k = self._rope(*self._qk_norm(q, k, ops), cos, sin, ops)
         o = attn.forward(layer, q, k, v).reshape(n, self.q_size)
-        x, h = ops.add_rms_norm(x, ops.linear(o, self.o_weight), self.post_attn_norm, eps)
+        attn_out = self._sum(ops.linear(o, self.o_weight))
+        x, h = ops.add_rms_norm(x, attn_out, self.post_attn_norm, eps)
         if self.moe is not None:
-            return x, self.moe(h, ops)
-        return x, ops.linear(ops.silu_and_mul(ops.linear(h, self.gate_up_weight)), self.down_weight)
+            return x, self._sum(self.moe(h, ops))
+        mlp = ops.linear(ops.silu_and_mul(ops.linear(h, self.gate_up_weight)), self.down_weight)
+        return x, self._sum(mlp)
+
+    def _sum(self, partial: torch.Tensor) -> torch.Tensor:
+        return partial if self.reduce is None else self.reduce(partial)
 
     def _qk_norm(
         self, q: torch.Tensor, k: torch.Tensor, ops: TorchOps
@@ -109,8 +118,17 @@ class DecoderLayer(nn.Module):
         if not self.cfg.qk_norm_across_heads:
             return ops.rms_norm(q, self.q_norm, eps), ops.rms_norm(k, self.k_norm, eps)
         n = q.shape[0]
-        q2 = ops.rms_norm(q.reshape(n, self.q_size), self.q_norm, eps).view(q.shape)
-        return q2, ops.rms_norm(k.reshape(n, self.kv_size), self.k_norm, eps).view(k.shape)
+        norm = ops.rms_norm if self.reduce is None else self._sharded_rms_norm
+        q2 = norm(q.reshape(n, self.q_size), self.q_norm, eps).view(q.shape)
+        return q2, norm(k.reshape(n, self.kv_size), self.k_norm, eps).view(k.shape)
+
+    def _sharded_rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """RMSNorm over a vector split across the ranks: the squares summed over all."""
+        assert self.reduce is not None
+        h = x.to(torch.float32)
+        squares = self.reduce(h.pow(2).sum(-1, keepdim=True))
+        h = h * torch.rsqrt(squares / (x.shape[-1] * self.tp_size) + eps)
+        return weight * h.to(x.dtype)
 
     @staticmethod
     def _rope(
@@ -154,6 +172,13 @@ class LlamaModel(nn.Module):
         # A GGUF model's quantized blocks of its weights, by parameter name (e.g.
         # "layers.0.qkv_weight"); engine/runner.py decides whether GEMMs read them.
         self.quantized: dict[str, QuantizedWeight] = {}
+
+    def shard_over(self, reduce: Callable[[torch.Tensor], torch.Tensor], size: int) -> None:
+        """This model holds one rank's shard of `size` (engine/parallel/shard.py): each
+        layer sums its partial outputs over the ranks with `reduce`."""
+        for layer in self.layers:
+            assert isinstance(layer, DecoderLayer)
+            layer.reduce, layer.tp_size = reduce, size
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionBackend

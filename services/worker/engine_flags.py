@@ -55,6 +55,13 @@ def add_engine_args(ap: argparse.ArgumentParser) -> None:
         help="seeds the draws of sampled requests that bring no seed of their own: the same "
         "requests in the same order sample the same tokens (vLLM's name; default %(default)s)",
     )
+    ap.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=1,
+        help="processes one worker's model is sharded over, rank 0 scheduling (vLLM's name; "
+        "colocated workers only for now; default %(default)s)",
+    )
     ap.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV cache per worker")
     ap.add_argument(
         "--num-blocks",
@@ -99,5 +106,6 @@ def engine_config(
         ),
         mock=args.mock_timing,
         max_model_len=args.max_model_len,
+        tensor_parallel_size=args.tensor_parallel_size,
         seed=args.seed,
     )

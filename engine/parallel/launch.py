@@ -1,0 +1,84 @@
+"""A tensor-parallel worker's processes: rank 0 (the engine's own process) starts ranks 1
+.. size-1 as child processes, each loading its shard of the same checkpoint, then sizes
+their KV caches to its own and sends them every step (engine/runner.py `follow`).
+
+Children are spawned, not forked (torch's threads and the engine's do not survive a fork),
+and daemonic: they end with rank 0's process, and also when its pipe closes."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import socket
+from multiprocessing.connection import Connection
+
+import torch
+
+from engine.config import EngineConfig
+from engine.model.config import ModelConfig
+from engine.model.llama import LlamaModel
+from engine.model.loader import build_model, read_checkpoint, resolve_device
+from engine.parallel.group import TPGroup
+from engine.parallel.shard import shard_config, shard_tensors
+
+
+def start_followers(config: EngineConfig, dtype: torch.dtype, device: torch.device) -> TPGroup:
+    """Rank 0: start the followers and join them; returns rank 0's group."""
+    size = config.tensor_parallel_size
+    port = _free_port()
+    # the dtype rank 0 resolved: "auto" measures, and ranks must not measure differently
+    follower_config = dataclasses.replace(config, dtype=str(dtype).removeprefix("torch."))
+    ctx = mp.get_context("spawn")
+    pipes = []
+    for rank in range(1, size):
+        ours, theirs = ctx.Pipe()
+        ctx.Process(
+            target=_follower_main,
+            args=(follower_config, rank, port, theirs),
+            name=f"tandem-tp-rank-{rank}",
+            daemon=True,
+        ).start()
+        theirs.close()
+        pipes.append(ours)
+    group = TPGroup.join(0, size, port, device)
+    group.pipes = pipes
+    return group
+
+
+def load_shard(
+    config: EngineConfig,
+    local: ModelConfig,
+    tensors: dict[str, torch.Tensor],
+    group: TPGroup,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> LlamaModel:
+    """This rank's model (`local`: shard_config's): its slice of every sharded weight,
+    summing over the group."""
+    shard = shard_tensors(tensors, local, group.rank, group.size)
+    model = build_model(local, shard, dtype, device, config.model)
+    model.shard_over(group.all_reduce, group.size)
+    return model
+
+
+def _follower_main(config: EngineConfig, rank: int, port: int, pipe: Connection) -> None:
+    from engine.runner import ModelRunner  # the child's own import, after the spawn
+
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    device = resolve_device(config.device)
+    group = TPGroup.join(rank, config.tensor_parallel_size, port, device)
+    cfg, tensors, _ = read_checkpoint(config.model)
+    local = shard_config(cfg, group.size, config.model)
+    model = load_shard(config, local, tensors, group, getattr(torch, config.dtype), device)
+    del tensors
+    num_blocks, block_size = pipe.recv()  # rank 0 sizes every rank's cache alike
+    runner = ModelRunner(model, num_blocks, block_size, config.attention_backend)
+    runner.follow(pipe)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
