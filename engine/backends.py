@@ -96,7 +96,9 @@ def load_backend(config: EngineConfig) -> Backend:
         model = build_model(model_cfg, tensors, dtype, device, config.model, blocks)
         return Backend(model_cfg, model, dtype, device, None)
     # refused here, before any process starts, if the size does not divide the model
-    local_cfg = shard_config(model_cfg, config.tensor_parallel_size, config.model)
+    local_cfg = shard_config(
+        model_cfg, config.tensor_parallel_size, config.model, 0, config.enable_expert_parallel
+    )
     # a GGUF's quantized blocks are not sharded: the shards run on dequantized weights
     group = start_followers(config, dtype, device)
     model = load_shard(config, local_cfg, tensors, group, dtype, device)

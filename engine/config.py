@@ -117,6 +117,8 @@ class EngineConfig:
     max_model_len: int | None = None  # None = the model's own context length
     # vLLM's name: processes one worker's model is sharded over (engine/parallel)
     tensor_parallel_size: int = 1
+    # vLLM's name: with tensor parallelism, each rank holds whole experts, a share of them
+    enable_expert_parallel: bool = False
     seed: int = DEFAULT_SEED  # for requests that sample without a seed of their own
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -141,6 +143,8 @@ class EngineConfig:
             raise ValueError(
                 f"tensor_parallel_size must be positive, got {self.tensor_parallel_size}"
             )
+        if self.enable_expert_parallel and self.tensor_parallel_size == 1:
+            raise ValueError("enable_expert_parallel shares experts over tensor_parallel_size > 1")
         if self.tensor_parallel_size > 1 and (
             self.backend == "mock" or not self.enforce_eager or self.role != "both"
         ):

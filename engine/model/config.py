@@ -54,6 +54,10 @@ class ModelConfig:
     # "softmax" over all experts; or "sigmoid" per expert, chosen by score plus a learned
     # correction bias and weighted by the score alone (MiniMax-M2, DeepSeek-V3)
     router_scoring: str = "softmax"
+    # expert parallelism (engine/parallel/shard.py): this rank holds experts
+    # [first_expert, first_expert + local_experts) whole; 0 local experts: all of them
+    first_expert: int = 0
+    local_experts: int = 0
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:

@@ -25,6 +25,8 @@ class SparseMoE(nn.Module):
         super().__init__()
         e, inter, h = cfg.num_experts, cfg.moe_intermediate_size, cfg.hidden_size
         self.top_k, self.norm_topk_prob = cfg.num_experts_per_tok, cfg.norm_topk_prob
+        # the experts this rank computes (all of them but under expert parallelism)
+        self.first_expert, local = cfg.first_expert, cfg.local_experts or e
         self.router_weight = nn.Parameter(torch.empty(e, h), requires_grad=False)
         self.correction_bias = (
             nn.Parameter(torch.empty(e, dtype=torch.float32), requires_grad=False)
@@ -32,12 +34,14 @@ class SparseMoE(nn.Module):
             else None
         )
         # each expert's gate|up and down, stacked: [experts, 2 x inter, h], [experts, h, inter]
-        self.gate_up = nn.Parameter(torch.empty(e, 2 * inter, h), requires_grad=False)
-        self.down = nn.Parameter(torch.empty(e, h, inter), requires_grad=False)
+        self.gate_up = nn.Parameter(torch.empty(local, 2 * inter, h), requires_grad=False)
+        self.down = nn.Parameter(torch.empty(local, h, inter), requires_grad=False)
 
     def forward(self, h: torch.Tensor, ops: TorchOps) -> torch.Tensor:
         """h: [n, hidden] (normed) -> the MLP's output [n, hidden]."""
         weights, experts = self.route(h, ops)
+        if self.first_expert:  # a rank's share: the others' fall outside [0, local)
+            experts = experts - self.first_expert
         return grouped_experts(h, experts, weights, self.gate_up, self.down, ops)
 
     def route(self, h: torch.Tensor, ops: TorchOps) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,13 +67,15 @@ def grouped_experts(
     down: torch.Tensor,
     ops: TorchOps,
 ) -> torch.Tensor:
-    """sum over k of weights[:, k] x expert experts[:, k](h), each expert's tokens at once."""
-    k = experts.shape[1]
-    order = experts.flatten().argsort(stable=True)  # (token, slot) pairs, by expert
-    counts = torch.bincount(experts.flatten(), minlength=gate_up.shape[0]).tolist()
+    """sum over k of weights[:, k] x expert experts[:, k](h), each expert's tokens at once;
+    ids outside [0, len(gate_up)) are other ranks' experts (expert parallelism): skipped."""
+    k, local = experts.shape[1], gate_up.shape[0]
+    flat = experts.flatten()
+    order = flat.argsort(stable=True)  # (token, slot) pairs, by expert
+    start = int((flat < 0).sum())  # pairs of experts before this rank's come first
+    counts = torch.bincount(flat[(flat >= 0) & (flat < local)], minlength=local).tolist()
     tokens, pair_weights = order // k, weights.flatten()[order]
     out = torch.zeros_like(h)
-    start = 0
     for e, count in enumerate(counts):
         if not count:
             continue

@@ -76,7 +76,8 @@ def load_into(
             if layer.moe.correction_bias is not None:
                 bias = get(mlp + "e_score_correction_bias")
                 put(layer.moe.correction_bias, bias, mlp + "e_score_correction_bias")
-            gate_up, down = _experts(tensors, mlp + "experts.", cfg.num_experts, get)
+            count = cfg.local_experts or cfg.num_experts  # a rank's share, or all
+            gate_up, down = _experts(tensors, mlp + "experts.", count, get)
             put(layer.moe.gate_up, gate_up, mlp + "experts gate|up")
             put(layer.moe.down, down, mlp + "experts down")
         else:

@@ -69,7 +69,7 @@ def _follower_main(config: EngineConfig, rank: int, port: int, pipe: Connection)
     device = resolve_device(config.device)
     group = TPGroup.join(rank, config.tensor_parallel_size, port, device)
     cfg, tensors, _ = read_checkpoint(config.model)
-    local = shard_config(cfg, group.size, config.model)
+    local = shard_config(cfg, group.size, config.model, rank, config.enable_expert_parallel)
     model = load_shard(config, local, tensors, group, getattr(torch, config.dtype), device)
     del tensors
     num_blocks, block_size = pipe.recv()  # rank 0 sizes every rank's cache alike

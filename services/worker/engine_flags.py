@@ -62,6 +62,12 @@ def add_engine_args(ap: argparse.ArgumentParser) -> None:
         help="processes one worker's model is sharded over, rank 0 scheduling (vLLM's name; "
         "colocated workers only for now; default %(default)s)",
     )
+    ap.add_argument(
+        "--enable-expert-parallel",
+        action="store_true",
+        help="with --tensor-parallel-size, each rank holds whole experts, a share of them, "
+        "instead of a share of every expert (vLLM's name)",
+    )
     ap.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV cache per worker")
     ap.add_argument(
         "--num-blocks",
@@ -107,5 +113,6 @@ def engine_config(
         mock=args.mock_timing,
         max_model_len=args.max_model_len,
         tensor_parallel_size=args.tensor_parallel_size,
+        enable_expert_parallel=args.enable_expert_parallel,
         seed=args.seed,
     )

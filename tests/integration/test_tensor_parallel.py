@@ -24,12 +24,13 @@ from tests.helpers.hf_reference import build_tiny_checkpoint, hf_greedy, load_hf
 NEW_TOKENS = 12
 
 
-def _engine(path: Path, tp: int) -> Engine:
+def _engine(path: Path, tp: int, expert_parallel: bool = False) -> Engine:
     cfg = EngineConfig(
         model=str(path),
         dtype="float32",
         num_threads=1,
         tensor_parallel_size=tp,
+        enable_expert_parallel=expert_parallel,
         cache=CacheConfig(block_size=16, num_blocks=128),
         scheduler=SchedulerConfig(max_num_batched_tokens=64),  # prompts prefill in chunks
     )
@@ -37,16 +38,23 @@ def _engine(path: Path, tp: int) -> Engine:
 
 
 # qwen3: per-head q/k norms; minimax_m2: q/k norms across all heads (a sum over ranks),
-# sigmoid-routed experts, each expert's MLP split between the ranks
-@pytest.mark.parametrize("kind", ["qwen3", "minimax_m2"])
+# sigmoid-routed experts, each expert's MLP split between the ranks or (expert parallel)
+# four whole experts of eight a rank; qwen3_moe: a dense layer between its sparse ones
+@pytest.mark.parametrize(
+    ("kind", "expert_parallel"),
+    [("qwen3", False), ("minimax_m2", False), ("minimax_m2", True), ("qwen3_moe", True)],
+)
 def test_two_ranks_give_transformers_greedy_tokens(
-    tiny_checkpoints: dict[str, Path], kind: str
+    tiny_checkpoints: dict[str, Path], kind: str, expert_parallel: bool
 ) -> None:
     path = tiny_checkpoints[kind]
     rng = random.Random(31)
     prompts = [[rng.randrange(512) for _ in range(n)] for n in (5, 40, 90)]
-    engine = _engine(path, tp=2)
+    engine = _engine(path, tp=2, expert_parallel=expert_parallel)
     assert engine.runner.kv_cache.shape[-2] == 1  # one of the two kv heads on rank 0
+    if expert_parallel:
+        moe = engine.runner.model.layers[0].moe
+        assert moe is not None and moe.gate_up.shape[0] == 4  # experts 0-3 of 8
     params = SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True, logprobs=True)
     got = engine.generate(prompts, params)
     hf = load_hf(path)

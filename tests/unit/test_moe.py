@@ -118,3 +118,24 @@ def test_sigmoid_routing_chooses_by_biased_score_and_weighs_by_score() -> None:
     want = {0: s0 / (s0 + s7), 7: s7 / (s0 + s7)}
     for w, e in zip(weights[0].tolist(), experts[0].tolist(), strict=True):
         assert abs(w - float(want[e])) < 1e-6
+
+
+def test_a_rank_computes_its_own_experts_and_the_ranks_sum_to_the_whole() -> None:
+    """Expert parallelism: two halves of the experts, each holding four whole experts,
+    give partial outputs whose sum is the full layer's."""
+    import dataclasses
+
+    full = _moe()
+    h = torch.randn(23, 32, generator=torch.Generator().manual_seed(2))
+    parts = []
+    for rank in range(2):
+        cfg = dataclasses.replace(
+            ModelConfig.from_hf(HF_CONFIG, "test"), first_expert=4 * rank, local_experts=4
+        )
+        half = SparseMoE(cfg)
+        half.router_weight.data = full.router_weight.data
+        half.gate_up.data = full.gate_up.data[4 * rank : 4 * rank + 4]
+        half.down.data = full.down.data[4 * rank : 4 * rank + 4]
+        parts.append(half(h, TorchOps()))
+    assert all(p.abs().sum() > 0 for p in parts)
+    torch.testing.assert_close(parts[0] + parts[1], full(h, TorchOps()), rtol=1e-5, atol=1e-5)
