@@ -155,6 +155,7 @@ class Autoscaler:
                 need.idle,
                 starting,
                 others_starting,
+                need.lifetime_s,
             )
         inputs = up.reason if up is not None else ""
         return self._act(Decision(pool, current, ready, step.desired, step.reason, inputs))

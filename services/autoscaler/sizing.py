@@ -68,6 +68,9 @@ class Demand:
     # KV blocks of a long request (prompt and output at their 90th percentiles): each
     # serving worker keeps room for one beside its share of the blocks in use
     tail_blocks: int = 0
+    # how long a long request lives at the targets: the TTFT target, then its output (the
+    # 90th percentile) at the ITL target; what came in a window may run this long after it
+    lifetime_s: float = 0.0
 
     @property
     def idle(self) -> bool:
@@ -91,6 +94,7 @@ def demand(loads: Mapping[str, PoolLoad], serving: str, targets: Targets, held: 
     if s is not None and s.block_size:  # prompts: every pool sees them; outputs: this one
         prompt = max(p.prompt_p90 for p in loads.values())
         tail = math.ceil((prompt + s.output_p90) / s.block_size)
+    lifetime = targets.ttft_s + s.output_p90 * targets.itl_s if s is not None else 0.0
     return Demand(
         prefill_tok_s=rate + backlog / targets.ttft_s,
         requests=s.requests if s else 0,
@@ -99,6 +103,7 @@ def demand(loads: Mapping[str, PoolLoad], serving: str, targets: Targets, held: 
         max_num_seqs=s.max_num_seqs if s else 0,
         held=held,
         tail_blocks=tail,
+        lifetime_s=lifetime,
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from services.autoscaler.capacity import Capacity, DecodeLine
 from services.autoscaler.pacing import Pacing, PoolPacer
-from services.autoscaler.signals import Observations, read_pools, readings
+from services.autoscaler.signals import Observations, PoolLoad, read_pools, readings
 from services.autoscaler.sizing import Bounds, Demand, Targets, demand, size
 from services.pb.events_pb2 import WorkerRecord
 
@@ -250,3 +250,27 @@ def test_a_size_outside_the_bounds_is_brought_inside() -> None:
     pacer = PoolPacer(Bounds(1, 4), PACE, now=0.0)
     assert pacer.step(0.0, 6, up=6, down=6, idle=False).desired == 4
     assert pacer.step(0.0, 0, up=0, down=0, idle=True).desired == 1
+
+
+def test_shrinking_waits_for_a_long_requests_lifetime_beyond_the_stable_window() -> None:
+    # requests living 20 s, a stable window of 5: a lull of 5 s is no reason to shrink,
+    # what came before it is still running; needs that held 20 s are
+    pacing = Pacing(stable_window_s=5, panic_window_s=1, up_cooldown_s=1, down_cooldown_s=1)
+    pacer = PoolPacer(Bounds(1, 10), pacing, now=0.0)
+    pacer.step(0.0, 3, up=3, down=3, idle=False, lifetime_s=20.0)
+    for t in range(1, 21):
+        step = pacer.step(float(t), 3, up=2, down=2, idle=False, lifetime_s=20.0)
+        assert step.desired == 3, (t, step.reason)
+    step = pacer.step(21.0, 3, up=2, down=2, idle=False, lifetime_s=20.0)
+    assert (step.desired, step.reason) == (2, "down: 2 enough for 20 s")
+    # shorter than the stable window: the window rules, as before
+    short = PoolPacer(Bounds(1, 10), pacing, now=0.0)
+    for t in range(6):
+        short.step(float(t), 3, up=2, down=2, idle=False, lifetime_s=1.0)
+    assert short.step(6.0, 3, up=2, down=2, idle=False, lifetime_s=1.0).desired == 2
+
+
+def test_a_requests_lifetime_is_its_ttft_then_its_p90_output_at_the_itl_target() -> None:
+    load = PoolLoad("decode", 2, 4, 0, 0.0, 10, 100, 64, 16, 256, 200)
+    d = demand({"decode": load}, "decode", Targets(ttft_s=1.0, itl_s=0.05))
+    assert d.lifetime_s == pytest.approx(1.0 + 200 * 0.05)
