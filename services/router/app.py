@@ -27,6 +27,7 @@ from services.pb.events_pb2 import WorkerRecord
 from services.router.api_keys import ApiKeys
 from services.router.backend import Backend
 from services.router.complete import Server, complete
+from services.router.completion_body import CompletionRequest
 from services.router.drain import Drain
 from services.router.errors import SERVER_ERROR, error_body, install_error_handlers
 from services.router.generation_config import with_defaults
@@ -40,7 +41,7 @@ from services.router.middleware import (
 )
 from services.router.openapi_doc import served_openapi
 from services.router.prompts import chat_prompt_ids, completion_prompt_ids
-from services.router.protocol import ChatCompletionRequest, CompletionRequest
+from services.router.protocol import ChatCompletionRequest
 from services.router.reasoning import ReasoningSyntax
 from services.router.tokenize_route import tokenize_routes
 

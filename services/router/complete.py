@@ -17,6 +17,7 @@ from engine.detokenize import DecodeStreamDecoder, IncrementalText
 from engine.tokenizer import Tokenizer
 from services.router.backend import Backend, GenerateRequest
 from services.router.choices import Choice, kth_params, merged, total_usage
+from services.router.completion_body import CompletionRequest
 from services.router.disconnect import DisconnectWatch
 from services.router.drain import Drain
 from services.router.echo import echoed
@@ -31,7 +32,7 @@ from services.router.openai_format import (
     Logprobs,
     Meta,
 )
-from services.router.protocol import ChatCompletionRequest, CompletionRequest
+from services.router.protocol import ChatCompletionRequest
 from services.router.reasoning import ReasoningSyntax, grammar_after_thinking, split_reasoning
 from services.router.sampling import resolve_max_tokens, sampling_params
 from services.router.sse import EventStreamResponse, sse_events

@@ -16,8 +16,9 @@ from typing import TypeVar
 from jinja2 import TemplateError
 
 from engine.tokenizer import RESERVED_TEMPLATE_KWARGS, Tokenizer
+from services.router.completion_body import CompletionRequest
 from services.router.errors import APIError
-from services.router.protocol import ChatCompletionRequest, CompletionRequest
+from services.router.protocol import ChatCompletionRequest
 
 T = TypeVar("T")
 

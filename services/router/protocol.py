@@ -37,10 +37,8 @@ from services.router.body_types import (
     UINT32,
     WHOLE,
     Body,
-    IdsPrompt,
     StopList,
     StopString,
-    TextPrompt,
     TokenId,
     served,
 )
@@ -268,41 +266,3 @@ class ChatCompletionRequest(SamplingBody):
         if not self.tools:
             return None
         return [t.model_dump(exclude_none=True) for t in self.tools]
-
-
-class CompletionRequest(SamplingBody):
-    prompt_field: ClassVar[str] = "prompt"
-    # One prompt (text or token ids), or a list of either: a choice each (choices.py).
-    prompt: (
-        TextPrompt
-        | IdsPrompt
-        | Annotated[list[TextPrompt], Field(min_length=1, max_length=MAX_PROMPTS)]
-        | Annotated[list[IdsPrompt], Field(min_length=1, max_length=MAX_PROMPTS)]
-    )
-    # the chosen token's logprob, and the k likeliest tokens' (OpenAI's legacy bound: 5)
-    logprobs: Annotated[int, Field(ge=0, le=5), WHOLE] | None = None
-    echo: bool = False  # the prompt ahead of the completion (echo.py), logprobs and all
-    best_of: Annotated[int, served(minimum=1, maximum=1), WHOLE] | None = None
-    suffix: Annotated[str, served(maxLength=0)] | None = None
-
-    def wants_logprobs(self) -> bool:
-        return self.logprobs is not None
-
-    def wanted_top_logprobs(self) -> int:
-        return self.logprobs or 0
-
-    def wanted_prompt_logprobs(self) -> int | None:
-        return self.logprobs if self.echo else None
-
-    def check_supported(self) -> None:
-        super().check_supported()
-        if self.best_of not in (None, 1):
-            raise APIError(400, "Only best_of=1 is supported.", param="best_of")
-        if self.suffix:
-            raise APIError(400, "suffix is not supported.", param="suffix")
-
-    def prompts(self) -> list[str | list[int]]:
-        p = self.prompt
-        if isinstance(p, str) or not p or isinstance(p[0], int):
-            return [p]  # type: ignore[list-item]  # one prompt ([] is refused as empty)
-        return list(p)

@@ -29,9 +29,10 @@ from engine.sampling_params import (
     SamplingParams,
 )
 from services.router.app import create_app
+from services.router.completion_body import CompletionRequest
 from services.router.errors import validation_error
 from services.router.metrics import RouterMetrics
-from services.router.protocol import MAX_N, MAX_PROMPTS, CompletionRequest
+from services.router.protocol import MAX_N, MAX_PROMPTS
 from services.router.tool_bodies import MAX_TOOLS
 from services.router.unicode_check import has_lone_surrogate
 from services.wire.engine_types import params_from_pb, params_to_pb

@@ -19,9 +19,9 @@ import pytest
 from engine.tokenizer import Tokenizer
 from services.router.app import create_app
 from services.router.backend import BackendError, GenerateRequest, TokenDelta
+from services.router.completion_body import CompletionRequest
 from services.router.errors import field_path
 from services.router.metrics import RouterMetrics
-from services.router.protocol import CompletionRequest
 from services.router.sampling import DEFAULT_MAX_TOKENS_CAP, resolve_max_tokens
 
 MODEL = "scripted"
