@@ -4,10 +4,12 @@ the cluster view that keeps them fresh, and the dispatcher that uses them."""
 from __future__ import annotations
 
 from services.cluster import redis_client
+from services.cluster.arrivals import Arrivals
 from services.cluster.held_requests import HeldRequests
 from services.cluster.registry import Registry
 from services.kv.feed import KVFeed
 from services.kv.index import KVIndex
+from services.router.arrivals import ArrivalCounter
 from services.router.cluster_view import ClusterView
 from services.router.cold_start import ColdStart
 from services.router.dispatch import Dispatcher
@@ -41,4 +43,5 @@ def make_dispatcher(
     cold_start = ColdStart(
         config.hold_for_worker_s, config.max_held_requests, metrics, HeldRequests(redis).publish
     )
-    return Dispatcher(cluster, config, metrics, policy, cold_start)
+    arrivals = ArrivalCounter(Arrivals(redis).publish)
+    return Dispatcher(cluster, config, metrics, policy, cold_start, arrivals)

@@ -32,6 +32,7 @@ from dataclasses import replace
 
 from engine.hashing import chain_hashes, salted_seed
 from services.router.admission import RETRY_AFTER_S, Admission
+from services.router.arrivals import ArrivalCounter
 from services.router.backend import (
     ROUTE_COLOCATED,
     ROUTE_DISAGG,
@@ -64,9 +65,11 @@ class Dispatcher:
         metrics: RouterMetrics,
         policy: Policy,
         cold_start: ColdStart | None = None,
+        arrivals: ArrivalCounter | None = None,
     ) -> None:
         """kv routing needs `policy`'s KV index kept true by `cluster`'s KV feed;
-        `cold_start` holds requests while the serving pool has no worker (None: never)."""
+        `cold_start` holds requests while the serving pool has no worker (None: never);
+        `arrivals` counts the requests that reach it, for the autoscaler's forecast."""
         self.cluster = cluster
         self.config = config
         self.metrics = metrics
@@ -74,11 +77,17 @@ class Dispatcher:
         self.calls = WorkerCalls(cluster, metrics, PrefillDeadline(config.prefill_timeout_s))
         self.admission = Admission(config.queue_per_seq, self._prefill_rate)
         self.cold_start = cold_start or ColdStart(0.0, 1, metrics)
+        self.arrivals = arrivals or ArrivalCounter()
+        self._publishing: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.cluster.start()
+        self._publishing = asyncio.create_task(self.arrivals.run())
 
     async def close(self) -> None:
+        if self._publishing is not None:
+            self._publishing.cancel()
+            await asyncio.gather(self._publishing, return_exceptions=True)
         await self.calls.close()
         await self.cluster.close()
 
@@ -94,6 +103,7 @@ class Dispatcher:
     # ---- requests --------------------------------------------------------------------
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
         pool, prompt = self._serving_pool, len(request.prompt_token_ids)
+        self.arrivals.arrived()  # before admission: a request refused is demand too
         workers = await self.cold_start.workers(pool, lambda: self.cluster.serving(pool))
         with self.admission.place(pool, workers, prompt) as place:
             async for delta in self._generate(request):

@@ -1,0 +1,48 @@
+"""This router's count of the requests that reached it, published every PUBLISH_S to Redis
+for the autoscaler's forecast (services/cluster/arrivals.py). Counting is an integer add on
+the request's path; only the publishing touches Redis, off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from services.cluster.arrivals import ArrivalCount
+
+PUBLISH_S = 1.0  # the autoscaler ticks every few seconds: a stamp a second is fresh enough
+log = logging.getLogger(__name__)
+
+
+class ArrivalCounter:
+    def __init__(self, publish: Callable[[ArrivalCount], None] | None = None) -> None:
+        """`publish` None: count, tell no one (a router without an autoscaler's Redis)."""
+        self.total = 0
+        self._publish = publish
+        self._router_id = uuid.uuid4().hex[:12]
+        self._started_ms = _now_ms()
+        self._failing = False
+
+    def arrived(self) -> None:
+        self.total += 1
+
+    def count(self) -> ArrivalCount:
+        return ArrivalCount(self._router_id, self.total, self._started_ms, _now_ms())
+
+    async def run(self) -> None:
+        """Publish until cancelled; Redis away is logged once and retried each period."""
+        while self._publish is not None:
+            try:
+                await asyncio.to_thread(self._publish, self.count())
+                self._failing = False
+            except Exception as e:
+                if not self._failing:
+                    log.warning("cannot publish the arrival count (%s): retrying", e)
+                self._failing = True
+            await asyncio.sleep(PUBLISH_S)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
