@@ -1,0 +1,60 @@
+"""Requests per second arriving at the routers, over a window, from their counters
+(services/cluster/arrivals.py): the change of each router's count between its own stamps,
+summed over the routers.
+
+    router's counts  ─ kept per router, back to the longest window ─┐
+    at its stamps        (a restart: its history begins again)      ├─> rate over W =
+                                                                    │   Σ routers (count now
+                                                                    │   - count W ago) / span
+
+A router's span is W when its history covers W, else what it covers (a router just seen);
+a router with a single stamp gives no rate yet, and no router with a rate is no data
+(None): the forecast then contributes nothing, as before there was one.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for annotations only: the policy calls no network (.importlinter)
+    from services.cluster.arrivals import ArrivalCount
+
+
+class ArrivalRate:
+    def __init__(self, keep_s: float) -> None:
+        """`keep_s`: the longest window asked for (the stable window)."""
+        self.keep_s = keep_s
+        self._seen: dict[str, deque[ArrivalCount]] = {}
+
+    def update(self, counts: Iterable[ArrivalCount]) -> None:
+        """Take every live router's count; a router not among them is gone (its key lapsed)."""
+        live = {c.router_id: c for c in counts}
+        for gone in self._seen.keys() - live.keys():
+            del self._seen[gone]
+        for rid, c in live.items():
+            kept = self._seen.setdefault(rid, deque())
+            if kept and kept[-1].started_ms != c.started_ms:
+                kept.clear()  # restarted: its count began again
+            if kept and c.stamp_ms <= kept[-1].stamp_ms:
+                continue  # not published since the last read: nothing new
+            kept.append(c)
+            while len(kept) > 1 and kept[1].stamp_ms <= c.stamp_ms - 1000 * self.keep_s:
+                kept.popleft()  # the oldest is kept while the next one is inside the window
+
+    def per_s(self, window_s: float) -> float | None:
+        """Requests/s over the last `window_s` of each router's stamps; None: no data."""
+        rates = [r for kept in self._seen.values() if (r := _rate(kept, window_s)) is not None]
+        return sum(rates) if rates else None
+
+
+def _rate(kept: deque[ArrivalCount], window_s: float) -> float | None:
+    if len(kept) < 2:
+        return None
+    last = kept[-1]
+    since = last.stamp_ms - 1000 * window_s
+    # the latest count at or before the window's start, or the oldest there is
+    first = next((c for c in reversed(kept) if c.stamp_ms <= since), kept[0])
+    span_s = (last.stamp_ms - first.stamp_ms) / 1000
+    return max(last.total - first.total, 0) / span_s

@@ -1,0 +1,87 @@
+"""Demand forecast from the arrival rate: what the pools will carry once the requests now
+arriving have filled them, so a load step is met when requests start arriving faster, not
+once the queues have grown (requests in flight, queued prompt tokens lag the step by a
+request's lifetime).
+
+    λ  requests/s arriving (arrival_rate.py): the panic window's for scale-up, the stable
+       window's for scale-down (a lull of seconds does not shrink what a minute needed)
+    decode    requests in flight  L = λ x lifetime   (Little's law; lifetime: the TTFT
+              target, then the p90 output at the ITL target, as sizing.Demand has it)
+    prefill   prompt tokens/s       = λ x prompt p90 (against the pool's measured speed,
+              as the sizing weighs all prompt work)
+
+Each pool is then the larger of what the load of now needs and what the forecast needs:
+the forecast only ever adds (more of either pool never predicts a slower ITL), and no
+arrivals, or no figures of them, leave the sizing as it was without it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from services.autoscaler.capacity import Capacity
+from services.autoscaler.sizing import Bounds, Demand, Sizing, Targets, size
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    rate: float  # requests/s arriving
+    requests: int  # in flight in the serving pool, once the rate has filled it
+    prefill_tok_s: float  # prompt tokens/s to compute
+
+
+def forecast(need: Demand, rate: float | None) -> Forecast | None:
+    """What `rate` requests/s bring at `need`'s lengths; None when there is nothing to
+    forecast from (no arrivals, or no figures of them)."""
+    if rate is None or rate <= 0:
+        return None
+    # ceil: a trickle of arrivals still needs a worker to serve it
+    return Forecast(rate, math.ceil(rate * need.lifetime_s), rate * need.prompt_p90)
+
+
+def sized(
+    need: Demand,
+    ahead: Forecast | None,
+    cap: Capacity,
+    targets: Targets,
+    bounds: Mapping[str, Bounds],
+) -> Sizing | None:
+    """Per pool, the larger of the sizings of `need` and of `ahead`. None as `size` is for
+    `need` (speeds not measured yet): the forecast never sizes what today could not."""
+    now = size(need, cap, targets, bounds)
+    if now is None or ahead is None:
+        return now
+    later = size(_as_demand(need, ahead), cap, targets, bounds)
+    if later is None:
+        return now
+    replicas = {p: max(n, later.replicas[p]) for p, n in now.replicas.items()}
+    if replicas == now.replicas:
+        return now
+    wants = ", ".join(f"{p} {n}" for p, n in later.replicas.items())
+    # itl_s: today's load at today's size; at the larger size it is no slower
+    return Sizing(replicas, f"{now.reason}; the forecast needs {wants}", now.itl_s)
+
+
+def describe(panic: float | None, stable: float | None, ahead: Forecast | None) -> str:
+    """The arrival figures a decision saw, for its log line."""
+    if panic is None and stable is None:
+        return "arrivals: no figures (no forecast)"
+    rates = f"arrivals {_per_s(panic)} (panic window), {_per_s(stable)} (stable window)"
+    if ahead is None:
+        return rates + ": no forecast"
+    return (
+        f"{rates}: forecast {ahead.requests} requests in flight, "
+        f"{ahead.prefill_tok_s:.0f} prompt tokens/s"
+    )
+
+
+def _as_demand(need: Demand, ahead: Forecast) -> Demand:
+    # KV blocks, batch slots and a long request's room are today's: the forecast is of
+    # requests and prompt work; held requests are today's too (the wake path has them)
+    return replace(need, prefill_tok_s=ahead.prefill_tok_s, requests=ahead.requests, held=0)
+
+
+def _per_s(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.2f}/s"
