@@ -147,6 +147,7 @@ class DryRun:
 
 def cmd_autoscale(args: argparse.Namespace) -> int:
     from services.cluster import redis_client
+    from services.cluster.arrivals import Arrivals
     from services.cluster.cluster_token import token_from_env
     from services.cluster.held_requests import HeldRequests
     from services.cluster.redis_url import redis_url_from
@@ -174,7 +175,13 @@ def cmd_autoscale(args: argparse.Namespace) -> int:
         if args.dry_run
         else _kuberay(args, list(config.bounds), registry.workers)
     )
-    scaler = Autoscaler(config, registry.workers, actuator, read_held=HeldRequests(redis).total)
+    scaler = Autoscaler(
+        config,
+        registry.workers,
+        actuator,
+        read_held=HeldRequests(redis).total,
+        read_arrivals=Arrivals(redis).read,
+    )
     for i in range(args.ticks or sys.maxsize):
         if i:
             time.sleep(config.interval_s)

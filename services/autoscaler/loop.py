@@ -1,33 +1,40 @@
 """The decision loop: read the registry, learn, size both pools at once, pace, act.
 
     every interval_s:
-      records ──read_pools──> loads, speeds ──Capacity.learn──> sizing (targets, and eased)
-                                                      │
+      records ──read_pools──> loads, speeds ──Capacity.learn──┐
+      routers' arrival counts ──ArrivalRate──> rates ─────────┴─> sizing (targets, and eased)
+                                                      │          of now and of the forecast
+                                                      │          (needs.py: the larger each)
       actuator.replicas() (what each pool is set to) ─┴─> PoolPacer.step per pool ──> scale()
 
 What each pool is set to is read back from the actuator every tick, so a count changed by
 hand is the new current size (and said so in the log). A scale-up whose workers are not in
 the registry within `ready_timeout_s` is cancelled (the pool set back to what is serving)
-and reported. A registry that cannot be read holds every pool as it is. Requests that
-routers hold because the serving pool is at zero start its first worker at once
-(PoolPacer.wake): the sizing needs speeds that an empty pool cannot show.
+and reported. A registry that cannot be read holds every pool as it is; arrival counts
+that cannot be read only take the forecast away (forecast.py): sized as before it.
+Requests that routers hold because the serving pool is at zero start its first worker at
+once (PoolPacer.wake): the sizing needs speeds that an empty pool cannot show.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from services.autoscaler.arrival_rate import ArrivalRate
 from services.autoscaler.capacity import Capacity
 from services.autoscaler.metrics import AutoscalerMetrics
+from services.autoscaler.needs import Needs, export, size_pools
 from services.autoscaler.pacing import Pacing, PoolPacer, Step
 from services.autoscaler.signals import Reading, read_pools, readings
-from services.autoscaler.sizing import Bounds, Demand, Sizing, Targets, demand, size
+from services.autoscaler.sizing import Bounds, Targets, demand
 from services.pb.events_pb2 import WorkerRecord
+
+if TYPE_CHECKING:  # for annotations only: the policy calls no network (.importlinter)
+    from services.cluster.arrivals import ArrivalCount
 
 DEFAULT_INTERVAL_S = 5.0
 DEFAULT_READY_TIMEOUT_S = 300.0  # a model load on a fresh node, image pull aside
@@ -82,13 +89,17 @@ class Autoscaler:
         metrics: AutoscalerMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         read_held: Callable[[], int] = lambda: 0,
+        read_arrivals: Callable[[], list[ArrivalCount]] = lambda: [],
     ) -> None:
         """`read_held()`: the requests routers hold while the serving pool has no worker
-        (services/cluster/held_requests.py)."""
+        (services/cluster/held_requests.py); `read_arrivals()`: each router's count of the
+        requests that reached it (services/cluster/arrivals.py)."""
         self.config, self.actuator = config, actuator
         self.metrics = metrics or AutoscalerMetrics()
         self.capacity = Capacity()
         self._read, self._clock, self._read_held = read_records, clock, read_held
+        self._read_arrivals = read_arrivals
+        self.arrivals = ArrivalRate(keep_s=config.pacing.stable_window_s)
         now = clock()
         self._pacers = {p: PoolPacer(b, config.pacing, now) for p, b in config.bounds.items()}
         self._last: dict[str, Reading] = {}
@@ -106,10 +117,11 @@ class Autoscaler:
         loads, obs, self._last = read_pools(self._last, now_readings)
         self.capacity.learn(obs)
         cfg = self.config
+        eased = cfg.targets.eased(cfg.pacing.hysteresis)
         need = demand(loads, cfg.serving, cfg.targets, held)
-        up = size(need, self.capacity, cfg.targets, cfg.bounds)
-        down = size(need, self.capacity, cfg.targets.eased(cfg.pacing.hysteresis), cfg.bounds)
-        self._export(need, up)
+        rates = self._arrival_rates()
+        needs = size_pools(need, rates, self.capacity, cfg.targets, eased, cfg.bounds)
+        export(self.metrics.signal, needs, self.capacity)
         try:
             set_to = self.actuator.replicas()
         except Exception as e:  # the API server is away: nothing to decide against
@@ -119,9 +131,19 @@ class Autoscaler:
         # one sizing for both pools: it counts workers still starting as serving
         starting = {p for p in cfg.bounds if set_to[p] > ready[p]}
         return [
-            self._decide(p, now, set_to[p], ready[p], need, up, down, bool(starting - {p}))
+            self._decide(p, now, set_to[p], ready[p], needs, bool(starting - {p}))
             for p in cfg.bounds
         ]
+
+    def _arrival_rates(self) -> tuple[float | None, float | None]:
+        """Requests/s over the panic and the stable window; None, None without figures."""
+        try:
+            self.arrivals.update(self._read_arrivals())
+        except Exception as e:  # Redis away, or a count unreadable: sized as without them
+            log.warning("autoscaler: arrival counts cannot be read (%s): no forecast", e)
+            return None, None
+        p = self.config.pacing
+        return self.arrivals.per_s(p.panic_window_s), self.arrivals.per_s(p.stable_window_s)
 
     def _decide(
         self,
@@ -129,9 +151,7 @@ class Autoscaler:
         now: float,
         set_to: int,
         ready: int,
-        need: Demand,
-        up: Sizing | None,
-        down: Sizing | None,
+        needs: Needs,
         others_starting: bool = False,
     ) -> Decision:
         current = self._current(pool, set_to)
@@ -140,25 +160,25 @@ class Autoscaler:
             why = f"cancel: {current - ready} worker(s) not ready after {late:g} s"
             return self._act(Decision(pool, current, ready, ready, why))
         pacer = self._pacers[pool]
-        woken = pacer.wake(now, current, need.held) if pool == self.config.serving else None
+        held = needs.demand.held
+        woken = pacer.wake(now, current, held) if pool == self.config.serving else None
         if woken is not None:  # no speed needed: the pool is empty and requests wait
             step = woken
-        elif up is None or down is None:
+        elif needs.up is None or needs.down is None:
             step = pacer.bounded(current) or Step(current, "hold: worker speeds not measured yet")
         else:
             starting = max(current - ready, 0)
             step = pacer.step(
                 now,
                 current,
-                up.replicas[pool],
-                down.replicas[pool],
-                need.idle,
+                needs.up.replicas[pool],
+                needs.down.replicas[pool],
+                needs.idle,
                 starting,
                 others_starting,
-                need.lifetime_s,
+                needs.demand.lifetime_s,
             )
-        inputs = up.reason if up is not None else ""
-        return self._act(Decision(pool, current, ready, step.desired, step.reason, inputs))
+        return self._act(Decision(pool, current, ready, step.desired, step.reason, needs.inputs))
 
     def _act(self, d: Decision) -> Decision:
         """Carry `d` out; an actuator that fails (refused, unreachable) makes it a hold."""
@@ -216,13 +236,3 @@ class Autoscaler:
             d.inputs,
         )
         return d
-
-    def _export(self, need: Demand, up: Sizing | None) -> None:
-        s = self.metrics.signal
-        s.labels("held_requests").set(need.held)
-        s.labels("prefill_tok_s").set(need.prefill_tok_s)
-        s.labels("requests").set(need.requests)
-        s.labels("used_blocks").set(need.used_blocks)
-        s.labels("tail_blocks").set(need.tail_blocks)
-        s.labels("worker_prefill_tok_s").set(self.capacity.prefill_tok_s or math.nan)
-        s.labels("predicted_itl_s").set(up.itl_s if up and up.itl_s is not None else math.nan)

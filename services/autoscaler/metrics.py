@@ -31,7 +31,9 @@ class AutoscalerMetrics:
         self.signal = Gauge(
             "tandem_autoscaler_signal",
             "The figures of the last decision: prefill_tok_s (demand), requests, used_blocks, "
-            "worker_prefill_tok_s, predicted_itl_s, held_requests, tail_blocks (a p90 request's).",
+            "worker_prefill_tok_s, predicted_itl_s, held_requests, tail_blocks (a p90 request's), "
+            "arrival_rate_panic and arrival_rate_stable (requests/s; NaN: no figures), "
+            "forecast_requests and forecast_prefill_tok_s (what the panic window's rate brings).",
             ["name"],
             registry=r,
         )

@@ -25,6 +25,7 @@ from services.autoscaler.loop import Autoscaler, AutoscalerConfig
 from services.autoscaler.metrics import AutoscalerMetrics
 from services.autoscaler.ray_actuator import RayActuator
 from services.cluster import redis_client
+from services.cluster.arrivals import Arrivals
 from services.cluster.cluster_token import new_token, token_from_env
 from services.cluster.held_requests import HeldRequests
 from services.cluster.pools import NAMESPACE, Pools, PoolSpec, assign_cores
@@ -212,8 +213,11 @@ class Cluster:
         registry = self.registry()
         specs = {s.role: replace(s, replicas=1) for s in self.specs}
         actuator = RayActuator(self.pools, specs, registry.workers, drain_s)
-        held = HeldRequests(redis_client.connect(self.redis_url))
-        scaler = Autoscaler(config, registry.workers, actuator, read_held=held.total)
+        redis = redis_client.connect(self.redis_url)
+        held, arrivals = HeldRequests(redis), Arrivals(redis)
+        scaler = Autoscaler(
+            config, registry.workers, actuator, read_held=held.total, read_arrivals=arrivals.read
+        )
         stop = threading.Event()
         thread = run_every(scaler, stop)
 

@@ -1,0 +1,224 @@
+"""The autoscaler's demand forecast: the arrival rate from the routers' counters
+(arrival_rate.py), what it brings by Little's law (forecast.py), and the loop that sizes
+each pool for the larger of the load of now and the forecast. Times are given by hand;
+nothing sleeps."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import pytest
+
+from services.autoscaler.arrival_rate import ArrivalRate
+from services.autoscaler.forecast import Forecast, forecast, sized
+from services.autoscaler.loop import Autoscaler, Decision
+from services.autoscaler.sizing import Bounds, Demand, Targets, size
+from services.cluster.arrivals import ArrivalCount, Arrivals
+from services.pb.events_pb2 import WorkerRecord
+from tests.unit.test_autoscaler_loop import CONFIG, Sim
+from tests.unit.test_autoscaler_policy import DISAGG, _cap
+
+
+def _count(total: int, at_s: float, router: str = "r-0", started: int = 1) -> ArrivalCount:
+    return ArrivalCount(router, total, started, int(at_s * 1000))
+
+
+# ---- the arrival rate ----------------------------------------------------------------------
+def test_the_rate_is_the_counters_change_over_the_window_summed_over_routers() -> None:
+    rate = ArrivalRate(keep_s=10)
+    rate.update([_count(0, 0.0)])
+    assert rate.per_s(2) is None  # one stamp: no rate yet
+    for t in range(1, 11):  # r-0: 1 req/s for 6 s, then 5 req/s
+        rate.update([_count(t if t <= 6 else 6 + 5 * (t - 6), float(t))])
+    assert rate.per_s(2) == pytest.approx(5.0)
+    assert rate.per_s(10) == pytest.approx((26 - 0) / 10)
+    assert rate.per_s(60) == pytest.approx(2.6)  # the history kept is the window covered
+    rate.update([_count(26, 10.0), _count(0, 10.0, "r-1")])  # r-0 not published since
+    rate.update([_count(28, 11.0), _count(3, 11.0, "r-1")])
+    assert rate.per_s(1) == pytest.approx(2.0 + 3.0)
+
+
+def test_a_restarted_router_begins_again_and_a_lapsed_one_is_forgotten() -> None:
+    rate = ArrivalRate(keep_s=10)
+    rate.update([_count(100, 0.0), _count(0, 0.0, "r-1")])
+    rate.update([_count(110, 1.0), _count(2, 1.0, "r-1")])
+    rate.update([_count(3, 2.0, started=2), _count(4, 2.0, "r-1")])  # r-0 restarted
+    assert rate.per_s(5) == pytest.approx(2.0)  # r-0 has one stamp of its new life
+    rate.update([_count(6, 3.0, "r-1")])  # r-0's key lapsed
+    rate.update([_count(8, 4.0, "r-1")])
+    assert rate.per_s(1) == pytest.approx(2.0)
+    assert ArrivalRate(keep_s=10).per_s(5) is None  # no routers: no figures
+
+
+def test_the_counts_go_through_redis_as_published() -> None:
+    store = _FakeRedis()
+    Arrivals(store).publish(_count(42, 3.5, "abc", started=7))  # type: ignore[arg-type]
+    assert store.ttl_ms["tandem:arrivals:abc"] == 10_000
+    assert Arrivals(store).read() == [_count(42, 3.5, "abc", started=7)]  # type: ignore[arg-type]
+
+
+# ---- the forecast --------------------------------------------------------------------------
+NEED = Demand(0.0, 2, 0, blocks_per_worker=512, max_num_seqs=64, lifetime_s=11.0, prompt_p90=1000)
+
+
+def test_littles_law_gives_the_requests_in_flight_and_the_prompt_work() -> None:
+    # 2 req/s living 11 s (TTFT 1 s, then 200 tokens at 50 ms): 22 in flight; 2,000 tok/s
+    assert forecast(NEED, 2.0) == Forecast(2.0, 22, 2000.0)
+    assert forecast(NEED, 0.01) == Forecast(0.01, 1, 10.0)  # a trickle: one request
+    assert forecast(NEED, 0.0) is None and forecast(NEED, None) is None
+
+
+def test_a_rising_rate_grows_the_decode_pool_before_its_requests_do() -> None:
+    need = replace(NEED, prompt_p90=0)
+    assert size(need, _cap(), Targets(), DISAGG).replicas == {"prefill": 0, "decode": 1}  # type: ignore[union-attr]
+    # 10 req/s x 11 s = 110 in flight soon: 0.02 + 0.002 x 110 / n <= 0.1 at n >= 3
+    got = sized(need, forecast(need, 10.0), _cap(), Targets(), DISAGG)
+    assert got is not None and got.replicas == {"prefill": 0, "decode": 3}
+    assert "the forecast needs prefill 0, decode 3" in got.reason
+    # the rate's prompt work goes to the prefill pool: 4 x 1,000 tok/s at 800 a worker: 5
+    # (and 44 in flight then take 2 decode workers)
+    got = sized(NEED, forecast(NEED, 4.0), _cap(), Targets(), DISAGG)
+    assert got is not None and got.replicas == {"prefill": 5, "decode": 2}
+
+
+def test_the_forecast_only_adds_and_without_figures_changes_nothing() -> None:
+    busy = replace(NEED, requests=300, prompt_p90=0)  # the load of now needs more
+    now = size(busy, _cap(), Targets(), DISAGG)
+    assert sized(busy, forecast(busy, 1.0), _cap(), Targets(), DISAGG) == now
+    assert sized(busy, None, _cap(), Targets(), DISAGG) == now
+    # a speed the forecast needs is not measured yet: the load of now decides alone
+    unmeasured = _cap(prefill_tok_s=None)
+    assert sized(busy, forecast(NEED, 50.0), unmeasured, Targets(), DISAGG) == size(
+        busy, unmeasured, Targets(), DISAGG
+    )
+    # one the load of now needs: nothing to size, forecast or not
+    prompts = replace(busy, prefill_tok_s=500.0)
+    assert sized(prompts, forecast(prompts, 50.0), unmeasured, Targets(), DISAGG) is None
+
+
+def test_the_forecast_alone_never_exceeds_the_pools_max() -> None:
+    got = sized(NEED, forecast(NEED, 10_000.0), _cap(), Targets(), DISAGG)
+    assert got is not None and got.replicas == {"prefill": 8, "decode": 8}
+    small = {"prefill": Bounds(0, 2), "decode": Bounds(1, 3)}
+    got = sized(NEED, forecast(NEED, 10_000.0), _cap(), Targets(), small)
+    assert got is not None and got.replicas == {"prefill": 2, "decode": 3}
+
+
+# ---- the loop ------------------------------------------------------------------------------
+@dataclass
+class ArrivingSim(Sim):
+    """Sim's workers, requests of a p90 output of 200 tokens (living 2 + 200 x 0.1 = 22 s
+    at the targets), and one router counting `rate` arrivals a second."""
+
+    rate: float = 0.0
+    arrived: float = 0.0
+    unreadable: bool = False  # the arrival counts cannot be read
+
+    def _record(self, pool: str, wid: str, n: int) -> WorkerRecord:
+        rec = super()._record(pool, wid, n)
+        rec.output_tokens_p90 = 200
+        return rec
+
+    def arrivals(self) -> list[ArrivalCount]:
+        if self.unreadable:
+            raise ConnectionError("redis is down")
+        return [_count(int(self.arrived), self.t)]
+
+
+def _scaler(sim: ArrivingSim) -> Autoscaler:
+    return Autoscaler(CONFIG, sim.records, sim, clock=lambda: sim.t, read_arrivals=sim.arrivals)
+
+
+def _run(sim: ArrivingSim, scaler: Autoscaler, until: float) -> list[Decision]:
+    decisions = []
+    while sim.t < until:
+        sim.t += 1.0
+        sim.arrived += sim.rate
+        decisions += scaler.tick()
+        sim.ready = dict(sim.set_to)
+    return decisions
+
+
+def test_a_load_step_grows_the_decode_pool_while_its_requests_are_still_few() -> None:
+    sim = ArrivingSim(requests=4, rate=0.2)  # 0.2 x 22 s: 5 in flight, one worker
+    scaler = _scaler(sim)
+    _run(sim, scaler, until=10)
+    assert sim.scaled == []
+    sim.rate = 6.0  # 132 in flight once they have come: 4 workers; 4 decoding so far
+    decisions = _run(sim, scaler, until=25)
+    assert sim.set_to["decode"] == 4 and sim.requests == 4
+    ups = [(11 + i // 2, d) for i, d in enumerate(decisions) if d.direction == "up"]
+    # the first once a need grown by the rate held for the panic window (4 s), the next
+    # after the up cooldown (4 s), by which the window's rate had climbed to the step's
+    assert [(t, d.pool, d.current, d.desired) for t, d in ups] == [
+        (15, "decode", 1, 2),
+        (19, "decode", 2, 4),
+    ]
+    grew = ups[-1][1]
+    assert "the forecast needs prefill 0, decode 4" in grew.inputs
+    assert "arrivals 6.00/s (panic window)" in grew.inputs
+    assert "forecast 132 requests in flight" in grew.inputs
+    # the queue signals alone: 4 decoding is one worker's load
+    blind = ArrivingSim(requests=4, rate=6.0)
+    _run(blind, Autoscaler(CONFIG, blind.records, blind, clock=lambda: blind.t), until=25)
+    assert blind.set_to["decode"] == 1
+    signal = scaler.metrics.signal
+    assert signal.labels("arrival_rate_panic")._value.get() == pytest.approx(6.0)
+    assert signal.labels("forecast_requests")._value.get() == 132
+
+
+def test_a_falling_rate_shrinks_no_sooner_than_the_stable_window_allows() -> None:
+    # the requests in flight say one worker throughout: only the forecast keeps four
+    sim = ArrivingSim(requests=4, rate=6.0)
+    scaler = _scaler(sim)
+    _run(sim, scaler, until=70)
+    assert sim.set_to["decode"] == 4
+    sim.rate, dropped_at = 0.2, sim.t
+    decisions = _run(sim, scaler, until=200)
+    downs = [d for d in decisions if d.pool == "decode" and d.direction == "down"]
+    assert downs, "the pool shrinks once the rate has stayed low"
+    window = CONFIG.pacing.stable_window_s
+    first_down_at = dropped_at + 1 + decisions.index(downs[0]) // 2  # two pools a tick
+    assert first_down_at >= dropped_at + window
+    assert [d.desired for d in downs] == [3, 2, 1]  # one at a time, a cooldown apart
+
+
+def test_zero_traffic_goes_to_the_floor_with_or_without_arrival_figures() -> None:
+    for unreadable in (False, True):
+        sim = ArrivingSim(
+            set_to={"prefill": 3, "decode": 3}, ready={"prefill": 3, "decode": 3}, rate=0.0
+        )
+        sim.unreadable = unreadable
+        scaler = _scaler(sim)
+        decisions = _run(sim, scaler, until=29)
+        assert sim.scaled == [] and all(d.direction == "hold" for d in decisions)
+        _run(sim, scaler, until=31)
+        assert sim.set_to == {"prefill": 0, "decode": 1}, unreadable
+        want = "arrivals: no figures" if unreadable else "arrivals 0.00/s"
+        assert want in decisions[-1].inputs
+
+
+def test_arrival_counts_that_cannot_be_read_leave_the_queue_signals_in_charge() -> None:
+    sim = ArrivingSim(requests=150, rate=50.0, unreadable=True)  # 150 decoding: 4 workers
+    scaler = _scaler(sim)
+    _run(sim, scaler, until=10)
+    assert sim.set_to["decode"] == 4
+    assert math.isnan(scaler.metrics.signal.labels("arrival_rate_panic")._value.get())
+
+
+class _FakeRedis:
+    """What Arrivals uses of a redis.Redis: set with PX, scan_iter, mget."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+        self.ttl_ms: dict[str, int] = {}
+
+    def set(self, key: str, value: str, px: int) -> None:
+        self.values[key], self.ttl_ms[key] = value, px
+
+    def scan_iter(self, match: str, count: int) -> list[str]:
+        return [k for k in self.values if k.startswith(match.rstrip("*"))]
+
+    def mget(self, keys: list[str]) -> list[str | None]:
+        return [self.values.get(k) for k in keys]
