@@ -1,6 +1,7 @@
-"""Requests per second arriving at the routers, over a window, from their counters
-(services/cluster/arrivals.py): the change of each router's count between its own stamps,
-summed over the routers.
+"""Requests and prompt tokens per second arriving at the routers, over a window, from their
+counters
+(services/cluster/arrivals.py): the change of each router's counts between its own
+stamps, summed over the routers.
 
     router's counts  ─ kept per router, back to the longest window ─┐
     at its stamps        (a restart: its history begins again)      ├─> rate over W =
@@ -16,10 +17,17 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # for annotations only: the policy calls no network (.importlinter)
     from services.cluster.arrivals import ArrivalCount
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    requests: float  # requests/s
+    prompt_tokens: float  # their prompts' tokens/s: the prefill work arriving
 
 
 class ArrivalRate:
@@ -43,13 +51,16 @@ class ArrivalRate:
             while len(kept) > 1 and kept[1].stamp_ms <= c.stamp_ms - 1000 * self.keep_s:
                 kept.popleft()  # the oldest is kept while the next one is inside the window
 
-    def per_s(self, window_s: float) -> float | None:
-        """Requests/s over the last `window_s` of each router's stamps; None: no data."""
+    def per_s(self, window_s: float) -> Rates | None:
+        """What arrived a second over the last `window_s` of each router's stamps; None:
+        no data."""
         rates = [r for kept in self._seen.values() if (r := _rate(kept, window_s)) is not None]
-        return sum(rates) if rates else None
+        if not rates:
+            return None
+        return Rates(sum(r.requests for r in rates), sum(r.prompt_tokens for r in rates))
 
 
-def _rate(kept: deque[ArrivalCount], window_s: float) -> float | None:
+def _rate(kept: deque[ArrivalCount], window_s: float) -> Rates | None:
     if len(kept) < 2:
         return None
     last = kept[-1]
@@ -57,4 +68,7 @@ def _rate(kept: deque[ArrivalCount], window_s: float) -> float | None:
     # the latest count at or before the window's start, or the oldest there is
     first = next((c for c in reversed(kept) if c.stamp_ms <= since), kept[0])
     span_s = (last.stamp_ms - first.stamp_ms) / 1000
-    return max(last.total - first.total, 0) / span_s
+    return Rates(
+        max(last.total - first.total, 0) / span_s,
+        max(last.prompt_tokens - first.prompt_tokens, 0) / span_s,
+    )

@@ -3,12 +3,16 @@ arriving have filled them, so a load step is met when requests start arriving fa
 once the queues have grown (requests in flight, queued prompt tokens lag the step by a
 request's lifetime).
 
-    λ  requests/s arriving (arrival_rate.py): the panic window's for scale-up, the stable
-       window's for scale-down (a lull of seconds does not shrink what a minute needed)
+    λ  requests/s arriving, and their prompt tokens/s (arrival_rate.py): the panic
+       window's for scale-up, the stable window's for scale-down (a lull of seconds does
+       not shrink what a minute needed)
     decode    requests in flight  L = λ x lifetime   (Little's law; lifetime: the TTFT
               target, then the p90 output at the ITL target, as sizing.Demand has it)
-    prefill   prompt tokens/s       = λ x prompt p90 (against the pool's measured speed,
-              as the sizing weighs all prompt work)
+    prefill   prompt tokens/s arriving, as counted (against the pool's measured speed, as
+              the sizing weighs all prompt work). Counted, not λ x the p90 prompt of
+              finished requests: that p90 lags a change of prompt lengths by as long as
+              the percentile's history (in bench-autoscale's ramp the prefill-heavy phase's
+              768-token prompts kept the prefill pool at 2 through the next phase's 64).
 
 Each pool is then the larger of what the load of now needs and what the forecast needs:
 the forecast only ever adds (more of either pool never predicts a slower ITL), and no
@@ -21,6 +25,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from services.autoscaler.arrival_rate import Rates
 from services.autoscaler.capacity import Capacity
 from services.autoscaler.sizing import Bounds, Demand, Sizing, Targets, size
 
@@ -32,13 +37,14 @@ class Forecast:
     prefill_tok_s: float  # prompt tokens/s to compute
 
 
-def forecast(need: Demand, rate: float | None) -> Forecast | None:
-    """What `rate` requests/s bring at `need`'s lengths; None when there is nothing to
-    forecast from (no arrivals, or no figures of them)."""
-    if rate is None or rate <= 0:
+def forecast(need: Demand, rates: Rates | None) -> Forecast | None:
+    """What `rates` bring, living as long as `need`'s requests; None when there is nothing
+    to forecast from (no arrivals, or no figures of them)."""
+    if rates is None or rates.requests <= 0:
         return None
     # ceil: a trickle of arrivals still needs a worker to serve it
-    return Forecast(rate, math.ceil(rate * need.lifetime_s), rate * need.prompt_p90)
+    requests = math.ceil(rates.requests * need.lifetime_s)
+    return Forecast(rates.requests, requests, rates.prompt_tokens)
 
 
 def sized(
@@ -64,7 +70,7 @@ def sized(
     return Sizing(replicas, f"{now.reason}; the forecast needs {wants}", now.itl_s)
 
 
-def describe(panic: float | None, stable: float | None, ahead: Forecast | None) -> str:
+def describe(panic: Rates | None, stable: Rates | None, ahead: Forecast | None) -> str:
     """The arrival figures a decision saw, for its log line."""
     if panic is None and stable is None:
         return "arrivals: no figures (no forecast)"
@@ -83,5 +89,5 @@ def _as_demand(need: Demand, ahead: Forecast) -> Demand:
     return replace(need, prefill_tok_s=ahead.prefill_tok_s, requests=ahead.requests, held=0)
 
 
-def _per_s(rate: float | None) -> str:
-    return "-" if rate is None else f"{rate:.2f}/s"
+def _per_s(rates: Rates | None) -> str:
+    return "-" if rates is None else f"{rates.requests:.2f}/s"

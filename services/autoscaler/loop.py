@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
-from services.autoscaler.arrival_rate import ArrivalRate
+from services.autoscaler.arrival_rate import ArrivalRate, Rates
 from services.autoscaler.capacity import Capacity
 from services.autoscaler.metrics import AutoscalerMetrics
 from services.autoscaler.needs import Needs, export, size_pools
@@ -135,8 +135,9 @@ class Autoscaler:
             for p in cfg.bounds
         ]
 
-    def _arrival_rates(self) -> tuple[float | None, float | None]:
-        """Requests/s over the panic and the stable window; None, None without figures."""
+    def _arrival_rates(self) -> tuple[Rates | None, Rates | None]:
+        """What arrives a second over the panic and the stable window; None, None without
+        figures."""
         try:
             self.arrivals.update(self._read_arrivals())
         except Exception as e:  # Redis away, or a count unreadable: sized as without them

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Gauge
 
+from services.autoscaler.arrival_rate import Rates
 from services.autoscaler.capacity import Capacity
 from services.autoscaler.forecast import Forecast, describe, forecast, sized
 from services.autoscaler.sizing import Bounds, Demand, Sizing, Targets
@@ -20,8 +21,8 @@ class Needs:
     demand: Demand
     up: Sizing | None  # at the targets; None while the speeds it needs are not measured
     down: Sizing | None  # at the eased targets
-    panic_rate: float | None  # requests/s arriving over the panic window; None: no figures
-    stable_rate: float | None  # ... over the stable window
+    panic_rate: Rates | None  # what arrives a second over the panic window; None: no figures
+    stable_rate: Rates | None  # ... over the stable window
     ahead: Forecast | None  # what the panic window's rate brings (what `up` weighed)
 
     @property
@@ -38,13 +39,13 @@ class Needs:
 
 def size_pools(
     need: Demand,
-    rates: tuple[float | None, float | None],
+    rates: tuple[Rates | None, Rates | None],
     cap: Capacity,
     targets: Targets,
     eased: Targets,
     bounds: Mapping[str, Bounds],
 ) -> Needs:
-    """`rates`: requests/s over the panic and the stable window. Up weighs the panic
+    """`rates`: what arrives a second over the panic and the stable window. Up weighs the panic
     window's (a step is met within seconds), down the stable window's (a lull of seconds
     does not shrink what the minute before needed)."""
     panic, stable = rates
@@ -65,11 +66,11 @@ def export(signal: Gauge, needs: Needs, cap: Capacity) -> None:
     s.labels("tail_blocks").set(d.tail_blocks)
     s.labels("worker_prefill_tok_s").set(cap.prefill_tok_s or math.nan)
     s.labels("predicted_itl_s").set(up.itl_s if up and up.itl_s is not None else math.nan)
-    s.labels("arrival_rate_panic").set(_or_nan(needs.panic_rate))
-    s.labels("arrival_rate_stable").set(_or_nan(needs.stable_rate))
+    s.labels("arrival_rate_panic").set(_requests(needs.panic_rate))
+    s.labels("arrival_rate_stable").set(_requests(needs.stable_rate))
     s.labels("forecast_requests").set(ahead.requests if ahead else 0)
     s.labels("forecast_prefill_tok_s").set(ahead.prefill_tok_s if ahead else 0)
 
 
-def _or_nan(v: float | None) -> float:
-    return math.nan if v is None else v
+def _requests(rates: Rates | None) -> float:
+    return math.nan if rates is None else rates.requests

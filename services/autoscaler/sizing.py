@@ -71,7 +71,6 @@ class Demand:
     # how long a long request lives at the targets: the TTFT target, then its output (the
     # 90th percentile) at the ITL target; what came in a window may run this long after it
     lifetime_s: float = 0.0
-    prompt_p90: int = 0  # tokens: the greatest of every pool's (the prefill pool sees all)
 
     @property
     def idle(self) -> bool:
@@ -91,9 +90,9 @@ def demand(loads: Mapping[str, PoolLoad], serving: str, targets: Targets, held: 
     backlog = sum(p.queued_prefill_tokens for p in loads.values())
     rate = sum(p.prefill_tokens_per_s for p in loads.values())
     s = loads.get(serving)
-    prompt = max((p.prompt_p90 for p in loads.values()), default=0)
     tail = 0
     if s is not None and s.block_size:  # prompts: every pool sees them; outputs: this one
+        prompt = max(p.prompt_p90 for p in loads.values())
         tail = math.ceil((prompt + s.output_p90) / s.block_size)
     lifetime = targets.ttft_s + s.output_p90 * targets.itl_s if s is not None else 0.0
     return Demand(
@@ -105,7 +104,6 @@ def demand(loads: Mapping[str, PoolLoad], serving: str, targets: Targets, held: 
         held=held,
         tail_blocks=tail,
         lifetime_s=lifetime,
-        prompt_p90=prompt,
     )
 
 

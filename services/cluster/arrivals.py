@@ -2,10 +2,11 @@
 router in Redis, which the autoscaler turns into an arrival rate (services/autoscaler/
 arrival_rate.py).
 
-    tandem:arrivals:<router_id>  ->  "<total> <started_ms> <stamp_ms>"   (PX ttl, renewed
-                                                                          at each publish)
+    tandem:arrivals:<router_id>  ->  "<total> <prompt_tokens> <started_ms> <stamp_ms>"
+                                     (PX ttl, renewed at each publish)
 
-`total` only grows while the router lives; `started_ms` names the router's life (a new
+`total` (requests) and `prompt_tokens` (their prompts' tokens) only grow while the router
+lives; `started_ms` names the router's life (a new
 value: it restarted and counts from 0 again); `stamp_ms` is when the router read its
 counter, on its own clock, so the rate is measured between two of its stamps however late
 the autoscaler reads them (as worker heartbeats are). Arrivals are counted at the router,
@@ -27,7 +28,8 @@ DEFAULT_TTL_S = 10.0
 @dataclass(frozen=True, slots=True)
 class ArrivalCount:
     router_id: str
-    total: int
+    total: int  # requests
+    prompt_tokens: int  # their prompts' tokens: the prefill work arriving, known at once
     started_ms: int
     stamp_ms: int
 
@@ -38,7 +40,7 @@ class Arrivals:
         self._prefix = f"{prefix}:arrivals:"
 
     def publish(self, count: ArrivalCount, ttl_s: float = DEFAULT_TTL_S) -> None:
-        value = f"{count.total} {count.started_ms} {count.stamp_ms}"
+        value = f"{count.total} {count.prompt_tokens} {count.started_ms} {count.stamp_ms}"
         self._r.set(self._prefix + count.router_id, value, px=int(ttl_s * 1000))
 
     def read(self) -> list[ArrivalCount]:
@@ -54,8 +56,8 @@ class Arrivals:
 
 
 def parse(router_id: str, value: str) -> ArrivalCount:
-    total, started_ms, stamp_ms = (int(v) for v in value.split())
-    return ArrivalCount(router_id, total, started_ms, stamp_ms)
+    total, prompt_tokens, started_ms, stamp_ms = (int(v) for v in value.split())
+    return ArrivalCount(router_id, total, prompt_tokens, started_ms, stamp_ms)
 
 
 def _text(v: bytes | str) -> str:

@@ -20,16 +20,20 @@ class ArrivalCounter:
     def __init__(self, publish: Callable[[ArrivalCount], None] | None = None) -> None:
         """`publish` None: count, tell no one (a router without an autoscaler's Redis)."""
         self.total = 0
+        self.prompt_tokens = 0
         self._publish = publish
         self._router_id = uuid.uuid4().hex[:12]
         self._started_ms = _now_ms()
         self._failing = False
 
-    def arrived(self) -> None:
+    def arrived(self, prompt_tokens: int) -> None:
         self.total += 1
+        self.prompt_tokens += prompt_tokens
 
     def count(self) -> ArrivalCount:
-        return ArrivalCount(self._router_id, self.total, self._started_ms, _now_ms())
+        return ArrivalCount(
+            self._router_id, self.total, self.prompt_tokens, self._started_ms, _now_ms()
+        )
 
     async def run(self) -> None:
         """Publish until cancelled; Redis away is logged once and retried each period."""

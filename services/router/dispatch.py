@@ -103,7 +103,7 @@ class Dispatcher:
     # ---- requests --------------------------------------------------------------------
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
         pool, prompt = self._serving_pool, len(request.prompt_token_ids)
-        self.arrivals.arrived()  # before admission: a request refused is demand too
+        self.arrivals.arrived(prompt)  # before admission: a request refused is demand too
         workers = await self.cold_start.workers(pool, lambda: self.cluster.serving(pool))
         with self.admission.place(pool, workers, prompt) as place:
             async for delta in self._generate(request):

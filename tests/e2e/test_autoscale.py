@@ -8,6 +8,7 @@ every wait is bounded."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import time
@@ -141,6 +142,15 @@ def _until(ok: Callable[[], bool], what: str, timeout_s: float) -> float:
     return time.monotonic() - start
 
 
+def _signal(served: Served, name: str) -> float:
+    """The autoscaler's tandem_autoscaler_signal{name} (NaN: not exported)."""
+    with served.client() as c:
+        samples = parse_metrics(c.get("/metrics").text)
+    want = ("name", name)
+    got = [v for (n, ls), v in samples.items() if n == "tandem_autoscaler_signal" and want in ls]
+    return got[0] if got else math.nan
+
+
 def test_each_pool_follows_its_own_load(scaled: Served) -> None:
     # no load: the prefill pool goes to its floor of zero; prompts are prefilled on the
     # decode worker meanwhile, counted as their own route
@@ -160,6 +170,8 @@ def test_each_pool_follows_its_own_load(scaled: Served) -> None:
     # prompt-heavy: 1,500-token prompts back to back bring a prefill worker back
     prompts = Load(scaled, prompt_len=1500, max_tokens=4, threads=4, each=12)
     _until(lambda: _pools(scaled)["prefill"] >= 1, "a prefill worker to come back", 30)
+    # the router's counts reach the autoscaler through Redis: its forecast sees the prompts
+    _until(lambda: _signal(scaled, "forecast_prefill_tok_s") > 0, "a prompt forecast", 15)
     answers = prompts.join()
     assert answers == [(200, 4)] * 48
 

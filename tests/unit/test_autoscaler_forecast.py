@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from services.autoscaler.arrival_rate import ArrivalRate
+from services.autoscaler.arrival_rate import ArrivalRate, Rates
 from services.autoscaler.forecast import Forecast, forecast, sized
 from services.autoscaler.loop import Autoscaler, Decision
 from services.autoscaler.sizing import Bounds, Demand, Targets, size
@@ -20,23 +20,30 @@ from tests.unit.test_autoscaler_loop import CONFIG, Sim
 from tests.unit.test_autoscaler_policy import DISAGG, _cap
 
 
-def _count(total: int, at_s: float, router: str = "r-0", started: int = 1) -> ArrivalCount:
-    return ArrivalCount(router, total, started, int(at_s * 1000))
+def _count(
+    total: int, at_s: float, router: str = "r-0", started: int = 1, prompt: int = 100
+) -> ArrivalCount:
+    """`total` requests of `prompt` tokens each so far."""
+    return ArrivalCount(router, total, total * prompt, started, int(at_s * 1000))
+
+
+def _requests(rates: Rates | None) -> float | None:
+    return None if rates is None else rates.requests
 
 
 # ---- the arrival rate ----------------------------------------------------------------------
 def test_the_rate_is_the_counters_change_over_the_window_summed_over_routers() -> None:
     rate = ArrivalRate(keep_s=10)
     rate.update([_count(0, 0.0)])
-    assert rate.per_s(2) is None  # one stamp: no rate yet
+    assert _requests(rate.per_s(2)) is None  # one stamp: no rate yet
     for t in range(1, 11):  # r-0: 1 req/s for 6 s, then 5 req/s
         rate.update([_count(t if t <= 6 else 6 + 5 * (t - 6), float(t))])
-    assert rate.per_s(2) == pytest.approx(5.0)
-    assert rate.per_s(10) == pytest.approx((26 - 0) / 10)
-    assert rate.per_s(60) == pytest.approx(2.6)  # the history kept is the window covered
+    assert rate.per_s(2) == Rates(pytest.approx(5.0), pytest.approx(500.0))  # type: ignore[arg-type]
+    assert _requests(rate.per_s(10)) == pytest.approx((26 - 0) / 10)
+    assert _requests(rate.per_s(60)) == pytest.approx(2.6)  # the history kept is the window covered
     rate.update([_count(26, 10.0), _count(0, 10.0, "r-1")])  # r-0 not published since
     rate.update([_count(28, 11.0), _count(3, 11.0, "r-1")])
-    assert rate.per_s(1) == pytest.approx(2.0 + 3.0)
+    assert _requests(rate.per_s(1)) == pytest.approx(2.0 + 3.0)
 
 
 def test_a_restarted_router_begins_again_and_a_lapsed_one_is_forgotten() -> None:
@@ -44,10 +51,10 @@ def test_a_restarted_router_begins_again_and_a_lapsed_one_is_forgotten() -> None
     rate.update([_count(100, 0.0), _count(0, 0.0, "r-1")])
     rate.update([_count(110, 1.0), _count(2, 1.0, "r-1")])
     rate.update([_count(3, 2.0, started=2), _count(4, 2.0, "r-1")])  # r-0 restarted
-    assert rate.per_s(5) == pytest.approx(2.0)  # r-0 has one stamp of its new life
+    assert _requests(rate.per_s(5)) == pytest.approx(2.0)  # r-0 has one stamp of its new life
     rate.update([_count(6, 3.0, "r-1")])  # r-0's key lapsed
     rate.update([_count(8, 4.0, "r-1")])
-    assert rate.per_s(1) == pytest.approx(2.0)
+    assert _requests(rate.per_s(1)) == pytest.approx(2.0)
     assert ArrivalRate(keep_s=10).per_s(5) is None  # no routers: no figures
 
 
@@ -59,49 +66,67 @@ def test_the_counts_go_through_redis_as_published() -> None:
 
 
 # ---- the forecast --------------------------------------------------------------------------
-NEED = Demand(0.0, 2, 0, blocks_per_worker=512, max_num_seqs=64, lifetime_s=11.0, prompt_p90=1000)
+NEED = Demand(0.0, 2, 0, blocks_per_worker=512, max_num_seqs=64, lifetime_s=11.0)
 
 
-def test_littles_law_gives_the_requests_in_flight_and_the_prompt_work() -> None:
+def _arriving(per_s: float, prompt: int = 1000) -> Rates:
+    return Rates(per_s, per_s * prompt)
+
+
+def test_littles_law_gives_the_requests_in_flight_and_the_prompt_work_is_as_counted() -> None:
     # 2 req/s living 11 s (TTFT 1 s, then 200 tokens at 50 ms): 22 in flight; 2,000 tok/s
-    assert forecast(NEED, 2.0) == Forecast(2.0, 22, 2000.0)
-    assert forecast(NEED, 0.01) == Forecast(0.01, 1, 10.0)  # a trickle: one request
-    assert forecast(NEED, 0.0) is None and forecast(NEED, None) is None
+    assert forecast(NEED, _arriving(2.0)) == Forecast(2.0, 22, 2000.0)
+    assert forecast(NEED, _arriving(0.01)) == Forecast(0.01, 1, 10.0)  # a trickle: one
+    assert forecast(NEED, Rates(0.0, 0.0)) is None and forecast(NEED, None) is None
+
+
+def test_the_prompt_work_follows_the_prompts_arriving_now() -> None:
+    """Prompts grow 100 -> 800 tokens at a steady 4 req/s: the prompt tokens/s of the
+    panic window follow within it (a p90 of finished requests would lag by its history)."""
+    rate = ArrivalRate(keep_s=10)
+    requests = tokens = 0
+    for t in range(13):
+        requests, tokens = requests + 4, tokens + 4 * (100 if t < 10 else 800)
+        rate.update([ArrivalCount("r-0", requests, tokens, 1, t * 1000)])
+    assert rate.per_s(2) == Rates(4.0, 3200.0)
+    ahead = forecast(NEED, rate.per_s(2))
+    assert ahead is not None and ahead.prefill_tok_s == 3200.0
 
 
 def test_a_rising_rate_grows_the_decode_pool_before_its_requests_do() -> None:
-    need = replace(NEED, prompt_p90=0)
+    need = NEED
     assert size(need, _cap(), Targets(), DISAGG).replicas == {"prefill": 0, "decode": 1}  # type: ignore[union-attr]
     # 10 req/s x 11 s = 110 in flight soon: 0.02 + 0.002 x 110 / n <= 0.1 at n >= 3
-    got = sized(need, forecast(need, 10.0), _cap(), Targets(), DISAGG)
+    got = sized(need, forecast(need, _arriving(10.0, prompt=0)), _cap(), Targets(), DISAGG)
     assert got is not None and got.replicas == {"prefill": 0, "decode": 3}
     assert "the forecast needs prefill 0, decode 3" in got.reason
     # the rate's prompt work goes to the prefill pool: 4 x 1,000 tok/s at 800 a worker: 5
     # (and 44 in flight then take 2 decode workers)
-    got = sized(NEED, forecast(NEED, 4.0), _cap(), Targets(), DISAGG)
+    got = sized(NEED, forecast(NEED, _arriving(4.0)), _cap(), Targets(), DISAGG)
     assert got is not None and got.replicas == {"prefill": 5, "decode": 2}
 
 
 def test_the_forecast_only_adds_and_without_figures_changes_nothing() -> None:
-    busy = replace(NEED, requests=300, prompt_p90=0)  # the load of now needs more
+    busy = replace(NEED, requests=300)  # the load of now needs more
     now = size(busy, _cap(), Targets(), DISAGG)
-    assert sized(busy, forecast(busy, 1.0), _cap(), Targets(), DISAGG) == now
+    assert sized(busy, forecast(busy, _arriving(1.0, prompt=0)), _cap(), Targets(), DISAGG) == now
     assert sized(busy, None, _cap(), Targets(), DISAGG) == now
     # a speed the forecast needs is not measured yet: the load of now decides alone
     unmeasured = _cap(prefill_tok_s=None)
-    assert sized(busy, forecast(NEED, 50.0), unmeasured, Targets(), DISAGG) == size(
+    assert sized(busy, forecast(NEED, _arriving(50.0)), unmeasured, Targets(), DISAGG) == size(
         busy, unmeasured, Targets(), DISAGG
     )
     # one the load of now needs: nothing to size, forecast or not
     prompts = replace(busy, prefill_tok_s=500.0)
-    assert sized(prompts, forecast(prompts, 50.0), unmeasured, Targets(), DISAGG) is None
+    ahead = forecast(prompts, _arriving(50.0))
+    assert sized(prompts, ahead, unmeasured, Targets(), DISAGG) is None
 
 
 def test_the_forecast_alone_never_exceeds_the_pools_max() -> None:
-    got = sized(NEED, forecast(NEED, 10_000.0), _cap(), Targets(), DISAGG)
+    got = sized(NEED, forecast(NEED, _arriving(10_000.0)), _cap(), Targets(), DISAGG)
     assert got is not None and got.replicas == {"prefill": 8, "decode": 8}
     small = {"prefill": Bounds(0, 2), "decode": Bounds(1, 3)}
-    got = sized(NEED, forecast(NEED, 10_000.0), _cap(), Targets(), small)
+    got = sized(NEED, forecast(NEED, _arriving(10_000.0)), _cap(), Targets(), small)
     assert got is not None and got.replicas == {"prefill": 2, "decode": 3}
 
 
@@ -123,7 +148,7 @@ class ArrivingSim(Sim):
     def arrivals(self) -> list[ArrivalCount]:
         if self.unreadable:
             raise ConnectionError("redis is down")
-        return [_count(int(self.arrived), self.t)]
+        return [_count(int(self.arrived), self.t, prompt=0)]  # decode's load alone
 
 
 def _scaler(sim: ArrivingSim) -> Autoscaler:
