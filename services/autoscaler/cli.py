@@ -89,7 +89,9 @@ def add_autoscale_args(ap: argparse.ArgumentParser) -> None:
     )
 
 
-def autoscaler_config(args: argparse.Namespace, mode: str) -> AutoscalerConfig:
+def autoscaler_config(
+    args: argparse.Namespace, mode: str, decode_prefills: bool = True
+) -> AutoscalerConfig:
     decode = _bounds(args.decode_replicas, "--decode-replicas")
     bounds = (
         {"both": decode}
@@ -104,7 +106,7 @@ def autoscaler_config(args: argparse.Namespace, mode: str) -> AutoscalerConfig:
         down_cooldown_s=args.down_cooldown_s,
     )
     return AutoscalerConfig(
-        bounds, targets, pacing, args.autoscale_interval_s, args.ready_timeout_s
+        bounds, targets, pacing, args.autoscale_interval_s, args.ready_timeout_s, decode_prefills
     )
 
 
@@ -163,7 +165,7 @@ def cmd_autoscale(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        config = autoscaler_config(args, args.mode)
+        config = autoscaler_config(args, args.mode, args.prefill_balance)
         url = redis_url_from(args.redis_url)
     except ValueError as e:
         print(f"tandem autoscale: {e}", file=sys.stderr)
@@ -237,5 +239,12 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument("--mode", choices=("disagg", "colocated"), default="disagg")
     p.add_argument("--ticks", type=int, default=0, help="stop after this many (default: never)")
+    p.add_argument(
+        "--prefill-balance",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the cluster's routers give decode workers prompts too, as `tandem serve "
+        "--prefill-balance` (default on): sized so",
+    )
     add_autoscale_args(p)
     p.set_defaults(func=cmd_autoscale)

@@ -56,6 +56,7 @@ class AutoscalerConfig:
     pacing: Pacing = field(default_factory=Pacing)
     interval_s: float = DEFAULT_INTERVAL_S
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
+    decode_prefills: bool = True  # sizing.Demand's: the routers' prefill balance
 
     def __post_init__(self) -> None:
         if set(self.bounds) not in ({"prefill", "decode"}, {"both"}):
@@ -118,7 +119,7 @@ class Autoscaler:
         self.capacity.learn(obs)
         cfg = self.config
         eased = cfg.targets.eased(cfg.pacing.hysteresis)
-        need = demand(loads, cfg.serving, cfg.targets, held)
+        need = demand(loads, cfg.serving, cfg.targets, held, cfg.decode_prefills)
         rates = self._arrival_rates()
         needs = size_pools(need, rates, self.capacity, cfg.targets, eased, cfg.bounds)
         export(self.metrics.signal, needs, self.capacity)

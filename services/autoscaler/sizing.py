@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from services.autoscaler.capacity import Capacity
 from services.autoscaler.signals import PoolLoad
@@ -71,6 +71,9 @@ class Demand:
     # how long a long request lives at the targets: the TTFT target, then its output (the
     # 90th percentile) at the ITL target; what came in a window may run this long after it
     lifetime_s: float = 0.0
+    # the router gives decode workers the prompt work the prefill pool cannot take (its
+    # prefill balance, on by default); off, they prefill only while that pool is empty
+    decode_prefills: bool = True
 
     @property
     def idle(self) -> bool:
@@ -84,9 +87,15 @@ class Sizing:
     itl_s: float | None = None  # predicted at the chosen size
 
 
-def demand(loads: Mapping[str, PoolLoad], serving: str, targets: Targets, held: int = 0) -> Demand:
+def demand(
+    loads: Mapping[str, PoolLoad],
+    serving: str,
+    targets: Targets,
+    held: int = 0,
+    decode_prefills: bool = True,
+) -> Demand:
     """`serving`: the pool that decodes (`decode`, or `both` when colocated); `held`: the
-    requests routers hold for it while it has no worker."""
+    requests routers hold for it while it has no worker; `decode_prefills`: Demand's."""
     backlog = sum(p.queued_prefill_tokens for p in loads.values())
     rate = sum(p.prefill_tokens_per_s for p in loads.values())
     s = loads.get(serving)
@@ -104,6 +113,7 @@ def demand(loads: Mapping[str, PoolLoad], serving: str, targets: Targets, held: 
         held=held,
         tail_blocks=tail,
         lifetime_s=lifetime,
+        decode_prefills=decode_prefills,
     )
 
 
@@ -128,6 +138,8 @@ def size(d: Demand, cap: Capacity, targets: Targets, bounds: Mapping[str, Bounds
         most = {serving: bounds[serving].max}
         if serving == "decode":
             most["prefill"] = _covering(d, cap, targets, prefill)
+            if most["prefill"] > 0 and not d.decode_prefills:  # no prompt work reaches it
+                most["decode"] = _decoding_alone(d, cap, targets, bounds["decode"])
         return Sizing(most, "the targets cannot be met within the bounds: " + _why(d, cap, None))
     _, itl, p, n = best
     replicas = {serving: n} if serving == "both" else {"prefill": p, "decode": n}
@@ -158,6 +170,15 @@ def _tail(d: Demand, t: Targets) -> int:
     """The room a worker keeps for a long request; none where one alone is over the KV
     target (no number of workers makes room for it: the engine preempts or refuses it)."""
     return d.tail_blocks if d.tail_blocks < t.kv_usage * d.blocks_per_worker else 0
+
+
+def _decoding_alone(d: Demand, cap: Capacity, t: Targets, b: Bounds) -> int:
+    """The fewest decode workers meeting the targets for the decoding alone (its max where
+    none does): what the pool needs when the router sends it no prompts. Growing it for
+    prompt work it never gets cost bench-autoscale's ramp 17 worker-seconds a run."""
+    decoding = replace(d, prefill_tok_s=0.0)
+    n = range(max(b.min, 1), b.max + 1)
+    return next((k for k in n if _predicted_itl(decoding, cap, t, 0, k) is not None), b.max)
 
 
 def _covering(d: Demand, cap: Capacity, t: Targets, b: Bounds) -> int:

@@ -158,6 +158,23 @@ def test_targets_out_of_reach_put_the_decode_pool_at_its_max() -> None:
     got = size(_demand(requests=1000), _cap(), Targets(itl_s=0.01), DISAGG)
     assert got is not None and got.replicas == {"prefill": 0, "decode": 8}
     assert "cannot be met" in got.reason
+
+
+def test_prompt_work_out_of_reach_grows_the_decode_pool_only_where_it_takes_prompts() -> None:
+    # 20,000 prompt tokens/s against 8 prefill workers of 1,000 (800 at the utilization
+    # target): out of reach; 4 requests decoding are one decode worker's load
+    small = {"prefill": Bounds(0, 8), "decode": Bounds(1, 3)}
+    flood = _demand(20_000.0, requests=4)
+    balanced = size(flood, _cap(), Targets(), small)
+    assert balanced is not None and balanced.replicas == {"prefill": 8, "decode": 3}
+    assert "cannot be met" in balanced.reason  # decode workers would take prompts too
+    alone = size(replace(flood, decode_prefills=False), _cap(), Targets(), small)
+    assert alone is not None and alone.replicas == {"prefill": 8, "decode": 1}
+    # and what decoding alone needs where it needs more: 60 requests, a step of 0.02 s +
+    # 0.002 s a sequence, are 0.14 s on one worker and 0.08 s on two (target 0.1 s)
+    busy = replace(flood, requests=60, decode_prefills=False)
+    got = size(busy, _cap(), Targets(), small)
+    assert got is not None and got.replicas == {"prefill": 8, "decode": 2}
     # the prefill pool still takes the prompt work: 2,000 tok/s at 800 a worker
     got = size(_demand(2000.0, requests=1000), _cap(), Targets(itl_s=0.01), DISAGG)
     assert got is not None and got.replicas == {"prefill": 3, "decode": 8}
