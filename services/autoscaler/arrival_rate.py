@@ -1,7 +1,6 @@
 """Requests and prompt tokens per second arriving at the routers, over a window, from their
-counters
-(services/cluster/arrivals.py): the change of each router's counts between its own
-stamps, summed over the routers.
+counters (services/cluster/arrivals.py): the change of each router's counts between its
+own stamps, summed over the routers.
 
     router's counts  ─ kept per router, back to the longest window ─┐
     at its stamps        (a restart: its history begins again)      ├─> rate over W =

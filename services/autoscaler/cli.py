@@ -89,9 +89,10 @@ def add_autoscale_args(ap: argparse.ArgumentParser) -> None:
     )
 
 
-def autoscaler_config(
-    args: argparse.Namespace, mode: str, decode_prefills: bool = True
-) -> AutoscalerConfig:
+def autoscaler_config(args: argparse.Namespace, mode: str) -> AutoscalerConfig:
+    """`args`: add_autoscale_args' flags, and the routers' --prefill-balance (both commands
+    that size pools have it: `tandem serve` for its own routers, `tandem autoscale` to be
+    told a cluster's)."""
     decode = _bounds(args.decode_replicas, "--decode-replicas")
     bounds = (
         {"both": decode}
@@ -106,7 +107,12 @@ def autoscaler_config(
         down_cooldown_s=args.down_cooldown_s,
     )
     return AutoscalerConfig(
-        bounds, targets, pacing, args.autoscale_interval_s, args.ready_timeout_s, decode_prefills
+        bounds,
+        targets,
+        pacing,
+        args.autoscale_interval_s,
+        args.ready_timeout_s,
+        decode_prefills=args.prefill_balance,
     )
 
 
@@ -165,7 +171,7 @@ def cmd_autoscale(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        config = autoscaler_config(args, args.mode, args.prefill_balance)
+        config = autoscaler_config(args, args.mode)
         url = redis_url_from(args.redis_url)
     except ValueError as e:
         print(f"tandem autoscale: {e}", file=sys.stderr)

@@ -32,7 +32,6 @@ from services.autoscaler.sizing import Bounds, Demand, Sizing, Targets, size
 
 @dataclass(frozen=True, slots=True)
 class Forecast:
-    rate: float  # requests/s arriving
     requests: int  # in flight in the serving pool, once the rate has filled it
     prefill_tok_s: float  # prompt tokens/s to compute
 
@@ -44,7 +43,7 @@ def forecast(need: Demand, rates: Rates | None) -> Forecast | None:
         return None
     # ceil: a trickle of arrivals still needs a worker to serve it
     requests = math.ceil(rates.requests * need.lifetime_s)
-    return Forecast(rates.requests, requests, rates.prompt_tokens)
+    return Forecast(requests, rates.prompt_tokens)
 
 
 def sized(

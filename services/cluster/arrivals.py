@@ -6,8 +6,8 @@ arrival_rate.py).
                                      (PX ttl, renewed at each publish)
 
 `total` (requests) and `prompt_tokens` (their prompts' tokens) only grow while the router
-lives; `started_ms` names the router's life (a new
-value: it restarted and counts from 0 again); `stamp_ms` is when the router read its
+lives; `started_ms` names the router's life (a new value: it restarted and counts from 0
+again); `stamp_ms` is when the router read its
 counter, on its own clock, so the rate is measured between two of its stamps however late
 the autoscaler reads them (as worker heartbeats are). Arrivals are counted at the router,
 not at the workers: a request refused by admission (429) is demand the pools did not meet,

@@ -274,7 +274,7 @@ def cmd_serve(args: argparse.Namespace, model: str) -> int:
         redis_password=redis_password_from_env(),
         served_name=(args.served_model_name or [""])[0],
     )
-    scaling = autoscaler_config(args, args.mode, args.prefill_balance) if args.autoscale else None
+    scaling = autoscaler_config(args, args.mode) if args.autoscale else None
     if scaling is not None and scaling.bounds[scaling.serving].min == 0:
         # the whole cluster may go to zero: requests must wait for its first worker
         if args.hold_for_worker_s is None:

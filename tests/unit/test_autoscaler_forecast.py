@@ -75,8 +75,8 @@ def _arriving(per_s: float, prompt: int = 1000) -> Rates:
 
 def test_littles_law_gives_the_requests_in_flight_and_the_prompt_work_is_as_counted() -> None:
     # 2 req/s living 11 s (TTFT 1 s, then 200 tokens at 50 ms): 22 in flight; 2,000 tok/s
-    assert forecast(NEED, _arriving(2.0)) == Forecast(2.0, 22, 2000.0)
-    assert forecast(NEED, _arriving(0.01)) == Forecast(0.01, 1, 10.0)  # a trickle: one
+    assert forecast(NEED, _arriving(2.0)) == Forecast(22, 2000.0)
+    assert forecast(NEED, _arriving(0.01)) == Forecast(1, 10.0)  # a trickle: one
     assert forecast(NEED, Rates(0.0, 0.0)) is None and forecast(NEED, None) is None
 
 
