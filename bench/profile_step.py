@@ -33,7 +33,8 @@ from engine.model.ops import NativeOps, TorchOps
 from engine.runner import ModelRunner
 
 GEMM = ("aten::addmm", "aten::mm", "aten::linear", "aten::matmul", "aten::bmm",
-        "tandem::quant_linear", "mkldnn::_linear_pointwise")  # fmt: skip
+        "tandem::quant_linear", "tandem::bf16_panel_linear",
+        "mkldnn::_linear_pointwise")  # fmt: skip
 # prefixes: SDPA's CPU kernels have several names; index_select / index_put are the
 # gathers and cache writes of the reference attention path
 ATTENTION = ("tandem::paged_decode", "tandem::paged_prefill", "tandem::write_kv",
@@ -117,7 +118,7 @@ def profiled(run: Callable[[], None], reps: int) -> dict[str, float]:
 def variants(engine_linear: Callable[..., torch.Tensor]) -> list[tuple[str, TorchOps]]:
     """The reference ops and ours, both on F.linear; and ours with the GEMMs the engine
     chose at start-up ("engine": oneDNN on packed weights, a GGUF's blocks for small
-    batches; engine/model/onednn.py, quant.py), where it chose other than F.linear."""
+    batches; engine/model/choose.py), where it chose other than F.linear."""
     out: list[tuple[str, TorchOps]] = [("torch", TorchOps()), ("native", NativeOps())]
     if engine_linear is not F.linear:
         chosen = NativeOps()

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import cast
 
 import torch
 
 from engine import hugepages
 from engine.attention import AttentionBackend, BatchLayout, SeqSlice, create_backend
 from engine.compiled import CompiledDecode
-from engine.model import onednn
-from engine.model.gemm import UpcastLinear, choose_upcast_rows
-from engine.model.llama import DecoderLayer, LlamaModel
-from engine.model.onednn import PackedLinear
+from engine.model.choose import choose_gemms
+from engine.model.llama import LlamaModel
 from engine.model.ops import NativeOps
-from engine.model.quant import QuantLinear, choose_quant_rows
 from engine.parallel.group import TPGroup
 from engine.scheduler import ScheduledChunk
 
@@ -70,9 +65,10 @@ class ModelRunner:
         attention_backend: str,
         eager_gemms: bool = True,
     ) -> None:
-        """`eager_gemms`: pick GEMM kernels for eager steps (oneDNN on packed weights, a
-        GGUF's blocks) where they measure faster; False for a compiled decode step, whose
-        graph packs its own weights and traces plain F.linear only."""
+        """`eager_gemms`: pick GEMM kernels for eager steps (engine/model/choose.py: a
+        GGUF's blocks, our bf16 panels, oneDNN on packed weights) where they measure
+        faster; False for a compiled decode step, whose graph packs its own weights and
+        traces plain F.linear only."""
         cfg = model.cfg
         self.model = model
         self.block_size = block_size
@@ -91,22 +87,7 @@ class ModelRunner:
         )
         if _native_kernels(self.kv_cache):
             model.ops = NativeOps()
-        upcast_rows = choose_upcast_rows(_widest_weight(model))
-        if upcast_rows is not None:
-            model.ops.linear = UpcastLinear(upcast_rows)
-            log.info("bfloat16 GEMMs of %d rows or more run in float32 here", upcast_rows)
-        packable = param.device.type == "cpu" and onednn.packable(param.dtype)
-        if eager_gemms and packable and upcast_rows is None:
-            packed = _packed_linear(model)
-            if packed is not None:
-                model.ops.linear = packed
-        if model.quantized:  # a GGUF's blocks: kept only where the GEMMs read them
-            native = eager_gemms and isinstance(model.ops, NativeOps)
-            quant = _quant_linear(model) if native else None
-            if quant is None:
-                model.quantized.clear()
-            else:
-                model.ops.linear = quant
+        choose_gemms(model, eager_gemms, bf16_panels=_bf16_panels(self.kv_cache))
         self.compiled: CompiledDecode | None = None
         # rank 0 of a tensor-parallel worker (engine/parallel): its followers get each step
         self.tp: TPGroup | None = None
@@ -169,44 +150,10 @@ def _native_kernels(kv_cache: torch.Tensor) -> bool:
     return cpu.load()
 
 
-def _packed_linear(model: LlamaModel) -> PackedLinear | None:
-    """GEMMs in the model's dtype through oneDNN on packed copies of the weights, where
-    that measures faster than F.linear here (engine/model/onednn.py); None where not."""
-    layers = [cast(DecoderLayer, layer) for layer in model.layers]
-    start = time.perf_counter()
-    if not onednn.packs_faster([layer.widest_weight for layer in layers[:10]]):
-        log.info("GEMMs run on F.linear: oneDNN's packed weights measured no faster here")
-        return None
-    weights: list[torch.Tensor] = [model.lm_head if model.lm_head is not None else model.embed]
-    for layer in layers:
-        weights += layer.dense_weights()
-    linear = PackedLinear({w.data_ptr(): onednn.pack(w) for w in weights}, model.ops.linear)
-    took = time.perf_counter() - start
-    log.info("GEMMs run on oneDNN, weights packed (measured and packed in %.1f s)", took)
-    return linear
+def _bf16_panels(kv_cache: torch.Tensor) -> bool:
+    """Our bf16 panel GEMM is built for this CPU (AVX-512 BF16)."""
+    if kv_cache.device.type != "cpu":
+        return False
+    from engine.kernels import cpu
 
-
-def _quant_linear(model: LlamaModel) -> QuantLinear | None:
-    """GEMMs from the GGUF blocks (engine/model/quant.py) up to the row count where they
-    measure faster than the dense GEMM here, on the layers' gate|up projections; None
-    where they never do."""
-    params = dict(model.named_parameters())
-    names = [f"layers.{i}.gate_up_weight" for i in range(len(model.layers))]
-    # ten layers' worth: more than a CPU's last-level cache, a third of the probing time
-    probe = [(params[n], model.quantized[n]) for n in names if n in model.quantized][:10]
-    start = time.perf_counter()
-    rows = choose_quant_rows(probe, model.ops.linear) if probe else 0
-    took = time.perf_counter() - start
-    if rows == 0:
-        log.info("GEMMs run on dense weights: the GGUF's blocks measured no faster here")
-        return None
-    log.info("GEMMs of up to %d rows read the GGUF's blocks (measured in %.1f s)", rows, took)
-    weights = {params[name].data_ptr(): q for name, q in model.quantized.items()}
-    return QuantLinear(weights, rows, model.ops.linear)
-
-
-def _widest_weight(model: LlamaModel) -> torch.Tensor:
-    """The first layer's widest GEMM weight: the shape that dominates a step."""
-    layer = model.layers[0]
-    assert isinstance(layer, DecoderLayer)
-    return layer.widest_weight
+    return cpu.bf16_panels()

@@ -26,6 +26,7 @@ _SOURCES = tuple(
         "fused_ops.cpp",
         "quant_linear.cpp",
         "quant_panels.cpp",
+        "bf16_panels.cpp",
     )
 )
 
@@ -107,6 +108,11 @@ def vectorised() -> bool:
     return load() and _isa_flags()[0] != ""
 
 
+def bf16_panels() -> bool:
+    """The bfloat16 panel GEMM (bf16_panels.cpp) is built: this CPU has AVX-512 BF16."""
+    return load() and "-mavx512bf16" in _isa_flags()[1]
+
+
 def _register_fakes() -> None:
     """Shapes for tracing (torch.compile): the ops' outputs without running them."""
 
@@ -135,6 +141,10 @@ def _register_fakes() -> None:
     @torch.library.register_fake("tandem::quant_linear")
     def _(x, qweight, qtype):
         return x.new_empty((x.shape[0], qweight.shape[0]))
+
+    @torch.library.register_fake("tandem::bf16_panel_linear")
+    def _(x, packed):
+        return x.new_empty((x.shape[0], packed.shape[0]))
 
     @torch.library.register_fake("tandem::silu_and_mul")
     def _(gate_up):

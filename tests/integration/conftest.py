@@ -20,7 +20,7 @@ def smollm_f32(smollm_path: Path) -> Engine:
     measured at start-up, and a busy machine can measure it at 0: fixed here, since the
     tests that use this engine are about its answers."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("engine.runner.choose_quant_rows", lambda *_: SMOLLM_QUANT_ROWS)
+        mp.setattr("engine.model.choose.choose_quant_rows", lambda *_: SMOLLM_QUANT_ROWS)
         return Engine(EngineConfig(model=str(smollm_path), dtype="float32"))
 
 

@@ -1,0 +1,80 @@
+"""bfloat16 GEMMs for a decode batch's rows through our panel kernel, on CPUs with AVX-512
+BF16 (torch.ops.tandem.bf16_panel_linear, engine/kernels/csrc/bf16_panels.cpp).
+
+At a decode batch's 16-32 rows oneDNN's bfloat16 GEMMs on packed weights run well below
+this machine's bfloat16 peak; the panel kernel keeps an 8-row x 48-output tile's sums in
+registers over the whole row and streams each weight once per 8 rows. Its products and
+float32 sums are oneDNN's (the same instruction), only their order differs, and the output
+is rounded to bfloat16 as oneDNN rounds it. Past some number of rows (a prefill chunk)
+oneDNN's blocking wins: `choose_panel_rows` measures where at start-up, and `PanelLinear`
+sends GEMMs of up to that many rows to the panels, the rest to the GEMM it wraps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+
+from engine.model.probe import fastest
+
+Linear = Callable[..., torch.Tensor]
+_PROBE_ROWS = (2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def eligible(weight: torch.Tensor) -> bool:
+    """A weight the kernel takes: 2-D bfloat16 on CPU, rows in 16s, an even row length."""
+    return (
+        weight.dim() == 2
+        and weight.dtype == torch.bfloat16
+        and weight.device.type == "cpu"
+        and weight.shape[0] % 16 == 0
+        and weight.shape[1] % 2 == 0
+    )
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` [out, in] in the kernel's panel layout (same shape, one more copy)."""
+    packed: torch.Tensor = torch.ops.tandem.pack_bf16_panels(weight)
+    return packed
+
+
+class PanelLinear:
+    """ops.linear: GEMMs of up to `max_rows` bfloat16 rows on a weight with a packed copy go
+    to the panel kernel; all others to `fallback`."""
+
+    def __init__(self, packed: Mapping[int, torch.Tensor], max_rows: int, fallback: Linear) -> None:
+        self.packed = dict(packed)  # a weight's data_ptr -> its panels
+        self.max_rows = max_rows
+        self.fallback = fallback
+
+    def __call__(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        p = self.packed.get(weight.data_ptr()) if x.shape[0] <= self.max_rows else None
+        if p is None or x.dtype != torch.bfloat16 or x.dim() != 2:
+            return self.fallback(x, weight, bias)
+        y: torch.Tensor = torch.ops.tandem.bf16_panel_linear(x, p)
+        return y if bias is None else y.add_(bias)
+
+
+def choose_panel_rows(
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], fallback: Linear, reps: int = 3
+) -> int:
+    """The most rows (of those probed) up to which the panels beat `fallback` over `pairs`
+    (weights and their panels, several layers' worth, so that each GEMM finds its weight
+    out of cache as in a step); 0 if they never do."""
+    best = 0
+    for rows in _PROBE_ROWS:
+        xs = {w.shape[1]: torch.randn(rows, w.shape[1]).to(torch.bfloat16) for w, _ in pairs}
+        ours, theirs = fastest(
+            [
+                lambda: [torch.ops.tandem.bf16_panel_linear(xs[w.shape[1]], p) for w, p in pairs],  # noqa: B023
+                lambda: [fallback(xs[w.shape[1]], w) for w, _ in pairs],  # noqa: B023
+            ],
+            reps,
+        )
+        if ours >= theirs:
+            break
+        best = rows
+    return best
