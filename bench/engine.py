@@ -6,8 +6,8 @@ Both run in this process, one after the other, at the same dtype and thread coun
 same random prompts (lengths within +-10% of --input-len), generating exactly
 --output-len tokens each (EOS ignored). Throughput counts output tokens over wall time,
 prefill included. Beside them, the machine's GEMM-only bound for the same work
-(bench/serve/roofline.py: the model's GEMMs alone, F.linear or oneDNN, whichever is
-faster, in the engine's dtype).
+(bench/serve/roofline.py: the model's GEMMs alone, F.linear, oneDNN or our bf16
+panels, whichever is faster, in the engine's dtype).
 Goal (issue 11): the engine >= 2x transformers at 1 and at 32. Writes
 bench-results/engine.json.
 """

@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     levels = {int(c): int(n) for c, n in (p.split(":") for p in args.levels.split(","))}
     (args.out / "serve-runs").mkdir(parents=True, exist_ok=True)
 
-    print("GEMM-only bound: timing F.linear and oneDNN on the model's shapes", flush=True)
+    print("GEMM-only bound: timing each GEMM kernel on the model's shapes", flush=True)
     times = roofline.measure(
         args.model, INPUT_LEN, [roofline.batch_seen(c, n) for c, n in levels.items()], reps=3
     )

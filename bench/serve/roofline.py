@@ -1,6 +1,7 @@
 """The machine's GEMM-only bound for the serve workload: the model's GEMMs timed alone, with
-plain `F.linear` in each dtype and with oneDNN on packed weights (what vLLM's CPU build
-and our engine use where it is faster); the fastest counts.
+plain `F.linear` in each dtype, with oneDNN on packed weights (what vLLM's CPU build and
+our engine use where it is faster) and, on CPUs with AVX-512 BF16, with our bf16 panel
+kernel up to the rows where it beats oneDNN (engine/model/panels.py); the fastest counts.
 
 Every linear layer of the model (q, k, v, o, gate, up, down in each of the layers, and the
 LM head), each layer with weights of its own so that a decode step streams all of them
@@ -48,7 +49,7 @@ class GemmTimes:
     dtype: str
     prefill_s: float
     decode_step_s: dict[int, float]
-    kernel: str = "F.linear"  # or "oneDNN packed"
+    kernel: str = "F.linear"  # or "oneDNN packed", "bf16 panels + oneDNN"
 
     @property
     def label(self) -> str:
@@ -120,9 +121,13 @@ def measure(
 def _kernels(dtype: str) -> list[str]:
     import torch
 
+    from engine.kernels import cpu
     from engine.model import onednn
 
-    return ["F.linear", "oneDNN packed"] if onednn.packable(getattr(torch, dtype)) else ["F.linear"]
+    if not onednn.packable(getattr(torch, dtype)):
+        return ["F.linear"]
+    panels = dtype == "bfloat16" and cpu.bf16_panels()
+    return ["F.linear", "oneDNN packed", *(["bf16 panels + oneDNN"] if panels else [])]
 
 
 def _linear(kernel: str, weights: list[Any]) -> Any:
@@ -130,9 +135,15 @@ def _linear(kernel: str, weights: list[Any]) -> Any:
 
     if kernel == "F.linear":
         return F.linear
-    from engine.model import onednn
+    from engine.model import onednn, panels
 
-    return onednn.PackedLinear({w.data_ptr(): onednn.pack(w) for w in weights}, F.linear)
+    packed = onednn.PackedLinear({w.data_ptr(): onednn.pack(w) for w in weights}, F.linear)
+    if kernel == "oneDNN packed":
+        return packed
+    ours = {w.data_ptr(): panels.pack(w) for w in weights if panels.eligible(w)}
+    # the rows up to which the panels win, probed as the engine probes them (ten layers)
+    probe = [(w, ours[w.data_ptr()]) for w in weights[:70] if w.data_ptr() in ours]
+    return panels.PanelLinear(ours, panels.choose_panel_rows(probe, packed), packed)
 
 
 def _time_gemms(
