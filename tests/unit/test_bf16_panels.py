@@ -4,6 +4,7 @@ against torch's float32 GEMM over the same bfloat16 values."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -104,3 +105,11 @@ def test_choose_panel_rows_takes_the_rows_where_the_panels_win() -> None:
 
     assert choose_panel_rows(pairs, slow, reps=1) == 256
     assert choose_panel_rows(pairs, free, reps=1) == 0
+
+    def free_at(lost: set[int]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        return lambda x, wt: free(x, wt) if x.shape[0] in lost else slow(x, wt)
+
+    # one probe lost (to a busy neighbour, say) does not cut off the counts after it
+    assert choose_panel_rows(pairs, free_at({16}), reps=1) == 256
+    # where they lose from some count on, they serve up to the last that gains
+    assert choose_panel_rows(pairs, free_at({64, 128, 256}), reps=1) == 32
