@@ -6,8 +6,8 @@ context, and prefills of 256 and 2,048 tokens, under torch's profiler.
 Each case runs in turn in this process: with the torch reference elementwise ops
 (`TorchOps`: norms, RoPE and the MLP activation op by op, as before our fused kernels) and
 with `NativeOps` (torch.ops.tandem.*), both on F.linear; and NativeOps with the GEMMs the
-engine chose at start-up ("engine": oneDNN, GGUF blocks). Time is grouped by what
-the operator is: GEMMs, attention (our paged kernels, SDPA and the cache writes),
+engine chose at start-up ("engine": oneDNN, bf16 panels, GGUF blocks). Time is grouped
+by what the operator is: GEMMs, attention (our paged kernels, SDPA and the cache writes),
 elementwise, and the rest (Python and dispatch overhead: wall time no operator accounts
 for). Writes bench-results/profile.json.
 """
@@ -117,8 +117,8 @@ def profiled(run: Callable[[], None], reps: int) -> dict[str, float]:
 
 def variants(engine_linear: Callable[..., torch.Tensor]) -> list[tuple[str, TorchOps]]:
     """The reference ops and ours, both on F.linear; and ours with the GEMMs the engine
-    chose at start-up ("engine": oneDNN on packed weights, a GGUF's blocks for small
-    batches; engine/model/choose.py), where it chose other than F.linear."""
+    chose at start-up ("engine": oneDNN on packed weights, bf16 panels or a GGUF's blocks
+    for small batches; engine/model/choose.py), where it chose other than F.linear."""
     out: list[tuple[str, TorchOps]] = [("torch", TorchOps()), ("native", NativeOps())]
     if engine_linear is not F.linear:
         chosen = NativeOps()

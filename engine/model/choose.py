@@ -91,8 +91,10 @@ def _panel_linear(model: LlamaModel) -> panels.PanelLinear | None:
         return None
     packed = {w.data_ptr(): panels.pack(w) for w in weights}
     head = _head(model)
-    if panels.eligible(head) and _panels_win(head, model.ops.linear, min(rows, 32)):
-        packed[head.data_ptr()] = panels.pack(head)
+    if panels.eligible(head):
+        head_panels = panels.pack(head)
+        if _panels_win(head, head_panels, model.ops.linear, min(rows, 32)):
+            packed[head.data_ptr()] = head_panels
     took = time.perf_counter() - start
     log.info(
         "GEMMs of up to %d rows run on bf16 panels%s (measured and packed in %.1f s)",
@@ -101,8 +103,8 @@ def _panel_linear(model: LlamaModel) -> panels.PanelLinear | None:
     return panels.PanelLinear(packed, rows, model.ops.linear)
 
 
-def _panels_win(weight: torch.Tensor, fallback: panels.Linear, rows: int) -> bool:
-    p = panels.pack(weight)
+def _panels_win(weight: torch.Tensor, p: torch.Tensor, fallback: panels.Linear, rows: int) -> bool:
+    """Whether `weight`'s panels `p` beat `fallback` at `rows` rows."""
     x = torch.randn(rows, weight.shape[1]).to(torch.bfloat16)
     ours, theirs = fastest(
         [lambda: torch.ops.tandem.bf16_panel_linear(x, p), lambda: fallback(x, weight)], 3
