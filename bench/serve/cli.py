@@ -164,6 +164,13 @@ def main(argv: list[str] | None = None) -> None:
         "(AVX512_BF16 or AMX), else float32 (vLLM's faster dtype there, as Tandem picks)",
     )
     ap.add_argument("--kv-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every system this many times, the order reversed each round; each figure "
+        "is then the median over the rounds (this VM moves ~15%% between runs)",
+    )
     args = ap.parse_args(argv)
     args.model = Path(pull_default())
     if args.vllm_dtype == "auto":
@@ -199,10 +206,19 @@ def main(argv: list[str] | None = None) -> None:
         },
     }
     path = args.out / "serve.json"
-    rows: list[dict[str, Any]] = []
-    for system in args.systems.split(","):
-        rows += run_system(system, starter(system, args), levels, args)
-        write(path, meta, rows, bound)  # after each system: a later failure keeps these
+    systems = args.systems.split(",")
+    rounds: list[list[dict[str, Any]]] = []
+    for r in range(args.rounds):
+        rounds.append([])
+        for system in systems if r % 2 == 0 else systems[::-1]:
+            rounds[-1] += run_system(system, starter(system, args), levels, args)
+            # after each system: a later failure keeps these
+            write(path, meta, report.combine(rounds), bound, rounds)
+    rows = report.combine(rounds)
+    if args.rounds > 1:
+        for r, each in enumerate(rounds):
+            print(f"round {r + 1}:\n{report.table(each, bound)}")
+        print(f"the median of {args.rounds} rounds:")
     print(report.table(rows, bound))
     print(f"(GEMM-only bound: {best.label}, the fastest of {', '.join(t.label for t in times)})")
     for g in report.check_goals(rows):
@@ -211,8 +227,20 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write(
-    path: Path, meta: dict[str, Any], rows: list[dict[str, Any]], bound: dict[str, float]
+    path: Path,
+    meta: dict[str, Any],
+    rows: list[dict[str, Any]],
+    bound: dict[str, float],
+    rounds: list[list[dict[str, Any]]],
 ) -> None:
+    """serve.json: `rows` (the medians over the rounds), the goals on them, and every
+    round's own rows."""
     goals = [{"goal": g.line(), "met": g.met} for g in report.check_goals(rows)]
-    result = {"meta": meta, "rows": rows, "roofline_tok_s": bound, "goals": goals}
+    result = {
+        "meta": meta,
+        "rows": rows,
+        "roofline_tok_s": bound,
+        "goals": goals,
+        "rounds": rounds,
+    }
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -39,6 +39,34 @@ def failed_row(system: str, concurrency: int, planned: int, error: str) -> dict[
     }
 
 
+def combine(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per system and concurrency from several rounds of the whole run: each figure
+    the median of the rounds that have it (None where none has), the request counts summed.
+    Rounds alternate the systems' order, so a machine that slows down over the run weighs
+    on each system alike, and the median keeps one noisy round from deciding a goal."""
+    keys = sorted({(r["system"], r["concurrency"]) for rows in rounds for r in rows})
+    out = []
+    for key in keys:
+        system, c = key
+        same = [r for rows in rounds for r in rows if (r["system"], r["concurrency"]) == key]
+        combined: dict[str, Any] = {"system": system, "concurrency": c}
+        for m in METRICS:
+            values = sorted(float(r[m]) for r in same if r.get(m) is not None)
+            combined[m] = _median(values) if values else None
+        for n in ("completed", "failed", "cancelled"):
+            combined[n] = sum(int(r[n]) for r in same)
+        errors = [r["error"] for r in same if r.get("error")]
+        if errors:
+            combined["error"] = "; ".join(errors)
+        out.append(combined)
+    return out
+
+
+def _median(values: list[float]) -> float:
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
 def _get(rows: list[dict[str, Any]], system: str, c: int, key: str) -> float | None:
     for r in rows:
         if r["system"] == system and r["concurrency"] == c:

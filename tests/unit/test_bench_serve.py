@@ -106,6 +106,28 @@ def test_goal_not_measured_when_vllm_failed() -> None:
     assert "error: boom" in text and "GEMM-only bound" in text
 
 
+def test_rounds_combine_to_each_figures_median_and_summed_counts() -> None:
+    first, second, third = _rows(), _rows(), _rows()
+    scale = {id(first): 1.0, id(second): 0.5, id(third): 0.8}
+    rounds = [[r | {"output_tok_s": r["output_tok_s"] * scale[id(rows)]} for r in rows]
+              for rows in (first, second, third)]  # fmt: skip
+    # a round where vLLM failed at 16: its figures count nowhere, its requests as failed
+    rounds[2] = [r for r in rounds[2] if (r["system"], r["concurrency"]) != ("vllm", 16)]
+    rounds[2].append(report.failed_row("vllm", 16, 64, "boom"))
+    combined = {(r["system"], r["concurrency"]): r for r in report.combine(rounds)}
+    assert len(combined) == len(first)
+    t16 = combined["tandem-recommended", 16]
+    assert t16["output_tok_s"] == pytest.approx(230.0 * 0.8)  # the median of three
+    assert t16["completed"] == 3 * first[-1]["completed"] and t16["failed"] == 0
+    v16 = combined["vllm", 16]
+    v16_first = next(r for r in first if (r["system"], r["concurrency"]) == ("vllm", 16))
+    # two rounds left: the mean of the middle pair
+    assert v16["output_tok_s"] == pytest.approx(v16_first["output_tok_s"] * 0.75)
+    assert v16["failed"] == 64 and v16["error"] == "boom"
+    one = sorted(first, key=lambda r: (r["system"], r["concurrency"]))
+    assert report.combine([first]) == one  # one round: its own rows
+
+
 def test_scenario_is_the_same_prompts_for_every_system() -> None:
     a, b = scenario(16, 64, 300), scenario(16, 64, 300)
     assert a == b and a["seed"] != scenario(32, 96, 300)["seed"]
