@@ -109,8 +109,6 @@ class TorchAttention(AttentionBackend):
             torch.ops.tandem.write_kv(self.kv_cache, layer, k, v, m.write_slots)
         else:
             self.write_kv(layer, k, v, m.write_blocks, m.write_offsets)
-        k_cache = self.kv_cache[:, layer, 0]  # [num_blocks, block_size, kv_heads, D]
-        v_cache = self.kv_cache[:, layer, 1]
         if m.native_prefill is not None:  # the prefill rows, in place from the cache
             n = m.native_prefill
             out = torch.ops.tandem.paged_prefill(
@@ -126,17 +124,21 @@ class TorchAttention(AttentionBackend):
         else:
             out = q if m.all_decode else torch.empty_like(q)
             for p in m.prefills:
-                out[p.start : p.end] = self._prefill(p, q, k, v, k_cache, v_cache)
+                out[p.start : p.end] = self._prefill(p, q, k, v, layer)
         if m.decode_rows is not None:
-            out = self._decode(layer, q, k_cache, v_cache, out)
+            out = self._decode(layer, q, out)
         return out
+
+    def _layer_cache(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The SDPA paths' views of one layer's K and V: [num_blocks, block_size, kv_heads, D]
+        each (the C++ kernels take the whole cache and the layer; no view is made for them,
+        ~2 us each a layer)."""
+        return self.kv_cache[:, layer, 0], self.kv_cache[:, layer, 1]
 
     def _decode(
         self,
         layer: int,
         q: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
         out: torch.Tensor,
     ) -> torch.Tensor:
         m = self._meta
@@ -147,6 +149,7 @@ class TorchAttention(AttentionBackend):
                 qd, self.kv_cache, layer, m.block_tables, m.decode_lens, self.scale
             )
         else:
+            k_cache, v_cache = self._layer_cache(layer)
             # gather: [Bd * max_blocks, bs, kvH, D] -> [Bd, kvH, max_blocks * bs, D]
             # (index_select copies whole blocks; advanced indexing is ~20x slower on this view)
             shape = (qd.shape[0], -1, *k_cache.shape[2:])
@@ -172,12 +175,12 @@ class TorchAttention(AttentionBackend):
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
+        layer: int,
     ) -> torch.Tensor:
         if p.mask is None:  # nothing earlier in the cache: attend to this chunk's own k/v
             keys, values = k[p.start : p.end], v[p.start : p.end]
         else:
+            k_cache, v_cache = self._layer_cache(layer)
             keys = k_cache.index_select(0, p.block_table).flatten(0, 1)[: p.context_len]
             values = v_cache.index_select(0, p.block_table).flatten(0, 1)[: p.context_len]
         o = F.scaled_dot_product_attention(
