@@ -89,7 +89,8 @@ def _panel_linear(model: LlamaModel) -> panels.PanelLinear | None:
     if rows == 0:
         log.info("GEMMs skip the bf16 panels: they measured no faster here")
         return None
-    packed = {w.data_ptr(): panels.pack(w) for w in weights}
+    packed = {w.data_ptr(): p for w, p in probe}  # the probe's panels are kept, not redone
+    packed.update((w.data_ptr(), panels.pack(w)) for w in weights[len(probe) :])
     head = _head(model)
     if panels.eligible(head):
         head_panels = panels.pack(head)
