@@ -2,6 +2,7 @@
 
     prefill worker (KVSource)                    decode worker (KVSink)
     prompt done -> blocks HELD, lease granted
+                   (in the step's wake, before the next step: `lease_held`)
     handle --------(router, gRPC)--------------> expect(handle, first token)
                                                   request admitted: blocks allocated,
                                                   own prefix hits reused
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -68,6 +70,22 @@ class KVSource:
         self.transfer = transfer
         self.worker_id = worker_id
         self.leases = leases
+        # handles leased at the end of the step that held their prompts, until taken
+        self._handles: dict[str, KVHandle] = {}
+
+    def lease_held(self, outs: Sequence[RequestOutput]) -> int:
+        """Engine thread, right after a step: lease the blocks of every prompt it held, so
+        the handle is ready when the prompt's output reaches its caller. Asked for only
+        then, the lease waited behind the whole next step (on a prefill worker, the next
+        prompt's). Returns how many it leased."""
+        held = [out.request_id for out in outs if out.held]
+        for request_id in held:
+            self._handles[request_id] = self.hold(request_id)
+        return len(held)
+
+    def take(self, request_id: str) -> KVHandle | None:
+        """Any thread: the handle `lease_held` made for `request_id` (once)."""
+        return self._handles.pop(request_id, None)
 
     def hold(self, request_id: str) -> KVHandle:
         """A prompt just finished here and its blocks are held: lease them."""
@@ -86,6 +104,7 @@ class KVSource:
 
     def drop(self, request_id: str) -> bool:
         """The request was aborted: end its lease and free its blocks."""
+        self._handles.pop(request_id, None)
         self.leases.release_request(request_id)
         return self.engine.abort(request_id)
 

@@ -7,10 +7,18 @@ old agent, so a restarted peer is never read through stale connection state.
 
 The cache is block-major ([blocks, layers, 2, block, heads, dim]), so a block is one
 contiguous region and a run of adjacent blocks one descriptor.
+
+A READ of our memory completes only as our agent progresses (UCX answers the reader from
+inside our calls), and so does its notification. Without NIXL's progress thread (which
+spins a core) the owner progresses it by calling `notifications()` or `progress()`; a
+worker whose engine thread is inside a long step does so from a thread of its own while
+readers are expected (engine/transfer/progress.py). Every call into the agent holds one
+lock, so the two threads never meet inside it.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -42,16 +50,23 @@ class NixlKVTransfer:
         self._agent: Any = nixl_agent(name, config)
         self._registration = self._agent.register_memory(kv_cache)
         self._peers: dict[str, PeerKV] = {}
+        self._lock = threading.Lock()  # around every call into the agent
+        self._pending: dict[str, list[bytes]] = {}  # notifications `progress()` took
 
     def describe(self) -> PeerKV:
         return PeerKV(
             agent_name=self.name,
-            metadata=self._agent.get_agent_metadata(),
+            metadata=self._metadata(),
             base_addr=self.kv_cache.data_ptr(),
             block_bytes=self.block_bytes,
             num_blocks=self.kv_cache.shape[0],
             device_id=self.device_id,
         )
+
+    def _metadata(self) -> bytes:
+        with self._lock:
+            metadata: bytes = self._agent.get_agent_metadata()
+        return metadata
 
     # ---- peers ---------------------------------------------------------------------
     def add_peer(self, peer: PeerKV) -> None:
@@ -63,15 +78,17 @@ class NixlKVTransfer:
             )
         if peer.agent_name in self._peers:
             self.remove_peer(peer.agent_name)
-        self._agent.add_remote_agent(peer.metadata)
-        # Connect now, while the peer has just joined (and is idle): a first READ would
-        # otherwise wait for its wire-up, which a peer busy with a long step answers late.
-        self._agent.make_connection(peer.agent_name)
+        with self._lock:
+            self._agent.add_remote_agent(peer.metadata)
+            # Connect now, while the peer has just joined (and is idle): a first READ
+            # would otherwise wait for its wire-up, which a busy peer answers late.
+            self._agent.make_connection(peer.agent_name)
         self._peers[peer.agent_name] = peer
 
     def remove_peer(self, agent_name: str) -> None:
         if self._peers.pop(agent_name, None) is not None:
-            self._agent.remove_remote_agent(agent_name)
+            with self._lock:
+                self._agent.remove_remote_agent(agent_name)
 
     # ---- reads ---------------------------------------------------------------------
     def read(
@@ -113,38 +130,53 @@ class NixlKVTransfer:
             (peer.base_addr + r.remote_start * bb, r.count * bb, peer.device_id) for r in runs
         ]
         try:  # NIXL raises its own errors (a peer gone: nixlRemoteDisconnectError)
-            handle = self._agent.initialize_xfer(
-                "READ",
-                self._agent.get_xfer_descs(local, self.mem_type),
-                self._agent.get_xfer_descs(remote, self.mem_type),
-                peer_name,
-                notify,
-            )
+            with self._lock:
+                handle = self._agent.initialize_xfer(
+                    "READ",
+                    self._agent.get_xfer_descs(local, self.mem_type),
+                    self._agent.get_xfer_descs(remote, self.mem_type),
+                    peer_name,
+                    notify,
+                )
         except Exception as e:
             raise TransferError(f"NIXL read of {peer_name} not started: {e!r}") from e
-        read = _NixlRead(self._agent, handle, len(local_blocks) * bb, len(runs))
+        read = _NixlRead(self._agent, self._lock, handle, len(local_blocks) * bb, len(runs))
         try:
-            read.state = self._agent.transfer(handle)
+            with self._lock:
+                read.state = self._agent.transfer(handle)
         except Exception as e:
             read.cancel()
             raise TransferError(f"NIXL read of {peer_name} failed: {e!r}") from e
         return read
 
+    def progress(self) -> None:
+        """Progress the agent (answering peers' reads of our memory); any thread. The
+        notifications it brings wait for `notifications()`."""
+        with self._lock:
+            for peer, messages in self._agent.get_new_notifs().items():
+                self._pending.setdefault(peer, []).extend(messages)
+
     def notifications(self) -> dict[str, list[bytes]]:
         """Messages peers attached to reads of our memory, by peer name."""
-        return dict(self._agent.get_new_notifs())
+        self.progress()
+        with self._lock:
+            taken, self._pending = self._pending, {}
+        return taken
 
     def close(self) -> None:
         for name in list(self._peers):
             self.remove_peer(name)
-        self._agent.deregister_memory(self._registration)
+        with self._lock:
+            self._agent.deregister_memory(self._registration)
 
 
 class _NixlRead:
     """One posted READ; its handle is released once the read has ended or is cancelled."""
 
-    def __init__(self, agent: Any, handle: Any, nbytes: int, descriptors: int) -> None:
-        self._agent, self._handle = agent, handle
+    def __init__(
+        self, agent: Any, lock: threading.Lock, handle: Any, nbytes: int, descriptors: int
+    ) -> None:
+        self._agent, self._lock, self._handle = agent, lock, handle
         self._bytes, self._descriptors = nbytes, descriptors
         self._start = time.perf_counter()
         self.state = "PROC"
@@ -152,7 +184,8 @@ class _NixlRead:
     def poll(self) -> ReadResult | None:
         if self.state == "PROC":
             try:
-                self.state = self._agent.check_xfer_state(self._handle)
+                with self._lock:
+                    self.state = self._agent.check_xfer_state(self._handle)
             except Exception as e:  # as "ERR": the peer is gone, the read did not finish
                 self.state = f"ERR ({e!r})"
             if self.state == "PROC":
@@ -164,7 +197,8 @@ class _NixlRead:
 
     def cancel(self) -> bool:
         try:  # NIXL aborts an active transfer, and raises when it cannot
-            self._agent.release_xfer_handle(self._handle)
+            with self._lock:
+                self._agent.release_xfer_handle(self._handle)
         except Exception:
             return False
         return True

@@ -14,21 +14,29 @@ from typing import Any
 from engine.transfer.nixl_transfer import PeerKV
 
 
-def _serve(name: str, shape: tuple[int, ...], generation: int, conn: Any) -> None:
+def _serve(name: str, shape: tuple[int, ...], generation: int, step_s: float, conn: Any) -> None:
     import torch
 
     from engine.transfer.nixl_transfer import NixlKVTransfer
+    from engine.transfer.progress import ReadProgress
 
     kv = torch.empty(shape)
     for i in range(shape[0]):
         kv[i] = 1000 * generation + i
-    # As a worker does: no progress thread (it spins a core), the agent polled in a loop.
+    # As a worker does: no progress thread (it spins a core), the agent polled in a loop,
+    # between steps of `step_s` (a busy worker's), with ours answering reads meanwhile.
     transfer = NixlKVTransfer(name, kv, progress_thread=False)
+    progress = ReadProgress(transfer, lambda: True) if step_s > 0 else None
+    if progress is not None:
+        progress.wake()
     conn.send(transfer.describe())
     notes: list[bytes] = []
     while not conn.poll(0.001):  # until the reader is done
+        time.sleep(step_s)  # the engine thread inside a step
         notes += [m for msgs in transfer.notifications().values() for m in msgs]
     conn.recv()
+    if progress is not None:
+        progress.stop()
     deadline = time.monotonic() + 2.0  # notifications arrive asynchronously
     while not notes and time.monotonic() < deadline:
         notes = [m for msgs in transfer.notifications().values() for m in msgs]
@@ -39,11 +47,20 @@ def _serve(name: str, shape: tuple[int, ...], generation: int, conn: Any) -> Non
 
 class KVPeerProcess:
     def __init__(
-        self, name: str, shape: tuple[int, ...], generation: int = 1, start_timeout: float = 60
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        generation: int = 1,
+        start_timeout: float = 60,
+        step_s: float = 0.0,
     ) -> None:
+        """`step_s`: the peer polls its agent only every `step_s` seconds, as a worker
+        inside long steps does, and a `ReadProgress` thread answers reads meanwhile."""
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(name, shape, generation, child), daemon=True)
+        self._proc = ctx.Process(
+            target=_serve, args=(name, shape, generation, step_s, child), daemon=True
+        )
         self._proc.start()
         if not self._conn.poll(start_timeout):
             self._proc.kill()

@@ -24,6 +24,7 @@ from engine.output import RequestOutput
 from engine.transfer.exchange import KVHandle, KVSink, KVSource
 from engine.transfer.leases import DEFAULT_LEASE_S, LeaseTable
 from engine.transfer.nixl_transfer import NixlKVTransfer
+from engine.transfer.progress import ReadProgress
 from services.wire import PrefillReply
 from services.worker.engine_thread import EngineLoop
 from services.worker.results import DecodeUpdate
@@ -93,8 +94,10 @@ class Worker:
         )
         engine = self.engine = self.loop.engine
         # No NIXL progress thread: NIXL's spins without pause (a core per worker, idle or
-        # not). The engine loop polls notifications instead (see _idle_wait), which also
-        # answers peers' connection set-up; reads themselves are one-sided.
+        # not). The engine loop polls notifications between steps instead (see
+        # _idle_wait), which also answers peers' connection set-up, and while prompts are
+        # held for readers a light thread of ours answers their reads during steps
+        # (engine/transfer/progress.py).
         try:
             self.transfer = NixlKVTransfer(
                 self.agent_name, engine.runner.kv_cache, progress_thread=False
@@ -110,8 +113,12 @@ class Worker:
         self.sink = KVSink(engine, self.transfer, config.read_timeout_s)
         # Reads gate their requests' next step: every step. Lease releases and the load
         # snapshot only need to be recent: every HOUSEKEEPING_S, not at a step's cost.
+        self.progress: ReadProgress | None = None
         if self.source is not None:
             self.loop.add_tick(self.source.tick, every_s=HOUSEKEEPING_S)
+            self.loop.add_output_hook(self._lease_held)
+            leases = self.source.leases
+            self.progress = ReadProgress(self.transfer, lambda: len(leases) > 0)
         self.loop.add_tick(self._sink_tick)
         self.loop.add_tick(self._snapshot, every_s=HOUSEKEEPING_S)
         self._snapshot()
@@ -121,6 +128,8 @@ class Worker:
 
     def close(self) -> None:
         self.loop.stop()
+        if self.progress is not None:
+            self.progress.stop()
         self.transfer.close()
 
     def _snapshot(self) -> None:
@@ -138,6 +147,13 @@ class Worker:
         busy = self.engine.has_unfinished() or (source is not None and len(source.leases) > 0)
         return IDLE_S if busy else QUIET_S
 
+    def _lease_held(self, outs: Sequence[RequestOutput]) -> None:
+        """Engine thread, after each step: its held prompts leased, their readers served
+        from now on even while the next step runs."""
+        assert self.source is not None and self.progress is not None
+        if self.source.lease_held(outs):
+            self.progress.wake()
+
     def _sink_tick(self) -> None:
         for out in self.sink.tick():
             self.loop.publish(out)
@@ -154,9 +170,8 @@ class Worker:
         try:
             await self.loop.call(lambda e: self._add(request_id, prompt, params, cache_salt))
             out = _unwrap(await queue.get())
-            handle = None
-            if out.held:  # not finished: it goes on on a decode worker
-                handle = await self.loop.call(lambda e: source.hold(request_id))
+            # not finished: it goes on on a decode worker, its blocks leased already
+            handle = source.take(request_id) if out.held else None
             done = True
             return PrefillReply(
                 first_token=out.new_token_ids[0],

@@ -96,6 +96,7 @@ class EngineLoop:
         self._stop = threading.Event()
         self._subs: dict[str, _Sub] = {}
         self._ticks: list[_Tick] = []
+        self._output_hooks: list[Callable[[Sequence[RequestOutput]], None]] = []
         self.error: BaseException | None = None
         # When the loop last went round (monotonic): proof of progress, read by the
         # worker's liveness check from another thread (a float store is atomic).
@@ -112,6 +113,13 @@ class EngineLoop:
         the first step at least that long after its last run (bookkeeping that need not
         cost a step's time); in either case at least once per idle wait."""
         self._ticks.append(_Tick(fn, every_s))
+
+    def add_output_hook(self, fn: Callable[[Sequence[RequestOutput]], None]) -> None:
+        """Run `fn(outputs)` on the engine thread after each step that has outputs, before
+        they are published: what their subscribers must find done when they arrive, done
+        before the next step rather than behind it (a call queued on their arrival waits
+        out that whole step)."""
+        self._output_hooks.append(fn)
 
     def start(self) -> None:
         # The step dispatches ~600 torch ops from Python, taking the GIL back after each;
@@ -226,6 +234,8 @@ class EngineLoop:
                 tick.fn()
         outs = self.engine.step()
         if outs:
+            for hook in self._output_hooks:
+                hook(outs)
             self.publish_all(outs)
         if not self.engine.has_running() and self._commands.empty():
             self._wake.wait(self._idle_wait())

@@ -142,3 +142,45 @@ def test_a_full_worker_refuses_at_once_and_serves_what_it_took(
         assert stats.idle and stats.running == stats.waiting == 0
     finally:
         proc.stop(signal.SIGTERM)
+
+
+def test_a_prompts_hand_off_does_not_wait_behind_the_next_prompt(
+    tmp_path: Path, redis_url: str, smollm_path: Path
+) -> None:
+    """Prompt A's step ends while B's (500 ms here) begins: A's reply, with its leased KV
+    handle, comes back at the end of A's step, not after B's. Its lease was once asked
+    for only when A's output reached the gRPC handler, by then behind B's whole step."""
+    proc, address = start_worker(
+        tmp_path,
+        "prefill-slow",
+        "prefill",
+        redis_url,
+        smollm_path,
+        "--engine=mock",
+        "--num-blocks=256",
+        "--mock-timing=prefill_ms_per_token=0.5",  # A (200 tokens) 0.1 s, B (1,000) 0.5 s
+    )
+    params = params_to_pb(SamplingParams(max_tokens=8, ignore_eos=True))
+
+    async def prefill(stub: worker_pb2_grpc.WorkerStub, rid: str, n: int) -> float:
+        prompt = [1000 + 7 * i % 20000 for i in range(n)]
+        req = worker_pb2.PrefillRequest(request_id=rid, prompt_token_ids=prompt, params=params)
+        started = time.monotonic()
+        reply = await stub.Prefill(req, timeout=60)
+        assert reply.kv.num_tokens == n
+        return time.monotonic() - started
+
+    async def both() -> tuple[float, float]:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = worker_pb2_grpc.WorkerStub(channel)
+            a = asyncio.ensure_future(prefill(stub, "a", 200))
+            await asyncio.sleep(0.03)  # B arrives while A's step runs
+            b = await prefill(stub, "b", 1000)
+            return await a, b
+
+    try:
+        a, b = asyncio.run(both())
+        # A alone: ~0.1 s; behind B's step it took >= 0.6 s
+        assert a < 0.4 and b > 0.4, (a, b)
+    finally:
+        proc.stop(signal.SIGTERM)

@@ -89,6 +89,40 @@ def test_joined_outputs_keep_every_token_and_take_the_last_state() -> None:
     assert j.num_output_tokens == 2
 
 
+def test_an_output_hook_runs_on_the_engine_thread_before_the_outputs_are_published() -> None:
+    """A prefill worker leases a held prompt's blocks here, so its handle is ready when the
+    output arrives: not asked for then, to wait out the next step."""
+
+    async def run() -> tuple[list[int], set[str], list[list[str]]]:
+        engine = ScriptedEngine([])
+        loop = EngineLoop(lambda: engine, idle_s=0.005)  # type: ignore[arg-type]
+        hooked: list[list[str]] = []
+        threads: set[str] = set()
+
+        def hook(outs: Any) -> None:
+            threads.add(threading.current_thread().name)
+            hooked.append([o.request_id for o in outs])
+
+        loop.add_output_hook(hook)
+        queue = loop.subscribe("a")
+        engine.steps = [[_out("a", 1), _out("b", 2)], [], [_out("a", 3, True)]]
+        loop.start()
+        seen_at_arrival: list[int] = []
+        try:
+            for _ in range(2):
+                item = await asyncio.wait_for(queue.get(), 5)
+                assert isinstance(item, RequestOutput)
+                seen_at_arrival.append(len(hooked))  # hooks run by the time it came
+        finally:
+            loop.stop()
+        return seen_at_arrival, threads, hooked
+
+    seen_at_arrival, threads, hooked = asyncio.run(run())
+    assert hooked == [["a", "b"], ["a"]]  # once a step with outputs, with all of them
+    assert threads == {"engine-loop"}
+    assert seen_at_arrival[0] >= 1 and seen_at_arrival[1] == 2
+
+
 def test_a_quiet_engine_waits_long_and_a_call_still_wakes_it_at_once() -> None:
     quiet = [True]
     loop = EngineLoop(

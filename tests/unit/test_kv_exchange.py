@@ -87,6 +87,29 @@ def test_hand_off_through_the_in_process_transfer(model: Path) -> None:
     decode.check_integrity()
 
 
+def test_a_held_prompt_is_leased_in_its_steps_wake_and_its_handle_taken_once(model: Path) -> None:
+    prefill, source, _, _ = _pair(model)
+    prefill.add_request("r", PROMPT, PARAMS)
+    prefill.add_request("done", PROMPT[:5], SamplingParams(max_tokens=1))
+    outs = prefill.step()
+    source.lease_held(outs)  # what the worker's engine thread runs after each step
+    assert {o.request_id: o.held for o in outs} == {"r": True, "done": False}
+    assert len(source.leases) == 1  # the held one only
+    handle = source.take("r")
+    assert handle is not None and handle.num_tokens == len(PROMPT)
+    assert handle.block_ids == tuple(prefill.held_request("r").block_ids)  # type: ignore[union-attr]
+    assert source.take("r") is None and source.take("done") is None
+
+
+def test_a_leased_prompt_dropped_before_its_handle_was_taken_leaves_nothing(model: Path) -> None:
+    prefill, source, _, _ = _pair(model)
+    prefill.add_request("r", PROMPT, PARAMS)
+    source.lease_held(prefill.step())
+    assert source.drop("r")  # its caller went away between the step and the take
+    assert source.take("r") is None and len(source.leases) == 0
+    assert prefill.held_request("r") is None and prefill.load().idle
+
+
 def test_failed_read_is_recomputed_and_the_lease_expires(model: Path) -> None:
     (colocated,) = _engine(model, "both").generate([PROMPT], PARAMS)
     clock = [time.monotonic()]
