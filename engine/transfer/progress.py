@@ -1,23 +1,25 @@
 """Answering peers' reads of a worker's KV while its engine thread is inside a step.
 
 A READ of our memory completes only as our NIXL agent progresses (nixl_transfer.py). A
-worker's engine loop progresses it between steps, which is enough for a
-decode worker's short steps; a prefill worker's step can last as long as a whole prompt,
-and a read posted meanwhile waited for its end: on a busy mock prefill pool (768-token
-prompts, ~0.4 s steps) 35 of 80 reads took 0.25-1 s instead of ~20 ms, and each such
-hand-off pushed its request's TPOT past 60 ms. NIXL's own progress thread spins a core, so
-this thread progresses the agent every `every_s` (1 ms: a few microseconds of work each)
-only while the worker holds prompts for readers, and sleeps otherwise until woken.
+worker's engine loop progresses it between steps, enough for a decode worker's short
+steps; a prefill worker's step can last a whole prompt's prefill, and a read posted
+meanwhile waited for its end: on a busy mock prefill pool (768-token prompts, ~0.4 s
+steps) 35 of 80 reads took 0.25-1 s instead of ~20 ms, and each such hand-off pushed its
+request's TPOT past 60 ms. NIXL's own progress thread spins a core, so this thread
+progresses the agent every `every_s` (1 ms: a few microseconds of work each) only while
+the worker holds prompts for readers, and sleeps otherwise until woken.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
 from engine.transfer.nixl_transfer import NixlKVTransfer
 
 DEFAULT_EVERY_S = 0.001
+log = logging.getLogger(__name__)
 
 
 class ReadProgress:
@@ -51,5 +53,9 @@ class ReadProgress:
             self._wake.wait()
             self._wake.clear()
             while self._expected() and not self._stop.wait(self._every_s):
-                self._transfer.progress()
+                try:
+                    self._transfer.progress()
+                except Exception:  # the engine loop still progresses between steps
+                    log.exception("NIXL progress failed; reads wait for the engine loop")
+                    return
                 self.rounds += 1
