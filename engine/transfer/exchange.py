@@ -52,6 +52,22 @@ class KVHandle:
     lease_id: str
     lease_deadline: float  # time.monotonic() of the process holding this handle
 
+    def check(self, prompt_len: int, block_size: int, first_token: int | None) -> None:
+        """Raises ValueError unless this handle fits a prompt of `prompt_len` tokens in
+        blocks of `block_size`, and comes with the first token its prefill sampled."""
+        if first_token is None:
+            raise ValueError("a KV handle comes with the first token the prefill worker sampled")
+        if self.num_tokens != prompt_len:
+            raise ValueError(
+                f"the KV handle covers {self.num_tokens} tokens, the prompt has {prompt_len}"
+            )
+        blocks = -(-prompt_len // block_size)
+        if len(self.block_ids) != blocks:
+            raise ValueError(
+                f"the KV handle has {len(self.block_ids)} blocks; a {prompt_len}-token prompt "
+                f"needs {blocks} of {block_size} tokens"
+            )
+
 
 @dataclass(slots=True)
 class ReadReport:

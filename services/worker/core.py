@@ -201,7 +201,7 @@ class Worker:
         if self.role == "prefill":
             raise RoleError(f"{self.worker_id} is a prefill worker: it does not decode")
         if handle is not None:
-            _check_handle(handle, len(prompt), self.engine.block_size, first_token)
+            handle.check(len(prompt), self.engine.block_size, first_token)
         queue = self.loop.subscribe(request_id)
         finished = False
         try:
@@ -292,19 +292,3 @@ def _unwrap(item: RequestOutput | BaseException) -> RequestOutput:
     if isinstance(item, BaseException):
         raise item
     return item
-
-
-def _check_handle(
-    handle: KVHandle, prompt_len: int, block_size: int, first_token: int | None
-) -> None:
-    if first_token is None:
-        raise ValueError("a KV handle comes with the first token the prefill worker sampled")
-    if handle.num_tokens != prompt_len:
-        raise ValueError(
-            f"the KV handle covers {handle.num_tokens} tokens, the prompt has {prompt_len}"
-        )
-    if len(handle.block_ids) != -(-prompt_len // block_size):
-        raise ValueError(
-            f"the KV handle has {len(handle.block_ids)} blocks; a {prompt_len}-token prompt "
-            f"needs {-(-prompt_len // block_size)} of {block_size} tokens"
-        )
