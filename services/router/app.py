@@ -16,11 +16,13 @@ from __future__ import annotations
 import importlib.metadata
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.types import Receive
 
 from engine.tokenizer import Tokenizer
 from services.pb.events_pb2 import WorkerRecord
@@ -30,6 +32,7 @@ from services.router.complete import Server, complete
 from services.router.completion_body import CompletionRequest
 from services.router.drain import Drain
 from services.router.errors import SERVER_ERROR, error_body, install_error_handlers
+from services.router.fast_routes import FastRoute, FastRoutes
 from services.router.generation_config import with_defaults
 from services.router.metrics import RouterMetrics
 from services.router.metrics_routes import metrics_routes
@@ -95,7 +98,9 @@ def create_app(
         fastapi_openapi(), tokenizer.vocab_size
     )
     install_error_handlers(app)
-    # Outermost first: error counting, the key, the body's size (added in reverse).
+    # Outermost first: error counting, the key, the body's size, the generation endpoints
+    # (fast_routes.py; added in reverse).
+    app.add_middleware(FastRoutes, routes=_fast_routes(server))
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     if api_keys is not None and api_keys.keys:
         public = {"/metrics", "/metrics/workers"} if public_metrics else set()
@@ -116,26 +121,45 @@ def create_app(
     return app
 
 
+def _fast_routes(s: Server) -> dict[str, FastRoute]:
+    return {
+        "/v1/chat/completions": FastRoute(ChatCompletionRequest, partial(_chat, s)),
+        "/v1/completions": FastRoute(CompletionRequest, partial(_completion, s)),
+    }
+
+
+async def _chat(
+    s: Server, body: ChatCompletionRequest, receive: Receive, arrival: float
+) -> Response:
+    s.check_model(body.model)
+    body.check_supported()
+    body = with_defaults(body, s.defaults)
+    ids = await chat_prompt_ids(s.tokenizer, body)
+    return await complete(s, receive, body, [ids], "chatcmpl", arrival)
+
+
+async def _completion(
+    s: Server, body: CompletionRequest, receive: Receive, arrival: float
+) -> Response:
+    s.check_model(body.model)
+    body.check_supported()
+    body = with_defaults(body, s.defaults)
+    prompts = await completion_prompt_ids(s.tokenizer, body)
+    return await complete(s, receive, body, prompts, "cmpl", arrival)
+
+
 def _openai_routes(s: Server) -> APIRouter:
     r = APIRouter(prefix="/v1")
 
+    # FastRoutes answers these two POSTs before FastAPI's routing sees them; here they
+    # give the OpenAPI document, and would serve the same if FastRoutes were not there.
     @r.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        arrival = time.monotonic()
-        s.check_model(body.model)
-        body.check_supported()
-        body = with_defaults(body, s.defaults)
-        ids = await chat_prompt_ids(s.tokenizer, body)
-        return await complete(s, request, body, [ids], "chatcmpl", arrival)
+        return await _chat(s, body, request.receive, time.monotonic())
 
     @r.post("/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        arrival = time.monotonic()
-        s.check_model(body.model)
-        body.check_supported()
-        body = with_defaults(body, s.defaults)
-        prompts = await completion_prompt_ids(s.tokenizer, body)
-        return await complete(s, request, body, prompts, "cmpl", arrival)
+        return await _completion(s, body, request.receive, time.monotonic())
 
     @r.get("/models")
     async def models() -> JSONResponse:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import Response
+from starlette.types import Receive
 
 from engine.detokenize import DecodeStreamDecoder, IncrementalText
 from engine.tokenizer import Tokenizer
@@ -73,7 +74,7 @@ class Server:
 
 async def complete(
     s: Server,
-    request: Request,
+    receive: Receive,  # the request's: its disconnect cancels the work
     body: ChatCompletionRequest | CompletionRequest,
     prompts: list[list[int]],
     id_prefix: str,
@@ -91,7 +92,7 @@ async def complete(
         else CompletionFormat(meta, **shown)
     )
     items = merged(choices, body.n)
-    watch = DisconnectWatch(request.receive)
+    watch = DisconnectWatch(receive)
     handed_over = False  # to the stream's response, which closes the watch
     try:
         if body.stream:

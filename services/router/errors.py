@@ -58,11 +58,20 @@ def from_backend(err: BackendError) -> APIError:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(APIError, _on_api_error)  # type: ignore[arg-type]
-    app.add_exception_handler(BackendError, _on_backend_error)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, _on_validation_error)  # type: ignore[arg-type]
-    app.add_exception_handler(StarletteHTTPException, _on_http_exception)  # type: ignore[arg-type]
+    for kind, handler in _HANDLERS:
+        app.add_exception_handler(kind, handler)
     app.add_exception_handler(Exception, _on_unexpected)
+
+
+async def error_response_for(request: Request, err: Exception) -> JSONResponse:
+    """What the handlers FastAPI runs answer `err` with, for a path served outside its
+    routing (fast_routes.py): the same body for the same failure, whichever way it came."""
+    for kind, handler in _HANDLERS:
+        if isinstance(err, kind):
+            return await handler(request, err)
+    # With no ServerErrorMiddleware behind it to log the traceback, it is logged here.
+    log.error("unexpected %s while serving a request", type(err).__name__, exc_info=err)
+    return _server_error()
 
 
 async def _on_api_error(_: Request, err: APIError) -> JSONResponse:
@@ -98,7 +107,19 @@ async def _on_http_exception(request: Request, err: StarletteHTTPException) -> J
 async def _on_unexpected(_: Request, err: Exception) -> JSONResponse:
     # Starlette logs the traceback after this response is sent; the client sees none of it.
     log.error("unexpected %s while serving a request", type(err).__name__)
+    return _server_error()
+
+
+def _server_error() -> JSONResponse:
     return error_response(APIError(500, "The server had an error.", SERVER_ERROR))
+
+
+_HANDLERS: tuple[tuple[type[Exception], Any], ...] = (
+    (APIError, _on_api_error),
+    (BackendError, _on_backend_error),
+    (RequestValidationError, _on_validation_error),
+    (StarletteHTTPException, _on_http_exception),
+)
 
 
 # ---- pydantic errors -> one OpenAI error ---------------------------------------------------
