@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import replace
 
 from engine.hashing import chain_hashes, salted_seed
@@ -55,6 +56,9 @@ from services.wire import DecodeCall, PrefillReply
 
 log = logging.getLogger(__name__)
 PREFILL_ATTEMPTS = 2  # prefill workers a request may try before it prefills locally
+# Read under aclosing at every level: an ended request closes its chain now, down to the
+# worker's call (an async for alone leaves it to the loop's finalizer: a task per level).
+Deltas = AsyncGenerator[TokenDelta, None]
 
 
 class Dispatcher:
@@ -106,9 +110,10 @@ class Dispatcher:
         self.arrivals.arrived(prompt)  # before admission: a request refused is demand too
         workers = await self.cold_start.workers(pool, lambda: self.cluster.serving(pool))
         with self.admission.place(pool, workers, prompt) as place:
-            async for delta in self._generate(request):
-                place.prefilled()
-                yield delta
+            async with aclosing(self._stream(request)) as deltas:
+                async for delta in deltas:
+                    place.prefilled()
+                    yield delta
 
     def _prefill_rate(self) -> float | None:
         """The prefill pool's tokens/s: each worker's measured speed, times the routable
@@ -118,21 +123,17 @@ class Dispatcher:
             return None
         return per_worker * max(1, len(self.cluster.serving("prefill")))
 
-    async def _generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
+    def _stream(self, request: GenerateRequest) -> Deltas:
+        """The request's routed stream: on one worker, or prefilled on another first."""
         hashes = self._hashes(request.prompt_token_ids, request.cache_salt)
         if self.config.mode == "colocated":
             worker = self._pick("both", request, hashes).worker
-            async for delta in self._decode(worker, request, None, ROUTE_COLOCATED):
-                yield delta
-            return
+            return self._decode(worker, request, None, ROUTE_COLOCATED)
         decode = self._pick("decode", request, hashes)
         route = local_route(request, decode, self.cluster, self.config)
         if route is not None:
-            async for delta in self._decode(decode.worker, request, None, route, decode.uncached):
-                yield delta
-            return
-        async for delta in self._disaggregated(request, decode.worker, hashes):
-            yield delta
+            return self._decode(decode.worker, request, None, route, decode.uncached)
+        return self._disaggregated(request, decode.worker, hashes)
 
     def _hashes(self, prompt: list[int], salt: str) -> list[int]:
         """The prompt's chained block hashes, as the workers compute them (kv routing only).
@@ -160,11 +161,12 @@ class Dispatcher:
 
     async def _disaggregated(
         self, request: GenerateRequest, decode: WorkerRef, hashes: list[int]
-    ) -> AsyncIterator[TokenDelta]:
+    ) -> Deltas:
         prefilled = await self._remote_prefill(request, hashes)
         if prefilled is None:  # counted and logged; the request still runs
-            async for delta in self._decode(decode, request, None, ROUTE_LOCAL):
-                yield delta
+            async with aclosing(self._decode(decode, request, None, ROUTE_LOCAL)) as deltas:
+                async for delta in deltas:
+                    yield delta
             return
         prefill_ref, reply = prefilled
         done = reply.finish_reason is not None
@@ -175,9 +177,10 @@ class Dispatcher:
         released = False
         try:
             yield first
-            async for delta in self._decode(decode, request, reply, ROUTE_DISAGG):
-                released = True  # the decode worker read (or gave up on) the KV
-                yield delta
+            async with aclosing(self._decode(decode, request, reply, ROUTE_DISAGG)) as deltas:
+                async for delta in deltas:
+                    released = True  # the decode worker read (or gave up on) the KV
+                    yield delta
         finally:
             if not released:  # nobody will read the held blocks: free them now
                 self.calls.abort_later(prefill_ref, request.request_id)
@@ -221,7 +224,7 @@ class Dispatcher:
         prefill: PrefillReply | None,
         route: str,
         local_tokens: int = 0,
-    ) -> AsyncIterator[TokenDelta]:
+    ) -> Deltas:
         """The request's tokens from `ref`; when `ref` fails (anything but refusing the
         request), the rest from another decode worker, resumed from the prompt plus every
         token the client already has (services/worker/handlers.py recomputes them), at
@@ -240,12 +243,14 @@ class Dispatcher:
         labelled = False  # the request's route rides on the first delta the client gets
         while True:
             try:
-                async for delta in self.calls.decode(ref, call, prefill, route, local_tokens):
-                    if labelled:
-                        delta.route = ""
-                    labelled = True
-                    streamed.extend(delta.token_ids)
-                    yield delta
+                stream = self.calls.decode(ref, call, prefill, route, local_tokens)
+                async with aclosing(stream) as deltas:
+                    async for delta in deltas:
+                        if labelled:
+                            delta.route = ""
+                        labelled = True
+                        streamed.extend(delta.token_ids)
+                        yield delta
                 return
             except WorkerError as e:  # a refusal of the request was raised as a 400 instead
                 failed, error = ref, e

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, Coroutine
 from contextlib import aclosing
 from typing import Any
 
@@ -70,7 +70,7 @@ class WorkerCalls:
         prefill: PrefillReply | None,
         route: str,
         local_tokens: int,
-    ) -> AsyncIterator[TokenDelta]:
+    ) -> AsyncGenerator[TokenDelta, None]:
         """One decode worker's stream. `local_tokens`: prompt tokens it prefills itself,
         counted as queued on it until its first token arrives (as a prefill worker's are
         until its reply)."""

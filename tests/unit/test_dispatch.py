@@ -96,6 +96,26 @@ def test_a_client_gone_after_the_first_token_frees_both_workers() -> None:
     assert prefill.aborted == []  # the decode worker read the KV already
 
 
+@pytest.mark.parametrize("prompt", [PROMPT, PROMPT[:4]], ids=["disaggregated", "local"])
+def test_a_client_gone_closes_the_worker_call_before_the_close_returns(prompt: list[int]) -> None:
+    """At once, not when the event loop's finalizer gets to the generators in between:
+    the worker aborts and frees the request's blocks while the client's close runs."""
+    prefill = FakeWorker(PrefillReply(42, None, 8, None, HANDLE))
+    decode = FakeWorker(chunks=[chunk([5]), chunk([6]), chunk([7], done=True)])
+    d, _ = dispatcher(**{"prefill-0": prefill, "decode-0": decode})
+
+    async def go() -> bool:
+        stream = d.generate(GenerateRequest("r1", prompt, SamplingParams(max_tokens=4)))
+        await anext(stream)
+        await anext(stream)
+        await stream.aclose()
+        closed = decode.stream_closed
+        await d.close()
+        return closed
+
+    assert asyncio.run(go())
+
+
 def test_a_client_gone_before_the_decode_started_releases_the_held_blocks() -> None:
     prefill = FakeWorker(PrefillReply(42, None, 8, None, HANDLE))
     decode = FakeWorker(chunks=[chunk([5], done=True)])
