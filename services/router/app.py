@@ -123,29 +123,23 @@ def create_app(
 
 def _fast_routes(s: Server) -> dict[str, FastRoute]:
     return {
-        "/v1/chat/completions": FastRoute(ChatCompletionRequest, partial(_chat, s)),
-        "/v1/completions": FastRoute(CompletionRequest, partial(_completion, s)),
+        "/v1/chat/completions": FastRoute(ChatCompletionRequest, partial(_generate, s)),
+        "/v1/completions": FastRoute(CompletionRequest, partial(_generate, s)),
     }
 
 
-async def _chat(
-    s: Server, body: ChatCompletionRequest, receive: Receive, arrival: float
+async def _generate(
+    s: Server, body: ChatCompletionRequest | CompletionRequest, receive: Receive, arrival: float
 ) -> Response:
+    """Either endpoint: checked, defaults filled in, tokenized once, then `complete`."""
     s.check_model(body.model)
     body.check_supported()
     body = with_defaults(body, s.defaults)
-    ids = await chat_prompt_ids(s.tokenizer, body)
-    return await complete(s, receive, body, [ids], "chatcmpl", arrival)
-
-
-async def _completion(
-    s: Server, body: CompletionRequest, receive: Receive, arrival: float
-) -> Response:
-    s.check_model(body.model)
-    body.check_supported()
-    body = with_defaults(body, s.defaults)
-    prompts = await completion_prompt_ids(s.tokenizer, body)
-    return await complete(s, receive, body, prompts, "cmpl", arrival)
+    if isinstance(body, ChatCompletionRequest):
+        prompts, prefix = [await chat_prompt_ids(s.tokenizer, body)], "chatcmpl"
+    else:
+        prompts, prefix = await completion_prompt_ids(s.tokenizer, body), "cmpl"
+    return await complete(s, receive, body, prompts, prefix, arrival)
 
 
 def _openai_routes(s: Server) -> APIRouter:
@@ -155,11 +149,11 @@ def _openai_routes(s: Server) -> APIRouter:
     # give the OpenAPI document, and would serve the same if FastRoutes were not there.
     @r.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        return await _chat(s, body, request.receive, time.monotonic())
+        return await _generate(s, body, request.receive, time.monotonic())
 
     @r.post("/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        return await _completion(s, body, request.receive, time.monotonic())
+        return await _generate(s, body, request.receive, time.monotonic())
 
     @r.get("/models")
     async def models() -> JSONResponse:
