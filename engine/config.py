@@ -145,12 +145,9 @@ class EngineConfig:
             )
         if self.enable_expert_parallel and self.tensor_parallel_size == 1:
             raise ValueError("enable_expert_parallel shares experts over tensor_parallel_size > 1")
-        if self.tensor_parallel_size > 1 and (
-            self.backend == "mock" or not self.enforce_eager or self.role != "both"
-        ):
-            # not built yet: a compiled step over ranks, and moving a KV cache whose heads
-            # are split over processes between pools (NIXL reads of head slices)
+        if self.tensor_parallel_size > 1 and (self.backend == "mock" or not self.enforce_eager):
+            # not built yet: a compiled step over ranks (the mock has no model to shard)
             raise ValueError(
-                "tensor_parallel_size > 1 runs the model eagerly in a colocated worker: not "
-                "with backend mock, a compiled decode step or a prefill/decode role yet"
+                "tensor_parallel_size > 1 runs the model eagerly: not with backend mock or "
+                "a compiled decode step yet"
             )

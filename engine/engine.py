@@ -53,6 +53,7 @@ class Engine:
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
         model_cfg, model, self.dtype, device, tp = load_backend(config)
+        self.tp = tp  # rank 0's group of a tensor-parallel worker (engine/parallel)
         self.model_config = model_cfg
         self.max_model_len = min(
             config.max_model_len or model_cfg.max_position_embeddings,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 
 import torch
 
@@ -46,14 +45,6 @@ class StepPlan:
             if c.samples:
                 logit_rows.append(len(ids) - 1)
         return cls(ids, positions, BatchLayout(tuple(seqs), len(ids)), logit_rows)
-
-
-def _receive(pipe: Connection) -> StepPlan | None:
-    try:
-        plan: StepPlan | None = pipe.recv()
-    except EOFError:  # rank 0 is gone
-        return None
-    return plan
 
 
 class ModelRunner:
@@ -123,10 +114,10 @@ class ModelRunner:
         return self.model.logits(hidden)
 
     @torch.inference_mode()
-    def follow(self, pipe: Connection) -> None:
-        """A follower rank: run each step rank 0 sends, until it sends None or is gone."""
-        while (plan := _receive(pipe)) is not None:
-            self._forward(plan)
+    def run_plan(self, plan: StepPlan) -> None:
+        """A follower rank: the step rank 0 planned, on this rank's shard and KV heads
+        (engine/parallel/launch.py)."""
+        self._forward(plan)
 
     def _forward(self, plan: StepPlan) -> torch.Tensor:
         self.attn.prepare(plan.layout)

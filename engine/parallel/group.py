@@ -28,6 +28,9 @@ class TPGroup:
     group: Any  # a ProcessGroupGloo / ProcessGroupNCCL
     # rank 0's pipes to its followers (rank 1, 2, ...); empty on a follower
     pipes: list[Connection] = field(default_factory=list)
+    # set by rank 0 while peers may read the workers' KV (engine/parallel/kv.py): a
+    # multiprocessing Event shared with the followers
+    readers: Any = None
 
     @classmethod
     def join(cls, rank: int, size: int, port: int, device: torch.device) -> TPGroup:

@@ -38,6 +38,9 @@ class PeerKV:
     block_bytes: int
     num_blocks: int
     device_id: int = 0
+    # A tensor-parallel worker's other ranks (1, 2, ...), each its own agent and memory
+    # holding its KV heads (engine/parallel/kv.py): rank i of a reader reads rank i.
+    followers: tuple[PeerKV, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,6 +71,12 @@ class NixlKVTransfer:
     # ---- peers ---------------------------------------------------------------------
     def add_peer(self, peer: PeerKV) -> None:
         """Load (or reload, after a restart) a peer's agent metadata."""
+        if peer.followers:  # its blocks' heads are spread over several agents
+            raise ValueError(
+                f"peer {peer.agent_name} has tensor-parallel size {1 + len(peer.followers)} "
+                "and this worker 1: reads between pools of different tensor-parallel sizes "
+                "are not built"
+            )
         if peer.block_bytes != self.block_bytes:
             raise ValueError(
                 f"peer {peer.agent_name} has {peer.block_bytes}-byte blocks, "
@@ -155,6 +161,14 @@ class NixlKVTransfer:
         with self._lock:
             for peer, messages in self._agent.get_new_notifs().items():
                 self._pending.setdefault(peer, []).extend(messages)
+
+    def notify(self, peer_name: str, message: bytes) -> None:
+        """Send a note on its own (a tensor-parallel reader's, once all its ranks read)."""
+        with self._lock:
+            self._agent.send_notif(peer_name, message)
+
+    def expect_readers(self, expected: bool) -> None:
+        """Nothing to do in one process: `ReadProgress` progressing this agent is all."""
 
     def notifications(self) -> dict[str, list[bytes]]:
         """Messages peers attached to reads of our memory, by peer name."""

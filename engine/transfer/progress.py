@@ -15,17 +15,24 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-
-from engine.transfer.nixl_transfer import NixlKVTransfer
+from typing import Protocol
 
 DEFAULT_EVERY_S = 0.001
 log = logging.getLogger(__name__)
 
 
+class Progressed(Protocol):
+    def progress(self) -> None: ...
+
+    def expect_readers(self, expected: bool) -> None:
+        """Told when this thread starts and stops progressing (a tensor-parallel worker's
+        followers then progress their own agents: engine/parallel/kv.py)."""
+
+
 class ReadProgress:
     def __init__(
         self,
-        transfer: NixlKVTransfer,
+        transfer: Progressed,
         readers_expected: Callable[[], bool],
         every_s: float = DEFAULT_EVERY_S,
     ) -> None:
@@ -52,10 +59,13 @@ class ReadProgress:
         while not self._stop.is_set():
             self._wake.wait()
             self._wake.clear()
-            while self._expected() and not self._stop.wait(self._every_s):
-                try:
+            self._transfer.expect_readers(True)
+            try:
+                while self._expected() and not self._stop.wait(self._every_s):
                     self._transfer.progress()
-                except Exception:  # the engine loop still progresses between steps
-                    log.exception("NIXL progress failed; reads wait for the engine loop")
-                    return
-                self.rounds += 1
+                    self.rounds += 1
+            except Exception:  # the engine loop still progresses between steps
+                log.exception("NIXL progress failed; reads wait for the engine loop")
+                return
+            finally:
+                self._transfer.expect_readers(False)

@@ -103,6 +103,15 @@ def worker_record(
         kv_base_addr=peer.base_addr,
         kv_block_bytes=peer.block_bytes,
         kv_device_id=peer.device_id,
+        nixl_ranks=[
+            events_pb2.NixlRank(
+                agent=r.agent_name,
+                metadata=r.metadata,
+                base_addr=r.base_addr,
+                device_id=r.device_id,
+            )
+            for r in peer.followers
+        ],
         started_at_unix_ms=started_at_unix_ms,
     )
 
@@ -129,11 +138,16 @@ def set_load(record: events_pb2.WorkerRecord, s: WorkerStats) -> None:
 
 def peer_from_record(record: events_pb2.WorkerRecord) -> PeerKV:
     """The inverse of `worker_record`'s `peer`: what a reader loads as a NIXL peer."""
+    bytes_ = record.kv_block_bytes  # every rank's blocks are alike
     return PeerKV(
         agent_name=record.nixl_agent,
         metadata=record.nixl_metadata,
         base_addr=record.kv_base_addr,
-        block_bytes=record.kv_block_bytes,
+        block_bytes=bytes_,
         num_blocks=record.num_blocks,
         device_id=record.kv_device_id,
+        followers=tuple(
+            PeerKV(r.agent, r.metadata, r.base_addr, bytes_, record.num_blocks, r.device_id)
+            for r in record.nixl_ranks
+        ),
     )

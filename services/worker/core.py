@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from engine import Engine, EngineConfig, SamplingParams
 from engine.kv_events import KVEventSink
 from engine.output import RequestOutput
+from engine.parallel.kv import open_transfer
 from engine.transfer.exchange import KVHandle, KVSink, KVSource
 from engine.transfer.leases import DEFAULT_LEASE_S, LeaseTable
-from engine.transfer.nixl_transfer import NixlKVTransfer
 from engine.transfer.progress import ReadProgress
 from services.wire import PrefillReply
 from services.worker.engine_thread import EngineLoop
@@ -99,9 +99,7 @@ class Worker:
         # held for readers a light thread of ours answers their reads during steps
         # (engine/transfer/progress.py).
         try:
-            self.transfer = NixlKVTransfer(
-                self.agent_name, engine.runner.kv_cache, progress_thread=False
-            )
+            self.transfer = open_transfer(self.agent_name, engine.runner.kv_cache, engine.tp)
         except BaseException:
             self.loop.stop()  # its thread holds the engine until told
             raise

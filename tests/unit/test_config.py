@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 from engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from engine.parallel.launch import rank_device
 from engine.request import Request, Status
 from engine.sampling_params import MAX_STOP_CHARS, MAX_STOP_STRINGS, SamplingParams
 
@@ -181,6 +183,9 @@ def test_scheduler_config_defaults() -> None:
         ({"dtype": "fp16"}, "dtype"),
         ({"num_threads": 0}, "num_threads"),
         ({"max_model_len": 0}, "max_model_len"),
+        ({"tensor_parallel_size": 0}, "tensor_parallel_size must be positive"),
+        ({"tensor_parallel_size": 2, "backend": "mock"}, "not with backend mock"),
+        ({"tensor_parallel_size": 2, "enforce_eager": False}, "a compiled decode step"),
     ],
 )
 def test_engine_config_rejects(kwargs: dict[str, object], match: str) -> None:
@@ -193,6 +198,18 @@ def test_engine_config_rejects(kwargs: dict[str, object], match: str) -> None:
 def test_engine_config_accepts_roles_and_dtypes(role: str, dtype: str) -> None:
     c = EngineConfig(model="m", role=role, dtype=dtype)  # type: ignore[arg-type]
     assert (c.role, c.dtype) == (role, dtype)
+
+
+@pytest.mark.parametrize("role", ["prefill", "decode", "both"])
+def test_tensor_parallel_workers_take_every_role(role: str) -> None:
+    c = EngineConfig(model="m", role=role, tensor_parallel_size=2)  # type: ignore[arg-type]
+    assert (c.role, c.tensor_parallel_size) == (role, 2)
+
+
+def test_each_rank_has_its_own_gpu_and_shares_the_cpu() -> None:
+    assert rank_device(torch.device("cuda"), 1) == torch.device("cuda", 1)
+    assert rank_device(torch.device("cuda", 2), 1) == torch.device("cuda", 3)
+    assert rank_device(torch.device("cpu"), 3) == torch.device("cpu")
 
 
 def test_engine_config_defaults_and_nesting() -> None:

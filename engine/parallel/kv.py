@@ -1,0 +1,346 @@
+"""KV transfer for a tensor-parallel worker: each rank's cache holds its own KV heads, so
+each rank registers it with a NIXL agent of its own, and a read between two workers of the
+same size is one read per rank, rank i of the reader from rank i of the peer.
+
+    rank 0 (TPKVTransfer, engine thread)             follower i (FollowerKV, its main loop)
+    start_read(peer, remote, local, note)
+      its own READ of the peer's rank 0   ---Read--> its READ of the peer's rank i
+      poll(): own read + replies         <-Ended---  polled between steps
+      all ranks ended -> note to the peer's rank 0 (send_notif), so the peer's lease
+                         is released only once no rank still reads its blocks
+
+Block ids are rank 0's on every rank (it schedules; followers run its steps on caches
+sized like its own), and the cache layout is the same on every rank, so each rank's read
+is still one descriptor per run of adjacent blocks. A peer of another size is refused by
+name (its head slices would come from several ranks: not built).
+
+Followers' agents must progress to answer reads of their memory (nixl_transfer.py says
+why): a thread in each follower progresses every millisecond while rank 0's `ReadProgress`
+runs (prompts held for readers: `expect_readers`, a cross-process event), and every 50 ms
+otherwise, which answers a new reader's connection set-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+
+from engine.parallel.group import TPGroup
+from engine.transfer.base import PeerKV, PendingRead, ReadResult, TransferError
+from engine.transfer.nixl_transfer import NixlKVTransfer
+
+log = logging.getLogger(__name__)
+
+BUSY_EVERY_S = 0.001  # a follower's progress while readers are expected
+IDLE_EVERY_S = 0.05  # and otherwise: a reader's connection set-up waits at most this
+REPLY_TIMEOUT_S = 60.0  # for a follower's answer to a peer change; longer means it died
+
+
+# ---- what rank 0 and a follower say to each other ------------------------------------
+@dataclass(frozen=True, slots=True)
+class StartAgent:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentReady:
+    peer: PeerKV
+
+
+@dataclass(frozen=True, slots=True)
+class AddPeer:
+    peer: PeerKV
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAdded:
+    error: str  # empty: added
+
+
+@dataclass(frozen=True, slots=True)
+class RemovePeer:
+    agent_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    read_id: int
+    peer_name: str
+    remote: list[int]
+    local: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    read_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadEnded:
+    read_id: int
+    result: ReadResult | None  # None: failed or cancelled (`error` says which)
+    error: str = ""
+
+
+FollowerMessage = StartAgent | AddPeer | RemovePeer | Read | Cancel
+
+
+def open_transfer(name: str, kv_cache: torch.Tensor, tp: TPGroup | None) -> WorkerTransfer:
+    """A worker's transfer: its agent over `kv_cache`, and its followers' where it has
+    some. No NIXL progress thread: it spins a core (the worker progresses it instead)."""
+    own = NixlKVTransfer(name, kv_cache, progress_thread=False)
+    return own if tp is None else TPKVTransfer(own, tp)
+
+
+# ---- rank 0 --------------------------------------------------------------------------
+class TPKVTransfer:
+    """Rank 0's transfer: its own agent, and its followers' through their pipes. Every
+    method but `progress`, `notifications` and `expect_readers` runs on the engine thread
+    (or before it starts), the only user of the pipes."""
+
+    def __init__(self, own: NixlKVTransfer, group: TPGroup) -> None:
+        self.own = own
+        self.group = group
+        for rank, pipe in enumerate(group.pipes, start=1):
+            pipe.send(StartAgent(f"{own.name}-rank{rank}"))
+        self._ranks = tuple(self._reply(pipe, AgentReady).peer for pipe in group.pipes)
+        self._peer_ranks: dict[str, tuple[str, ...]] = {}  # peer rank 0 -> its followers
+        self._ids = itertools.count()
+        self._ended: dict[int, list[ReadEnded]] = {}  # followers' answers, by read
+
+    @property
+    def name(self) -> str:
+        return self.own.name
+
+    def describe(self) -> PeerKV:
+        return dataclasses.replace(self.own.describe(), followers=self._ranks)
+
+    def add_peer(self, peer: PeerKV) -> None:
+        if len(peer.followers) != len(self._ranks):
+            raise ValueError(_size_mismatch(peer, 1 + len(self._ranks)))
+        self.own.add_peer(dataclasses.replace(peer, followers=()))  # its rank 0
+        for pipe, rank_peer in zip(self.group.pipes, peer.followers, strict=True):
+            pipe.send(AddPeer(rank_peer))
+        errors = [self._reply(pipe, PeerAdded).error for pipe in self.group.pipes]
+        if any(errors):
+            self.remove_peer(peer.agent_name)
+            raise ValueError(f"peer {peer.agent_name}: " + "; ".join(e for e in errors if e))
+        self._peer_ranks[peer.agent_name] = tuple(p.agent_name for p in peer.followers)
+
+    def remove_peer(self, agent_name: str) -> None:
+        self.own.remove_peer(agent_name)
+        ranks = self._peer_ranks.pop(agent_name, None)
+        for pipe, rank_name in zip(self.group.pipes, ranks or (), strict=ranks is not None):
+            pipe.send(RemovePeer(rank_name))
+
+    def start_read(
+        self,
+        peer_name: str,
+        remote_blocks: Sequence[int],
+        local_blocks: Sequence[int],
+        notify: bytes = b"",
+    ) -> PendingRead:
+        ranks = self._peer_ranks.get(peer_name)
+        if ranks is None:
+            raise TransferError(f"unknown peer {peer_name!r}: add_peer() it first")
+        own = self.own.start_read(peer_name, remote_blocks, local_blocks)  # no note yet
+        read_id = next(self._ids)
+        self._ended[read_id] = []
+        remote, local = list(remote_blocks), list(local_blocks)
+        for pipe, rank_name in zip(self.group.pipes, ranks, strict=True):
+            pipe.send(Read(read_id, rank_name, remote, local))
+        return _TPRead(self, read_id, own, peer_name, notify)
+
+    def notifications(self) -> dict[str, list[bytes]]:
+        """Readers' notes come to rank 0's agent only (each reader's rank 0 sends them)."""
+        return self.own.notifications()
+
+    def progress(self) -> None:
+        self.own.progress()
+
+    def expect_readers(self, expected: bool) -> None:
+        """Any thread: the followers progress their agents often while readers are
+        expected, rarely otherwise."""
+        if expected:
+            self.group.readers.set()
+        else:
+            self.group.readers.clear()
+
+    def close(self) -> None:
+        self.own.close()  # the followers' agents end with their processes
+
+    # ---- followers' answers ------------------------------------------------------------
+    def collect(self) -> None:
+        """Take the followers' read answers that have arrived (never waits)."""
+        for pipe in self.group.pipes:
+            while pipe.poll(0):
+                self._keep(pipe.recv())
+
+    def take_ended(self, read_id: int) -> list[ReadEnded] | None:
+        """Every follower's answer for the read, once all have come (then forgotten)."""
+        answers = self._ended[read_id]
+        if len(answers) < len(self._ranks):
+            return None
+        return self._ended.pop(read_id)
+
+    def cancel_followers(self, read_id: int) -> None:
+        for pipe in self.group.pipes:
+            pipe.send(Cancel(read_id))
+
+    def _keep(self, message: object) -> None:
+        if not isinstance(message, ReadEnded):
+            raise RuntimeError(f"unexpected message from a follower rank: {message!r}")
+        self._ended[message.read_id].append(message)
+
+    def _reply(self, pipe: Connection, kind: type[Any]) -> Any:
+        """The follower's answer of `kind`, keeping read answers that come before it."""
+        deadline = time.monotonic() + REPLY_TIMEOUT_S
+        while pipe.poll(max(0.0, deadline - time.monotonic())):
+            message = pipe.recv()
+            if isinstance(message, kind):
+                return message
+            self._keep(message)
+        raise RuntimeError(f"a follower rank did not answer in {REPLY_TIMEOUT_S:g} s")
+
+
+class _TPRead:
+    """One read on every rank; ended when all have ended, failed when any failed."""
+
+    def __init__(
+        self, transfer: TPKVTransfer, read_id: int, own: PendingRead, peer: str, note: bytes
+    ) -> None:
+        self._transfer, self._read_id, self._own = transfer, read_id, own
+        self._peer, self._note = peer, note
+        self._own_ended = False
+        self._own_result: ReadResult | None = None
+        self._own_error = ""
+        self._cancelling = False
+
+    def poll(self) -> ReadResult | None:
+        if not self._own_ended:
+            try:
+                self._own_result = self._own.poll()
+                self._own_ended = self._own_result is not None
+            except TransferError as e:
+                self._own_ended, self._own_error = True, str(e)
+        self._transfer.collect()
+        if not self._own_ended:
+            return None
+        followers = self._transfer.take_ended(self._read_id)
+        if followers is None:
+            return None
+        errors = [self._own_error] + [f.error for f in followers]
+        if any(errors) or self._own_result is None:
+            raise TransferError("; ".join(e for e in errors if e) or "cancelled")
+        results = [self._own_result] + [f.result for f in followers if f.result is not None]
+        if self._note:
+            self._transfer.own.notify(self._peer, self._note)
+        return ReadResult(
+            sum(r.bytes for r in results),
+            sum(r.descriptors for r in results),
+            max(r.seconds for r in results),
+        )
+
+    def cancel(self) -> bool:
+        """True only when no rank can still write the blocks: the followers answer a
+        cancel later, so a read they hold is polled to its end (as KVSink does)."""
+        if not self._cancelling:
+            self._cancelling = True
+            self._transfer.cancel_followers(self._read_id)
+            if not self._own_ended and self._own.cancel():
+                self._own_ended, self._own_error = True, "cancelled"
+        self._transfer.collect()
+        return self._own_ended and self._transfer.take_ended(self._read_id) is not None
+
+
+def _size_mismatch(peer: PeerKV, ours: int) -> str:
+    return (
+        f"peer {peer.agent_name} has tensor-parallel size {1 + len(peer.followers)} and this "
+        f"worker {ours}: reads between pools of different tensor-parallel sizes are not "
+        "built (each rank would read head slices from several)"
+    )
+
+
+# ---- a follower --------------------------------------------------------------------
+class FollowerKV:
+    """A follower rank's side: its agent (from `StartAgent` on), its reads, its answers."""
+
+    def __init__(self, kv_cache: torch.Tensor, pipe: Connection, readers: Any) -> None:
+        """`readers`: rank 0's cross-process event (`TPKVTransfer.expect_readers`)."""
+        self._kv_cache, self._pipe, self._readers = kv_cache, pipe, readers
+        self._transfer: NixlKVTransfer | None = None
+        self._reads: dict[int, PendingRead] = {}
+
+    @property
+    def reading(self) -> bool:
+        return bool(self._reads)
+
+    def handle(self, message: FollowerMessage) -> None:
+        if isinstance(message, StartAgent):
+            self._start(message.name)
+            return
+        transfer = self._transfer
+        if transfer is None:
+            raise RuntimeError(f"{message!r} before the follower's agent started")
+        if isinstance(message, AddPeer):
+            try:
+                transfer.add_peer(message.peer)
+                self._pipe.send(PeerAdded(""))
+            except Exception as e:  # noqa: BLE001 (rank 0 raises it with the others')
+                self._pipe.send(PeerAdded(f"rank of {message.peer.agent_name}: {e}"))
+        elif isinstance(message, RemovePeer):
+            transfer.remove_peer(message.agent_name)
+        elif isinstance(message, Read):
+            try:
+                self._reads[message.read_id] = transfer.start_read(
+                    message.peer_name, message.remote, message.local
+                )
+            except TransferError as e:
+                self._pipe.send(ReadEnded(message.read_id, None, str(e)))
+        elif isinstance(message, Cancel):
+            read = self._reads.get(message.read_id)
+            if read is not None and read.cancel():
+                del self._reads[message.read_id]
+                self._pipe.send(ReadEnded(message.read_id, None, "cancelled"))
+
+    def poll(self) -> None:
+        """Answer rank 0 for every read that has ended."""
+        for read_id, read in list(self._reads.items()):
+            try:
+                result = read.poll()
+            except TransferError as e:
+                self._pipe.send(ReadEnded(read_id, None, str(e)))
+                del self._reads[read_id]
+                continue
+            if result is not None:
+                self._pipe.send(ReadEnded(read_id, result))
+                del self._reads[read_id]
+
+    def _start(self, name: str) -> None:
+        self._transfer = NixlKVTransfer(name, self._kv_cache, progress_thread=False)
+        self._pipe.send(AgentReady(self._transfer.describe()))
+        threading.Thread(
+            target=self._progress, args=(self._transfer,), name="nixl-progress", daemon=True
+        ).start()
+
+    def _progress(self, transfer: NixlKVTransfer) -> None:
+        while True:
+            if self._readers.wait(IDLE_EVERY_S):
+                time.sleep(BUSY_EVERY_S)
+            try:
+                transfer.progress()
+            except Exception:
+                log.exception("NIXL progress failed on a follower rank")
+                return
+
+
+WorkerTransfer = NixlKVTransfer | TPKVTransfer

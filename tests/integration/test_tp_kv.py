@@ -1,0 +1,111 @@
+"""Rank 0's side of a tensor-parallel worker's KV reads (engine/parallel/kv.py), with the
+test in its follower's place at the other end of the pipe: rank 0 reads the peer's rank 0
+over NIXL (a real peer process), asks its follower to read the peer's rank 1, and tells
+the peer it is done (the note that ends the peer's lease) only once every rank's read has
+ended well. A read some rank did not finish sends no note."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import threading
+import time
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+
+import pytest
+import torch
+
+from engine.parallel.group import TPGroup
+from engine.parallel.kv import (
+    AddPeer,
+    AgentReady,
+    Cancel,
+    PeerAdded,
+    Read,
+    ReadEnded,
+    StartAgent,
+    TPKVTransfer,
+)
+from engine.transfer.base import PendingRead, ReadResult, TransferError
+from engine.transfer.nixl_transfer import NixlKVTransfer
+from engine.transfer.peer_process import KVPeerProcess
+
+SHAPE = (8, 2, 16)  # blocks, then one block's values
+FOLLOWER_RESULT = ReadResult(bytes=128, descriptors=1, seconds=0.001)
+
+
+@pytest.fixture
+def peer() -> Iterator[KVPeerProcess]:
+    peer = KVPeerProcess("tp-peer", SHAPE)
+    yield peer
+    peer.kill()
+
+
+@pytest.fixture
+def rank0() -> Iterator[tuple[TPKVTransfer, Connection]]:
+    """Rank 0's transfer, and the follower's end of its pipe (answered by the test)."""
+    ours, follower = mp.Pipe()
+    own = NixlKVTransfer("tp-reader", torch.zeros(SHAPE), progress_thread=False)
+    follower.send(AgentReady(dataclasses.replace(own.describe(), agent_name="tp-reader-rank1")))
+    transfer = TPKVTransfer(own, TPGroup(0, 2, None, [ours], threading.Event()))
+    assert follower.recv() == StartAgent("tp-reader-rank1")
+    assert [r.agent_name for r in transfer.describe().followers] == ["tp-reader-rank1"]
+    yield transfer, follower
+    transfer.close()
+
+
+def _poll_until_ended(pending: PendingRead, timeout_s: float = 10.0) -> ReadResult:
+    deadline = time.monotonic() + timeout_s
+    while (result := pending.poll()) is None:
+        assert time.monotonic() < deadline, "the read did not end"
+        time.sleep(0.001)
+    return result
+
+
+def test_the_note_goes_once_every_rank_has_read(
+    peer: KVPeerProcess, rank0: tuple[TPKVTransfer, Connection]
+) -> None:
+    transfer, follower = rank0
+    peer_rank1 = dataclasses.replace(peer.kv, agent_name="tp-peer-rank1")
+    follower.send(PeerAdded(""))  # the follower's answer, ahead of the ask
+    transfer.add_peer(dataclasses.replace(peer.kv, followers=(peer_rank1,)))
+    assert follower.recv() == AddPeer(peer_rank1)
+
+    # read A: rank 0's own read ends, the follower's does not; it is cancelled
+    unfinished = transfer.start_read("tp-peer", [1, 2], [3, 4], notify=b"A")
+    assert follower.recv() == Read(0, "tp-peer-rank1", [1, 2], [3, 4])
+    time.sleep(0.2)  # ample for rank 0's own read of two small blocks
+    assert unfinished.poll() is None  # the follower has not answered
+    assert not unfinished.cancel()  # the follower may still write: not yet
+    assert follower.recv() == Cancel(0)
+    follower.send(ReadEnded(0, None, "cancelled"))
+    with pytest.raises(TransferError, match="cancelled"):
+        _poll_until_ended(unfinished)
+
+    # read B: both ranks read; the note follows, once
+    read = transfer.start_read("tp-peer", [5], [6], notify=b"B")
+    assert follower.recv() == Read(1, "tp-peer-rank1", [5], [6])
+    follower.send(ReadEnded(1, FOLLOWER_RESULT))
+    result = _poll_until_ended(read)
+    block_bytes = peer.kv.block_bytes
+    assert (result.bytes, result.descriptors) == (block_bytes + FOLLOWER_RESULT.bytes, 2)
+    assert torch.equal(transfer.own.kv_cache[6], torch.full(SHAPE[1:], 1005.0))  # peer's 5
+    assert peer.finish() == [b"B"]
+
+
+def test_a_peer_of_another_size_or_a_follower_that_cannot_load_it_is_refused(
+    peer: KVPeerProcess, rank0: tuple[TPKVTransfer, Connection]
+) -> None:
+    transfer, follower = rank0
+    with pytest.raises(ValueError, match="has tensor-parallel size 1 and this worker 2"):
+        transfer.add_peer(peer.kv)
+    follower.send(PeerAdded("rank of tp-peer-rank1: unreachable"))
+    with pytest.raises(ValueError, match="unreachable"):
+        transfer.add_peer(
+            dataclasses.replace(
+                peer.kv, followers=(dataclasses.replace(peer.kv, agent_name="tp-peer-rank1"),)
+            )
+        )
+    with pytest.raises(TransferError, match="unknown peer"):  # nothing half-loaded
+        transfer.start_read("tp-peer", [1], [1])
