@@ -79,13 +79,16 @@ class ClusterConfig:
         A worker gets whole CPUs while there are enough to go round; with fewer CPUs than
         workers they share them (cpus/n each: Ray accepts fractions), where asking for one
         each would leave the rest waiting for CPUs that never come. Mock workers mostly
-        sleep: they always share, and none takes a GPU. Torch threads: PoolSpec."""
+        sleep: they always share, and none takes a GPU. A tensor-parallel worker takes a GPU
+        for each of its ranks (engine/parallel: rank i on the actor's i-th GPU); its ranks
+        share its CPUs. Torch threads: PoolSpec."""
         n = self.prefill_workers + self.decode_workers
         if self.engine.backend == "mock":
             share = (self.cpus_per_worker or cpus / n, 0.0)
         else:
             per_cpu = self.cpus_per_worker or (float(cpus // n) if cpus >= n else cpus / n)
-            share = (per_cpu, 1.0 if gpus >= n else 0.0)
+            tp = self.engine.tensor_parallel_size
+            share = (per_cpu, float(tp) if gpus >= n * tp else 0.0)
         if self.mode == "colocated":
             return [PoolSpec("both", n, *share)]
         return [

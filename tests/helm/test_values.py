@@ -86,8 +86,13 @@ def test_every_default_is_in_the_schema(chart: helm_python.Chart) -> None:
             "workers.terminationGracePeriodSeconds is 90 but must be at least 125",
         ),
         (
+            {"workers": {"decode": {"tensorParallelSize": 2, "gpus": 2}}},
+            "workers.prefill.tensorParallelSize (1) and workers.decode.tensorParallelSize (2) "
+            "differ",
+        ),
+        (
             _set("workers.decode.tensorParallelSize", 2),
-            "workers.decode.tensorParallelSize is 2: tensor parallelism is not implemented",
+            "workers.decode.gpus (1) must be at least workers.decode.tensorParallelSize (2)",
         ),
         (
             {"workers": {"prefill": {"replicas": 5, "maxReplicas": 4}}},

@@ -3,6 +3,7 @@ and then the worker with flags the `tandem` CLI accepts, probes and /dev/shm are
 
 from __future__ import annotations
 
+import helm_python
 import pytest
 
 from tests.helm.conftest import Releases
@@ -10,6 +11,7 @@ from tests.helm.manifests import (
     Rendered,
     env_of,
     parse_tandem,
+    render,
     worker_groups,
 )
 
@@ -75,6 +77,18 @@ def test_worker_args_follow_the_engine_values(releases: Releases) -> None:
     for group in worker_groups(r).values():
         args = parse_tandem(["worker", *group["template"]["spec"]["containers"][0]["args"]])
         assert args.engine == "mock"
+
+
+def test_tensor_parallel_workers_get_the_size_and_the_gpus(chart: helm_python.Chart) -> None:
+    group = {"gpus": 4, "tensorParallelSize": 4}
+    r = render(chart, {"workers": {"prefill": group, "decode": group}})
+    for role, g in worker_groups(r).items():
+        (container,) = g["template"]["spec"]["containers"]
+        assert parse_tandem(["worker", *container["args"]]).tensor_parallel_size == 4, role
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 4, role
+    for g in worker_groups(render(chart, {})).values():  # the default: one process
+        (container,) = g["template"]["spec"]["containers"]
+        assert parse_tandem(["worker", *container["args"]]).tensor_parallel_size == 1
 
 
 def test_worker_probes_are_grpc_health_checks(release: Rendered) -> None:

@@ -28,6 +28,15 @@ def test_pools_share_the_node_between_workers() -> None:
     assert cfg.specs(cpus=2, gpus=4)[1] == PoolSpec("decode", 3, 0.5, 1.0)
 
 
+def test_a_tensor_parallel_worker_takes_a_gpu_per_rank() -> None:
+    cfg = ClusterConfig(EngineConfig(model="m", tensor_parallel_size=2), decode_workers=3)
+    assert cfg.specs(cpus=16, gpus=8) == [
+        PoolSpec("prefill", 1, 4.0, 2.0),
+        PoolSpec("decode", 3, 4.0, 2.0),
+    ]
+    assert cfg.specs(cpus=16, gpus=4)[0].num_gpus == 0.0  # too few GPUs: none, as before
+
+
 def test_more_workers_than_cpus_share_them_with_one_torch_thread_each() -> None:
     cfg = _cluster(prefill_workers=1, decode_workers=2)
     specs = cfg.specs(cpus=2, gpus=0)

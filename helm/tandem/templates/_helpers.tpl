@@ -290,9 +290,6 @@ the grace period must cover the drain, or Kubernetes kills the pod mid-drain. */
 {{- $key := index . 1 }}
 {{- $g := index $root.Values.workers $key }}
 {{- $where := printf "workers.%s" $key }}
-{{- if ne (int $g.tensorParallelSize) 1 }}
-{{- fail (printf "%s.tensorParallelSize is %d: tensor parallelism is not implemented in the Tandem worker yet (it arrives in a later release); set it to 1" $where (int $g.tensorParallelSize)) }}
-{{- end }}
 {{- if and (gt (int $g.gpus) 0) (lt (int $g.gpus) (int $g.tensorParallelSize)) }}
 {{- fail (printf "%s.gpus (%d) must be at least %s.tensorParallelSize (%d)" $where (int $g.gpus) $where (int $g.tensorParallelSize)) }}
 {{- end }}
@@ -305,6 +302,11 @@ the grace period must cover the drain, or Kubernetes kills the pod mid-drain. */
 {{- define "tandem.validate" -}}
 {{- include "tandem.checkGroup" (list . "prefill") }}
 {{- include "tandem.checkGroup" (list . "decode") }}
+{{- $p := .Values.workers.prefill.tensorParallelSize }}
+{{- $d := .Values.workers.decode.tensorParallelSize }}
+{{- if ne (int $p) (int $d) }}
+{{- fail (printf "workers.prefill.tensorParallelSize (%d) and workers.decode.tensorParallelSize (%d) differ: a decode worker reads a prompt's KV rank by rank from a prefill worker of its own size (reads between sizes are not built yet)" (int $p) (int $d)) }}
+{{- end }}
 {{- if eq .Values.workers.prefill.groupName .Values.workers.decode.groupName }}
 {{- fail (printf "workers.prefill.groupName and workers.decode.groupName are both %q: the groups of a RayCluster need distinct names" .Values.workers.prefill.groupName) }}
 {{- end }}
