@@ -32,14 +32,16 @@ class PoolSpec:
     replicas: int
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    ranks: int = 1  # the processes of a tensor-parallel worker (engine/parallel)
 
     @property
     def torch_threads(self) -> int:
         """Torch gets the whole CPUs it was granted, and never fewer than one thread. Workers
         sharing CPUs (num_cpus < 1) get one each: n threads on fewer cores is the least
         oversubscription possible, and no worse than it sounds, as in a disaggregated
-        cluster one pool mostly waits while the other computes."""
-        return max(1, int(self.num_cpus))
+        cluster one pool mostly waits while the other computes. A tensor-parallel worker's
+        ranks share its CPUs: this is a rank's."""
+        return max(1, int(self.num_cpus) // self.ranks)
 
 
 def assign_cores(specs: Sequence[PoolSpec], available: Sequence[int]) -> dict[str, tuple[int, ...]]:

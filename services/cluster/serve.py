@@ -84,11 +84,11 @@ class ClusterConfig:
         share its CPUs. Torch threads: PoolSpec."""
         n = self.prefill_workers + self.decode_workers
         if self.engine.backend == "mock":
-            share = (self.cpus_per_worker or cpus / n, 0.0)
+            share = (self.cpus_per_worker or cpus / n, 0.0, 1)
         else:
             per_cpu = self.cpus_per_worker or (float(cpus // n) if cpus >= n else cpus / n)
             tp = self.engine.tensor_parallel_size
-            share = (per_cpu, float(tp) if gpus >= n * tp else 0.0)
+            share = (per_cpu, float(tp) if gpus >= n * tp else 0.0, tp)
         if self.mode == "colocated":
             return [PoolSpec("both", n, *share)]
         return [
@@ -109,10 +109,16 @@ def placement(specs: list[PoolSpec], cores: dict[str, tuple[int, ...]]) -> list[
     def each(n: float, unit: str) -> str:
         return f"{round(n, 2):g} {unit}{'' if n == 1 else 's'} each"
 
+    def threads(s: PoolSpec) -> list[str]:
+        if s.ranks == 1:
+            return [each(s.torch_threads, "torch thread")]
+        per_rank = f"{s.torch_threads} torch thread{'' if s.torch_threads == 1 else 's'} a rank"
+        return [f"{s.ranks} tensor-parallel ranks each", per_rank]
+
     return [
         f"{s.role}: {s.replicas} worker{'' if s.replicas == 1 else 's'}, "
         + ", ".join(
-            [each(s.num_cpus, "CPU"), each(s.torch_threads, "torch thread")]
+            [each(s.num_cpus, "CPU"), *threads(s)]
             + ([each(s.num_gpus, "GPU")] if s.num_gpus else [])
             + pinned(s)
         )

@@ -30,11 +30,14 @@ def test_pools_share_the_node_between_workers() -> None:
 
 def test_a_tensor_parallel_worker_takes_a_gpu_per_rank() -> None:
     cfg = ClusterConfig(EngineConfig(model="m", tensor_parallel_size=2), decode_workers=3)
-    assert cfg.specs(cpus=16, gpus=8) == [
-        PoolSpec("prefill", 1, 4.0, 2.0),
-        PoolSpec("decode", 3, 4.0, 2.0),
-    ]
+    specs = cfg.specs(cpus=16, gpus=8)
+    assert specs == [PoolSpec("prefill", 1, 4.0, 2.0, 2), PoolSpec("decode", 3, 4.0, 2.0, 2)]
     assert cfg.specs(cpus=16, gpus=4)[0].num_gpus == 0.0  # too few GPUs: none, as before
+    assert specs[0].torch_threads == 2  # its 4 CPUs shared by its two ranks
+    assert placement(specs, {})[0] == (
+        "prefill: 1 worker, 4 CPUs each, 2 tensor-parallel ranks each, 2 torch threads a "
+        "rank, 2 GPUs each, cores shared"
+    )
 
 
 def test_more_workers_than_cpus_share_them_with_one_torch_thread_each() -> None:
