@@ -17,81 +17,36 @@ name (its head slices would come from several ranks: not built).
 Followers' agents must progress to answer reads of their memory (nixl_transfer.py says
 why): a thread in each follower progresses every millisecond while rank 0's `ReadProgress`
 runs (prompts held for readers: `expect_readers`, a cross-process event), and every 50 ms
-otherwise, which answers a new reader's connection set-up.
+otherwise, which answers a new reader's connection set-up. The follower's side is
+follower_kv.py; what the two say to each other, kv_messages.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import logging
-import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 import torch
 
 from engine.parallel.group import TPGroup
+from engine.parallel.kv_messages import (
+    AddPeer,
+    AgentReady,
+    Cancel,
+    PeerAdded,
+    Read,
+    ReadEnded,
+    RemovePeer,
+    StartAgent,
+)
 from engine.transfer.base import PeerKV, PendingRead, ReadResult, TransferError
 from engine.transfer.nixl_transfer import NixlKVTransfer
 
-log = logging.getLogger(__name__)
-
-BUSY_EVERY_S = 0.001  # a follower's progress while readers are expected
-IDLE_EVERY_S = 0.05  # and otherwise: a reader's connection set-up waits at most this
 REPLY_TIMEOUT_S = 60.0  # for a follower's answer to a peer change; longer means it died
-
-
-# ---- what rank 0 and a follower say to each other ------------------------------------
-@dataclass(frozen=True, slots=True)
-class StartAgent:
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class AgentReady:
-    peer: PeerKV
-
-
-@dataclass(frozen=True, slots=True)
-class AddPeer:
-    peer: PeerKV
-
-
-@dataclass(frozen=True, slots=True)
-class PeerAdded:
-    error: str  # empty: added
-
-
-@dataclass(frozen=True, slots=True)
-class RemovePeer:
-    agent_name: str
-
-
-@dataclass(frozen=True, slots=True)
-class Read:
-    read_id: int
-    peer_name: str
-    remote: list[int]
-    local: list[int]
-
-
-@dataclass(frozen=True, slots=True)
-class Cancel:
-    read_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReadEnded:
-    read_id: int
-    result: ReadResult | None  # None: failed or cancelled (`error` says which)
-    error: str = ""
-
-
-FollowerMessage = StartAgent | AddPeer | RemovePeer | Read | Cancel
 
 
 def open_transfer(name: str, kv_cache: torch.Tensor, tp: TPGroup | None) -> WorkerTransfer:
@@ -101,7 +56,6 @@ def open_transfer(name: str, kv_cache: torch.Tensor, tp: TPGroup | None) -> Work
     return own if tp is None else TPKVTransfer(own, tp)
 
 
-# ---- rank 0 --------------------------------------------------------------------------
 class TPKVTransfer:
     """Rank 0's transfer: its own agent, and its followers' through their pipes. Every
     method but `progress`, `notifications` and `expect_readers` runs on the engine thread
@@ -268,79 +222,6 @@ def _size_mismatch(peer: PeerKV, ours: int) -> str:
         f"worker {ours}: reads between pools of different tensor-parallel sizes are not "
         "built (each rank would read head slices from several)"
     )
-
-
-# ---- a follower --------------------------------------------------------------------
-class FollowerKV:
-    """A follower rank's side: its agent (from `StartAgent` on), its reads, its answers."""
-
-    def __init__(self, kv_cache: torch.Tensor, pipe: Connection, readers: Any) -> None:
-        """`readers`: rank 0's cross-process event (`TPKVTransfer.expect_readers`)."""
-        self._kv_cache, self._pipe, self._readers = kv_cache, pipe, readers
-        self._transfer: NixlKVTransfer | None = None
-        self._reads: dict[int, PendingRead] = {}
-
-    @property
-    def reading(self) -> bool:
-        return bool(self._reads)
-
-    def handle(self, message: FollowerMessage) -> None:
-        if isinstance(message, StartAgent):
-            self._start(message.name)
-            return
-        transfer = self._transfer
-        if transfer is None:
-            raise RuntimeError(f"{message!r} before the follower's agent started")
-        if isinstance(message, AddPeer):
-            try:
-                transfer.add_peer(message.peer)
-                self._pipe.send(PeerAdded(""))
-            except Exception as e:  # noqa: BLE001 (rank 0 raises it with the others')
-                self._pipe.send(PeerAdded(f"rank of {message.peer.agent_name}: {e}"))
-        elif isinstance(message, RemovePeer):
-            transfer.remove_peer(message.agent_name)
-        elif isinstance(message, Read):
-            try:
-                self._reads[message.read_id] = transfer.start_read(
-                    message.peer_name, message.remote, message.local
-                )
-            except TransferError as e:
-                self._pipe.send(ReadEnded(message.read_id, None, str(e)))
-        elif isinstance(message, Cancel):
-            read = self._reads.get(message.read_id)
-            if read is not None and read.cancel():
-                del self._reads[message.read_id]
-                self._pipe.send(ReadEnded(message.read_id, None, "cancelled"))
-
-    def poll(self) -> None:
-        """Answer rank 0 for every read that has ended."""
-        for read_id, read in list(self._reads.items()):
-            try:
-                result = read.poll()
-            except TransferError as e:
-                self._pipe.send(ReadEnded(read_id, None, str(e)))
-                del self._reads[read_id]
-                continue
-            if result is not None:
-                self._pipe.send(ReadEnded(read_id, result))
-                del self._reads[read_id]
-
-    def _start(self, name: str) -> None:
-        self._transfer = NixlKVTransfer(name, self._kv_cache, progress_thread=False)
-        self._pipe.send(AgentReady(self._transfer.describe()))
-        threading.Thread(
-            target=self._progress, args=(self._transfer,), name="nixl-progress", daemon=True
-        ).start()
-
-    def _progress(self, transfer: NixlKVTransfer) -> None:
-        while True:
-            if self._readers.wait(IDLE_EVERY_S):
-                time.sleep(BUSY_EVERY_S)
-            try:
-                transfer.progress()
-            except Exception:
-                log.exception("NIXL progress failed on a follower rank")
-                return
 
 
 WorkerTransfer = NixlKVTransfer | TPKVTransfer

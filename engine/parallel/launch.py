@@ -20,8 +20,9 @@ from engine.config import EngineConfig
 from engine.model.config import ModelConfig
 from engine.model.llama import LlamaModel
 from engine.model.loader import build_model, read_checkpoint, resolve_device
+from engine.parallel.follower_kv import FollowerKV
 from engine.parallel.group import TPGroup
-from engine.parallel.kv import FollowerKV, FollowerMessage
+from engine.parallel.kv_messages import FollowerMessage
 from engine.parallel.shard import shard_config, shard_tensors
 
 if TYPE_CHECKING:

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from engine.parallel.group import TPGroup
-from engine.parallel.kv import (
+from engine.parallel.kv import TPKVTransfer
+from engine.parallel.kv_messages import (
     AddPeer,
     AgentReady,
     Cancel,
@@ -25,7 +26,6 @@ from engine.parallel.kv import (
     Read,
     ReadEnded,
     StartAgent,
-    TPKVTransfer,
 )
 from engine.transfer.base import PendingRead, ReadResult, TransferError
 from engine.transfer.nixl_transfer import NixlKVTransfer
