@@ -78,7 +78,9 @@ class Engine:
             role=config.role,
         )
         self.tokenizer: Tokenizer | None = (
-            load_tokenizer(config.model, model_cfg.eos_token_ids) if load_tokenizer_files else None
+            load_tokenizer(config.model, model_cfg.eos_token_ids, deferred=True)
+            if load_tokenizer_files
+            else None
         )
         self.eos_token_ids = (
             self.tokenizer.eos_token_ids if self.tokenizer else model_cfg.eos_token_ids

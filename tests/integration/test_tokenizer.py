@@ -31,6 +31,22 @@ def test_cached_tokenizer_equals_the_converted_one(
     assert fresh.eos_token_ids == cached.eos_token_ids == (2,)  # <|im_end|>
 
 
+def test_a_deferred_tokenizer_is_the_same_vocabulary_and_loads_transformers_when_used(
+    smollm_path: Path,
+) -> None:
+    """What a worker loads (`deferred=True`): the size, EOS ids and `tokenizers` object
+    of the full load, read from tokenizer.json; transformers' tokenizer on first use."""
+    full = load_tokenizer(smollm_path, extra_eos=(7,))  # converts once, if need be
+    light = load_tokenizer(smollm_path, extra_eos=(7,), deferred=True)
+    assert light._tok is None  # nothing of transformers loaded for it yet
+    assert (light.vocab_size, light.eos_token_ids) == (full.vocab_size, full.eos_token_ids)
+    assert light.eos_token_ids == (2, 7)
+    assert light.backend.to_str() == full.backend.to_str()
+    assert light._tok is None
+    assert [light.encode(t) for t in TEXTS] == [full.encode(t) for t in TEXTS]  # loads it
+    assert light._tok is not None
+
+
 def test_incremental_text_equals_whole_decode(smollm_path: Path) -> None:
     """The router's O(1)-per-token text (DecodeStream) is the text a whole decode gives,
     for real text, special tokens (skipped) and random ids (partial characters)."""

@@ -42,7 +42,7 @@ def _byte_tokenizer() -> Tokenizer:
     raw.train_from_iterator([], trainer)  # no merges: one token per byte
     template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant: "
     hf = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>", chat_template=template)
-    return Tokenizer(hf)
+    return Tokenizer.from_hf(hf)
 
 
 TOKENIZER = _byte_tokenizer()
