@@ -79,16 +79,15 @@ class TPKVTransfer:
         return dataclasses.replace(self.own.describe(), followers=self._ranks)
 
     def add_peer(self, peer: PeerKV) -> None:
-        if len(peer.followers) != len(self._ranks):
-            raise ValueError(_size_mismatch(peer, 1 + len(self._ranks)))
+        peer.check_size(1 + len(self._ranks))
         self.own.add_peer(dataclasses.replace(peer, followers=()))  # its rank 0
+        self._peer_ranks[peer.agent_name] = tuple(p.agent_name for p in peer.followers)
         for pipe, rank_peer in zip(self.group.pipes, peer.followers, strict=True):
             pipe.send(AddPeer(rank_peer))
         errors = [self._reply(pipe, PeerAdded).error for pipe in self.group.pipes]
-        if any(errors):
+        if any(errors):  # unloaded on every rank, those that had loaded it too
             self.remove_peer(peer.agent_name)
             raise ValueError(f"peer {peer.agent_name}: " + "; ".join(e for e in errors if e))
-        self._peer_ranks[peer.agent_name] = tuple(p.agent_name for p in peer.followers)
 
     def remove_peer(self, agent_name: str) -> None:
         self.own.remove_peer(agent_name)
@@ -214,14 +213,6 @@ class _TPRead:
                 self._own_ended, self._own_error = True, "cancelled"
         self._transfer.collect()
         return self._own_ended and self._transfer.take_ended(self._read_id) is not None
-
-
-def _size_mismatch(peer: PeerKV, ours: int) -> str:
-    return (
-        f"peer {peer.agent_name} has tensor-parallel size {1 + len(peer.followers)} and this "
-        f"worker {ours}: reads between pools of different tensor-parallel sizes are not "
-        "built (each rank would read head slices from several)"
-    )
 
 
 WorkerTransfer = NixlKVTransfer | TPKVTransfer

@@ -42,6 +42,16 @@ class PeerKV:
     # holding its KV heads (engine/parallel/kv.py): rank i of a reader reads rank i.
     followers: tuple[PeerKV, ...] = ()
 
+    def check_size(self, ours: int) -> None:
+        """Raises ValueError unless the peer has `ours` tensor-parallel ranks: between
+        sizes, each rank would read head slices from several of the peer's."""
+        size = 1 + len(self.followers)
+        if size != ours:
+            raise ValueError(
+                f"peer {self.agent_name} has tensor-parallel size {size} and this worker "
+                f"{ours}: reads between pools of different tensor-parallel sizes are not built"
+            )
+
 
 @dataclass(frozen=True, slots=True)
 class ReadResult:

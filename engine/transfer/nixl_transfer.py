@@ -71,12 +71,7 @@ class NixlKVTransfer:
     # ---- peers ---------------------------------------------------------------------
     def add_peer(self, peer: PeerKV) -> None:
         """Load (or reload, after a restart) a peer's agent metadata."""
-        if peer.followers:  # its blocks' heads are spread over several agents
-            raise ValueError(
-                f"peer {peer.agent_name} has tensor-parallel size {1 + len(peer.followers)} "
-                "and this worker 1: reads between pools of different tensor-parallel sizes "
-                "are not built"
-            )
+        peer.check_size(1)
         if peer.block_bytes != self.block_bytes:
             raise ValueError(
                 f"peer {peer.agent_name} has {peer.block_bytes}-byte blocks, "

@@ -138,16 +138,16 @@ def set_load(record: events_pb2.WorkerRecord, s: WorkerStats) -> None:
 
 def peer_from_record(record: events_pb2.WorkerRecord) -> PeerKV:
     """The inverse of `worker_record`'s `peer`: what a reader loads as a NIXL peer."""
-    bytes_ = record.kv_block_bytes  # every rank's blocks are alike
+    block_bytes = record.kv_block_bytes  # every rank's blocks are alike
     return PeerKV(
         agent_name=record.nixl_agent,
         metadata=record.nixl_metadata,
         base_addr=record.kv_base_addr,
-        block_bytes=bytes_,
+        block_bytes=block_bytes,
         num_blocks=record.num_blocks,
         device_id=record.kv_device_id,
         followers=tuple(
-            PeerKV(r.agent, r.metadata, r.base_addr, bytes_, record.num_blocks, r.device_id)
+            PeerKV(r.agent, r.metadata, r.base_addr, block_bytes, record.num_blocks, r.device_id)
             for r in record.nixl_ranks
         ),
     )

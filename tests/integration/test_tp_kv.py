@@ -25,6 +25,7 @@ from engine.parallel.kv_messages import (
     PeerAdded,
     Read,
     ReadEnded,
+    RemovePeer,
     StartAgent,
 )
 from engine.transfer.base import PendingRead, ReadResult, TransferError
@@ -101,11 +102,10 @@ def test_a_peer_of_another_size_or_a_follower_that_cannot_load_it_is_refused(
     with pytest.raises(ValueError, match="has tensor-parallel size 1 and this worker 2"):
         transfer.add_peer(peer.kv)
     follower.send(PeerAdded("rank of tp-peer-rank1: unreachable"))
+    rank1 = dataclasses.replace(peer.kv, agent_name="tp-peer-rank1")
     with pytest.raises(ValueError, match="unreachable"):
-        transfer.add_peer(
-            dataclasses.replace(
-                peer.kv, followers=(dataclasses.replace(peer.kv, agent_name="tp-peer-rank1"),)
-            )
-        )
+        transfer.add_peer(dataclasses.replace(peer.kv, followers=(rank1,)))
+    assert follower.recv() == AddPeer(rank1)
+    assert follower.recv() == RemovePeer("tp-peer-rank1")  # unloaded on every rank
     with pytest.raises(TransferError, match="unknown peer"):  # nothing half-loaded
         transfer.start_read("tp-peer", [1], [1])
