@@ -137,8 +137,8 @@ def _deferred(p: Path, extra_eos: Sequence[int]) -> Tokenizer | None:
     not all there (a GGUF not converted yet, a slow tokenizer's files)."""
     from tokenizers import Tokenizer as Backend
 
-    files = _gguf_cache_dir(p) if p.suffix == ".gguf" else p
-    try:
+    try:  # a missing file falls through to the full load, which says what is missing
+        files = _gguf_cache_dir(p) if p.suffix == ".gguf" else p
         config = json.loads((files / "tokenizer_config.json").read_text())
         backend = Backend.from_file(str(files / "tokenizer.json"))
     except (OSError, ValueError):
@@ -146,9 +146,10 @@ def _deferred(p: Path, extra_eos: Sequence[int]) -> Tokenizer | None:
     eos = config.get("eos_token")
     if isinstance(eos, dict):  # an AddedToken, as older transformers wrote it
         eos = eos.get("content")
-    if not isinstance(eos, str) or backend.token_to_id(eos) is None:
+    eos_id = backend.token_to_id(eos) if isinstance(eos, str) else None
+    if eos_id is None:
         return None
-    return Tokenizer(backend, backend.token_to_id(eos), lambda: _load_hf(p), extra_eos)
+    return Tokenizer(backend, eos_id, lambda: _load_hf(p), extra_eos)
 
 
 def _gguf_tokenizer(path: Path) -> Any:

@@ -69,6 +69,35 @@ def reachable_from_other_nodes(net: WorkerNetConfig, node_ip: str) -> WorkerNetC
     return replace(net, host="0.0.0.0", advertise_host=node_ip)
 
 
+def placement(specs: list[PoolSpec], cores: dict[str, tuple[int, ...]]) -> list[str]:
+    """A line per pool: its workers and what each was given (the serve banner shows it)."""
+
+    def pinned(s: PoolSpec) -> list[str]:
+        sets = [cores[f"{s.role}-{i}"] for i in range(s.replicas) if f"{s.role}-{i}" in cores]
+        if not sets:
+            return ["cores shared"]
+        return ["pinned to cores " + " | ".join(",".join(map(str, c)) for c in sets)]
+
+    def each(n: float, unit: str) -> str:
+        return f"{round(n, 2):g} {unit}{'' if n == 1 else 's'} each"
+
+    def threads(s: PoolSpec) -> list[str]:
+        if s.ranks == 1:
+            return [each(s.torch_threads, "torch thread")]
+        per_rank = f"{s.torch_threads} torch thread{'' if s.torch_threads == 1 else 's'} a rank"
+        return [f"{s.ranks} tensor-parallel ranks each", per_rank]
+
+    return [
+        f"{s.role}: {s.replicas} worker{'' if s.replicas == 1 else 's'}, "
+        + ", ".join(
+            [each(s.num_cpus, "CPU"), *threads(s)]
+            + ([each(s.num_gpus, "GPU")] if s.num_gpus else [])
+            + pinned(s)
+        )
+        for s in specs
+    ]
+
+
 class WorkerActor:
     """Lives in its own Ray worker process; wraps a WorkerThread."""
 

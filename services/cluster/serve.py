@@ -28,7 +28,7 @@ from services.cluster import redis_client
 from services.cluster.arrivals import Arrivals
 from services.cluster.cluster_token import new_token, token_from_env
 from services.cluster.held_requests import HeldRequests
-from services.cluster.pools import NAMESPACE, Pools, PoolSpec, assign_cores
+from services.cluster.pools import NAMESPACE, Pools, PoolSpec, assign_cores, placement
 from services.cluster.ray_auth import require_token_auth
 from services.cluster.redis_server import RedisServer
 from services.cluster.redis_url import redact_url, redis_password_from_env, redis_url_from_env
@@ -95,35 +95,6 @@ class ClusterConfig:
             PoolSpec("prefill", self.prefill_workers, *share),
             PoolSpec("decode", self.decode_workers, *share),
         ]
-
-
-def placement(specs: list[PoolSpec], cores: dict[str, tuple[int, ...]]) -> list[str]:
-    """A line per pool: its workers and what each was given (the serve banner shows it)."""
-
-    def pinned(s: PoolSpec) -> list[str]:
-        sets = [cores[f"{s.role}-{i}"] for i in range(s.replicas) if f"{s.role}-{i}" in cores]
-        if not sets:
-            return ["cores shared"]
-        return ["pinned to cores " + " | ".join(",".join(map(str, c)) for c in sets)]
-
-    def each(n: float, unit: str) -> str:
-        return f"{round(n, 2):g} {unit}{'' if n == 1 else 's'} each"
-
-    def threads(s: PoolSpec) -> list[str]:
-        if s.ranks == 1:
-            return [each(s.torch_threads, "torch thread")]
-        per_rank = f"{s.torch_threads} torch thread{'' if s.torch_threads == 1 else 's'} a rank"
-        return [f"{s.ranks} tensor-parallel ranks each", per_rank]
-
-    return [
-        f"{s.role}: {s.replicas} worker{'' if s.replicas == 1 else 's'}, "
-        + ", ".join(
-            [each(s.num_cpus, "CPU"), *threads(s)]
-            + ([each(s.num_gpus, "GPU")] if s.num_gpus else [])
-            + pinned(s)
-        )
-        for s in specs
-    ]
 
 
 class Cluster:

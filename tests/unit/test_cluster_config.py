@@ -6,8 +6,8 @@ import pytest
 
 from engine import EngineConfig
 from services.cli import build_parser
-from services.cluster.pools import PoolSpec, assign_cores, reachable_from_other_nodes
-from services.cluster.serve import ClusterConfig, placement
+from services.cluster.pools import PoolSpec, assign_cores, placement, reachable_from_other_nodes
+from services.cluster.serve import ClusterConfig
 from services.served_name import served_model_name
 from services.worker.engine_flags import engine_config
 from services.worker.process import WorkerNetConfig
