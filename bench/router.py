@@ -207,14 +207,16 @@ def run_levels(
     return rows
 
 
-def measure_floor(levels: list[Level], time_cap_s: float) -> list[dict[str, Any]]:
-    """The same levels against bench/router_floor.py's front and worker."""
-    worker = FloorProc("worker", str(OUTPUT_LEN))
+def measure_floor(levels: list[Level], time_cap_s: float, leg: str) -> list[dict[str, Any]]:
+    """The same levels against bench/router_floor.py's front and worker, the two joined by
+    gRPC (`leg` "") or by one TCP connection (`leg` "tcp-")."""
+    worker = FloorProc(leg + "worker", str(OUTPUT_LEN))
     try:
-        front = FloorProc("front", str(worker.port))
+        front = FloorProc(leg + "front", str(worker.port))
         try:
             pids = {"router": front.proc.pid, "worker": worker.proc.pid, "client": os.getpid()}
-            return run_levels(f"http://127.0.0.1:{front.port}", levels, pids, time_cap_s, "floor")
+            url = f"http://127.0.0.1:{front.port}"
+            return run_levels(url, levels, pids, time_cap_s, f"{leg}floor")
         finally:
             front.stop()
     finally:
@@ -231,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     logs = out / "router-runs"
     logs.mkdir(parents=True, exist_ok=True)
-    floor = measure_floor(levels, args.time_cap_s)
+    floor = measure_floor(levels, args.time_cap_s, "")
+    tcp_floor = measure_floor(levels, args.time_cap_s, "tcp-")
     idle: dict[str, float] = {}
     with RedisServer() as redis_server:
         worker, router, url = start_cluster(logs, redis_server.url)
@@ -246,10 +249,12 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print("the floor (bench/router_floor.py: uvicorn + one grpc.aio stream a request + SSE):")
     print(table(floor))
+    print("the same floor with one TCP connection per front for all requests, in gRPC's place:")
+    print(table(tcp_floor))
     print("tandem router + mock worker:")
     print(table(rows, with_floor=True))
     print()
-    for line in goals(rows, floor):
+    for line in goals(rows, floor, tcp_floor):
         print(line)
     print(
         "with no request running: "
@@ -261,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
             "router": "tandem router --mode colocated (own process)",
             "worker": f"tandem worker --engine mock --mock-timing {ZERO_TIMING}",
             "floor": "bench/router_floor.py front + worker (own processes)",
+            "tcp_floor": "bench/router_floor.py tcp-front + tcp-worker (own processes)",
             "prompt_len": PROMPT_LEN,
             "output_len": OUTPUT_LEN,
             "warmup_requests": WARMUP,
@@ -269,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
         "idle_cpu_ms_per_s": idle,
         "rows": rows,
         "floor_rows": floor,
+        "tcp_floor_rows": tcp_floor,
         "goals": {
             "router_cpu_ms_per_req": GOAL_ROUTER_CPU_MS,
             "ttft_p50_ms_at_1": GOAL_TTFT_P50_MS_AT_1,

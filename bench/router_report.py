@@ -44,20 +44,27 @@ def _span(rows: list[dict[str, Any]], key: str) -> str:
     return f"{min(got):.2f}-{max(got):.2f}" if got else "-"
 
 
-def goals(rows: list[dict[str, Any]], floor: list[dict[str, Any]]) -> list[str]:
+def _at_1(rows: list[dict[str, Any]]) -> float | None:
+    return next((r["ttft_p50_ms"] for r in rows if r["concurrency"] == 1), None)
+
+
+def goals(
+    rows: list[dict[str, Any]], floor: list[dict[str, Any]], tcp_floor: list[dict[str, Any]]
+) -> list[str]:
+    """`floor`: the stack's (gRPC); `tcp_floor`: the same with a TCP connection in its place."""
     by_c = {r["concurrency"]: r for r in rows}
-    floor_by_c = {r["concurrency"]: r for r in floor}
     cpu = "router_cpu_ms_per_req"
     out = [
         f"router CPU per request: {_span(rows, cpu)} ms (goal <= {GOAL_ROUTER_CPU_MS:g} ms; "
-        f"Dynamo's frontend 0.66-0.80; the floor of its stack, this run: {_span(floor, cpu)})"
+        f"Dynamo's frontend 0.66-0.80; the floor of its stack, this run: {_span(floor, cpu)}; "
+        f"with TCP in gRPC's place: {_span(tcp_floor, cpu)})"
     ]
     if 1 in by_c:
-        at_floor = floor_by_c[1]["ttft_p50_ms"] if 1 in floor_by_c else None
         out.append(
             f"TTFT p50 at concurrency 1: {by_c[1]['ttft_p50_ms']:.2f} ms "
             f"(goal <= {GOAL_TTFT_P50_MS_AT_1:g} ms; issue's today "
-            f"{ISSUE_TODAY['ttft_p50_ms_at_1']:g} ms; the floor, this run: {_fmt(at_floor)} ms)"
+            f"{ISSUE_TODAY['ttft_p50_ms_at_1']:g} ms; the floor, this run: "
+            f"{_fmt(_at_1(floor))} ms; with TCP: {_fmt(_at_1(tcp_floor))} ms)"
         )
     if 64 in by_c:
         out.append(
