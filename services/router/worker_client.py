@@ -15,52 +15,42 @@ from services import wire
 from services.cluster import worker_tls
 from services.cluster.cluster_token import call_metadata
 from services.pb import worker_pb2, worker_pb2_grpc
-
-
-class WorkerError(Exception):
-    """A call failed. `code` is the gRPC status name in lower case ("unavailable",
-    "deadline_exceeded", ...): the label fallbacks are counted under."""
-
-    def __init__(self, code: str, details: str) -> None:
-        super().__init__(f"{code}: {details}")
-        self.code = code
-        self.details = details
-
-    @property
-    def rejected(self) -> bool:
-        """The worker refused the request itself (bad input): the client's fault."""
-        return self.code == "invalid_argument"
-
-    @property
-    def busy(self) -> bool:
-        """The worker's waiting queue is full: it is healthy, another may take the call."""
-        return self.code == "resource_exhausted"
-
-    @classmethod
-    def of(cls, e: grpc.aio.AioRpcError | grpc.aio.UsageError) -> WorkerError:
-        if isinstance(e, grpc.aio.UsageError):  # our channel to it is closed: it left
-            return cls("closed", str(e))
-        return cls(e.code().name.lower(), e.details() or "")
+from services.router.token_stream import TokenStream
+from services.router.worker_error import WorkerError
 
 
 class WorkerClient:
-    def __init__(self, address: str, token: str | None = None, ca: bytes | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        ca: bytes | None = None,
+        stream_address: str = "",
+    ) -> None:
         """`token`: the cluster token, sent with every call (cluster_token.py); `ca`: the
-        CA workers' certificates are checked against, for TLS (worker_tls.py)."""
+        CA workers' certificates are checked against, for TLS (worker_tls.py);
+        `stream_address`: the worker's token stream, which Decode calls then take
+        (token_stream.py); "": they go over gRPC."""
         self.address = address
         self._metadata = call_metadata(token)
         self._channel = worker_tls.channel(address, ca)
         self._stub = worker_pb2_grpc.WorkerStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._stream = TokenStream(stream_address, token, ca) if stream_address else None
 
     async def prefill(self, call: wire.PrefillCall, timeout_s: float) -> wire.PrefillReply:
         called_at = time.monotonic()
         msg = await self._unary(self._stub.Prefill, call.to_pb(), timeout_s)
         return wire.PrefillReply.from_pb(msg, called_at)
 
-    async def decode(self, call: wire.DecodeCall) -> AsyncGenerator[wire.DecodeReply, None]:
+    def decode(self, call: wire.DecodeCall) -> AsyncGenerator[wire.DecodeReply, None]:
         """The worker's stream. Close it (`contextlib.aclosing`) when you stop reading
         early: that cancels the call, and the worker aborts the request."""
+        if self._stream is not None:
+            return self._stream.decode(call)
+        return self._grpc_decode(call)
+
+    async def _grpc_decode(self, call: wire.DecodeCall) -> AsyncGenerator[wire.DecodeReply, None]:
         try:
             stream = self._stub.Decode(call.to_pb(), metadata=self._metadata)
         except grpc.aio.UsageError as e:
@@ -105,4 +95,6 @@ class WorkerClient:
 
     async def close(self, grace_s: float | None = None) -> None:
         """With a grace period, calls in flight may finish first."""
+        if self._stream is not None:
+            await self._stream.close(grace_s)
         await self._channel.close(grace=grace_s)

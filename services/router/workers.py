@@ -87,7 +87,9 @@ class WorkerSet:
                     await self._drop(worker_id)
                 ref = WorkerRef(
                     record,
-                    WorkerClient(record.grpc_address, self._token, self._ca),
+                    WorkerClient(
+                        record.grpc_address, self._token, self._ca, record.stream_address
+                    ),
                     breaker=self._breaker(record),
                 )
                 self.workers[worker_id] = ref
@@ -151,4 +153,8 @@ class WorkerSet:
 
 
 def _restarted(old: WorkerRecord, new: WorkerRecord) -> bool:
-    return old.started_at_unix_ms != new.started_at_unix_ms or old.grpc_address != new.grpc_address
+    return (
+        old.started_at_unix_ms != new.started_at_unix_ms
+        or old.grpc_address != new.grpc_address
+        or old.stream_address != new.stream_address
+    )

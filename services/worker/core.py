@@ -15,7 +15,7 @@ import concurrent.futures
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 from engine import Engine, EngineConfig, SamplingParams
@@ -193,7 +193,7 @@ class Worker:
         handle: KVHandle | None = None,
         first_token: int | None = None,
         cache_salt: str = "",
-    ) -> AsyncIterator[DecodeUpdate]:
+    ) -> AsyncGenerator[DecodeUpdate, None]:
         """Stream a request's tokens. With a handle, the prompt's KV is read from the
         prefill worker (and `first_token`, already sent to the client, is not repeated)."""
         if self.role == "prefill":

@@ -10,7 +10,7 @@ and the rules that sit between the two (services/worker/servicer.py stays conver
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 from services.wire import DecodeCall, HealthReply, KVDump, PrefillCall, PrefillReply
 from services.worker.core import Worker
@@ -50,7 +50,7 @@ class WorkerCalls:
             call.request_id, call.prompt_token_ids, call.params, call.cache_salt
         )
 
-    async def decode(self, call: DecodeCall) -> AsyncIterator[DecodeUpdate]:
+    async def decode(self, call: DecodeCall) -> AsyncGenerator[DecodeUpdate, None]:
         """Awaited before the stream starts, so a refusal comes before any token."""
         handle, prompt, params = call.handle, call.prompt_token_ids, call.params
         if call.generated_token_ids:

@@ -35,6 +35,7 @@ from services.worker.liveness import DEFAULT_STALL_S, Liveness
 from services.worker.metrics import serve_metrics
 from services.worker.peers import PeerWatcher
 from services.worker.servicer import WorkerService
+from services.worker.token_stream import TokenStreamServer
 
 log = logging.getLogger(__name__)
 LEAVE_GRACE_S = 1.0  # routers read the registry every 0.5 s (DispatchConfig.refresh_s)
@@ -61,6 +62,9 @@ class WorkerNetConfig:
     cluster_token: str | None = field(default=None, repr=False)
     tls: ServerTls | None = field(default=None, repr=False)  # None: plain gRPC (worker_tls.py)
     metrics_port: int | None = None  # its own /metrics (metrics.py); 0: a free port; None: none
+    # Its token stream (token_stream.py), where routers send Decode calls; 0: a free port;
+    # None: none (routers then decode over gRPC)
+    stream_port: int | None = 0
 
 
 class WorkerServer:
@@ -72,6 +76,7 @@ class WorkerServer:
         self.worker: Worker | None = None
         self.address = ""
         self.metrics_address = ""  # host:port of its own /metrics, once started (if any)
+        self.stream_address = ""  # host:port of its token stream, once started (if any)
         self._metrics_server: WSGIServer | None = None
         self.stopping = asyncio.Event()
         client = redis_client.connect(net.redis_url)
@@ -95,8 +100,8 @@ class WorkerServer:
             peers = PeerWatcher(self._registry, worker.loop, worker.transfer, worker.worker_id)
         token = self.net.cluster_token
         self._server = grpc.aio.server(interceptors=[TokenInterceptor(token)] if token else None)
-        service = WorkerService(WorkerCalls(worker, peers, self.liveness, self.stopping.is_set))
-        worker_pb2_grpc.add_WorkerServicer_to_server(service, self._server)
+        calls = WorkerCalls(worker, peers, self.liveness, self.stopping.is_set)
+        worker_pb2_grpc.add_WorkerServicer_to_server(WorkerService(calls), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.liveness.servicer, self._server)
         listen = f"{self.net.host}:{self.net.port}"
         tls = self.net.tls
@@ -106,6 +111,7 @@ class WorkerServer:
             port = self._server.add_secure_port(listen, tls.credentials())
         await self._server.start()
         self.address = f"{self.net.advertise_host or self.net.host}:{port}"
+        self.stream_address = await self._serve_stream(calls)
         self.metrics_address = self._serve_metrics(worker)
         self._record = self._base_record(worker)
         await self._beat()  # registered before we say we are up
@@ -118,6 +124,14 @@ class WorkerServer:
             self._tasks.append(asyncio.create_task(peers.run(0.5, self.stopping)))
         log.info("%s (%s) serving on %s", worker.worker_id, worker.role, self.address)
         return self.address
+
+    async def _serve_stream(self, calls: WorkerCalls) -> str:
+        """host:port of our token stream, or "" when the config asks for none."""
+        if self.net.stream_port is None:
+            return ""
+        self._stream = TokenStreamServer(calls, self.net.cluster_token, self.net.tls)
+        port = await self._stream.start(self.net.host, self.net.stream_port)
+        return f"{self.net.advertise_host or self.net.host}:{port}"
 
     def _serve_metrics(self, w: Worker) -> str:
         """host:port of our /metrics, or "" when the config asks for none."""
@@ -144,6 +158,7 @@ class WorkerServer:
             worker_id=w.worker_id,
             role=w.role,
             grpc_address=self.address,
+            stream_address=self.stream_address,
             metrics_address=self.metrics_address,
             model=self.config.engine.model,
             block_size=w.engine.block_size,
@@ -200,8 +215,11 @@ class WorkerServer:
             # still taken (and finished below), not refused by a server already closed.
             await asyncio.sleep(max(0.0, min(LEAVE_GRACE_S, deadline - time.monotonic())))
             await self._quiesce(deadline)
-        if hasattr(self, "_server"):  # calls still open get what is left of the drain
-            await self._server.stop(max(deadline - time.monotonic(), 0.0))
+        grace_s = max(deadline - time.monotonic(), 0.0)  # what is left of the drain
+        if hasattr(self, "_stream"):  # calls still open get it, on both edges
+            await self._stream.stop(grace_s)
+        if hasattr(self, "_server"):
+            await self._server.stop(grace_s)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

@@ -1,10 +1,6 @@
 """The gRPC edge of a worker: each handler parses with services.wire, calls the worker
-(services/worker/handlers.py) and converts the answer back. Errors become status codes:
-
-ValueError (bad input)          -> INVALID_ARGUMENT
-RoleError (wrong kind of worker) -> FAILED_PRECONDITION
-Overloaded (waiting queue full)  -> RESOURCE_EXHAUSTED
-EngineDead, Leaving              -> UNAVAILABLE
+(services/worker/handlers.py) and converts the answer back. Errors become status codes
+(status.py).
 """
 
 from __future__ import annotations
@@ -16,32 +12,23 @@ import grpc
 
 from services import wire
 from services.pb import worker_pb2, worker_pb2_grpc
-from services.worker.core import Overloaded, RoleError
-from services.worker.engine_thread import EngineDead
-from services.worker.handlers import Leaving, WorkerCalls
+from services.worker.handlers import WorkerCalls
+from services.worker.status import KNOWN, code_of
 
 T = TypeVar("T")
-_CODES: dict[type[Exception], grpc.StatusCode] = {
-    ValueError: grpc.StatusCode.INVALID_ARGUMENT,
-    RoleError: grpc.StatusCode.FAILED_PRECONDITION,
-    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    EngineDead: grpc.StatusCode.UNAVAILABLE,
-    Leaving: grpc.StatusCode.UNAVAILABLE,
-}
 
 
 async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
     """Run `call` (parsing included: it raises ValueError), mapping errors to codes."""
     try:
         return await call()
-    except tuple(_CODES) as e:
+    except KNOWN as e:
         await _abort(context, e)
         raise  # unreachable: abort raises
 
 
 async def _abort(context: grpc.aio.ServicerContext, e: Exception) -> None:
-    code = next(c for t, c in _CODES.items() if isinstance(e, t))
-    await context.abort(code, str(e))
+    await context.abort(code_of(e), str(e))
 
 
 class WorkerService(worker_pb2_grpc.WorkerServicer):
@@ -61,7 +48,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         try:
             async for update in updates:
                 yield wire.decode_update_to_pb(update)
-        except tuple(_CODES) as e:
+        except KNOWN as e:
             await _abort(context, e)
 
     async def Abort(

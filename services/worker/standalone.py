@@ -41,6 +41,14 @@ def add_worker_args(ap: argparse.ArgumentParser) -> None:
         "record and the router's /metrics/workers; -1: none)",
     )
     ap.add_argument(
+        "--stream-port",
+        type=int,
+        default=0,
+        help="its token stream on --host, where routers send Decode calls (one TCP "
+        "connection per router; default 0: a free port, in its registry record; -1: none, "
+        "they go over gRPC)",
+    )
+    ap.add_argument(
         "--served-model-name",
         default="",
         help="its metrics' model_name, as the router's --served-model-name (default: from "
@@ -88,6 +96,7 @@ def run_standalone(args: argparse.Namespace, model: str) -> int:
         cluster_token=token_from_env(),
         tls=server_tls_from_env(),
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        stream_port=None if args.stream_port < 0 else args.stream_port,
     )
     config = WorkerConfig(
         args.worker_id,
@@ -104,6 +113,8 @@ def run_standalone(args: argparse.Namespace, model: str) -> int:
             event_loop.add_signal_handler(sig, server.stopping.set)
         address = await server.start()
         print(f"{args.worker_id} ({args.role}) serving on {address}", flush=True)
+        if server.stream_address:
+            print(f"  token stream on {server.stream_address}", flush=True)
         if server.metrics_address:
             print(f"  metrics on http://{server.metrics_address}/metrics", flush=True)
         await server.stopping.wait()

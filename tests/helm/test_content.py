@@ -95,6 +95,7 @@ def test_podmonitor_scrapes_every_worker_on_its_metrics_port(releases: Releases)
         (container,) = pod.spec["containers"]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports["metrics"] == 9090 and "--metrics-port=9090" in container["args"]
+        assert ports["stream"] == 50052 and "--stream-port=50052" in container["args"]
     assert not any(selects(monitor["spec"]["selector"], p.labels) for p in pods_of(r, "router"))
     assert releases["default"].all("PodMonitor") == []
 

@@ -79,8 +79,8 @@ def _local(args: list[str], port: int) -> list[str]:
             a = "--host=127.0.0.1"
         elif a.startswith("--port="):
             a = f"--port={port}"
-        elif a.startswith("--metrics-port="):
-            a = "--metrics-port=0"  # the worker takes a free one
+        elif a.startswith(("--metrics-port=", "--stream-port=")):
+            a = a.split("=")[0] + "=0"  # the worker takes a free one
         out.append(a)
     assert out != args, "the chart no longer passes --host=0.0.0.0 / --port: update this test"
     return out

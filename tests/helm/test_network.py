@@ -10,6 +10,7 @@ from tests.helm.manifests import NAMESPACE, Rendered, pods_of
 from tests.helm.netpol import Outside, Pod, allowed, in_namespace
 
 WORKER_PORT, ROUTER_PORT, REDIS_PORT, METRICS_PORT = 50051, 8000, 6379, 9090
+STREAM_PORT = 50052  # a worker's token stream
 # Ray ports: GCS, client, dashboard, dashboard agent, a raylet's, a worker's.
 RAY_PORTS = (6379, 10001, 8265, 52365, 37251, 10042)
 
@@ -60,7 +61,7 @@ def test_every_path_the_cluster_uses_is_open(default: Cluster) -> None:
     assert c.can(c.stranger, c.router, ROUTER_PORT)
     assert c.can(c.test, c.router, ROUTER_PORT)
     for worker in (c.prefill, c.decode):
-        assert c.can(c.router, worker, WORKER_PORT)
+        assert c.can(c.router, worker, WORKER_PORT) and c.can(c.router, worker, STREAM_PORT)
         assert c.can(INTERNET, worker, METRICS_PORT)  # a scraper anywhere, by default
         for client in (c.router, worker, c.autoscaler):
             assert c.can(client, c.redis, REDIS_PORT)
@@ -81,12 +82,14 @@ def test_nothing_else_is_open(default: Cluster) -> None:
     for outsider in (INTERNET, c.stranger, c.other_release_worker):
         assert not c.can(outsider, c.prefill, WORKER_PORT)
         assert not c.can(outsider, c.decode, WORKER_PORT)
+        assert not c.can(outsider, c.decode, STREAM_PORT)
         assert not c.can(outsider, c.redis, REDIS_PORT)
         assert not c.can(outsider, c.head, 6379) and not c.can(outsider, c.head, 8265)
         assert not c.can(outsider, c.router, 9090)
     # Only the router calls workers' gRPC; the autoscaler and the test pod reach no worker.
     assert c.autoscaler is not None
     assert not c.can(c.autoscaler, c.decode, WORKER_PORT)
+    assert not c.can(c.autoscaler, c.decode, STREAM_PORT)
     assert not c.can(c.test, c.decode, WORKER_PORT)
     assert not c.can(c.test, c.redis, REDIS_PORT)
     # The router does not reach the Ray head, nor other ports of the workers.
