@@ -87,9 +87,7 @@ class WorkerSet:
                     await self._drop(worker_id)
                 ref = WorkerRef(
                     record,
-                    WorkerClient(
-                        record.grpc_address, self._token, self._ca, record.stream_address
-                    ),
+                    WorkerClient(record.grpc_address, self._token, self._ca, record.stream_address),
                     breaker=self._breaker(record),
                 )
                 self.workers[worker_id] = ref
