@@ -13,7 +13,6 @@ a plain TCP connection would wait for hours).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import ssl
@@ -62,12 +61,17 @@ class FrameWriter:
         """Waits while the peer reads slower than we write (the transport's high-water mark)."""
         await self.writer.drain()
 
-    async def close(self) -> None:
-        """Sends what is queued, then closes."""
+    async def close(self, timeout_s: float = 1.0) -> None:
+        """Sends what is queued, then closes; a peer that does not take it within
+        `timeout_s` (stopped, or gone without a word) is dropped at once."""
         self._flush()
         self.writer.close()
-        with contextlib.suppress(ConnectionError, ssl.SSLError):
-            await self.writer.wait_closed()
+        try:
+            await asyncio.wait_for(self.writer.wait_closed(), timeout_s)
+        except TimeoutError:
+            self.writer.transport.abort()
+        except (ConnectionError, ssl.SSLError):
+            pass
 
 
 def tune(writer: asyncio.StreamWriter) -> None:

@@ -260,14 +260,16 @@ class StreamHello(_message.Message):
     def __init__(self, token: _Optional[str] = ...) -> None: ...
 
 class StreamUp(_message.Message):
-    __slots__ = ("hello", "decode", "cancel")
+    __slots__ = ("hello", "decode", "cancel", "prefill")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     DECODE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_FIELD_NUMBER: _ClassVar[int]
     hello: StreamHello
     decode: DecodeRequest
     cancel: str
-    def __init__(self, hello: _Optional[_Union[StreamHello, _Mapping]] = ..., decode: _Optional[_Union[DecodeRequest, _Mapping]] = ..., cancel: _Optional[str] = ...) -> None: ...
+    prefill: PrefillRequest
+    def __init__(self, hello: _Optional[_Union[StreamHello, _Mapping]] = ..., decode: _Optional[_Union[DecodeRequest, _Mapping]] = ..., cancel: _Optional[str] = ..., prefill: _Optional[_Union[PrefillRequest, _Mapping]] = ...) -> None: ...
 
 class StreamEnd(_message.Message):
     __slots__ = ("code", "details")
@@ -278,11 +280,13 @@ class StreamEnd(_message.Message):
     def __init__(self, code: _Optional[str] = ..., details: _Optional[str] = ...) -> None: ...
 
 class StreamDown(_message.Message):
-    __slots__ = ("request_id", "chunk", "end")
+    __slots__ = ("request_id", "chunk", "end", "prefill")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     chunk: DecodeChunk
     end: StreamEnd
-    def __init__(self, request_id: _Optional[str] = ..., chunk: _Optional[_Union[DecodeChunk, _Mapping]] = ..., end: _Optional[_Union[StreamEnd, _Mapping]] = ...) -> None: ...
+    prefill: PrefillResponse
+    def __init__(self, request_id: _Optional[str] = ..., chunk: _Optional[_Union[DecodeChunk, _Mapping]] = ..., end: _Optional[_Union[StreamEnd, _Mapping]] = ..., prefill: _Optional[_Union[PrefillResponse, _Mapping]] = ...) -> None: ...

@@ -1,11 +1,13 @@
-"""The token stream's router side: this router's Decode calls to one worker, all on one
-connection (services/worker/token_stream.py is the other end; why it exists is there).
+"""The token stream's router side: this router's Prefill and Decode calls to one worker, all
+on one connection (services/worker/token_stream.py is the other end; why it exists is there).
 
     decode(call) --open--> [connection: one reader task] --frames by request id--> each
     call's queue --> DecodeReply, DecodeReply, ..., then the end: "ok" returns, any other
     code raises WorkerError(code, details), as the Decode rpc's status would
+    prefill(call, timeout_s) --> its queue --> PrefillReply, or an end that raises
 
-A call closed early sends a cancel (the worker aborts the request, as for a cancelled rpc).
+A call closed early, or a prefill past its timeout, sends a cancel (the worker aborts the
+request, as for a cancelled rpc).
 A connection that fails ends every call on it with WorkerError("unavailable") (so the
 router resumes them elsewhere, as when a gRPC stream breaks); the next call dials again.
 """
@@ -16,15 +18,16 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import AsyncGenerator
 
 from services.cluster import frames
 from services.router.worker_error import WorkerError
-from services.wire import DecodeCall, DecodeReply, stream
+from services.wire import DecodeCall, DecodeReply, PrefillCall, PrefillReply, stream
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5.0
-_Item = DecodeReply | stream.StreamEnd | WorkerError
+_Item = DecodeReply | stream.Prefilled | stream.StreamEnd | WorkerError
 
 
 class _Connection:
@@ -84,30 +87,55 @@ class TokenStream:
     async def decode(self, call: DecodeCall) -> AsyncGenerator[DecodeReply, None]:
         """The worker's stream of `call`. Close it early (`contextlib.aclosing`) and the
         worker aborts the request."""
-        conn = await self._connection()
         rid = call.request_id
-        if rid in conn.calls:  # its frames could not be told apart from the other call's
-            raise WorkerError("invalid_argument", f"request id {rid!r} is already in use")
-        queue: asyncio.Queue[_Item] = asyncio.Queue()
-        conn.calls[rid] = queue
-        conn.out.send(stream.decode_frame(call))
+        conn, answers = await self._open(rid, stream.decode_frame(call))
         ended = False
         try:
             while True:
-                item = await queue.get()
+                item = await answers.get()
                 if isinstance(item, DecodeReply):
                     yield item
                     continue
                 ended = True
-                if isinstance(item, WorkerError):
-                    raise item
-                if item.code != stream.OK:
-                    raise WorkerError(item.code, item.details)
-                return
+                if isinstance(item, stream.StreamEnd) and item.code == stream.OK:
+                    return
+                raise _failure(item)
         finally:
-            del conn.calls[rid]
-            if not ended and conn.error is None:
-                conn.out.send(stream.cancel_frame(rid))
+            self._close(conn, rid, ended)
+
+    async def prefill(self, call: PrefillCall, timeout_s: float) -> PrefillReply:
+        called_at = time.monotonic()
+        rid = call.request_id
+        ended = False
+        try:
+            async with asyncio.timeout(timeout_s):
+                conn, answers = await self._open(rid, stream.prefill_frame(call))
+                try:
+                    item = await answers.get()
+                    ended = True
+                finally:
+                    self._close(conn, rid, ended)
+        except TimeoutError:  # as gRPC's deadline ends the rpc
+            raise WorkerError("deadline_exceeded", f"no answer in {timeout_s:.3g} s") from None
+        if isinstance(item, stream.Prefilled):
+            return item.reply(called_at)
+        raise _failure(item)
+
+    async def _open(self, rid: str, opening: bytes) -> tuple[_Connection, asyncio.Queue[_Item]]:
+        """Sends `opening`, a call named `rid`; its answers arrive on the queue."""
+        conn = await self._connection()
+        if rid in conn.calls:  # its frames could not be told apart from the other call's
+            raise WorkerError("invalid_argument", f"request id {rid!r} is already in use")
+        answers: asyncio.Queue[_Item] = asyncio.Queue()
+        conn.calls[rid] = answers
+        conn.out.send(opening)
+        return conn, answers
+
+    def _close(self, conn: _Connection, rid: str, ended: bool) -> None:
+        """A call left before its end is cancelled on the worker (which aborts it)."""
+        del conn.calls[rid]
+        if not ended and conn.error is None:
+            conn.out.send(stream.cancel_frame(rid))
 
     async def _connection(self) -> _Connection:
         if self._closed:
@@ -150,3 +178,12 @@ class TokenStream:
                     break
                 await asyncio.sleep(0.05)
         await conn.close()
+
+
+def _failure(item: _Item) -> WorkerError:
+    """What a call's answer that is not the one it waits for means."""
+    if isinstance(item, WorkerError):
+        return item
+    if isinstance(item, stream.StreamEnd) and item.code != stream.OK:
+        return WorkerError(item.code, item.details)
+    return WorkerError("internal", f"an answer of the wrong kind: {type(item).__name__}")

@@ -1,5 +1,7 @@
 """The router's typed client of one worker: Python objects in and out (services/wire/
-converts), gRPC errors as WorkerError. Nothing past this module sees protobuf or grpc.
+converts), gRPC errors as WorkerError. Prefill and Decode calls take the worker's token
+stream (token_stream.py) where it offers one. Nothing past these modules sees protobuf or
+grpc.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ class WorkerClient:
     ) -> None:
         """`token`: the cluster token, sent with every call (cluster_token.py); `ca`: the
         CA workers' certificates are checked against, for TLS (worker_tls.py);
-        `stream_address`: the worker's token stream, which Decode calls then take
-        (token_stream.py); "": they go over gRPC."""
+        `stream_address`: the worker's token stream, which Prefill and Decode calls then
+        take (token_stream.py); "": they go over gRPC."""
         self.address = address
         self._metadata = call_metadata(token)
         self._channel = worker_tls.channel(address, ca)
@@ -39,6 +41,8 @@ class WorkerClient:
         self._stream = TokenStream(stream_address, token, ca) if stream_address else None
 
     async def prefill(self, call: wire.PrefillCall, timeout_s: float) -> wire.PrefillReply:
+        if self._stream is not None:
+            return await self._stream.prefill(call, timeout_s)
         called_at = time.monotonic()
         msg = await self._unary(self._stub.Prefill, call.to_pb(), timeout_s)
         return wire.PrefillReply.from_pb(msg, called_at)

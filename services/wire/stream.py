@@ -3,9 +3,11 @@
     router                                            worker
     hello_frame(token)            --StreamUp-->       up_from_bytes() -> Hello
     decode_frame(DecodeCall)                                         -> Open (.call())
+    prefill_frame(PrefillCall)                                       -> OpenPrefill (.call())
     cancel_frame(request_id)                                         -> Cancel
-    down_from_bytes() -> (id, DecodeReply | StreamEnd)  <--StreamDown--  chunk_frame(id, update)
-                                                                     end_frame(id, code, details)
+    down_from_bytes() -> (id, DecodeReply     <--StreamDown--  chunk_frame(id, update)
+                              | Prefilled (.reply())           prefilled_frame(id, PrefillReply)
+                              | StreamEnd)                     end_frame(id, code, details)
 
 Payloads only: services/cluster/frames.py puts each in a length-prefixed frame.
 """
@@ -18,7 +20,14 @@ from typing import TYPE_CHECKING, TypeVar
 from google.protobuf.message import DecodeError
 
 from services.pb import worker_pb2
-from services.wire.rpc import DecodeCall, DecodeReply, decode_update_to_pb
+from services.wire.rpc import (
+    DecodeCall,
+    DecodeReply,
+    PrefillCall,
+    PrefillReply,
+    decode_update_to_pb,
+    prefill_reply_to_pb,
+)
 
 if TYPE_CHECKING:
     from services.worker.results import DecodeUpdate
@@ -45,6 +54,27 @@ class Open:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenPrefill:
+    request_id: str
+    msg: worker_pb2.PrefillRequest
+
+    def call(self) -> PrefillCall:
+        """Raises ValueError for a request a well-behaved router never sends."""
+        return PrefillCall.from_pb(self.msg)
+
+
+@dataclass(frozen=True, slots=True)
+class Prefilled:
+    """A prefill's answer, read when its caller knows when it called (the lease's time left
+    counts from then)."""
+
+    msg: worker_pb2.PrefillResponse
+
+    def reply(self, called_at: float) -> PrefillReply:
+        return PrefillReply.from_pb(self.msg, called_at)
+
+
+@dataclass(frozen=True, slots=True)
 class Cancel:
     request_id: str
 
@@ -66,11 +96,15 @@ def decode_frame(call: DecodeCall) -> bytes:
     return worker_pb2.StreamUp(decode=call.to_pb()).SerializeToString()
 
 
+def prefill_frame(call: PrefillCall) -> bytes:
+    return worker_pb2.StreamUp(prefill=call.to_pb()).SerializeToString()
+
+
 def cancel_frame(request_id: str) -> bytes:
     return worker_pb2.StreamUp(cancel=request_id).SerializeToString()
 
 
-def up_from_bytes(payload: bytes) -> Hello | Open | Cancel:
+def up_from_bytes(payload: bytes) -> Hello | Open | OpenPrefill | Cancel:
     """Raises ValueError for bytes that are no StreamUp."""
     msg = _parse(worker_pb2.StreamUp(), payload)
     kind = msg.WhichOneof("kind")
@@ -78,6 +112,8 @@ def up_from_bytes(payload: bytes) -> Hello | Open | Cancel:
         return Hello(msg.hello.token)
     if kind == "decode":
         return Open(msg.decode.request_id, msg.decode)
+    if kind == "prefill":
+        return OpenPrefill(msg.prefill.request_id, msg.prefill)
     if kind == "cancel":
         return Cancel(msg.cancel)
     raise ValueError("a token stream frame of no known kind")
@@ -89,12 +125,17 @@ def chunk_frame(request_id: str, update: DecodeUpdate) -> bytes:
     return down.SerializeToString()
 
 
+def prefilled_frame(request_id: str, reply: PrefillReply) -> bytes:
+    down = worker_pb2.StreamDown(request_id=request_id, prefill=prefill_reply_to_pb(reply))
+    return down.SerializeToString()
+
+
 def end_frame(request_id: str, code: str = OK, details: str = "") -> bytes:
     end = worker_pb2.StreamEnd(code=code, details=details)
     return worker_pb2.StreamDown(request_id=request_id, end=end).SerializeToString()
 
 
-def down_from_bytes(payload: bytes) -> tuple[str, DecodeReply | StreamEnd]:
+def down_from_bytes(payload: bytes) -> tuple[str, DecodeReply | Prefilled | StreamEnd]:
     """Raises ValueError for bytes that are no StreamDown."""
     msg = _parse(worker_pb2.StreamDown(), payload)
     kind = msg.WhichOneof("kind")
@@ -102,6 +143,8 @@ def down_from_bytes(payload: bytes) -> tuple[str, DecodeReply | StreamEnd]:
         return msg.request_id, DecodeReply.from_pb(msg.chunk)
     if kind == "end":
         return msg.request_id, StreamEnd(msg.end.code, msg.end.details)
+    if kind == "prefill":
+        return msg.request_id, Prefilled(msg.prefill)
     raise ValueError("a token stream frame of no known kind")
 
 

@@ -1,15 +1,18 @@
-"""The token stream's worker side: Decode calls over one plain TCP (or TLS) connection per
-router, beside the gRPC server, because grpc.aio costs ~0.1 ms of Python per message on
-each side, more than the rest of a request's path (`make bench-router` measures both).
+"""The token stream's worker side: Prefill and Decode calls over one plain TCP (or TLS)
+connection per router, beside the gRPC server, because grpc.aio costs ~0.1 ms of Python per
+message on each side, more than the rest of a request's path (`make bench-router` measures
+both).
 
     router --hello (cluster token)------------------> checked, or "unauthenticated" and closed
            --decode(DecodeRequest a)----------------> task a: calls.decode() ...
            --decode(DecodeRequest b)----------------> task b
+           --prefill(PrefillRequest c)--------------> task c: calls.prefill()
            <--chunk a, chunk b, chunk a (one write per loop pass)--
            <--end a "ok" | end b "invalid_argument", details--
+           <--prefill c (PrefillResponse) | end c "resource_exhausted", details--
            --cancel b-------------------------------> task b cancelled: the worker aborts b
 
-A call ends as the Decode rpc would (status.py's codes, by name); a connection that closes
+A call ends as its rpc would (status.py's codes, by name); a connection that closes
 cancels its calls, as a cancelled rpc does. Frames: services/cluster/frames.py.
 """
 
@@ -20,6 +23,8 @@ import contextlib
 import functools
 import hmac
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from services.cluster import frames
 from services.cluster.worker_tls import ServerTls
@@ -98,27 +103,40 @@ class TokenStreamServer:
                 call = running.get(msg.request_id)
                 if call is not None:
                     call.cancel()
-            elif isinstance(msg, stream.Open):
-                if msg.request_id in running:  # its replies could not be told apart
-                    details = f"request id {msg.request_id!r} is already in use"
-                    out.send(stream.end_frame(msg.request_id, "invalid_argument", details))
-                    continue
-                call = asyncio.create_task(self._decode(msg, out))
+            elif isinstance(msg, stream.Hello):
+                raise ValueError("a second hello")
+            elif msg.request_id in running:  # its replies could not be told apart
+                details = f"request id {msg.request_id!r} is already in use"
+                out.send(stream.end_frame(msg.request_id, "invalid_argument", details))
+            else:
+                if isinstance(msg, stream.Open):
+                    body = self._decode(msg, out)
+                else:
+                    body = self._prefill(msg)
+                call = asyncio.create_task(self._run(msg.request_id, body, out))
                 running[msg.request_id] = call
                 self._calls.add(call)
                 call.add_done_callback(self._calls.discard)
                 call.add_done_callback(functools.partial(_forget, running, msg.request_id))
-            else:
-                raise ValueError("a second hello")
 
-    async def _decode(self, msg: stream.Open, out: frames.FrameWriter) -> None:
-        rid = msg.request_id
+    async def _decode(self, msg: stream.Open, out: frames.FrameWriter) -> bytes:
+        updates = await self.calls.decode(msg.call())
+        async with contextlib.aclosing(updates):
+            async for update in updates:
+                out.send(stream.chunk_frame(msg.request_id, update))
+                await out.drain()
+        return stream.end_frame(msg.request_id)
+
+    async def _prefill(self, msg: stream.OpenPrefill) -> bytes:
+        return stream.prefilled_frame(msg.request_id, await self.calls.prefill(msg.call()))
+
+    async def _run(
+        self, rid: str, body: Coroutine[Any, Any, bytes], out: frames.FrameWriter
+    ) -> None:
+        """Runs a call's `body`, which returns its last frame; failures end it as its rpc's
+        status would."""
         try:
-            updates = await self.calls.decode(msg.call())
-            async with contextlib.aclosing(updates):
-                async for update in updates:
-                    out.send(stream.chunk_frame(rid, update))
-                    await out.drain()
+            last = await body
         except KNOWN as e:
             out.send(stream.end_frame(rid, code_of(e).name.lower(), str(e)))
         except asyncio.CancelledError:
@@ -126,10 +144,10 @@ class TokenStreamServer:
         except ConnectionError:
             pass  # the connection's end, seen by the write first: nobody to tell
         except Exception as e:  # what gRPC would end as UNKNOWN
-            log.exception("%s: decode failed", rid)
+            log.exception("%s: the call failed", rid)
             out.send(stream.end_frame(rid, "unknown", f"{type(e).__name__}: {e}"))
         else:
-            out.send(stream.end_frame(rid))
+            out.send(last)
 
 
 def _forget(running: dict[str, asyncio.Task[None]], request_id: str, _: object) -> None:

@@ -1,6 +1,7 @@
 """The token stream (services/worker/token_stream.py, services/router/token_stream.py): a
 `tandem worker` process (mock engine) and the router's client on one connection over
-127.0.0.1. Calls share it and each gets what the Decode rpc gives; a refusal ends one call
+127.0.0.1. Calls share it and each gets what its rpc (Decode, Prefill) gives; a prefill
+past its timeout is cancelled on the worker; a refusal ends one call
 with its gRPC code and leaves the others; a call closed early is aborted on the worker; a
 stranger (no token, a second hello, a frame too long) is cut off; a worker that dies ends
 every call on it with "unavailable", and the next call dials again."""
@@ -25,7 +26,7 @@ from services.cluster.redis_server import RedisServer
 from services.router.token_stream import TokenStream
 from services.router.worker_client import WorkerClient
 from services.router.worker_error import WorkerError
-from services.wire import DecodeCall, DecodeReply, stream
+from services.wire import DecodeCall, DecodeReply, PrefillCall, stream
 
 pytestmark = pytest.mark.slow
 
@@ -33,16 +34,21 @@ pytestmark = pytest.mark.slow
 @dataclass
 class Streamed:
     token: str
-    worker: Proc
+    worker: Proc  # role both
     grpc_address: str
     stream_address: str
+    prefill_grpc: str  # a prefill worker's, whose prompts are held for a reader
+    prefill_stream: str
     redis_url: str
     tmp: Path
 
 
-def _start(tmp: Path, redis_url: str, model: Path, token: str) -> tuple[Proc, str, str]:
+def _start(
+    tmp: Path, redis_url: str, model: Path, token: str, role: str = "both", name: str = ""
+) -> tuple[Proc, str, str]:
+    name = name or f"{role}-0"
     worker, address = start_worker(
-        tmp, "both-0", "both", redis_url, model, "--engine=mock", env={TOKEN_ENV: token}
+        tmp, name, role, redis_url, model, "--engine=mock", env={TOKEN_ENV: token}
     )
     line = worker.wait_for("token stream on", 10)
     return worker, address, line.rsplit(" ", 1)[-1].strip()
@@ -55,7 +61,22 @@ def streamed(tmp_path_factory: pytest.TempPathFactory, smollm_path: Path) -> Ite
     with RedisServer() as redis:
         worker, address, stream_address = _start(tmp, redis.url, smollm_path, token)
         try:
-            yield Streamed(token, worker, address, stream_address, redis.url, tmp)
+            prefill, pre_address, pre_stream = _start(
+                tmp, redis.url, smollm_path, token, role="prefill"
+            )
+            try:
+                yield Streamed(
+                    token,
+                    worker,
+                    address,
+                    stream_address,
+                    pre_address,
+                    pre_stream,
+                    redis.url,
+                    tmp,
+                )
+            finally:
+                prefill.stop(signal.SIGTERM)
         finally:
             worker.stop(signal.SIGTERM)
 
@@ -101,6 +122,48 @@ def test_calls_share_one_connection_and_get_what_grpc_gives(streamed: Streamed) 
         finally:
             await ts.close()
             await grpc_only.close()
+
+    asyncio.run(run())
+
+
+def test_a_prefill_gets_what_grpc_gives(streamed: Streamed) -> None:
+    async def run() -> None:
+        ts = TokenStream(streamed.prefill_stream, streamed.token, None)
+        client = WorkerClient(streamed.prefill_grpc, streamed.token)
+        params = SamplingParams(max_tokens=8, ignore_eos=True, temperature=0.0)
+        prompt = [300 + i for i in range(70)]
+        try:
+            ours = await ts.prefill(PrefillCall("pre-s", prompt, params), 10)
+            theirs = await client.prefill(PrefillCall("pre-g", prompt, params), 10)
+            assert ours.first_token == theirs.first_token
+            assert ours.handle is not None and theirs.handle is not None
+            assert ours.handle.block_ids and ours.handle.num_tokens == len(prompt)
+            assert (await client.stats()).leases == 2  # both held for a reader
+            for rid in ("pre-s", "pre-g"):  # as the router releases a prompt nobody reads
+                assert await client.abort(rid)
+            await _idle(client)
+        finally:
+            await ts.close()
+            await client.close()
+
+    asyncio.run(run())
+
+
+def test_a_prefill_past_its_timeout_is_cancelled_on_the_worker(streamed: Streamed) -> None:
+    async def run() -> None:
+        ts = TokenStream(streamed.prefill_stream, streamed.token, None)
+        client = WorkerClient(streamed.prefill_grpc, streamed.token)
+        params = SamplingParams(max_tokens=8, ignore_eos=True)
+        long_prompt = [400 + i % 1000 for i in range(6000)]  # ~0.5 s of the mock's prefill
+        try:
+            with pytest.raises(WorkerError) as late:
+                await ts.prefill(PrefillCall("slow", long_prompt, params), 0.05)
+            assert late.value.code == "deadline_exceeded"
+            await _idle(client)  # dropped: nothing runs, no block or lease is held
+            assert (await client.stats()).leases == 0
+        finally:
+            await ts.close()
+            await client.close()
 
     asyncio.run(run())
 
@@ -195,7 +258,9 @@ def test_a_worker_that_dies_ends_its_calls_and_the_next_call_dials_again(
 ) -> None:
     tmp = streamed.tmp / "dies"
     tmp.mkdir()
-    worker, _, address = _start(tmp, streamed.redis_url, smollm_path, streamed.token)
+    worker, _, address = _start(
+        tmp, streamed.redis_url, smollm_path, streamed.token, name="both-dies"
+    )
 
     async def run() -> None:
         ts = TokenStream(address, streamed.token, None)

@@ -13,7 +13,7 @@ from engine.output import RequestOutput
 from engine.request import FinishReason
 from engine.sampling_params import SamplingParams
 from services.cluster import frames
-from services.wire import DecodeCall, DecodeReply, stream
+from services.wire import DecodeCall, DecodeReply, PrefillCall, PrefillReply, stream
 from services.worker.results import DecodeUpdate
 
 
@@ -72,6 +72,9 @@ def test_up_frames_round_trip() -> None:
     assert isinstance(opened, stream.Open) and opened.request_id == "r1"
     assert opened.call() == call
     assert stream.up_from_bytes(stream.cancel_frame("r1")) == stream.Cancel("r1")
+    pre = PrefillCall("r2", [4, 5], SamplingParams(max_tokens=2))
+    opened_prefill = stream.up_from_bytes(stream.prefill_frame(pre))
+    assert isinstance(opened_prefill, stream.OpenPrefill) and opened_prefill.call() == pre
 
 
 def test_down_frames_round_trip() -> None:
@@ -83,6 +86,9 @@ def test_down_frames_round_trip() -> None:
     assert (reply.token_ids, reply.logprobs, reply.finished) == ([7, 8], [-0.5, -0.25], True)
     assert reply.finish_reason == "length" and reply.num_cached_tokens == 1
     assert stream.down_from_bytes(stream.end_frame("r1")) == ("r1", stream.StreamEnd("ok", ""))
+    answer = PrefillReply(11, -0.5, 4, None, None)  # -0.5: exact in a float32
+    rid, got = stream.down_from_bytes(stream.prefilled_frame("r3", answer))
+    assert rid == "r3" and isinstance(got, stream.Prefilled) and got.reply(0.0) == answer
     end = stream.end_frame("r2", "invalid_argument", "no prompt")
     assert stream.down_from_bytes(end) == ("r2", stream.StreamEnd("invalid_argument", "no prompt"))
 
