@@ -8,6 +8,11 @@ are their own. First, the same levels run against the stack's floor (bench/route
 uvicorn, one grpc.aio stream per request and SSE, with nothing of ours), so each figure of
 the router reads against what its stack costs on this machine in the same run.
 
+With `--disaggregated`, the same levels then run through a prefill and a decode worker
+(`tandem router --mode disagg --local-prefill-tokens 0`: every prompt prefilled on the
+prefill worker, its KV read over NIXL), each process's CPU counted apart: the default
+cluster's path.
+
 Each level sends a fixed number of streamed /v1/completions requests (64 random prompt
 token ids, exactly 8 output tokens) through loadtest's client from `concurrency`
 closed-loop senders (each with a connection of its own, opened in the warm-up), after a
@@ -25,6 +30,7 @@ and cores) is inflated, so compare runs made side by side. Bounded: each level s
 its time cap, and the processes are stopped by pid at the end. Writes bench-results/router.json.
 
     python -m bench.router [--levels 1:200,16:800,64:1600] [--time-cap-s 120] [--out DIR]
+                           [--disaggregated]
 """
 
 from __future__ import annotations
@@ -192,6 +198,39 @@ def start_cluster(logs: Path, redis_url: str) -> tuple[Proc, Proc, str]:
     return worker, router, url
 
 
+def start_disaggregated(logs: Path, redis_url: str) -> tuple[list[Proc], dict[str, int], str]:
+    """A prefill and a decode worker and a router that sends every prompt to the first."""
+    model = pull_default()
+    procs: list[Proc] = []
+    try:
+        for role in ("prefill", "decode"):
+            worker, _ = start_worker(
+                logs,
+                f"{role}-0",
+                role,
+                redis_url,
+                model,
+                "--engine=mock",
+                f"--mock-timing={ZERO_TIMING}",
+            )
+            procs.append(worker)
+        router, url = start_router(
+            logs / "router-disagg.log",
+            redis_url,
+            "--mode=disagg",
+            "--local-prefill-tokens=0",
+            "--no-prefill-balance",
+            f"--model={model}",
+        )
+        procs.append(router)
+    except BaseException:
+        for p in procs:
+            p.stop()
+        raise
+    pids = {"router": router.proc.pid, "prefill": procs[0].proc.pid, "decode": procs[1].proc.pid}
+    return procs, {**pids, "client": os.getpid()}, url
+
+
 def run_levels(
     url: str, levels: list[Level], pids: dict[str, int], time_cap_s: float, label: str
 ) -> list[dict[str, Any]]:
@@ -228,6 +267,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--levels", default=",".join(f"{c}:{n}" for c, n in LEVELS))
     ap.add_argument("--time-cap-s", type=float, default=120.0, help="per level")
     ap.add_argument("--out", default="bench-results")
+    ap.add_argument(
+        "--disaggregated",
+        action="store_true",
+        help="also run the levels through a prefill and a decode worker",
+    )
     args = ap.parse_args(argv)
     levels = parse_levels(args.levels)
     out = Path(args.out)
@@ -245,6 +289,14 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             router.stop()
             worker.stop()
+        disagg: list[dict[str, Any]] = []
+        if args.disaggregated:
+            procs, disagg_pids, disagg_url = start_disaggregated(logs, redis_server.url)
+            try:
+                disagg = run_levels(disagg_url, levels, disagg_pids, args.time_cap_s, "disagg")
+            finally:
+                for proc in procs:
+                    proc.stop()
     against_floor(rows, floor)
     print()
     print("the floor (bench/router_floor.py: uvicorn + one grpc.aio stream a request + SSE):")
@@ -253,6 +305,9 @@ def main(argv: list[str] | None = None) -> None:
     print(table(tcp_floor))
     print("tandem router + mock worker:")
     print(table(rows, with_floor=True))
+    if disagg:
+        print("tandem router + a mock prefill and a mock decode worker (every prompt remote):")
+        print(table(disagg, procs=("router", "prefill", "decode", "client")))
     print()
     for line in goals(rows, floor, tcp_floor):
         print(line)
@@ -276,6 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
         "floor_rows": floor,
         "tcp_floor_rows": tcp_floor,
+        "disaggregated_rows": disagg,
         "goals": {
             "router_cpu_ms_per_req": GOAL_ROUTER_CPU_MS,
             "ttft_p50_ms_at_1": GOAL_TTFT_P50_MS_AT_1,

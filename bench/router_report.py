@@ -15,11 +15,14 @@ def _fmt(v: float | None, spec: str = ".2f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def table(rows: list[dict[str, Any]], with_floor: bool = False) -> str:
-    head = (
-        f"{'conc':>5} {'done':>6} {'req/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} "
-        f"{'router ms/req':>14} {'worker ms/req':>14} {'client ms/req':>14} {'load':>5}"
-    )
+def table(
+    rows: list[dict[str, Any]],
+    with_floor: bool = False,
+    procs: tuple[str, ...] = ("router", "worker", "client"),
+) -> str:
+    """`procs`: the processes whose CPU per request the rows carry, in column order."""
+    head = f"{'conc':>5} {'done':>6} {'req/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} "
+    head += "".join(f"{p + ' ms/req':>15}" for p in procs) + f" {'load':>5}"
     if with_floor:
         head += f" {'router/floor':>13} {'TTFT/floor':>11}"
     lines = [head]
@@ -27,8 +30,8 @@ def table(rows: list[dict[str, Any]], with_floor: bool = False) -> str:
         line = (
             f"{r['concurrency']:>5} {r['completed']:>6} {r['req_s']:>8.1f} "
             f"{r['ttft_p50_ms']:>9.2f} {r['ttft_p99_ms']:>9.2f} "
-            f"{_fmt(r['router_cpu_ms_per_req']):>14} {_fmt(r['worker_cpu_ms_per_req']):>14} "
-            f"{_fmt(r['client_cpu_ms_per_req']):>14} {_fmt(r.get('loadavg_1m'), '.1f'):>5}"
+            + "".join(f"{_fmt(r[p + '_cpu_ms_per_req']):>15}" for p in procs)
+            + f" {_fmt(r.get('loadavg_1m'), '.1f'):>5}"
         )
         if with_floor:
             line += (

@@ -170,6 +170,13 @@ class KVSink:
         """Reads are in flight: the loop should come back soon to poll them."""
         return bool(self._reads or self._orphans)
 
+    @property
+    def due(self) -> bool:
+        """The loop should come back soon: reads are in flight, or a step has admitted a
+        request whose read the next tick starts. (Waiting out an idle loop's pause there
+        put ~20 ms between a prompt's first token and its second, at any load.)"""
+        return self.reading or any(self.engine.awaiting_kv(r) is not None for r in self._expected)
+
     def forget(self, request_id: str) -> None:
         """The request is aborted: stop its read (its blocks wait for a read that cannot
         be stopped to end)."""

@@ -137,9 +137,10 @@ class Worker:
 
     def _idle_wait(self) -> float:
         """Engine thread, nothing running: how long the ticks may wait for a call. Reads
-        in flight are polled every POLL_S; leases and requests waiting for KV are looked
-        at every IDLE_S; with neither, every QUIET_S (a call wakes the loop anyway)."""
-        if self.sink.reading:
+        in flight, or to start, are polled every POLL_S; leases and requests waiting for
+        KV are looked at every IDLE_S; with neither, every QUIET_S (a call wakes the loop
+        anyway)."""
+        if self.sink.due:
             return POLL_S
         source = self.source
         busy = self.engine.has_unfinished() or (source is not None and len(source.leases) > 0)

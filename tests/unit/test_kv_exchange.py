@@ -180,6 +180,21 @@ def test_a_slow_read_does_not_stop_the_others(model: Path) -> None:
     assert decode.load().idle
 
 
+def test_a_read_is_due_once_its_request_is_admitted(model: Path) -> None:
+    """The worker's loop comes back at once for it (services/worker/core.py _idle_wait)."""
+    prefill, source, decode, sink = _pair(model)
+    prefill.add_request("r", PROMPT, PARAMS)
+    (out,) = prefill.step()
+    decode.add_request("r", PROMPT, PARAMS, remote_prefill=True)
+    sink.expect("r", source.hold("r"), out.new_token_ids[0])
+    assert not sink.due  # not admitted yet: nothing to start
+    assert decode.step() == []  # admitted, blocks allocated
+    assert sink.due and not sink.reading  # the next tick starts its read
+    assert sink.tick() == [] and sink.due == sink.reading
+    _drain(decode)
+    assert not sink.due and decode.load().idle
+
+
 def test_a_hung_read_is_cancelled_at_its_deadline_and_recomputed(model: Path) -> None:
     (colocated,) = _engine(model, "both").generate([PROMPT], PARAMS)
     prefill, source, decode, sink = _pair(model)
