@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import ssl
 import time
 from collections.abc import AsyncGenerator
@@ -25,7 +24,6 @@ from services.cluster import frames
 from services.router.worker_error import WorkerError
 from services.wire import DecodeCall, DecodeReply, PrefillCall, PrefillReply, stream
 
-log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5.0
 _Item = DecodeReply | stream.Prefilled | stream.StreamEnd | WorkerError
 
@@ -44,7 +42,8 @@ class _Connection:
             while True:
                 request_id, item = stream.down_from_bytes(await frames.read_frame(reader))
                 if not request_id:  # the connection's own end: a refusal
-                    assert isinstance(item, stream.StreamEnd)
+                    if not isinstance(item, stream.StreamEnd):
+                        raise ValueError("a frame for no call that is no end")
                     error = WorkerError(item.code, item.details)
                     return
                 queue = self.calls.get(request_id)
