@@ -13,10 +13,10 @@ With `--disaggregated`, the same levels then run through a prefill and a decode 
 prefill worker, its KV read over NIXL), each process's CPU counted apart: the default
 cluster's path.
 
-Each level sends a fixed number of streamed /v1/completions requests (64 random prompt
-token ids, exactly 8 output tokens) through loadtest's client from `concurrency`
-closed-loop senders (each with a connection of its own, opened in the warm-up), after a
-short warm-up, and reports:
+Each level (bench/router_levels.py) sends a fixed number of streamed /v1/completions
+requests (64 random prompt token ids, exactly 8 output tokens) through loadtest's client
+from `concurrency` closed-loop senders (each with a connection of its own, opened in the
+warm-up), after a short warm-up, and reports:
 
     TTFT p50 / p99     client side: request sent -> first chunk with text
     req/s              completed requests over the level's wall time
@@ -36,18 +36,14 @@ its time cap, and the processes are stopped by pid at the end. Writes bench-resu
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import os
-import random
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.proc_cpu import cpu_ms_per_request, idle_cpu, read_cpu_ticks, ticks_per_second
+from bench.proc_cpu import idle_cpu
 from bench.router_floor import FloorProc
+from bench.router_levels import OUTPUT_LEN, PROMPT_LEN, WARMUP, Level, parse_levels, run_levels
 from bench.router_report import (
     GOAL_ROUTER_CPU_MS,
     GOAL_TTFT_P50_MS_AT_1,
@@ -56,10 +52,6 @@ from bench.router_report import (
     goals,
     table,
 )
-from loadtest.body import BodyMaker
-from loadtest.client import Client, make_http
-from loadtest.records import RequestOutput
-from loadtest.stats import Stats
 from services.cluster.launch import Proc, start_router, start_worker
 from services.cluster.models import pull_default
 from services.cluster.redis_server import RedisServer
@@ -67,113 +59,8 @@ from services.cluster.redis_server import RedisServer
 ZERO_TIMING = (
     "step_ms=0,prefill_ms_per_token=0,decode_ms=0,decode_ms_per_seq=0,decode_ms_per_1k_context=0"
 )
-PROMPT_LEN = 64
-OUTPUT_LEN = 8
 LEVELS = ((1, 200), (16, 800), (64, 1600))
-WARMUP = 32
 IDLE_S = 5.0  # the background CPU of router and worker is measured this long first
-TOKEN_RANGE = (1000, 40000)  # ordinary tokens of SmolLM2's 49152: no special ones
-
-
-# ---- one level --------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Level:
-    concurrency: int
-    requests: int
-
-
-def parse_levels(spec: str) -> list[Level]:
-    """`"1:200,16:800"` -> levels of (concurrency, requests)."""
-    out = []
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        c, _, n = item.partition(":")
-        level = Level(int(c), int(n))
-        if level.concurrency < 1 or level.requests < 1:
-            raise ValueError(f"a level needs concurrency >= 1 and requests >= 1: {item!r}")
-        out.append(level)
-    return out
-
-
-async def _senders(
-    clients: list[Client], bodies: BodyMaker, n: int, deadline: float
-) -> list[RequestOutput]:
-    """One closed-loop sender per client shares `n` requests; none starts after `deadline`."""
-    rng = random.Random(n * 1000 + len(clients))
-    left = n
-    outputs: list[RequestOutput] = []
-
-    async def sender(client: Client) -> None:
-        nonlocal left
-        while left > 0 and time.perf_counter() < deadline:
-            left -= 1
-            prompt = tuple(rng.randrange(*TOKEN_RANGE) for _ in range(PROMPT_LEN))
-            body = bodies.single(prompt, OUTPUT_LEN)
-            outputs.append(await client.send(bodies.path, body, "router", PROMPT_LEN))
-
-    await asyncio.gather(*(sender(c) for c in clients))
-    return outputs
-
-
-async def run_level(
-    url: str, level: Level, pids: dict[str, int], time_cap_s: float
-) -> dict[str, Any]:
-    # A connection pool of its own for each sender: one shared by all of them costs the
-    # client CPU per request that grows with the number of connections (httpx's pool
-    # scans them on every request and response), which at 64 took more of the shared
-    # cores than the router did.
-    async with contextlib.AsyncExitStack() as stack:
-        https = [await stack.enter_async_context(make_http(60.0)) for _ in range(level.concurrency)]
-        clients = [Client(http, url, {}, 60.0) for http in https]
-        model = str((await https[0].get(url + "/v1/models")).json()["data"][0]["id"])
-        bodies = BodyMaker(
-            "completions",
-            model,
-            None,  # type: ignore[arg-type]  # prompts go as ids: no tokenizer is used
-            ignore_eos=True,
-            temperature=0.0,
-            extra_body={},
-        )
-        # Warm-up: connections open, caches and code paths warm; not counted.
-        await _senders(clients, bodies, max(WARMUP, level.concurrency), time.perf_counter() + 30)
-        before = {name: read_cpu_ticks(pid) for name, pid in pids.items()}
-        t0 = time.perf_counter()
-        outputs = await _senders(clients, bodies, level.requests, t0 + time_cap_s)
-        duration = time.perf_counter() - t0
-        after = {name: read_cpu_ticks(pid) for name, pid in pids.items()}
-    row = level_figures(level, outputs, duration, before, after, ticks_per_second())
-    # What else the machine ran meanwhile: on shared cores it inflates every figure here.
-    row["loadavg_1m"] = os.getloadavg()[0]
-    return row
-
-
-def level_figures(
-    level: Level,
-    outputs: list[RequestOutput],
-    duration: float,
-    before: dict[str, int],
-    after: dict[str, int],
-    ticks_per_s: int,
-) -> dict[str, Any]:
-    ok = [o for o in outputs if o.success]
-    ttft = Stats.of_seconds([o.ttft for o in ok])
-    row: dict[str, Any] = {
-        "concurrency": level.concurrency,
-        "requests": level.requests,
-        "completed": len(ok),
-        "failed": len(outputs) - len(ok),
-        "not_sent": level.requests - len(outputs),  # the time cap ran out first
-        "errors": sorted({o.error for o in outputs if not o.success})[:5],
-        "duration_s": duration,
-        "req_s": len(ok) / duration if duration > 0 else 0.0,
-        "ttft_p50_ms": ttft.median,
-        "ttft_p99_ms": ttft.p99,
-        "ttft_mean_ms": ttft.mean,
-    }
-    for name in before:
-        row[f"{name}_cpu_ms_per_req"] = cpu_ms_per_request(
-            before[name], after[name], len(ok), ticks_per_s
-        )
-    return row
 
 
 # ---- the cluster ----------------------------------------------------------------------
@@ -229,21 +116,6 @@ def start_disaggregated(logs: Path, redis_url: str) -> tuple[list[Proc], dict[st
         raise
     pids = {"router": router.proc.pid, "prefill": procs[0].proc.pid, "decode": procs[1].proc.pid}
     return procs, {**pids, "client": os.getpid()}, url
-
-
-def run_levels(
-    url: str, levels: list[Level], pids: dict[str, int], time_cap_s: float, label: str
-) -> list[dict[str, Any]]:
-    rows = []
-    for level in levels:
-        row = asyncio.run(run_level(url, level, pids, time_cap_s))
-        rows.append(row)
-        print(
-            f"{label} concurrency {level.concurrency}: {row['completed']} done, "
-            f"{row['req_s']:.1f} req/s",
-            flush=True,
-        )
-    return rows
 
 
 def measure_floor(levels: list[Level], time_cap_s: float, leg: str) -> list[dict[str, Any]]:

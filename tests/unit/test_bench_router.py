@@ -7,7 +7,7 @@ import os
 import pytest
 
 from bench.proc_cpu import cpu_ms_per_request, cpu_ms_per_second, cpu_ticks, read_cpu_ticks
-from bench.router import Level, level_figures, parse_levels
+from bench.router_levels import Level, level_figures, parse_levels
 from bench.router_report import against_floor
 from loadtest.records import RequestOutput
 
