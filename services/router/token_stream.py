@@ -93,6 +93,9 @@ class TokenStream:
             while True:
                 item = await answers.get()
                 if isinstance(item, DecodeReply):
+                    # the last chunk: the worker is done with it (its end, "ok", follows);
+                    # a caller that stops here has nothing to cancel
+                    ended = item.finished
                     yield item
                     continue
                 ended = True

@@ -204,6 +204,33 @@ def test_a_call_closed_early_is_aborted_on_the_worker(streamed: Streamed) -> Non
     asyncio.run(run())
 
 
+def test_a_call_left_after_its_last_chunk_sends_no_cancel(streamed: Streamed) -> None:
+    """The last chunk ends the request on the worker: a cancel would be a write, and a
+    wake-up of the worker, for nothing (the router's generation stops at that chunk)."""
+
+    async def run() -> None:
+        ts = TokenStream(streamed.stream_address, streamed.token, None)
+        try:
+            await _tokens(ts.decode(_call("dial")))  # the connection, and its hello
+            assert ts._conn is not None
+            sent: list[bytes] = []
+            send = ts._conn.out.send
+            ts._conn.out.send = lambda frame: (sent.append(frame), send(frame))[1]  # type: ignore[method-assign]
+            async with contextlib.aclosing(ts.decode(_call("done", n=3))) as replies:
+                async for r in replies:
+                    if r.finished:
+                        break
+            async with contextlib.aclosing(ts.decode(_call("left", n=5000))) as replies:
+                await anext(replies)
+            ups = [stream.up_from_bytes(f) for f in sent]
+            assert [type(u).__name__ for u in ups] == ["Open", "Open", "Cancel"]
+            assert ups[2] == stream.Cancel("left")
+        finally:
+            await ts.close()
+
+    asyncio.run(run())
+
+
 @pytest.mark.parametrize("token", ["", "not-the-token"])
 def test_a_caller_without_the_token_is_refused(streamed: Streamed, token: str) -> None:
     async def run() -> WorkerError:
