@@ -39,19 +39,21 @@ def start_followers(config: EngineConfig, dtype: torch.dtype, device: torch.devi
     follower_config = dataclasses.replace(config, dtype=str(dtype).removeprefix("torch."))
     ctx = mp.get_context("spawn")
     readers = ctx.Event()
-    pipes = []
+    pipes, processes = [], []
     for rank in range(1, size):
         ours, theirs = ctx.Pipe()
-        ctx.Process(
+        process = ctx.Process(
             target=_follower_main,
             args=(follower_config, rank, port, theirs, readers),
             name=f"tandem-tp-rank-{rank}",
             daemon=True,
-        ).start()
+        )
+        process.start()
         theirs.close()
         pipes.append(ours)
+        processes.append(process)
     group = TPGroup.join(0, size, port, device)
-    group.pipes, group.readers = pipes, readers
+    group.pipes, group.readers, group.processes = pipes, readers, processes
     return group
 
 

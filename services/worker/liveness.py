@@ -2,8 +2,8 @@
 
     engine loop alive, went round within stall_s   ->  SERVING      the heartbeat renews
                                                                     the registry record
-    loop died, or stuck in one step past stall_s   ->  NOT_SERVING  the record is removed
-                                                                    at once, not renewed
+    loop died, or stuck in one step past stall_s,  ->  NOT_SERVING  the record is removed
+    or a tensor-parallel rank of it exited                          at once, not renewed
 
 A worker that is not fit leaves the registry rather than renewing a record with its last
 figures (a frozen load can even make it look cheap). The same answer goes to the standard
@@ -43,6 +43,9 @@ class Liveness:
         """Why this worker must not be routed to, or None when it is fit."""
         if not self.loop.alive:
             return f"its engine loop died ({self.loop.error!r})"
+        tp = self.loop.engine.tp
+        if tp is not None and (lost := tp.lost()) is not None:
+            return f"its engine cannot step: {lost}"  # the next step would fail
         stalled = time.monotonic() - self.loop.last_iteration
         if stalled > self.stall_s:
             return f"its engine has been in one step for {stalled:.1f} s (limit {self.stall_s:g} s)"

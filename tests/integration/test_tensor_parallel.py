@@ -6,17 +6,21 @@ across a batch of mixed lengths with chunked prefill."""
 
 from __future__ import annotations
 
+import os
 import random
 import signal
+import time
 from pathlib import Path
 
 import grpc
 import pytest
+import redis
 
 from engine import CacheConfig, Engine, EngineConfig, SamplingParams, SchedulerConfig
 from engine.model.config import ModelLoadError
 from engine.tokenizer import load_tokenizer
-from services.cluster.launch import start_worker
+from services.cluster.launch import Proc, start_worker
+from services.cluster.registry import Registry
 from services.pb import worker_pb2, worker_pb2_grpc
 from services.wire import params_to_pb
 from tests.helpers.hf_reference import build_tiny_checkpoint, hf_greedy, load_hf
@@ -111,3 +115,70 @@ def _spawned_children(pid: int) -> list[int]:
         if ppid == pid and b"spawn_main" in cmdline:
             found.append(int(stat.parent.name))
     return found
+
+
+def _tp_worker(tmp: Path, redis_url: str, smollm_path: Path, name: str) -> tuple[Proc, str]:
+    path = build_tiny_checkpoint("minimax_m2", tmp / "m2", vocab_size=49152)
+    load_tokenizer(smollm_path).hf.save_pretrained(str(path))  # a worker loads one
+    return start_worker(tmp, name, "both", redis_url, path, "--tensor-parallel-size=2")
+
+
+def _listed(redis_url: str, worker_id: str) -> bool:
+    return worker_id in {r.worker_id for r in Registry(redis.Redis.from_url(redis_url)).workers()}
+
+
+def test_a_rank_killed_mid_stream_ends_the_stream_naming_it(
+    tmp_path: Path, redis_url: str, smollm_path: Path
+) -> None:
+    """Rank 0 waits in the step's sum for the dead rank: the sum fails at once (gloo reads
+    the closed connection), and the stream ends UNAVAILABLE (a router resumes it elsewhere)
+    saying which rank went and how; the worker leaves the registry."""
+    proc, address = _tp_worker(tmp_path, redis_url, smollm_path, "tp-dies-busy")
+    try:
+        (follower,) = _spawned_children(proc.proc.pid)
+        params = params_to_pb(SamplingParams(max_tokens=990, ignore_eos=True))
+        req = worker_pb2.DecodeRequest(request_id="long", prompt_token_ids=[7] * 30, params=params)
+        with grpc.insecure_channel(address) as channel:
+            chunks = worker_pb2_grpc.WorkerStub(channel).Decode(req, timeout=120)
+            next(chunks)
+            os.kill(follower, signal.SIGKILL)
+            killed = time.monotonic()
+            with pytest.raises(grpc.RpcError) as ended:
+                for _ in chunks:
+                    pass
+        assert time.monotonic() - killed < 20
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "tensor-parallel rank 1 exited (signal 9)" in str(ended.value.details())
+        proc.wait_for("leaves the registry", 10)
+        assert not _listed(redis_url, "tp-dies-busy")
+    finally:
+        proc.stop(signal.SIGTERM)
+
+
+def test_an_idle_worker_whose_rank_died_leaves_the_registry(
+    tmp_path: Path, redis_url: str, smollm_path: Path
+) -> None:
+    """No step runs into the dead rank while the worker idles: its health check asks, so
+    it leaves the registry within a heartbeat rather than when a request finds it broken,
+    and a request that still comes is refused naming the rank."""
+    proc, address = _tp_worker(tmp_path, redis_url, smollm_path, "tp-dies-idle")
+    try:
+        assert _listed(redis_url, "tp-dies-idle")
+        (follower,) = _spawned_children(proc.proc.pid)
+        os.kill(follower, signal.SIGKILL)
+        line = proc.wait_for("leaves the registry", 10)
+        assert "tensor-parallel rank 1 exited (signal 9)" in line
+        assert not _listed(redis_url, "tp-dies-idle")
+        with grpc.insecure_channel(address) as channel:
+            stub = worker_pb2_grpc.WorkerStub(channel)
+            assert not stub.Health(worker_pb2.HealthRequest(), timeout=10).ok
+            params = params_to_pb(SamplingParams(max_tokens=4))
+            late = worker_pb2.DecodeRequest(
+                request_id="late", prompt_token_ids=[7] * 30, params=params
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                list(stub.Decode(late, timeout=30))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "tensor-parallel rank 1 exited (signal 9)" in str(refused.value.details())
+    finally:
+        proc.stop(signal.SIGTERM)
