@@ -41,6 +41,7 @@ async def run_router(
     import uvicorn
 
     from engine.tokenizer import load_tokenizer
+    from services.cluster.gc_settle import settle
     from services.router.app import create_app
     from services.router.assemble import make_dispatcher
     from services.router.drain import Drain, DrainingServer
@@ -97,6 +98,7 @@ async def run_router(
             timeout_graceful_shutdown=math.ceil(opts.drain_timeout_s),
         )
         server = DrainingServer(config, drain, opts.drain_delay_s)
+        settle()
         d = opts.dispatch
         print(f"Tandem is serving {name} ({d.mode}, {d.routing} routing)")
         print(f"  OpenAI API:     http://{opts.host}:{port}/v1")

@@ -23,6 +23,7 @@ from engine import Engine
 from services import wire
 from services.cluster import redis_client
 from services.cluster.cluster_token import TokenInterceptor
+from services.cluster.gc_settle import settle
 from services.cluster.registry import Registry
 from services.cluster.worker_tls import ServerTls
 from services.pb import worker_pb2_grpc
@@ -114,6 +115,7 @@ class WorkerServer:
         self.stream_address = await self._serve_stream(calls)
         self.metrics_address = self._serve_metrics(worker)
         self._record = self._base_record(worker)
+        settle()
         await self._beat()  # registered before we say we are up
         self._tasks = [
             asyncio.create_task(self._heartbeats()),
