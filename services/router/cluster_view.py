@@ -81,6 +81,11 @@ class ClusterView:
     def serving(self, role: str) -> list[WorkerRef]:
         return self.workers.serving(role)
 
+    def prefill_for(self, decode: WorkerRef) -> list[WorkerRef]:
+        """The serving prefill workers whose KV `decode` can read: those of its
+        tensor-parallel size (its rank i reads their rank i's heads)."""
+        return [w for w in self.serving("prefill") if w.tp_size == decode.tp_size]
+
     def has_pool(self, role: str) -> bool:
         """Any worker of exactly `role` in the registry, routable or not: an empty pool
         (scaled to zero) is not a pool whose workers all fail."""

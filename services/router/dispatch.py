@@ -150,9 +150,16 @@ class Dispatcher:
         return choice
 
     def _choose(
-        self, role: str, prompt: list[int], hashes: list[int], exclude: Sequence[str] = ()
+        self,
+        role: str,
+        prompt: list[int],
+        hashes: list[int],
+        exclude: Sequence[str] = (),
+        among: Sequence[WorkerRef] | None = None,
     ) -> Choice | None:
-        candidates = [w for w in self.cluster.serving(role) if w.worker_id not in exclude]
+        """`among`: the workers to pick from (default: every one serving `role`)."""
+        pool = self.cluster.serving(role) if among is None else among
+        candidates = [w for w in pool if w.worker_id not in exclude]
         choice = self.policy.pick(role, candidates, hashes, len(prompt))
         if choice is not None:
             self.policy.routed(choice, hashes)
@@ -162,7 +169,7 @@ class Dispatcher:
     async def _disaggregated(
         self, request: GenerateRequest, decode: WorkerRef, hashes: list[int]
     ) -> Deltas:
-        prefilled = await self._remote_prefill(request, hashes)
+        prefilled = await self._remote_prefill(request, hashes, decode)
         if prefilled is None:  # counted and logged; the request still runs
             async with aclosing(self._decode(decode, request, None, ROUTE_LOCAL)) as deltas:
                 async for delta in deltas:
@@ -186,15 +193,22 @@ class Dispatcher:
                 self.calls.abort_later(prefill_ref, request.request_id)
 
     async def _remote_prefill(
-        self, request: GenerateRequest, hashes: list[int]
+        self, request: GenerateRequest, hashes: list[int], decode: WorkerRef
     ) -> tuple[WorkerRef, PrefillReply] | None:
         """A prefill worker's reply, from another one when the first fails or misses its
         deadline (PREFILL_ATTEMPTS in all); None when none could: the decode worker
-        prefills then. Never silent: each failure is logged and counted."""
+        prefills then. Never silent: each failure is logged and counted. Only workers of
+        `decode`'s tensor-parallel size are asked: it could not read another's KV, and
+        would compute the prompt again."""
         tried: list[str] = []
+        readable = self.cluster.prefill_for(decode)
         reason, why = "no_prefill_worker", "no prefill worker is available"
+        if len(readable) < len(self.cluster.serving("prefill")):
+            why = f"no prefill worker of tensor-parallel size {decode.tp_size} is available"
         while len(tried) < PREFILL_ATTEMPTS:
-            chosen = self._choose("prefill", request.prompt_token_ids, hashes, exclude=tried)
+            chosen = self._choose(
+                "prefill", request.prompt_token_ids, hashes, exclude=tried, among=readable
+            )
             if chosen is None:
                 break
             if tried:

@@ -38,8 +38,9 @@ def local_route(
         return ROUTE_LOCAL_NO_POOL
     if not config.balance_prefill:
         return None
-    # the shortest prefill queue in the pool (read only: picking would take a turn)
-    shortest = min((w.queued_tokens for w in cluster.serving("prefill")), default=None)
+    # the shortest queue of the prefill workers it can read from (read only: picking
+    # would take a turn)
+    shortest = min((w.queued_tokens for w in cluster.prefill_for(decode.worker)), default=None)
     if shortest is None:  # none usable: the dispatcher falls back, logged and counted
         return None
     sooner = decode.worker.queued_tokens + decode.uncached < shortest

@@ -47,6 +47,12 @@ class WorkerRef:
     def worker_id(self) -> str:
         return self.record.worker_id
 
+    @property
+    def tp_size(self) -> int:
+        """Its tensor-parallel size: a decode worker reads only from a prefill worker of
+        its own (rank i reads rank i's KV heads)."""
+        return 1 + len(self.record.nixl_ranks)
+
 
 class Prefilling:
     """Prompt tokens a call has a worker prefill, counted in its `in_flight_tokens` until

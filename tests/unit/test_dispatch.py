@@ -62,6 +62,32 @@ def test_a_longer_prefill_queue_sends_the_prompt_to_the_decode_worker(
     assert all(w.in_flight_tokens == 0 for w in d.cluster.workers.workers.values())
 
 
+@pytest.mark.parametrize("balance", [True, False])
+def test_only_a_prefill_worker_of_the_decode_workers_tensor_parallel_size_is_asked(
+    balance: bool,
+) -> None:
+    """A decode worker reads rank i's heads from the prefill worker's rank i: a prefill
+    worker of another size would compute the prompt for nothing (the decode worker
+    recomputes it). With none of its size, the decode worker prefills, counted."""
+    other = FakeWorker(PrefillReply(42, None, 0, None, HANDLE))  # two ranks
+    decode = FakeWorker(chunks=[chunk([5], done=True)])
+    d, metrics = dispatcher(balance, **{"prefill-0": other, "decode-0": decode})
+    d.cluster.workers.workers["prefill-0"].record.nixl_ranks.add(agent="agent-p0-rank1")
+    out = run(d)
+    assert other.prefills == [] and decode.decodes[0].handle is None
+    assert out[0].route == "local_prefill" and out[0].token_ids == [5]
+    assert metrics.prefill_fallbacks.labels(reason="no_prefill_worker")._value.get() == 1
+
+    same = FakeWorker(PrefillReply(42, None, 0, None, HANDLE))
+    decode = FakeWorker(chunks=[chunk([5], done=True, kv_bytes_read=1)])
+    workers = {"prefill-0": FakeWorker(), "prefill-1": same, "decode-0": decode}
+    d, metrics = dispatcher(balance, **workers)
+    d.cluster.workers.workers["prefill-0"].record.nixl_ranks.add(agent="agent-p0-rank1")
+    out = run(d)
+    assert [o.token_ids for o in out] == [[42], [5]] and out[0].route == "disaggregated"
+    assert len(same.prefills) == 1 and decode.decodes[0].handle == HANDLE
+
+
 def test_a_local_prefill_counts_as_queued_on_the_decode_worker_until_its_first_token() -> None:
     prefill = FakeWorker()
     decode = FakeWorker(chunks=[chunk([5]), chunk([6], done=True)])
