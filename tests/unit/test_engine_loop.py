@@ -18,6 +18,8 @@ from services.worker.engine_thread import EngineLoop
 class ScriptedEngine:
     """Steps hand out the scripted outputs, one list per step, then nothing."""
 
+    tp = None  # one process: no tensor-parallel ranks to lose (Engine.tp)
+
     def __init__(self, steps: list[list[RequestOutput]]) -> None:
         self.steps = steps
 
