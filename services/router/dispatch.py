@@ -16,10 +16,11 @@ another one with the prompt plus the tokens already streamed, counted in
 `tandem_decode_retries_total{when}` and logged; the client's stream goes on without a gap.
 A client that goes away (the iterator is closed early) aborts the request on both workers.
 
-Which workers: services/router/routing.py (--routing), among those the ClusterView
-(cluster_view.py) keeps current. With `kv` the decode worker is chosen first, and the
-local-vs-remote decision counts only the prompt tokens *it* does not hold: a conversation
-that comes back to the worker holding its history prefills its new turn there. Workers
+Which workers: services/router/picking.py (the --routing policy of routing.py), among
+those the ClusterView (cluster_view.py) keeps current. With `kv` the decode worker is
+chosen first, and the local-vs-remote decision counts only the prompt tokens *it* does not
+hold: a conversation that comes back to the worker holding its history prefills its new
+turn there. Workers
 are called through worker_calls.py (and their WorkerClient): no protobuf here.
 """
 
@@ -27,11 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import replace
 
-from engine.hashing import chain_hashes, salted_seed
 from services.router.admission import RETRY_AFTER_S, Admission
 from services.router.arrivals import ArrivalCounter
 from services.router.backend import (
@@ -47,8 +47,9 @@ from services.router.cold_start import ColdStart
 from services.router.dispatch_config import DispatchConfig
 from services.router.local_prefill import local_route
 from services.router.metrics import RouterMetrics
+from services.router.picking import Picker
 from services.router.prefill_deadline import PrefillDeadline
-from services.router.routing import Choice, Policy
+from services.router.routing import Policy
 from services.router.worker_calls import WorkerCalls, first_delta
 from services.router.worker_client import WorkerError
 from services.router.workers import WorkerRef
@@ -77,7 +78,7 @@ class Dispatcher:
         self.cluster = cluster
         self.config = config
         self.metrics = metrics
-        self.policy = policy
+        self.picker = Picker(cluster, policy, metrics)
         self.calls = WorkerCalls(cluster, metrics, PrefillDeadline(config.prefill_timeout_s))
         self.admission = Admission(config.queue_per_seq, self._prefill_rate)
         self.cold_start = cold_start or ColdStart(0.0, 1, metrics)
@@ -125,46 +126,16 @@ class Dispatcher:
 
     def _stream(self, request: GenerateRequest) -> Deltas:
         """The request's routed stream: on one worker, or prefilled on another first."""
-        hashes = self._hashes(request.prompt_token_ids, request.cache_salt)
+        prompt = request.prompt_token_ids
+        hashes = self.picker.hashes(prompt, request.cache_salt)
         if self.config.mode == "colocated":
-            worker = self._pick("both", request, hashes).worker
+            worker = self.picker.pick("both", prompt, hashes).worker
             return self._decode(worker, request, None, ROUTE_COLOCATED)
-        decode = self._pick("decode", request, hashes)
+        decode = self.picker.pick("decode", prompt, hashes)
         route = local_route(request, decode, self.cluster, self.config)
         if route is not None:
             return self._decode(decode.worker, request, None, route, decode.uncached)
         return self._disaggregated(request, decode.worker, hashes)
-
-    def _hashes(self, prompt: list[int], salt: str) -> list[int]:
-        """The prompt's chained block hashes, as the workers compute them (kv routing only).
-        A pool shares one block size; a worker with another one simply gets no hits."""
-        records = self.cluster.records()
-        if not self.policy.uses_cache or not records:
-            return []
-        return chain_hashes(prompt, records[0].block_size, parent=salted_seed(salt))
-
-    def _pick(self, role: str, request: GenerateRequest, hashes: list[int]) -> Choice:
-        choice = self._choose(role, request.prompt_token_ids, hashes)
-        if choice is None:
-            raise BackendError(503, f"no {role} worker is available", "service_unavailable")
-        return choice
-
-    def _choose(
-        self,
-        role: str,
-        prompt: list[int],
-        hashes: list[int],
-        exclude: Sequence[str] = (),
-        among: Sequence[WorkerRef] | None = None,
-    ) -> Choice | None:
-        """`among`: the workers to pick from (default: every one serving `role`)."""
-        pool = self.cluster.serving(role) if among is None else among
-        candidates = [w for w in pool if w.worker_id not in exclude]
-        choice = self.policy.pick(role, candidates, hashes, len(prompt))
-        if choice is not None:
-            self.policy.routed(choice, hashes)
-            self.metrics.record_route(role, choice.worker.worker_id, choice.cached_blocks)
-        return choice
 
     async def _disaggregated(
         self, request: GenerateRequest, decode: WorkerRef, hashes: list[int]
@@ -203,13 +174,13 @@ class Dispatcher:
         tried: list[str] = []
         readable = self.cluster.prefill_for(decode)
         reason, why = "no_prefill_worker", "no prefill worker is available"
-        if len(readable) < len(self.cluster.serving("prefill")):
-            why = f"no prefill worker of tensor-parallel size {decode.tp_size} is available"
         while len(tried) < PREFILL_ATTEMPTS:
-            chosen = self._choose(
+            chosen = self.picker.choose(
                 "prefill", request.prompt_token_ids, hashes, exclude=tried, among=readable
             )
             if chosen is None:
+                if not tried and self.cluster.serving("prefill"):
+                    why = f"no prefill worker of tensor-parallel size {decode.tp_size} is available"
                 break
             if tried:
                 log.warning("%s: %s; trying %s", request.request_id, why, chosen.worker.worker_id)
@@ -301,8 +272,8 @@ class Dispatcher:
             why = f"it failed on {len(tried)} decode workers"
         else:
             prompt = request.prompt_token_ids + streamed
-            hashes = self._hashes(prompt, request.cache_salt)
-            choice = self._choose(self._serving_pool, prompt, hashes, exclude=tried)
+            hashes = self.picker.hashes(prompt, request.cache_salt)
+            choice = self.picker.choose(self._serving_pool, prompt, hashes, exclude=tried)
             if choice is not None:
                 return choice.worker
             why = "its decode worker failed and no other one is available"
