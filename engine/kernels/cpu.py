@@ -143,7 +143,7 @@ def _register_fakes() -> None:
         return x.new_empty((x.shape[0], qweight.shape[0]))
 
     @torch.library.register_fake("tandem::bf16_panel_linear")
-    def _(x, packed):
+    def _(x, packed, prefetch=True):
         return x.new_empty((x.shape[0], packed.shape[0]))
 
     @torch.library.register_fake("tandem::silu_and_mul")

@@ -85,7 +85,8 @@ def _panel_linear(model: LlamaModel) -> panels.PanelLinear | None:
     layer_weights = [w for layer in _layers(model) for w in layer.dense_weights()]
     weights = [w for w in layer_weights if panels.eligible(w)]
     probe = [(w, panels.pack(w)) for w in weights[: 4 * 10]]
-    rows = panels.choose_panel_rows(probe, model.ops.linear) if probe else 0
+    prefetch = panels.choose_prefetch(probe) if probe else False
+    rows = panels.choose_panel_rows(probe, model.ops.linear, prefetch) if probe else 0
     if rows == 0:
         log.info("GEMMs skip the bf16 panels: they measured no faster here")
         return None
@@ -94,22 +95,24 @@ def _panel_linear(model: LlamaModel) -> panels.PanelLinear | None:
     head = _head(model)
     if panels.eligible(head):
         head_panels = panels.pack(head)
-        if _panels_win(head, head_panels, model.ops.linear, min(rows, 32)):
+        if _panels_win(head, head_panels, model.ops.linear, min(rows, 32), prefetch):
             packed[head.data_ptr()] = head_panels
     took = time.perf_counter() - start
     log.info(
-        "GEMMs of up to %d rows run on bf16 panels%s (measured and packed in %.1f s)",
-        rows, ", the vocabulary head too" if head.data_ptr() in packed else "", took,
+        "GEMMs of up to %d rows run on bf16 panels%s, the next panel prefetched %s "
+        "(measured and packed in %.1f s)",
+        rows, ", the vocabulary head too" if head.data_ptr() in packed else "",
+        "by hand" if prefetch else "by the hardware alone", took,
     )  # fmt: skip
-    return panels.PanelLinear(packed, rows, model.ops.linear)
+    return panels.PanelLinear(packed, rows, model.ops.linear, prefetch)
 
 
-def _panels_win(weight: torch.Tensor, p: torch.Tensor, fallback: panels.Linear, rows: int) -> bool:
+def _panels_win(
+    weight: torch.Tensor, p: torch.Tensor, fallback: panels.Linear, rows: int, prefetch: bool
+) -> bool:
     """Whether `weight`'s panels `p` beat `fallback` at `rows` rows."""
     x = torch.randn(rows, weight.shape[1]).to(torch.bfloat16)
-    ours, theirs = fastest(
-        [lambda: torch.ops.tandem.bf16_panel_linear(x, p), lambda: fallback(x, weight)], 3
-    )
+    ours, theirs = fastest([lambda: panels.linear(x, p, prefetch), lambda: fallback(x, weight)], 3)
     return ours < theirs
 
 

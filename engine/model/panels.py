@@ -40,14 +40,23 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
     return packed
 
 
+def linear(x: torch.Tensor, packed: torch.Tensor, prefetch: bool) -> torch.Tensor:
+    """x @ w.T through the kernel, on `w`'s panels; `prefetch`: the next panel by hand."""
+    y: torch.Tensor = torch.ops.tandem.bf16_panel_linear(x, packed, prefetch)
+    return y
+
+
 class PanelLinear:
     """ops.linear: GEMMs of up to `max_rows` bfloat16 rows on a weight with a packed copy go
-    to the panel kernel; all others to `fallback`."""
+    to the panel kernel (`prefetch` as `choose_prefetch` found); all others to `fallback`."""
 
-    def __init__(self, packed: Mapping[int, torch.Tensor], max_rows: int, fallback: Linear) -> None:
+    def __init__(
+        self, packed: Mapping[int, torch.Tensor], max_rows: int, fallback: Linear, prefetch: bool
+    ) -> None:
         self.packed = dict(packed)  # a weight's data_ptr -> its panels
         self.max_rows = max_rows
         self.fallback = fallback
+        self.prefetch = prefetch
 
     def __call__(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
@@ -55,12 +64,32 @@ class PanelLinear:
         p = self.packed.get(weight.data_ptr()) if x.shape[0] <= self.max_rows else None
         if p is None or x.dtype != torch.bfloat16 or x.dim() != 2:
             return self.fallback(x, weight, bias)
-        y: torch.Tensor = torch.ops.tandem.bf16_panel_linear(x, p)
+        y = linear(x, p, self.prefetch)
         return y if bias is None else y.add_(bias)
 
 
+def choose_prefetch(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], reps: int = 3) -> bool:
+    """Whether the kernel's hand prefetch of the next panel makes a decode batch's GEMMs
+    (8 and 32 rows) faster here than the hardware's prefetchers alone, over `pairs`
+    (weights and their panels, out of cache as in a step). It did on the Zen 5 EPYC the
+    kernel was tuned on; on a Zen 4 it made them 1.3-1.5x slower (docs/benchmarks.md)."""
+    xs = {rows: {w.shape[1]: torch.randn(rows, w.shape[1]).to(torch.bfloat16) for w, _ in pairs}
+          for rows in (8, 32)}  # fmt: skip
+
+    def step(prefetch: bool) -> None:
+        for by_k in xs.values():
+            for w, p in pairs:
+                linear(by_k[w.shape[1]], p, prefetch)
+
+    with_it, without = fastest([lambda: step(True), lambda: step(False)], reps)
+    return with_it < without
+
+
 def choose_panel_rows(
-    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], fallback: Linear, reps: int = 3
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    fallback: Linear,
+    prefetch: bool,
+    reps: int = 3,
 ) -> int:
     """The row count up to which the panels serve: of those probed, the one that gains the
     most summed over every probed count up to it (the log of each speed-up over `fallback`,
@@ -73,7 +102,7 @@ def choose_panel_rows(
         xs = {w.shape[1]: torch.randn(rows, w.shape[1]).to(torch.bfloat16) for w, _ in pairs}
         ours, theirs = fastest(
             [
-                lambda: [torch.ops.tandem.bf16_panel_linear(xs[w.shape[1]], p) for w, p in pairs],  # noqa: B023
+                lambda: [linear(xs[w.shape[1]], p, prefetch) for w, p in pairs],  # noqa: B023
                 lambda: [fallback(xs[w.shape[1]], w) for w, _ in pairs],  # noqa: B023
             ],
             reps,

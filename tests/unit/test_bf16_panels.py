@@ -38,14 +38,15 @@ def test_pack_lays_each_panel_out_as_k_pairs_of_its_rows() -> None:
                 assert flat[at] == w[n0 + j, kk]
 
 
+@pytest.mark.parametrize("prefetch", [True, False])
 @pytest.mark.parametrize("rows", [1, 2, 7, 8, 9, 16, 31, 32, 33, 64])
 @pytest.mark.parametrize("out_features", [16, 32, 48, 80, 144, 960])
-def test_matches_the_exact_sum_rounded_once(rows: int, out_features: int) -> None:
+def test_matches_the_exact_sum_rounded_once(rows: int, out_features: int, prefetch: bool) -> None:
     # every tile height (8 and each remainder), every panel width (48, 32, 16), and more
-    # panels than threads
+    # panels than threads; with the next panel prefetched by hand and without
     k = 576
     x, w = integers(rows, k, rows), integers(out_features, k, out_features)
-    got = torch.ops.tandem.bf16_panel_linear(x, panels.pack(w))
+    got = panels.linear(x, panels.pack(w), prefetch)
     assert got.dtype == torch.bfloat16 and got.shape == (rows, out_features)
     assert torch.equal(got, (x.float() @ w.float().T).to(torch.bfloat16))
 
@@ -82,7 +83,9 @@ def test_panel_linear_routes_by_rows_weight_and_dtype_and_adds_the_bias() -> Non
         fell_back.append((x.shape[0], x.dtype))
         return F.linear(x, wt.to(x.dtype), None if b is None else b.to(x.dtype))
 
-    linear = PanelLinear({w.data_ptr(): panels.pack(w)}, max_rows=4, fallback=fallback)
+    linear = PanelLinear(
+        {w.data_ptr(): panels.pack(w)}, max_rows=4, fallback=fallback, prefetch=False
+    )
     x, bias = integers(4, 64, 3), integers(1, 48, 4)[0]
     want = (x.float() @ w.float().T).to(torch.bfloat16) + bias
     assert torch.equal(linear(x, w, bias), want)
@@ -103,13 +106,13 @@ def test_choose_panel_rows_takes_the_rows_where_the_panels_win() -> None:
     def free(x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
         return x  # no work at all: nothing beats it
 
-    assert choose_panel_rows(pairs, slow, reps=1) == 256
-    assert choose_panel_rows(pairs, free, reps=1) == 0
+    assert choose_panel_rows(pairs, slow, True, reps=1) == 256
+    assert choose_panel_rows(pairs, free, True, reps=1) == 0
 
     def free_at(lost: set[int]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         return lambda x, wt: free(x, wt) if x.shape[0] in lost else slow(x, wt)
 
     # one probe lost (to a busy neighbour, say) does not cut off the counts after it
-    assert choose_panel_rows(pairs, free_at({16}), reps=1) == 256
+    assert choose_panel_rows(pairs, free_at({16}), True, reps=1) == 256
     # where they lose from some count on, they serve up to the last that gains
-    assert choose_panel_rows(pairs, free_at({64, 128, 256}), reps=1) == 32
+    assert choose_panel_rows(pairs, free_at({64, 128, 256}), True, reps=1) == 32

@@ -3,7 +3,8 @@
 //
 //   pack_bf16_panels(w) -> packed        w: [N, K] bf16, N % 16 == 0, K even; packed has
 //                                        w's shape and bytes in the panel layout below
-//   bf16_panel_linear(x, packed) -> y    x: [M, K] bf16; y = x @ w.T: [M, N] bf16
+//   bf16_panel_linear(x, packed, prefetch) -> y
+//                                        x: [M, K] bf16; y = x @ w.T: [M, N] bf16
 //
 // Why not oneDNN: at 16-32 rows its bf16 GEMMs on packed weights reach ~300-470 GFLOP/s
 // over a decode step's weights on a 2-core Zen 5 EPYC, where the machine's bf16 peak is
@@ -17,8 +18,12 @@
 // so one 64-byte load is 16 outputs' (k, k+1) pairs: the operand vdpbf16ps takes against
 // a broadcast of one input row's (k, k+1). A tile of 8 rows x 48 outputs keeps its 24
 // float32 sums in registers over the whole of K; a panel's 8-row tiles walk it in turn
-// (it stays in L2), and while the first walks it the next panel is prefetched. Sums are
-// float32, rounded once to bf16 at the end (round to nearest even, as oneDNN rounds).
+// (it stays in L2), and with `prefetch`, while the first walks it the next panel is
+// prefetched by hand. Whether that pays is the machine's to say (engine/model/panels.py
+// measures both at start-up): AMD CPUs take every prefetch hint into L1, and on a 2-core
+// Zen 4 EPYC the hand prefetch made a step's GEMMs 1.3-1.5x slower at 8-32 rows than the
+// hardware's prefetchers alone. Sums are float32, rounded once to bf16 at the end (round
+// to nearest even, as oneDNN rounds).
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
@@ -122,14 +127,14 @@ void panel(const uint16_t* a, int64_t M, int64_t K, const uint16_t* b, uint16_t*
 }
 
 void panel_gemm(const uint16_t* a, int64_t M, int64_t K, const uint16_t* b, int64_t N,
-                uint16_t* c) {
+                uint16_t* c, bool prefetch) {
   const int64_t panels = (N + kPanel - 1) / kPanel;
   // each thread a contiguous run of panels: one stream of weight memory
   at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t n0 = p * kPanel, nb = std::min(kPanel, N - n0);
       const uint16_t* bp = b + n0 * K;
-      const bool full_next = p + 1 < p1 && n0 + 2 * kPanel <= N;
+      const bool full_next = prefetch && p + 1 < p1 && n0 + 2 * kPanel <= N;
       const char* next = full_next ? reinterpret_cast<const char*>(bp + kPanel * K) : nullptr;
       if (nb == kPanel)
         panel<3>(a, M, K, bp, c + n0, N, next);
@@ -143,7 +148,8 @@ void panel_gemm(const uint16_t* a, int64_t M, int64_t K, const uint16_t* b, int6
 
 #endif
 
-torch::Tensor bf16_panel_linear(const torch::Tensor& x_in, const torch::Tensor& packed) {
+torch::Tensor bf16_panel_linear(const torch::Tensor& x_in, const torch::Tensor& packed,
+                                bool prefetch) {
   check_weight(packed, "bf16_panel_linear");
   TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == torch::kBFloat16 &&
                   x_in.size(1) == packed.size(1),
@@ -155,7 +161,7 @@ torch::Tensor bf16_panel_linear(const torch::Tensor& x_in, const torch::Tensor& 
   auto y = torch::empty({M, N}, x.options());
   panel_gemm(reinterpret_cast<const uint16_t*>(x.data_ptr()), M, K,
              reinterpret_cast<const uint16_t*>(packed.data_ptr()), N,
-             reinterpret_cast<uint16_t*>(y.data_ptr()));
+             reinterpret_cast<uint16_t*>(y.data_ptr()), prefetch);
   return y;
 #else
   TORCH_CHECK(false, "bf16_panel_linear: built without AVX-512 BF16 (this CPU lacks it)");
@@ -166,7 +172,7 @@ torch::Tensor bf16_panel_linear(const torch::Tensor& x_in, const torch::Tensor& 
 
 TORCH_LIBRARY_FRAGMENT(tandem, m) {
   m.def("pack_bf16_panels(Tensor weight) -> Tensor");
-  m.def("bf16_panel_linear(Tensor x, Tensor packed) -> Tensor");
+  m.def("bf16_panel_linear(Tensor x, Tensor packed, bool prefetch=True) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(tandem, CPU, m) {
