@@ -106,13 +106,13 @@ def test_choose_panel_rows_takes_the_rows_where_the_panels_win() -> None:
     def free(x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
         return x  # no work at all: nothing beats it
 
-    assert choose_panel_rows(pairs, slow, True, reps=1) == 256
+    assert choose_panel_rows(pairs, slow, True, reps=1) == 1024
     assert choose_panel_rows(pairs, free, True, reps=1) == 0
 
     def free_at(lost: set[int]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         return lambda x, wt: free(x, wt) if x.shape[0] in lost else slow(x, wt)
 
     # one probe lost (to a busy neighbour, say) does not cut off the counts after it
-    assert choose_panel_rows(pairs, free_at({16}), True, reps=1) == 256
+    assert choose_panel_rows(pairs, free_at({16}), True, reps=1) == 1024
     # where they lose from some count on, they serve up to the last that gains
-    assert choose_panel_rows(pairs, free_at({64, 128, 256}), True, reps=1) == 32
+    assert choose_panel_rows(pairs, free_at({64, 128, 256, 512, 1024}), True, reps=1) == 32
