@@ -143,10 +143,8 @@ def _linear(kernel: str, weights: list[Any]) -> Any:
     ours = {w.data_ptr(): panels.pack(w) for w in weights if panels.eligible(w)}
     # the rows up to which the panels win, probed as the engine probes them (ten layers)
     probe = [(w, ours[w.data_ptr()]) for w in weights[:70] if w.data_ptr() in ours]
-    prefetch = panels.choose_prefetch(probe)
-    return panels.PanelLinear(
-        ours, panels.choose_panel_rows(probe, packed, prefetch), packed, prefetch
-    )
+    rows, prefetch = panels.choose(probe, packed)
+    return panels.PanelLinear(ours, rows, packed, prefetch)
 
 
 def _time_gemms(

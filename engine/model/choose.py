@@ -85,8 +85,7 @@ def _panel_linear(model: LlamaModel) -> panels.PanelLinear | None:
     layer_weights = [w for layer in _layers(model) for w in layer.dense_weights()]
     weights = [w for w in layer_weights if panels.eligible(w)]
     probe = [(w, panels.pack(w)) for w in weights[: 4 * 10]]
-    prefetch = panels.choose_prefetch(probe) if probe else False
-    rows = panels.choose_panel_rows(probe, model.ops.linear, prefetch) if probe else 0
+    rows, prefetch = panels.choose(probe, model.ops.linear) if probe else (0, False)
     if rows == 0:
         log.info("GEMMs skip the bf16 panels: they measured no faster here")
         return None

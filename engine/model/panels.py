@@ -74,8 +74,8 @@ class PanelLinear:
 def choose_prefetch(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], reps: int = 3) -> bool:
     """Whether the kernel's hand prefetch of the next panel makes a decode batch's GEMMs
     (8 and 32 rows) faster here than the hardware's prefetchers alone, over `pairs`
-    (weights and their panels, out of cache as in a step). It did on the Zen 5 EPYC the
-    kernel was tuned on; on a Zen 4 it made them 1.3-1.5x slower (docs/benchmarks.md)."""
+    (weights and their panels, out of cache as in a step). The kernel was written with it
+    on a Zen 5 EPYC; on a Zen 4 it made them 1.3-1.5x slower (docs/benchmarks.md)."""
     xs = {rows: {w.shape[1]: torch.randn(rows, w.shape[1]).to(torch.bfloat16) for w, _ in pairs}
           for rows in (8, 32)}  # fmt: skip
 
@@ -86,6 +86,15 @@ def choose_prefetch(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], reps: in
 
     with_it, without = fastest([lambda: step(True), lambda: step(False)], reps)
     return with_it < without
+
+
+def choose(
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], fallback: Linear
+) -> tuple[int, bool]:
+    """The rows up to which the panels serve and whether they prefetch by hand, measured
+    over `pairs` against `fallback`: what PanelLinear takes."""
+    prefetch = choose_prefetch(pairs)
+    return choose_panel_rows(pairs, fallback, prefetch), prefetch
 
 
 def choose_panel_rows(

@@ -116,3 +116,14 @@ def test_choose_panel_rows_takes_the_rows_where_the_panels_win() -> None:
     assert choose_panel_rows(pairs, free_at({16}), True, reps=1) == 1024
     # where they lose from some count on, they serve up to the last that gains
     assert choose_panel_rows(pairs, free_at({64, 128, 256, 512, 1024}), True, reps=1) == 32
+
+
+def test_choose_gives_the_rows_measured_with_the_prefetch_it_chose() -> None:
+    w = integers(48, 64, 7)
+
+    def slow(x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.002)
+        return F.linear(x, wt)
+
+    rows, prefetch = panels.choose([(w, panels.pack(w))], slow)
+    assert rows == 1024 and isinstance(prefetch, bool)
