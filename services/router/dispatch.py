@@ -20,8 +20,8 @@ Which workers: services/router/picking.py (the --routing policy of routing.py), 
 those the ClusterView (cluster_view.py) keeps current. With `kv` the decode worker is
 chosen first, and the local-vs-remote decision counts only the prompt tokens *it* does not
 hold: a conversation that comes back to the worker holding its history prefills its new
-turn there. Workers
-are called through worker_calls.py (and their WorkerClient): no protobuf here.
+turn there. Workers are called through worker_calls.py (and their WorkerClient): no
+protobuf here.
 """
 
 from __future__ import annotations
