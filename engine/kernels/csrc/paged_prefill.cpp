@@ -12,14 +12,13 @@
 // (a copy of the whole context per layer per chunk), spent ~12% of a 1,024-token prefill
 // step at ~44 GFLOP/s on two Zen 3 cores.
 //
-// A work item is one sequence's tile of up to kTile query positions for one kv head: all
-// the query heads that share the kv head (the GQA group), group * kTile query vectors,
-// walk the visible context kKeys positions at a time. The keys are transposed to [D][kKeys]
-// once; scores = Q @ K^T and out += P @ V are both tile16 products (tile16.h); softmax is
-// online per query vector. Items go to threads round-robin, so that the causal triangle's
-// long and short items spread evenly. A bf16 cache on an AVX-512 BF16 CPU takes the same
-// steps with vdpbf16ps products (paged_prefill_bf16.h): 2,048 tokens, 30 layers, 2 threads
-// on a Zen 4 EPYC, 1.15 s -> 0.91 s; 256 tokens 21 -> 16 ms.
+// A work item (paged_prefill.h) is one sequence's tile of up to kTile query positions for
+// one kv head: all the query heads that share the kv head (the GQA group), group * kTile
+// query vectors, walk the visible context kKeys positions at a time. Here, in float32, each
+// step's keys are transposed to [D][kKeys]; scores = Q @ K^T and out += P @ V are both
+// tile16 products (tile16.h); softmax is online per query vector. A bf16 cache on an
+// AVX-512 BF16 CPU takes the same steps with vdpbf16ps products over a context packed once
+// a call (paged_prefill_bf16.h).
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -29,6 +28,7 @@
 #include <vector>
 
 #include "paged_common.h"
+#include "paged_prefill.h"
 #include "paged_prefill_bf16.h"
 #include "tile16.h"
 
@@ -37,35 +37,12 @@ namespace {
 using namespace tandem_paged;
 
 #if defined(__AVX2__) && defined(__FMA__)
-constexpr int64_t kTile = 16;  // query positions per work item
-// context positions per step of an item: four of tile16's 16 columns. 16 at a time spent
-// as long on each query vector's softmax bookkeeping (its running max, the rescale of its
-// output row) as on its products.
-constexpr int64_t kKeys = 64;
-// "minus infinity" for masks and the first max: finite, as -ffast-math assumes every value
-// is, and exp(kNegInf - x) is still 0.
-constexpr float kNegInf = -1e30f;
-
-struct Item {
-  int64_t seq, kv_head, first_query;  // first_query: index inside the sequence's chunk
-};
-
-struct Layout {
-  int64_t heads, kv_heads, group, dim, bs, row, half, block_stride, max_blocks;
-};
-
 // Scratch of one thread: the item's queries, scores, running softmax state and output.
 struct State {
   std::vector<float> buf;
-  std::vector<uint32_t> pairs;  // the bf16 products' operands (paged_prefill_bf16.h)
   float *q, *kt, *v, *s, *m, *l, *acc;
-  uint32_t *qb, *kp, *vp;
   State(int64_t nq, int64_t dim)
-      : buf(nq * dim + dim * kKeys + kKeys * dim + nq * kKeys + 2 * nq + nq * dim),
-        pairs(nq * dim / 2 + dim / 2 * kKeys + kKeys / 2 * dim) {
-    qb = pairs.data();        // [nq][dim / 2] the queries, as bf16 pairs
-    kp = qb + nq * dim / 2;   // [dim / 2][kKeys] the step's keys, pair-transposed
-    vp = kp + dim / 2 * kKeys;  // [kKeys / 2][dim] the step's values, pair-interleaved
+      : buf(nq * dim + dim * kKeys + kKeys * dim + nq * kKeys + 2 * nq + nq * dim) {
     q = buf.data();
     kt = q + nq * dim;     // [dim][kKeys] the step's keys, transposed
     v = kt + dim * kKeys;  // [kKeys][dim] the step's values
@@ -75,12 +52,6 @@ struct State {
     acc = l + nq;  // [nq][dim]
   }
 };
-
-// Row of position p (K; V is `half` further) for kv head h of a sequence's block table.
-template <typename T>
-inline const T* kv_row(const Layout& g, const T* kv, const int64_t* table, int64_t p, int64_t h) {
-  return kv + table[p / g.bs] * g.block_stride + (p % g.bs) * g.row + h * g.dim;
-}
 
 // Positions [p0, p0 + n) of kv head h: keys transposed into st.kt, values into st.v, as
 // float32; keys past n are zero (their scores are masked; their values are never read).
@@ -137,81 +108,12 @@ void softmax_step(State& st, int64_t i, int64_t pos, int64_t p0, int64_t n, int6
   st.l[i] = st.l[i] * correction + psum;
 }
 
-#ifdef TANDEM_PAGED_BF16
-static_assert(kKeys == kPairKeys, "the bf16 products take the steps' 64 keys");
-
-// Positions [p0, p0 + n) of kv head h as the bf16 products' operands: zero past n (their
-// scores are masked and their probabilities zero; zeros, not stale rows, so that 0 * NaN
-// never happens).
-template <int DIM>
-void load_pairs(const Layout& g, const uint16_t* kv, const int64_t* table, int64_t p0,
-                int64_t n, int64_t h, State& st) {
-  for (int64_t t = 0; t < kKeys; ++t) {
-    const auto* k = t < n ? reinterpret_cast<const uint32_t*>(kv_row(g, kv, table, p0 + t, h))
-                          : nullptr;
-    for (int64_t p = 0; p < DIM / 2; ++p) st.kp[p * kKeys + t] = k ? k[p] : 0u;
-  }
-  for (int64_t u = 0; u < (n + 1) / 2; ++u) {
-    const uint16_t* v0 = kv_row(g, kv, table, p0 + 2 * u, h) + g.half;
-    const uint16_t* v1 = 2 * u + 1 < n ? kv_row(g, kv, table, p0 + 2 * u + 1, h) + g.half : nullptr;
-    uint32_t* out = st.vp + u * DIM;
-#pragma omp simd
-    for (int64_t d = 0; d < DIM; ++d)
-      out[d] = uint32_t{v0[d]} | (v1 ? uint32_t{v1[d]} << 16 : 0u);
-  }
-}
-
-// attend_item for a bf16 cache on the vdpbf16ps products: the same steps, tiles and
-// softmax; q stays in bf16 as the model made it and the scale multiplies the scores.
-template <int DIM>
-void attend_item_bf16(const Layout& g, const Item& it, const uint16_t* qp, const uint16_t* kv,
-                      const int64_t* table, int64_t start, int64_t query_len,
-                      int64_t context_len, float scale, c10::BFloat16* op, State& st) {
-  const int64_t group = g.group;
-  const int64_t rows = std::min(kTile, query_len - it.first_query), nq = rows * group;
-  const int64_t offset = context_len - query_len;
-  for (int64_t i = 0; i < nq; ++i)
-    std::memcpy(st.qb + i * (DIM / 2),
-                qp + ((start + it.first_query + i / group) * g.heads + it.kv_head * group +
-                      i % group) * DIM,
-                DIM * sizeof(uint16_t));
-  std::fill(st.m, st.m + nq, kNegInf);
-  std::fill(st.l, st.l + nq, 0.f);
-  std::fill(st.acc, st.acc + nq * DIM, 0.f);
-  const int64_t end = offset + it.first_query + rows;
-  for (int64_t p0 = 0; p0 < end; p0 += kKeys) {
-    const int64_t n = std::min(kKeys, end - p0);
-    load_pairs<DIM>(g, kv, table, p0, n, it.kv_head, st);
-    const int64_t from = std::max<int64_t>(0, p0 - offset - it.first_query) * group;
-    scores_bf16<DIM>(st.qb + from * (DIM / 2), nq - from, st.kp, scale, st.s + from * kKeys,
-                     kKeys);
-    for (int64_t i = from; i < nq; ++i)
-      softmax_step<DIM>(st, i, offset + it.first_query + i / group, p0, n, DIM);
-    values_bf16<DIM>(st.s + from * kKeys, kKeys, nq - from, (n + 1) / 2, st.vp,
-                     st.acc + from * DIM);
-  }
-  for (int64_t i = 0; i < nq; ++i) {
-    c10::BFloat16* o = op + ((start + it.first_query + i / group) * g.heads +
-                             it.kv_head * group + i % group) * DIM;
-    const float inv = 1.f / st.l[i];
-    for (int64_t d = 0; d < DIM; ++d) from_float(st.acc[i * DIM + d] * inv, o + d);
-  }
-}
-#endif
-
 // One item: query positions [first_query, first_query + rows) of a sequence, kv head h.
 // Query vector i is position first_query + i / group, query head h * group + i % group.
 template <typename T, int DIM>
 void attend_item(const Layout& g, const Item& it, const T* qp, const T* kv, const int64_t* table,
                  int64_t start, int64_t query_len, int64_t context_len, float scale, T* op,
                  State& st) {
-#ifdef TANDEM_PAGED_BF16
-  if constexpr (std::is_same_v<T, c10::BFloat16> && DIM > 0 && DIM % 64 == 0) {
-    return attend_item_bf16<DIM>(g, it, reinterpret_cast<const uint16_t*>(qp),
-                                 reinterpret_cast<const uint16_t*>(kv), table, start, query_len,
-                                 context_len, scale, op, st);
-  }
-#endif
   const int64_t D = head_size<DIM>(g.dim), group = g.group;
   const int64_t rows = std::min(kTile, query_len - it.first_query), nq = rows * group;
   const int64_t offset = context_len - query_len;  // positions before the chunk
@@ -251,38 +153,28 @@ void prefill_impl(const torch::Tensor& q, const torch::Tensor& kv_cache, int64_t
                   const torch::Tensor& tables, const torch::Tensor& starts,
                   const torch::Tensor& query_lens, const torch::Tensor& context_lens,
                   float scale, torch::Tensor& out) {
-  Layout g;
-  g.heads = q.size(1);
-  g.dim = q.size(2);
-  g.bs = kv_cache.size(3);
-  g.kv_heads = kv_cache.size(4);
-  g.group = g.heads / g.kv_heads;
-  g.row = g.kv_heads * g.dim;
-  g.half = g.bs * g.row;
-  g.block_stride = kv_cache.size(1) * 2 * g.half;
-  g.max_blocks = tables.size(1);
+  const Layout g = make_layout(q, kv_cache, tables);
+  const int64_t seqs = starts.size(0);
   const int64_t* sp = starts.data_ptr<int64_t>();
   const int64_t* qlp = query_lens.data_ptr<int64_t>();
   const int64_t* clp = context_lens.data_ptr<int64_t>();
-  std::vector<Item> items;
-  for (int64_t s = 0; s < starts.size(0); ++s)
-    for (int64_t first = 0; first < qlp[s]; first += kTile)
-      for (int64_t h = 0; h < g.kv_heads; ++h) items.push_back({s, h, first});
   const T* qp = q.data_ptr<T>();
   const T* kv = kv_cache.data_ptr<T>() + layer * 2 * g.half;
   const int64_t* tp = tables.data_ptr<int64_t>();
   T* op = out.data_ptr<T>();
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
-                                                                 items.size()));
-  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
-    State st(kTile * g.group, g.dim);
-    for (int64_t t = begin; t < end; ++t)
-      for (size_t w = t; w < items.size(); w += threads) {
-        const Item& it = items[w];
-        attend_item<T, DIM>(g, it, qp, kv, tp + it.seq * g.max_blocks, sp[it.seq],
-                            qlp[it.seq], clp[it.seq], scale, op, st);
-      }
-  });
+#ifdef TANDEM_PAGED_BF16
+  if constexpr (std::is_same_v<T, c10::BFloat16> && DIM > 0 && DIM % 64 == 0) {
+    auto bits = [](const c10::BFloat16* p) { return reinterpret_cast<const uint16_t*>(p); };
+    return prefill_bf16<DIM>(g, bits(qp), bits(kv), tp, seqs, sp, qlp, clp, scale,
+                             reinterpret_cast<uint16_t*>(op));
+  }
+#endif
+  for_items(
+      make_items(g, seqs, qlp), [&] { return State(kTile * g.group, g.dim); },
+      [&](const Item& it, State& st) {
+        attend_item<T, DIM>(g, it, qp, kv, tp + it.seq * g.max_blocks, sp[it.seq], qlp[it.seq],
+                            clp[it.seq], scale, op, st);
+      });
 }
 #endif  // __AVX2__ && __FMA__
 

@@ -1,6 +1,6 @@
-// The products of the prefill kernel (paged_prefill.cpp) for a bfloat16 cache on CPUs with
-// AVX-512 BF16: vdpbf16ps multiplies two bf16 pairs and adds both products to a float32
-// lane, 32 multiply-adds an instruction where the float32 tiles (tile16.h) do 8.
+// The prefill kernel (paged_prefill.cpp) for a bfloat16 cache on CPUs with AVX-512 BF16:
+// vdpbf16ps multiplies two bf16 pairs and adds both products to a float32 lane, 32
+// multiply-adds an instruction where the float32 tiles (tile16.h) do 8.
 //
 //   scores:  S[i][t] = scale * q_i . k_t      q as pairs (q[2p], q[2p+1]), broadcast;
 //                                             keys pair-transposed: kp[p][t] = (k_t[2p], k_t[2p+1])
@@ -10,25 +10,32 @@
 // A pair is one 32-bit value, low half first. Probabilities enter the product in bf16 (as
 // in torch's CPU flash attention), their sums stay float32. Register tiles: 4 query
 // vectors x 64 keys (scores) or x 64 dims (values), 16 accumulators.
+//
+// Two passes a call: every (sequence, kv head)'s context is packed into those operands once,
+// 64 keys a chunk, then the items walk the packed chunks. Packing inside each item (as the
+// float32 path loads its tiles) re-packed a key once for every query tile after it, 128
+// times in a 2,048-token prompt. With that and the softmax in AVX-512 (it had been a
+// scalar max and libm's vector expf), 30 layers of 4 x 256 tokens on 2 Zen 4 cores went
+// 53-58 -> 43 ms, of 2,048 tokens 659-719 -> 496-500 ms (docs/benchmarks.md).
 #pragma once
 
 #include "paged_bf16.h"
+#include "paged_prefill.h"
 
 #ifdef TANDEM_PAGED_BF16
-namespace tandem_paged {
+#include <memory>
 
-constexpr int64_t kPairKeys = 64;  // keys per step: 4 vectors of 16 scores
+namespace tandem_paged {
 
 // R query vectors (q: R rows of DIM/2 pairs) against 64 keys.
 template <int DIM, int R>
-inline void scores_rows(const uint32_t* q, const uint32_t* kp, float scale, float* s,
-                        int64_t ld_s) {
+inline void scores_rows(const uint32_t* q, const uint32_t* kp, float scale, float* s) {
   __m512 acc[R][4];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
   for (int p = 0; p < DIM / 2; ++p) {
     __m512bh k[4];
-    for (int c = 0; c < 4; ++c) k[c] = (__m512bh)_mm512_loadu_si512(kp + p * kPairKeys + 16 * c);
+    for (int c = 0; c < 4; ++c) k[c] = (__m512bh)_mm512_loadu_si512(kp + p * kKeys + 16 * c);
     for (int r = 0; r < R; ++r) {
       const __m512bh qq = (__m512bh)_mm512_set1_epi32(static_cast<int>(q[r * (DIM / 2) + p]));
       for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], qq, k[c]);
@@ -36,16 +43,8 @@ inline void scores_rows(const uint32_t* q, const uint32_t* kp, float scale, floa
   }
   const __m512 sc = _mm512_set1_ps(scale);
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < 4; ++c) _mm512_storeu_ps(s + r * ld_s + 16 * c, _mm512_mul_ps(acc[r][c], sc));
-}
-
-// s[i][0..64) for nq query vectors: rows of DIM/2 pairs at q, scores ld_s apart.
-template <int DIM>
-void scores_bf16(const uint32_t* q, int64_t nq, const uint32_t* kp, float scale, float* s,
-                 int64_t ld_s) {
-  int64_t i = 0;
-  for (; i + 4 <= nq; i += 4) scores_rows<DIM, 4>(q + i * (DIM / 2), kp, scale, s + i * ld_s, ld_s);
-  for (; i < nq; ++i) scores_rows<DIM, 1>(q + i * (DIM / 2), kp, scale, s + i * ld_s, ld_s);
+    for (int c = 0; c < 4; ++c)
+      _mm512_storeu_ps(s + r * kKeys + 16 * c, _mm512_mul_ps(acc[r][c], sc));
 }
 
 // acc[R rows][64 dims from d0] += P (pairs pp: R rows of 32) @ V (vp rows of DIM pairs).
@@ -59,7 +58,7 @@ inline void values_rows(const uint32_t* pp, int64_t pairs, const uint32_t* vp, i
     __m512bh v[4];
     for (int c = 0; c < 4; ++c) v[c] = (__m512bh)_mm512_loadu_si512(vp + u * DIM + d0 + 16 * c);
     for (int r = 0; r < R; ++r) {
-      const __m512bh p = (__m512bh)_mm512_set1_epi32(static_cast<int>(pp[r * (kPairKeys / 2) + u]));
+      const __m512bh p = (__m512bh)_mm512_set1_epi32(static_cast<int>(pp[r * (kKeys / 2) + u]));
       for (int c = 0; c < 4; ++c) a[r][c] = _mm512_dpbf16_ps(a[r][c], v[c], p);
     }
   }
@@ -67,30 +66,174 @@ inline void values_rows(const uint32_t* pp, int64_t pairs, const uint32_t* vp, i
     for (int c = 0; c < 4; ++c) _mm512_storeu_ps(acc + r * DIM + d0 + 16 * c, a[r][c]);
 }
 
-// acc[i] += P[i] @ V for nq query vectors: probabilities p (float, rows ld_p apart, zero
-// past the visible keys), the first `pairs` key pairs of vp.
+// Every (sequence, kv head)'s context as the products' operands, kChunk words a 64-key chunk:
+//   kp [DIM/2][64]   the keys, pair-transposed, zero past the context
+//   vp [32][DIM]     the values, pair-interleaved (an odd context's last pair: zero above)
+// A sequence's chunks: kv head 0's, then kv head 1's, ...
 template <int DIM>
-void values_bf16(const float* p, int64_t ld_p, int64_t nq, int64_t pairs, const uint32_t* vp,
-                 float* acc) {
-  static_assert(DIM % 64 == 0, "whole 64-dim register tiles");
-  alignas(64) uint32_t pp[4 * (kPairKeys / 2)];
-  for (int64_t i = 0; i < nq; i += 4) {
-    const int64_t rows = std::min<int64_t>(4, nq - i);
-    for (int64_t r = 0; r < rows; ++r)  // 64 probabilities -> 32 bf16 pairs
-      for (int h = 0; h < 2; ++h) {
-        const float* src = p + (i + r) * ld_p + 32 * h;
-        const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + 16), _mm512_loadu_ps(src));
-        _mm512_storeu_si512(pp + r * (kPairKeys / 2) + 16 * h, (__m512i)b);
-      }
+struct PackedContext {
+  static constexpr int64_t kChunk = DIM / 2 * kKeys + kKeys / 2 * DIM;
+  std::vector<int64_t> first, chunks;  // per sequence: its first chunk, its chunks a kv head
+  std::unique_ptr<uint32_t[]> words;   // uninitialised: a vp pair past the context is never read
+
+  const uint32_t* kp(int64_t s, int64_t h, int64_t c) const {
+    return words.get() + (first[s] + h * chunks[s] + c) * kChunk;
+  }
+};
+
+// Positions [p0, p0 + n) of kv head h, n <= 64, into one chunk's kp and vp.
+template <int DIM>
+void pack_chunk(const Layout& g, const uint16_t* kv, const int64_t* table, int64_t p0, int64_t n,
+                int64_t h, uint32_t* kp) {
+  uint32_t* vp = kp + DIM / 2 * kKeys;
+  for (int64_t t = 0; t < kKeys; ++t) {
+    const auto* k = t < n ? reinterpret_cast<const uint32_t*>(kv_row(g, kv, table, p0 + t, h))
+                          : nullptr;
+    for (int64_t p = 0; p < DIM / 2; ++p) kp[p * kKeys + t] = k ? k[p] : 0u;
+  }
+  for (int64_t u = 0; u < (n + 1) / 2; ++u) {
+    const uint16_t* v0 = kv_row(g, kv, table, p0 + 2 * u, h) + g.half;
+    const uint16_t* v1 = 2 * u + 1 < n ? kv_row(g, kv, table, p0 + 2 * u + 1, h) + g.half : nullptr;
+    uint32_t* out = vp + u * DIM;
+#pragma omp simd
+    for (int64_t d = 0; d < DIM; ++d) out[d] = uint32_t{v0[d]} | (v1 ? uint32_t{v1[d]} << 16 : 0u);
+  }
+}
+
+template <int DIM>
+PackedContext<DIM> pack_context(const Layout& g, const uint16_t* kv, const int64_t* tables,
+                                int64_t seqs, const int64_t* context_lens) {
+  PackedContext<DIM> ctx;
+  int64_t total = 0;
+  for (int64_t s = 0; s < seqs; ++s) {
+    ctx.first.push_back(total);
+    ctx.chunks.push_back((context_lens[s] + kKeys - 1) / kKeys);
+    total += g.kv_heads * ctx.chunks.back();
+  }
+  ctx.words.reset(new uint32_t[total * PackedContext<DIM>::kChunk]);
+  at::parallel_for(0, total, 1, [&](int64_t begin, int64_t end) {
+    int64_t s = std::upper_bound(ctx.first.begin(), ctx.first.end(), begin) - ctx.first.begin() - 1;
+    for (int64_t w = begin; w < end; ++w) {
+      while (s + 1 < seqs && w >= ctx.first[s + 1]) ++s;
+      const int64_t h = (w - ctx.first[s]) / ctx.chunks[s], c = (w - ctx.first[s]) % ctx.chunks[s];
+      const int64_t p0 = c * kKeys;
+      pack_chunk<DIM>(g, kv, tables + s * g.max_blocks, p0,
+                      std::min(kKeys, context_lens[s] - p0), h,
+                      ctx.words.get() + w * PackedContext<DIM>::kChunk);
+    }
+  });
+  return ctx;
+}
+
+inline __mmask16 lanes_below(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
+}
+
+// A query vector's 64 scores (s; the first `visible` are seen) folded into its running max
+// m and sum l: acc (DIM floats) rescaled to the new max, the probabilities written to pp
+// as 32 bf16 pairs, zero past `visible`.
+template <int DIM>
+inline void softmax_pairs(const float* s, int64_t visible, float& m, float& l, float* acc,
+                          uint32_t* pp) {
+  __m512 x[4];
+  __m512 mx = _mm512_set1_ps(m);
+  for (int c = 0; c < 4; ++c) {
+    x[c] = _mm512_mask_loadu_ps(_mm512_set1_ps(kNegInf), lanes_below(visible - 16 * c), s + 16 * c);
+    mx = _mm512_max_ps(mx, x[c]);
+  }
+  const float bmax = _mm512_reduce_max_ps(mx);
+  if (bmax > m) {
+    if (m != kNegInf) {  // exp's argument kept above -80: std::exp's underflow path is slow
+      const __m512 corr = _mm512_set1_ps(std::exp(std::max(m - bmax, -80.f)));
+      for (int d = 0; d < DIM; d += 16)
+        _mm512_storeu_ps(acc + d, _mm512_mul_ps(_mm512_loadu_ps(acc + d), corr));
+      l *= _mm512_cvtss_f32(corr);
+    }
+    m = bmax;
+  }
+  const __m512 b = _mm512_set1_ps(m);
+  __m512 p[4], sum = _mm512_setzero_ps();
+  for (int c = 0; c < 4; ++c) {
+    p[c] = _mm512_maskz_mov_ps(lanes_below(visible - 16 * c), exp16(_mm512_sub_ps(x[c], b)));
+    sum = _mm512_add_ps(sum, p[c]);
+  }
+  l += _mm512_reduce_add_ps(sum);
+  _mm512_storeu_si512(pp, (__m512i)_mm512_cvtne2ps_pbh(p[1], p[0]));
+  _mm512_storeu_si512(pp + 16, (__m512i)_mm512_cvtne2ps_pbh(p[3], p[2]));
+}
+
+// One thread's scratch for items of up to nq query vectors.
+template <int DIM>
+struct PairScratch {
+  std::vector<uint32_t> qb, pp;  // [nq][DIM/2] the queries; [nq][32] probabilities
+  std::vector<float> s, m, l, acc;  // [nq][64] scores; [nq] max, sum; [nq][DIM] output
+  explicit PairScratch(int64_t nq)
+      : qb(nq * DIM / 2), pp(nq * kKeys / 2), s(nq * kKeys), m(nq), l(nq), acc(nq * DIM) {}
+};
+
+// One item over its packed context: query vector i is position first_query + i / group of
+// the sequence's chunk, query head kv_head * group + i % group; q stays in bf16 as the model
+// made it and the scale multiplies the scores.
+template <int DIM>
+void attend_item_bf16(const Layout& g, const Item& it, const uint16_t* qp,
+                      const PackedContext<DIM>& ctx, int64_t start, int64_t query_len,
+                      int64_t context_len, float scale, uint16_t* op, PairScratch<DIM>& st) {
+  const int64_t group = g.group;
+  const int64_t rows = std::min(kTile, query_len - it.first_query), nq = rows * group;
+  const int64_t offset = context_len - query_len;  // positions before the chunk
+  auto row = [&](int64_t i) {  // query vector i's offset in q and out
+    return ((start + it.first_query + i / group) * g.heads + it.kv_head * group + i % group) * DIM;
+  };
+  for (int64_t i = 0; i < nq; ++i)
+    std::memcpy(&st.qb[i * (DIM / 2)], qp + row(i), DIM * sizeof(uint16_t));
+  std::fill(st.m.begin(), st.m.begin() + nq, kNegInf);
+  std::fill(st.l.begin(), st.l.begin() + nq, 0.f);
+  std::fill(st.acc.begin(), st.acc.begin() + nq * DIM, 0.f);
+  const int64_t end = offset + it.first_query + rows;  // positions the last row sees
+  for (int64_t c = 0, p0 = 0; p0 < end; ++c, p0 += kKeys) {
+    const int64_t n = std::min(kKeys, end - p0);
+    const uint32_t* kp = ctx.kp(it.seq, it.kv_head, c);
+    const uint32_t* vp = kp + DIM / 2 * kKeys;
+    // only query vectors whose position reaches p0 take part (all but the diagonal's)
+    const int64_t from = std::max<int64_t>(0, p0 - offset - it.first_query) * group;
+    int64_t i = from;
+    for (; i + 4 <= nq; i += 4)
+      scores_rows<DIM, 4>(&st.qb[i * (DIM / 2)], kp, scale, &st.s[i * kKeys]);
+    for (; i < nq; ++i) scores_rows<DIM, 1>(&st.qb[i * (DIM / 2)], kp, scale, &st.s[i * kKeys]);
+    for (i = from; i < nq; ++i) {
+      const int64_t visible = std::min(n, offset + it.first_query + i / group - p0 + 1);
+      softmax_pairs<DIM>(&st.s[i * kKeys], visible, st.m[i], st.l[i], &st.acc[i * DIM],
+                         &st.pp[i * (kKeys / 2)]);
+    }
     for (int64_t d0 = 0; d0 < DIM; d0 += 64) {
-      float* a = acc + i * DIM;
-      if (rows == 4)
-        values_rows<DIM, 4>(pp, pairs, vp, d0, a);
-      else
-        for (int64_t r = 0; r < rows; ++r)
-          values_rows<DIM, 1>(pp + r * (kPairKeys / 2), pairs, vp, d0, a + r * DIM);
+      for (i = from; i + 4 <= nq; i += 4)
+        values_rows<DIM, 4>(&st.pp[i * (kKeys / 2)], (n + 1) / 2, vp, d0, &st.acc[i * DIM]);
+      for (; i < nq; ++i)
+        values_rows<DIM, 1>(&st.pp[i * (kKeys / 2)], (n + 1) / 2, vp, d0, &st.acc[i * DIM]);
     }
   }
+  for (int64_t i = 0; i < nq; ++i) {
+    const __m512 inv = _mm512_set1_ps(1.f / st.l[i]);
+    for (int64_t d = 0; d < DIM; d += 16) {
+      const __m512 o = _mm512_mul_ps(_mm512_loadu_ps(&st.acc[i * DIM + d]), inv);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(op + row(i) + d), (__m256i)_mm512_cvtneps_pbh(o));
+    }
+  }
+}
+
+// The kernel for a bf16 cache and q (DIM a multiple of 64): see paged_prefill.cpp.
+template <int DIM>
+void prefill_bf16(const Layout& g, const uint16_t* q, const uint16_t* kv, const int64_t* tables,
+                  int64_t seqs, const int64_t* starts, const int64_t* query_lens,
+                  const int64_t* context_lens, float scale, uint16_t* out) {
+  static_assert(DIM % 64 == 0, "whole 64-dim register tiles");
+  const PackedContext<DIM> ctx = pack_context<DIM>(g, kv, tables, seqs, context_lens);
+  for_items(
+      make_items(g, seqs, query_lens), [&] { return PairScratch<DIM>(kTile * g.group); },
+      [&](const Item& it, PairScratch<DIM>& st) {
+        attend_item_bf16<DIM>(g, it, q, ctx, starts[it.seq], query_lens[it.seq],
+                              context_lens[it.seq], scale, out, st);
+      });
 }
 
 }  // namespace tandem_paged
