@@ -44,25 +44,6 @@ inline float dot(const float* a, const float* b, int64_t dim) {
   return s;
 }
 
-struct Geometry {
-  int64_t heads, kv_heads, group, dim, bs, row, half, block_stride, max_blocks;
-};
-
-Geometry geometry_of(const torch::Tensor& q, const torch::Tensor& kv_cache,
-                     const torch::Tensor& tables) {
-  Geometry g;
-  g.heads = q.size(1);
-  g.bs = kv_cache.size(3);
-  g.kv_heads = kv_cache.size(4);
-  g.group = g.heads / g.kv_heads;
-  g.dim = q.size(2);
-  g.row = g.kv_heads * g.dim;                   // one token's K (or V), all kv heads
-  g.half = g.bs * g.row;                         // K or V of one block, one layer
-  g.block_stride = kv_cache.size(1) * 2 * g.half;  // one block, all layers
-  g.max_blocks = tables.size(1);
-  return g;
-}
-
 // Scratch of one work item covering `nh` query heads.
 struct Scratch {
   std::vector<float> buf;

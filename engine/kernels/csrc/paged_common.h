@@ -1,6 +1,6 @@
 // What the paged attention kernels (paged_attention.cpp: decode, paged_prefill.cpp:
 // prefill chunks) share: the cache's element types read as float32, head sizes as template
-// parameters, and the checks on their tensors.
+// parameters, the cache's geometry, and the checks on their tensors.
 //
 // kv_cache: [num_blocks, num_layers, 2, block_size, kv_heads, head_dim], contiguous,
 //           float32 or bfloat16 (the model's dtype). Math is float32 in registers.
@@ -58,6 +58,27 @@ void with_head_size(int64_t dim, F&& f) {
     case 256: return f(std::integral_constant<int, 256>{});
     default: return f(std::integral_constant<int, 0>{});
   }
+}
+
+// The cache's geometry as the kernels walk it. q: [N, heads, D]; kv_cache: [num_blocks,
+// num_layers, 2, bs, kv_heads, D]; tables: [S, W] block ids.
+struct Geometry {
+  int64_t heads, kv_heads, group, dim, bs, row, half, block_stride, max_blocks;
+};
+
+inline Geometry geometry_of(const torch::Tensor& q, const torch::Tensor& kv_cache,
+                            const torch::Tensor& tables) {
+  Geometry g;
+  g.heads = q.size(1);
+  g.bs = kv_cache.size(3);
+  g.kv_heads = kv_cache.size(4);
+  g.group = g.heads / g.kv_heads;
+  g.dim = q.size(2);
+  g.row = g.kv_heads * g.dim;                      // one token's K (or V), all kv heads
+  g.half = g.bs * g.row;                           // K or V of one block, one layer
+  g.block_stride = kv_cache.size(1) * 2 * g.half;  // one block, all layers
+  g.max_blocks = tables.size(1);
+  return g;
 }
 
 inline void check(const torch::Tensor& kv_cache, const torch::Tensor& x, const char* what) {

@@ -56,7 +56,7 @@ struct State {
 // Positions [p0, p0 + n) of kv head h: keys transposed into st.kt, values into st.v, as
 // float32; keys past n are zero (their scores are masked; their values are never read).
 template <typename T, int DIM>
-void load_keys(const Layout& g, const T* kv, const int64_t* table, int64_t p0, int64_t n,
+void load_keys(const Geometry& g, const T* kv, const int64_t* table, int64_t p0, int64_t n,
                int64_t h, State& st) {
   const int64_t D = head_size<DIM>(g.dim);
   if (n < kKeys) std::fill(st.kt, st.kt + D * kKeys, 0.f);
@@ -111,7 +111,7 @@ void softmax_step(State& st, int64_t i, int64_t pos, int64_t p0, int64_t n, int6
 // One item: query positions [first_query, first_query + rows) of a sequence, kv head h.
 // Query vector i is position first_query + i / group, query head h * group + i % group.
 template <typename T, int DIM>
-void attend_item(const Layout& g, const Item& it, const T* qp, const T* kv, const int64_t* table,
+void attend_item(const Geometry& g, const Item& it, const T* qp, const T* kv, const int64_t* table,
                  int64_t start, int64_t query_len, int64_t context_len, float scale, T* op,
                  State& st) {
   const int64_t D = head_size<DIM>(g.dim), group = g.group;
@@ -153,7 +153,7 @@ void prefill_impl(const torch::Tensor& q, const torch::Tensor& kv_cache, int64_t
                   const torch::Tensor& tables, const torch::Tensor& starts,
                   const torch::Tensor& query_lens, const torch::Tensor& context_lens,
                   float scale, torch::Tensor& out) {
-  const Layout g = make_layout(q, kv_cache, tables);
+  const Geometry g = geometry_of(q, kv_cache, tables);
   const int64_t seqs = starts.size(0);
   const int64_t* sp = starts.data_ptr<int64_t>();
   const int64_t* qlp = query_lens.data_ptr<int64_t>();

@@ -1,6 +1,6 @@
 // What the prefill kernel's two paths (paged_prefill.cpp: float32 tiles, AVX2;
-// paged_prefill_bf16.h: vdpbf16ps products, AVX-512 BF16) share: the work items, the
-// cache's geometry and the walk's constants.
+// paged_prefill_bf16.h: vdpbf16ps products, AVX-512 BF16) share: the work items and the
+// walk's constants.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <vector>
+
+#include "paged_common.h"
 
 namespace tandem_paged {
 
@@ -26,28 +28,8 @@ struct Item {
   int64_t seq, kv_head, first_query;  // first_query: index inside the sequence's chunk
 };
 
-struct Layout {
-  int64_t heads, kv_heads, group, dim, bs, row, half, block_stride, max_blocks;
-};
-
-// q: [N, heads, D]; kv_cache: [num_blocks, num_layers, 2, bs, kv_heads, D]; tables: [S, W].
-inline Layout make_layout(const torch::Tensor& q, const torch::Tensor& kv_cache,
-                          const torch::Tensor& tables) {
-  Layout g;
-  g.heads = q.size(1);
-  g.dim = q.size(2);
-  g.bs = kv_cache.size(3);
-  g.kv_heads = kv_cache.size(4);
-  g.group = g.heads / g.kv_heads;
-  g.row = g.kv_heads * g.dim;
-  g.half = g.bs * g.row;
-  g.block_stride = kv_cache.size(1) * 2 * g.half;
-  g.max_blocks = tables.size(1);
-  return g;
-}
-
 // Every sequence's tiles, a kv head's tiles together (they walk the same context).
-inline std::vector<Item> make_items(const Layout& g, int64_t seqs, const int64_t* query_lens) {
+inline std::vector<Item> make_items(const Geometry& g, int64_t seqs, const int64_t* query_lens) {
   std::vector<Item> items;
   for (int64_t s = 0; s < seqs; ++s)
     for (int64_t h = 0; h < g.kv_heads; ++h)
@@ -57,7 +39,7 @@ inline std::vector<Item> make_items(const Layout& g, int64_t seqs, const int64_t
 
 // The row of position p (K; V is `half` further) for kv head h of a sequence's block table.
 template <typename T>
-inline const T* kv_row(const Layout& g, const T* kv, const int64_t* table, int64_t p, int64_t h) {
+inline const T* kv_row(const Geometry& g, const T* kv, const int64_t* table, int64_t p, int64_t h) {
   return kv + table[p / g.bs] * g.block_stride + (p % g.bs) * g.row + h * g.dim;
 }
 

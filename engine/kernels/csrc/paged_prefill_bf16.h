@@ -83,7 +83,7 @@ struct PackedContext {
 
 // Positions [p0, p0 + n) of kv head h, n <= 64, into one chunk's kp and vp.
 template <int DIM>
-void pack_chunk(const Layout& g, const uint16_t* kv, const int64_t* table, int64_t p0, int64_t n,
+void pack_chunk(const Geometry& g, const uint16_t* kv, const int64_t* table, int64_t p0, int64_t n,
                 int64_t h, uint32_t* kp) {
   uint32_t* vp = kp + DIM / 2 * kKeys;
   for (int64_t t = 0; t < kKeys; ++t) {
@@ -101,7 +101,7 @@ void pack_chunk(const Layout& g, const uint16_t* kv, const int64_t* table, int64
 }
 
 template <int DIM>
-PackedContext<DIM> pack_context(const Layout& g, const uint16_t* kv, const int64_t* tables,
+PackedContext<DIM> pack_context(const Geometry& g, const uint16_t* kv, const int64_t* tables,
                                 int64_t seqs, const int64_t* context_lens) {
   PackedContext<DIM> ctx;
   int64_t total = 0;
@@ -175,7 +175,7 @@ struct PairScratch {
 // the sequence's chunk, query head kv_head * group + i % group; q stays in bf16 as the model
 // made it and the scale multiplies the scores.
 template <int DIM>
-void attend_item_bf16(const Layout& g, const Item& it, const uint16_t* qp,
+void attend_item_bf16(const Geometry& g, const Item& it, const uint16_t* qp,
                       const PackedContext<DIM>& ctx, int64_t start, int64_t query_len,
                       int64_t context_len, float scale, uint16_t* op, PairScratch<DIM>& st) {
   const int64_t group = g.group;
@@ -223,7 +223,7 @@ void attend_item_bf16(const Layout& g, const Item& it, const uint16_t* qp,
 
 // The kernel for a bf16 cache and q (DIM a multiple of 64): see paged_prefill.cpp.
 template <int DIM>
-void prefill_bf16(const Layout& g, const uint16_t* q, const uint16_t* kv, const int64_t* tables,
+void prefill_bf16(const Geometry& g, const uint16_t* q, const uint16_t* kv, const int64_t* tables,
                   int64_t seqs, const int64_t* starts, const int64_t* query_lens,
                   const int64_t* context_lens, float scale, uint16_t* out) {
   static_assert(DIM % 64 == 0, "whole 64-dim register tiles");
