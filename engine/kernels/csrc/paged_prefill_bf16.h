@@ -81,7 +81,8 @@ struct PackedContext {
   }
 };
 
-// Positions [p0, p0 + n) of kv head h, n <= 64, into one chunk's kp and vp.
+// Positions [p0, p0 + n) of kv head h, n <= 64, into one chunk's kp and vp. Past n: zeros,
+// not the block's stale rows, so that a masked score's zero probability never meets a NaN.
 template <int DIM>
 void pack_chunk(const Geometry& g, const uint16_t* kv, const int64_t* table, int64_t p0, int64_t n,
                 int64_t h, uint32_t* kp) {
