@@ -26,6 +26,7 @@ from engine.parallel.launch import load_shard, start_followers
 from engine.parallel.shard import shard_config
 from engine.runner import ModelRunner
 from engine.scheduler import ScheduledChunk
+from engine.transfer.heads import HeadSlice
 
 log = logging.getLogger(__name__)
 GIB = float(1 << 30)
@@ -36,6 +37,7 @@ class Runner(Protocol):
     mock (engine.mock)."""
 
     kv_cache: torch.Tensor  # block-major [num_blocks, ...], registered with the transfer layer
+    heads: HeadSlice  # the KV heads it holds, in its head groups ([groups, num_blocks, ...])
 
     def execute(self, chunks: Sequence[ScheduledChunk]) -> torch.Tensor: ...
 
@@ -61,6 +63,7 @@ def make_runner(
             block_size,
             config.attention_backend,
             eager_gemms=config.enforce_eager,
+            heads=HeadSlice(0, model.cfg.num_kv_heads, config.cache.kv_head_groups),
         )
         if tp is not None:
             tp.send((num_blocks, block_size))  # the followers' caches, sized as rank 0's

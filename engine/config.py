@@ -23,6 +23,10 @@ class CacheConfig:
     num_blocks: int | None = None
     kv_cache_gb: float = 1.0
     enable_prefix_caching: bool = True
+    # The cache laid out in this many head groups, each block-major on its own, so that a
+    # peer with more tensor-parallel ranks reads or fills a group per run of blocks
+    # (engine/transfer/heads.py): the ratio of the larger pool's size to this worker's.
+    kv_head_groups: int = 1
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -31,6 +35,8 @@ class CacheConfig:
             raise ValueError(f"num_blocks must be positive, got {self.num_blocks}")
         if self.kv_cache_gb <= 0:
             raise ValueError(f"kv_cache_gb must be positive, got {self.kv_cache_gb}")
+        if self.kv_head_groups < 1:
+            raise ValueError(f"kv_head_groups must be positive, got {self.kv_head_groups}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +149,8 @@ class EngineConfig:
             raise ValueError(
                 f"tensor_parallel_size must be positive, got {self.tensor_parallel_size}"
             )
+        if self.cache.kv_head_groups > 1 and self.backend == "mock":
+            raise ValueError("kv_head_groups > 1 lays out a model's KV heads: not with the mock")
         if self.enable_expert_parallel and self.tensor_parallel_size == 1:
             raise ValueError("enable_expert_parallel shares experts over tensor_parallel_size > 1")
         if self.tensor_parallel_size > 1 and (self.backend == "mock" or not self.enforce_eager):

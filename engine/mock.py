@@ -56,6 +56,7 @@ import torch
 
 from engine.config import MockTiming
 from engine.scheduler import ScheduledChunk
+from engine.transfer.heads import HeadSlice
 
 MOCK_NUM_BLOCKS = 4096  # 64k tokens of 16: a few concurrent long prompts per worker
 
@@ -109,6 +110,7 @@ class MockRunner:
         # kv_cache: [num_blocks, 1 layer, 2, block_size, 1 head, 1 dim], float32:
         # K holds each position's token id, V its chain value.
         self.kv_cache = torch.zeros(num_blocks, 1, 2, block_size, 1, 1, device=device)
+        self.heads = HeadSlice(0, 1)
         self._tokens = self.kv_cache[:, 0, 0, :, 0, 0]  # views: [num_blocks, block_size]
         self._values = self.kv_cache[:, 0, 1, :, 0, 0]
         # On the CPU the same views through numpy: a step's few reads and writes cost

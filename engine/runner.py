@@ -16,6 +16,7 @@ from engine.model.llama import LlamaModel
 from engine.model.ops import NativeOps
 from engine.parallel.group import TPGroup
 from engine.scheduler import ScheduledChunk
+from engine.transfer.heads import HeadSlice
 
 log = logging.getLogger(__name__)
 
@@ -55,26 +56,47 @@ class ModelRunner:
         block_size: int,
         attention_backend: str,
         eager_gemms: bool = True,
+        heads: HeadSlice | None = None,
     ) -> None:
         """`eager_gemms`: pick GEMM kernels for eager steps (engine/model/choose.py: a
         GGUF's blocks, our bf16 panels, oneDNN on packed weights) where they measure
         faster; False for a compiled decode step, whose graph packs its own weights and
-        traces plain F.linear only."""
+        traces plain F.linear only. `heads`: the model's KV heads this rank holds and the
+        head groups its cache is laid out in (None: all of them, one group)."""
         cfg = model.cfg
         self.model = model
         self.block_size = block_size
+        self.heads = heads or HeadSlice(0, cfg.num_kv_heads)
+        if self.heads.count != cfg.num_kv_heads:
+            raise ValueError(f"{self.heads} for a model of {cfg.num_kv_heads} KV heads")
         param = next(model.parameters())
         # Allocated once for the worker's life (and registered once with the transfer
         # layer). Zeroed: padded attention reads masked slots, and NaN * 0 is NaN. On a
         # CPU on huge pages (engine/hugepages.py: decode attention's TLB misses).
-        # kv_cache: [num_blocks, num_layers, 2, block_size, kv_heads, head_dim]
-        shape = (num_blocks, cfg.num_layers, 2, block_size, cfg.num_kv_heads, cfg.head_dim)
+        # kv_cache: [num_blocks, num_layers, 2, block_size, kv_heads, head_dim], or in
+        # head groups [groups, num_blocks, num_layers, 2, block_size, kv_heads/groups, head_dim]
+        groups = self.heads.groups
+        shape: tuple[int, ...] = (
+            num_blocks,
+            cfg.num_layers,
+            2,
+            block_size,
+            self.heads.group_heads,
+            cfg.head_dim,
+        )
+        if groups > 1:
+            shape = (groups, *shape)
         if param.device.type == "cpu":
             self.kv_cache = hugepages.zeros(shape, param.dtype)
         else:
             self.kv_cache = torch.zeros(shape, dtype=param.dtype, device=param.device)
         self.attn: AttentionBackend = create_backend(
-            attention_backend, self.kv_cache, block_size, cfg.num_heads, scale=cfg.head_dim**-0.5
+            attention_backend,
+            self.kv_cache,
+            block_size,
+            cfg.num_heads,
+            scale=cfg.head_dim**-0.5,
+            head_groups=groups,
         )
         if _native_kernels(self.kv_cache):
             model.ops = NativeOps()
@@ -84,8 +106,10 @@ class ModelRunner:
         self.tp: TPGroup | None = None
 
     def compile_decode(self, max_num_seqs: int, sizes: Sequence[int] | None) -> None:
-        """Capture the decode step now, where it can be (engine/compiled.py says how)."""
-        if not CompiledDecode.supported(self.model, self.kv_cache):
+        """Capture the decode step now, where it can be (engine/compiled.py says how): not
+        over a cache in head groups, whose step is one kernel call a group."""
+        if self.heads.groups > 1 or not CompiledDecode.supported(self.model, self.kv_cache):
+            log.info("decode step not compiled: it runs eagerly")
             return
         self.compiled = CompiledDecode(
             self.model, self.kv_cache, self.block_size, max_num_seqs, sizes

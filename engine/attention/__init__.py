@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from engine.attention.base import AttentionBackend, BatchLayout, SeqSlice
+from engine.attention.grouped import GroupedAttention
 from engine.attention.torch_backend import TorchAttention
 
 __all__ = ["AttentionBackend", "BatchLayout", "SeqSlice", "create_backend", "resolve_backend"]
@@ -24,8 +25,21 @@ def resolve_backend(name: str, device: torch.device) -> str:
 
 
 def create_backend(
-    name: str, kv_cache: torch.Tensor, block_size: int, num_heads: int, scale: float
+    name: str,
+    kv_cache: torch.Tensor,
+    block_size: int,
+    num_heads: int,
+    scale: float,
+    head_groups: int = 1,
 ) -> AttentionBackend:
+    """`head_groups` > 1: kv_cache is [groups, num_blocks, ...], a backend a group
+    (engine/attention/grouped.py)."""
+    if head_groups > 1:
+        parts = [
+            create_backend(name, group, block_size, num_heads // head_groups, scale)
+            for group in kv_cache.unbind(0)
+        ]
+        return GroupedAttention(kv_cache, parts)
     resolved = resolve_backend(name, kv_cache.device)
     if resolved == "torch":
         return TorchAttention(kv_cache, block_size, num_heads, scale)

@@ -24,6 +24,7 @@ from engine.parallel.kv_messages import (
     StartAgent,
 )
 from engine.transfer.base import PendingRead, TransferError
+from engine.transfer.heads import HeadSlice
 from engine.transfer.nixl_transfer import NixlKVTransfer
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,13 @@ IDLE_EVERY_S = 0.05  # and otherwise: a reader's connection set-up waits at most
 class FollowerKV:
     """A follower rank's side: its agent (from `StartAgent` on), its reads, its answers."""
 
-    def __init__(self, kv_cache: torch.Tensor, pipe: Connection, readers: Any) -> None:
-        """`readers`: rank 0's cross-process event (`TPKVTransfer.expect_readers`)."""
-        self._kv_cache, self._pipe, self._readers = kv_cache, pipe, readers
+    def __init__(
+        self, kv_cache: torch.Tensor, heads: HeadSlice, pipe: Connection, readers: Any
+    ) -> None:
+        """`heads`: those `kv_cache` holds; `readers`: rank 0's cross-process event
+        (`TPKVTransfer.expect_readers`)."""
+        self._kv_cache, self._heads = kv_cache, heads
+        self._pipe, self._readers = pipe, readers
         self._transfer: NixlKVTransfer | None = None
         self._reads: dict[int, PendingRead] = {}
 
@@ -87,7 +92,9 @@ class FollowerKV:
                 del self._reads[read_id]
 
     def _start(self, name: str) -> None:
-        self._transfer = NixlKVTransfer(name, self._kv_cache, progress_thread=False)
+        self._transfer = NixlKVTransfer(
+            name, self._kv_cache, progress_thread=False, heads=self._heads
+        )
         self._pipe.send(AgentReady(self._transfer.describe()))
         threading.Thread(
             target=self._progress, args=(self._transfer,), name="nixl-progress", daemon=True

@@ -1,18 +1,19 @@
 """KV transfer for a tensor-parallel worker: each rank's cache holds its own KV heads, so
-each rank registers it with a NIXL agent of its own, and a read between two workers of the
-same size is one read per rank, rank i of the reader from rank i of the peer.
+each rank registers it with a NIXL agent of its own, and each rank reads its heads from
+the peer's ranks that hold them: between workers of the same size, rank i of the reader
+from rank i of the peer; between sizes, from one rank or several, a head group from each
+(engine/transfer/heads.py).
 
     rank 0 (TPKVTransfer, engine thread)             follower i (FollowerKV, its main loop)
     start_read(peer, remote, local, note)
-      its own READ of the peer's rank 0   ---Read--> its READ of the peer's rank i
-      poll(): own read + replies         <-Ended---  polled between steps
+      its own READs of its heads          ---Read--> its READs of its heads
+      poll(): own reads + replies        <-Ended---  polled between steps
       all ranks ended -> note to the peer's rank 0 (send_notif), so the peer's lease
                          is released only once no rank still reads its blocks
 
 Block ids are rank 0's on every rank (it schedules; followers run its steps on caches
-sized like its own), and the cache layout is the same on every rank, so each rank's read
-is still one descriptor per run of adjacent blocks. A peer of another size is refused by
-name (its head slices would come from several ranks: not built).
+sized like its own), and every head group is block-major, so each rank's read is still
+one descriptor per run of adjacent blocks and head group.
 
 Followers' agents must progress to answer reads of their memory (nixl_transfer.py says
 why): a thread in each follower progresses every millisecond while rank 0's `ReadProgress`
@@ -44,15 +45,19 @@ from engine.parallel.kv_messages import (
     StartAgent,
 )
 from engine.transfer.base import PeerKV, PendingRead, ReadResult, TransferError
+from engine.transfer.heads import HeadSlice
 from engine.transfer.nixl_transfer import NixlKVTransfer
 
 REPLY_TIMEOUT_S = 60.0  # for a follower's answer to a peer change; longer means it died
 
 
-def open_transfer(name: str, kv_cache: torch.Tensor, tp: TPGroup | None) -> WorkerTransfer:
-    """A worker's transfer: its agent over `kv_cache`, and its followers' where it has
-    some. No NIXL progress thread: it spins a core (the worker progresses it instead)."""
-    own = NixlKVTransfer(name, kv_cache, progress_thread=False)
+def open_transfer(
+    name: str, kv_cache: torch.Tensor, heads: HeadSlice, tp: TPGroup | None
+) -> WorkerTransfer:
+    """A worker's transfer: its agent over `kv_cache` (holding `heads`), and its
+    followers' where it has some. No NIXL progress thread: it spins a core (the worker
+    progresses it instead)."""
+    own = NixlKVTransfer(name, kv_cache, progress_thread=False, heads=heads)
     return own if tp is None else TPKVTransfer(own, tp)
 
 
@@ -67,7 +72,7 @@ class TPKVTransfer:
         for rank, pipe in enumerate(group.pipes, start=1):
             pipe.send(StartAgent(f"{own.name}-rank{rank}"))
         self._ranks = tuple(self._reply(pipe, AgentReady).peer for pipe in group.pipes)
-        self._peer_ranks: dict[str, tuple[str, ...]] = {}  # peer rank 0 -> its followers
+        self._peers: set[str] = set()  # peers' rank 0 agent names, loaded on every rank
         self._ids = itertools.count()
         self._ended: dict[int, list[ReadEnded]] = {}  # followers' answers, by read
 
@@ -79,11 +84,11 @@ class TPKVTransfer:
         return dataclasses.replace(self.own.describe(), followers=self._ranks)
 
     def add_peer(self, peer: PeerKV) -> None:
-        peer.check_size(1 + len(self._ranks))
-        self.own.add_peer(dataclasses.replace(peer, followers=()))  # its rank 0
-        self._peer_ranks[peer.agent_name] = tuple(p.agent_name for p in peer.followers)
-        for pipe, rank_peer in zip(self.group.pipes, peer.followers, strict=True):
-            pipe.send(AddPeer(rank_peer))
+        """Every rank loads the peer's ranks that hold its heads (each plans its own)."""
+        self.own.add_peer(peer)
+        self._peers.add(peer.agent_name)
+        for pipe in self.group.pipes:
+            pipe.send(AddPeer(peer))
         errors = [self._reply(pipe, PeerAdded).error for pipe in self.group.pipes]
         if any(errors):  # unloaded on every rank, those that had loaded it too
             self.remove_peer(peer.agent_name)
@@ -91,9 +96,9 @@ class TPKVTransfer:
 
     def remove_peer(self, agent_name: str) -> None:
         self.own.remove_peer(agent_name)
-        ranks = self._peer_ranks.pop(agent_name, None)
-        for pipe, rank_name in zip(self.group.pipes, ranks or (), strict=ranks is not None):
-            pipe.send(RemovePeer(rank_name))
+        if agent_name in self._peers:
+            self._peers.discard(agent_name)
+            self.group.send(RemovePeer(agent_name))
 
     def start_read(
         self,
@@ -102,15 +107,12 @@ class TPKVTransfer:
         local_blocks: Sequence[int],
         notify: bytes = b"",
     ) -> PendingRead:
-        ranks = self._peer_ranks.get(peer_name)
-        if ranks is None:
+        if peer_name not in self._peers:
             raise TransferError(f"unknown peer {peer_name!r}: add_peer() it first")
         own = self.own.start_read(peer_name, remote_blocks, local_blocks)  # no note yet
         read_id = next(self._ids)
         self._ended[read_id] = []
-        remote, local = list(remote_blocks), list(local_blocks)
-        for pipe, rank_name in zip(self.group.pipes, ranks, strict=True):
-            pipe.send(Read(read_id, rank_name, remote, local))
+        self.group.send(Read(read_id, peer_name, list(remote_blocks), list(local_blocks)))
         return _TPRead(self, read_id, own, peer_name, notify)
 
     def notifications(self) -> dict[str, list[bytes]]:

@@ -31,13 +31,13 @@ class PeerAdded:
 
 @dataclass(frozen=True, slots=True)
 class RemovePeer:
-    agent_name: str
+    agent_name: str  # the peer's rank 0 (its ranks this rank loaded go with it)
 
 
 @dataclass(frozen=True, slots=True)
 class Read:
     read_id: int
-    peer_name: str
+    peer_name: str  # the peer's rank 0: this rank reads its heads from the peer's ranks
     remote: list[int]
     local: list[int]
 

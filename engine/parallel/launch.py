@@ -24,6 +24,7 @@ from engine.parallel.follower_kv import FollowerKV
 from engine.parallel.group import TPGroup
 from engine.parallel.kv_messages import FollowerMessage
 from engine.parallel.shard import shard_config, shard_tensors
+from engine.transfer.heads import HeadSlice
 
 if TYPE_CHECKING:
     from engine.runner import ModelRunner
@@ -87,8 +88,9 @@ def _follower_main(
     model = load_shard(config, local, tensors, group, getattr(torch, config.dtype), device)
     del tensors
     num_blocks, block_size = pipe.recv()  # rank 0 sizes every rank's cache alike
-    runner = ModelRunner(model, num_blocks, block_size, config.attention_backend)
-    _follow(runner, pipe, FollowerKV(runner.kv_cache, pipe, readers))
+    heads = HeadSlice(rank * local.num_kv_heads, local.num_kv_heads, config.cache.kv_head_groups)
+    runner = ModelRunner(model, num_blocks, block_size, config.attention_backend, heads=heads)
+    _follow(runner, pipe, FollowerKV(runner.kv_cache, heads, pipe, readers))
 
 
 def _follow(runner: ModelRunner, pipe: Connection, kv: FollowerKV) -> None:

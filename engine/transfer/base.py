@@ -21,7 +21,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["KVTransfer", "PeerKV", "PendingRead", "ReadResult", "TransferError", "wait"]
+from engine.transfer.heads import HeadSlice
+
+__all__ = [
+    "HeadSlice",
+    "KVTransfer",
+    "PeerKV",
+    "PendingRead",
+    "ReadResult",
+    "TransferError",
+    "wait",
+]
 
 
 class TransferError(RuntimeError):
@@ -35,22 +45,17 @@ class PeerKV:
     agent_name: str
     metadata: bytes
     base_addr: int
-    block_bytes: int
+    block_bytes: int  # one block of one head group (all layers)
     num_blocks: int
+    heads: HeadSlice  # the KV heads this memory holds, and its head groups
     device_id: int = 0
     # A tensor-parallel worker's other ranks (1, 2, ...), each its own agent and memory
-    # holding its KV heads (engine/parallel/kv.py): rank i of a reader reads rank i.
+    # holding its KV heads (engine/parallel/kv.py).
     followers: tuple[PeerKV, ...] = ()
 
-    def check_size(self, ours: int) -> None:
-        """Raises ValueError unless the peer has `ours` tensor-parallel ranks: between
-        sizes, each rank would read head slices from several of the peer's."""
-        size = 1 + len(self.followers)
-        if size != ours:
-            raise ValueError(
-                f"peer {self.agent_name} has tensor-parallel size {size} and this worker "
-                f"{ours}: reads between pools of different tensor-parallel sizes are not built"
-            )
+    def ranks(self) -> tuple[PeerKV, ...]:
+        """Every rank's memory, rank 0 first."""
+        return (self, *self.followers)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ class PoolSpec:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     ranks: int = 1  # the processes of a tensor-parallel worker (engine/parallel)
+    head_groups: int = 1  # its KV cache's head groups (engine/transfer/heads.py)
 
     @property
     def torch_threads(self) -> int:
@@ -83,9 +84,12 @@ def placement(specs: list[PoolSpec], cores: dict[str, tuple[int, ...]]) -> list[
 
     def threads(s: PoolSpec) -> list[str]:
         if s.ranks == 1:
-            return [each(s.torch_threads, "torch thread")]
-        per_rank = f"{s.torch_threads} torch thread{'' if s.torch_threads == 1 else 's'} a rank"
-        return [f"{s.ranks} tensor-parallel ranks each", per_rank]
+            shown = [each(s.torch_threads, "torch thread")]
+        else:
+            per_rank = f"{s.torch_threads} torch thread{'' if s.torch_threads == 1 else 's'}"
+            shown = [f"{s.ranks} tensor-parallel ranks each", f"{per_rank} a rank"]
+        groups = [f"KV in {s.head_groups} head groups"] if s.head_groups > 1 else []
+        return shown + groups
 
     return [
         f"{s.role}: {s.replicas} worker{'' if s.replicas == 1 else 's'}, "
@@ -205,7 +209,13 @@ class Pools:
 
     def _spawn(self, spec: PoolSpec, index: int, cores: tuple[int, ...]) -> PoolMember:
         name = f"{spec.role}-{index}"
-        engine = replace(self.engine, role=spec.role, num_threads=spec.torch_threads)  # type: ignore[arg-type]
+        engine = replace(
+            self.engine,
+            role=spec.role,  # type: ignore[arg-type]
+            num_threads=spec.torch_threads,
+            tensor_parallel_size=spec.ranks,
+            cache=replace(self.engine.cache, kv_head_groups=spec.head_groups),
+        )
         actor_cls = ray.remote(WorkerActor).options(
             name=name,
             namespace=NAMESPACE,

@@ -17,15 +17,15 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
-from engine import EngineConfig
 from services.autoscaler.cli import add_autoscale_args, autoscaler_config, run_every
 from services.autoscaler.loop import Autoscaler, AutoscalerConfig
 from services.autoscaler.metrics import AutoscalerMetrics
 from services.autoscaler.ray_actuator import RayActuator
 from services.cluster import redis_client
 from services.cluster.arrivals import Arrivals
+from services.cluster.cluster_config import ClusterConfig
 from services.cluster.cluster_token import new_token, token_from_env
 from services.cluster.held_requests import HeldRequests
 from services.cluster.pools import NAMESPACE, Pools, PoolSpec, assign_cores, placement
@@ -34,7 +34,7 @@ from services.cluster.redis_server import RedisServer
 from services.cluster.redis_url import redact_url, redis_password_from_env, redis_url_from_env
 from services.cluster.registry import Registry
 from services.cluster.worker_tls import server_tls_from_env
-from services.router.dispatch_config import DEFAULT_HOLD_AT_ZERO_S, MODES
+from services.router.dispatch_config import DEFAULT_HOLD_AT_ZERO_S
 from services.router.listener import bind_listener
 from services.router.options import add_router_args, router_options
 from services.router.server import run_on_uvloop, run_router
@@ -42,59 +42,6 @@ from services.worker.engine_flags import add_engine_args, engine_config
 from services.worker.process import WorkerNetConfig
 
 log = logging.getLogger("tandem.serve")
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterConfig:
-    engine: EngineConfig  # every worker's; each pool sets its role and torch threads
-    mode: str = "disagg"
-    prefill_workers: int = 1
-    decode_workers: int = 1
-    cpus_per_worker: float | None = None  # None: the node's CPUs shared out evenly
-    # Secrets are kept out of repr (a logged config must not show them).
-    redis_url: str | None = field(default=None, repr=False)
-    dashboard: bool = True
-    # what worker gRPC callers must show, and what registry records are signed with
-    cluster_token: str | None = field(default=None, repr=False)
-    redis_password: str | None = field(default=None, repr=False)  # ours; None: a new one
-    served_name: str = ""  # the workers' metrics' model_name; "": from the model's file
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"--mode must be disagg or colocated, got {self.mode!r}")
-        if self.decode_workers < 1:
-            raise ValueError("at least one decode worker is needed")
-        if self.prefill_workers < 0:
-            raise ValueError("--prefill-workers must be >= 0")
-        if self.mode == "disagg" and self.prefill_workers == 0:
-            # Not a quiet decode-only cluster: say so (colocated mode is that, by name).
-            raise ValueError(
-                "disaggregated mode needs --prefill-workers >= 1 (or --mode colocated)"
-            )
-
-    def specs(self, cpus: float, gpus: float) -> list[PoolSpec]:
-        """Pools with the node shared out evenly; colocated mode runs the same number of
-        workers, each with both roles.
-
-        A worker gets whole CPUs while there are enough to go round; with fewer CPUs than
-        workers they share them (cpus/n each: Ray accepts fractions), where asking for one
-        each would leave the rest waiting for CPUs that never come. Mock workers mostly
-        sleep: they always share, and none takes a GPU. A tensor-parallel worker takes a GPU
-        for each of its ranks (engine/parallel: rank i on the actor's i-th GPU); its ranks
-        share its CPUs. Torch threads: PoolSpec."""
-        n = self.prefill_workers + self.decode_workers
-        if self.engine.backend == "mock":
-            share = (self.cpus_per_worker or cpus / n, 0.0, 1)
-        else:
-            per_cpu = self.cpus_per_worker or (float(cpus // n) if cpus >= n else cpus / n)
-            tp = self.engine.tensor_parallel_size
-            share = (per_cpu, float(tp) if gpus >= n * tp else 0.0, tp)
-        if self.mode == "colocated":
-            return [PoolSpec("both", n, *share)]
-        return [
-            PoolSpec("prefill", self.prefill_workers, *share),
-            PoolSpec("decode", self.decode_workers, *share),
-        ]
 
 
 class Cluster:
@@ -227,6 +174,14 @@ def add_serve_args(ap: argparse.ArgumentParser) -> None:
         "variable keeps a password off the command line)",
     )
     add_engine_args(ap)  # --engine, --dtype, --block-size, --kv-cache-gb, --num-blocks, ...
+    for role in ("prefill", "decode"):
+        ap.add_argument(
+            f"--{role}-tensor-parallel-size",
+            type=int,
+            default=None,
+            help=f"the {role} pool's tensor-parallel size (default: --tensor-parallel-size); "
+            "the two sizes must divide one another",
+        )
     ap.add_argument("--cpus-per-worker", type=float, default=None)
     ap.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
     ap.add_argument(
@@ -253,6 +208,8 @@ def cmd_serve(args: argparse.Namespace, model: str) -> int:
         cluster_token=token_from_env() or new_token(),
         redis_password=redis_password_from_env(),
         served_name=(args.served_model_name or [""])[0],
+        prefill_tp=args.prefill_tensor_parallel_size,
+        decode_tp=args.decode_tensor_parallel_size,
     )
     scaling = autoscaler_config(args, args.mode) if args.autoscale else None
     if scaling is not None and scaling.bounds[scaling.serving].min == 0:

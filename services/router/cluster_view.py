@@ -82,9 +82,9 @@ class ClusterView:
         return self.workers.serving(role)
 
     def prefill_for(self, decode: WorkerRef) -> list[WorkerRef]:
-        """The serving prefill workers whose KV `decode` can read: those of its
-        tensor-parallel size (its rank i reads their rank i's heads)."""
-        return [w for w in self.serving("prefill") if w.tp_size == decode.tp_size]
+        """The serving prefill workers whose KV `decode` can read: those whose head groups
+        are its own (of any tensor-parallel size: WorkerRef.kv_layout)."""
+        return [w for w in self.serving("prefill") if w.kv_layout == decode.kv_layout]
 
     def has_pool(self, role: str) -> bool:
         """Any worker of exactly `role` in the registry, routable or not: an empty pool

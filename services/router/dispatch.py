@@ -168,9 +168,9 @@ class Dispatcher:
     ) -> tuple[WorkerRef, PrefillReply] | None:
         """A prefill worker's reply, from another one when the first fails or misses its
         deadline (PREFILL_ATTEMPTS in all); None when none could: the decode worker
-        prefills then. Never silent: each failure is logged and counted. Only workers of
-        `decode`'s tensor-parallel size are asked: it could not read another's KV, and
-        would compute the prompt again."""
+        prefills then. Never silent: each failure is logged and counted. Only workers whose
+        KV `decode` can read are asked (`ClusterView.prefill_for`): it would compute the
+        prompt again."""
         tried: list[str] = []
         readable = self.cluster.prefill_for(decode)
         reason, why = "no_prefill_worker", "no prefill worker is available"
@@ -180,7 +180,11 @@ class Dispatcher:
             )
             if chosen is None:
                 if not tried and self.cluster.serving("prefill"):
-                    why = f"no prefill worker of tensor-parallel size {decode.tp_size} is available"
+                    heads, group = decode.kv_layout
+                    why = (
+                        f"no prefill worker whose KV {decode.worker_id} can read is available "
+                        f"({heads} KV heads in groups of {group} a rank)"
+                    )
                 break
             if tried:
                 log.warning("%s: %s; trying %s", request.request_id, why, chosen.worker.worker_id)

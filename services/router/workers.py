@@ -49,9 +49,17 @@ class WorkerRef:
 
     @property
     def tp_size(self) -> int:
-        """Its tensor-parallel size: a decode worker reads only from a prefill worker of
-        its own (rank i reads rank i's KV heads)."""
+        """Its tensor-parallel size: the processes its KV heads are shared out over."""
         return 1 + len(self.record.nixl_ranks)
+
+    @property
+    def kv_layout(self) -> tuple[int, int]:
+        """The model's KV heads, and the heads of one head group of a rank's cache. A
+        decode worker reads a prefill worker's KV where the two agree: each decode rank
+        reads whole head groups from the prefill ranks that hold them
+        (engine/transfer/heads.py), whatever the two sizes."""
+        r = self.record
+        return r.kv_heads * self.tp_size, r.kv_heads // max(1, r.kv_head_groups)
 
 
 class Prefilling:

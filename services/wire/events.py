@@ -10,11 +10,12 @@ Python objects become, is converted here.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from engine.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
-from engine.transfer.base import PeerKV
+from engine.transfer.base import HeadSlice, PeerKV
 from services.pb import events_pb2
 
 if TYPE_CHECKING:  # the worker's type, for annotations only
@@ -105,6 +106,8 @@ def worker_record(
         kv_base_addr=peer.base_addr,
         kv_block_bytes=peer.block_bytes,
         kv_device_id=peer.device_id,
+        kv_heads=peer.heads.count,
+        kv_head_groups=peer.heads.groups,
         nixl_ranks=[
             events_pb2.NixlRank(
                 agent=r.agent_name,
@@ -140,16 +143,23 @@ def set_load(record: events_pb2.WorkerRecord, s: WorkerStats) -> None:
 
 def peer_from_record(record: events_pb2.WorkerRecord) -> PeerKV:
     """The inverse of `worker_record`'s `peer`: what a reader loads as a NIXL peer."""
-    block_bytes = record.kv_block_bytes  # every rank's blocks are alike
-    return PeerKV(
-        agent_name=record.nixl_agent,
-        metadata=record.nixl_metadata,
-        base_addr=record.kv_base_addr,
-        block_bytes=block_bytes,
-        num_blocks=record.num_blocks,
-        device_id=record.kv_device_id,
-        followers=tuple(
-            PeerKV(r.agent, r.metadata, r.base_addr, block_bytes, record.num_blocks, r.device_id)
-            for r in record.nixl_ranks
-        ),
+
+    def rank(i: int, agent: str, metadata: bytes, base_addr: int, device_id: int) -> PeerKV:
+        # every rank's blocks and head groups are alike
+        n = record.kv_heads
+        return PeerKV(
+            agent_name=agent,
+            metadata=metadata,
+            base_addr=base_addr,
+            block_bytes=record.kv_block_bytes,
+            num_blocks=record.num_blocks,
+            heads=HeadSlice(i * n, n, record.kv_head_groups),
+            device_id=device_id,
+        )
+
+    own = rank(0, record.nixl_agent, record.nixl_metadata, record.kv_base_addr, record.kv_device_id)
+    followers = tuple(
+        rank(i, r.agent, r.metadata, r.base_addr, r.device_id)
+        for i, r in enumerate(record.nixl_ranks, start=1)
     )
+    return dataclasses.replace(own, followers=followers)

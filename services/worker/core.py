@@ -99,7 +99,9 @@ class Worker:
         # held for readers a light thread of ours answers their reads during steps
         # (engine/transfer/progress.py).
         try:
-            self.transfer = open_transfer(self.agent_name, engine.runner.kv_cache, engine.tp)
+            self.transfer = open_transfer(
+                self.agent_name, engine.runner.kv_cache, engine.runner.heads, engine.tp
+            )
         except BaseException:
             self.loop.stop()  # its thread holds the engine until told
             raise

@@ -60,7 +60,16 @@ def add_engine_args(ap: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         help="processes one worker's model is sharded over, rank 0 scheduling (vLLM's name; "
-        "colocated workers only for now; default %(default)s)",
+        "default %(default)s)",
+    )
+    ap.add_argument(
+        "--kv-head-groups",
+        type=int,
+        default=1,
+        help="lay each rank's KV cache out in this many head groups, so that peers with "
+        "more tensor-parallel ranks read (or fill) a group per run of blocks: the ratio of "
+        "their size to this worker's (tandem serve sets it from the pools' sizes; default "
+        "%(default)s)",
     )
     ap.add_argument(
         "--enable-expert-parallel",
@@ -105,7 +114,10 @@ def engine_config(
         enforce_eager=args.enforce_eager,
         num_threads=num_threads,
         cache=CacheConfig(
-            block_size=args.block_size, num_blocks=args.num_blocks, kv_cache_gb=args.kv_cache_gb
+            block_size=args.block_size,
+            num_blocks=args.num_blocks,
+            kv_cache_gb=args.kv_cache_gb,
+            kv_head_groups=args.kv_head_groups,
         ),
         scheduler=SchedulerConfig(
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens

@@ -86,9 +86,14 @@ def test_every_default_is_in_the_schema(chart: helm_python.Chart) -> None:
             "workers.terminationGracePeriodSeconds is 90 but must be at least 125",
         ),
         (
-            {"workers": {"decode": {"tensorParallelSize": 2, "gpus": 2}}},
-            "workers.prefill.tensorParallelSize (1) and workers.decode.tensorParallelSize (2) "
-            "differ",
+            {
+                "workers": {
+                    "prefill": {"tensorParallelSize": 2, "gpus": 2},
+                    "decode": {"tensorParallelSize": 3, "gpus": 3},
+                }
+            },
+            "workers.prefill.tensorParallelSize (2) and workers.decode.tensorParallelSize (3): "
+            "one must divide the other",
         ),
         (
             _set("workers.decode.tensorParallelSize", 2),

@@ -88,7 +88,33 @@ def test_tensor_parallel_workers_get_the_size_and_the_gpus(chart: helm_python.Ch
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 4, role
     for g in worker_groups(render(chart, {})).values():  # the default: one process
         (container,) = g["template"]["spec"]["containers"]
-        assert parse_tandem(["worker", *container["args"]]).tensor_parallel_size == 1
+        args = parse_tandem(["worker", *container["args"]])
+        assert (args.tensor_parallel_size, args.kv_head_groups) == (1, 1)
+
+
+def test_groups_of_different_sizes_lay_the_smaller_ones_kv_out_in_head_groups(
+    chart: helm_python.Chart,
+) -> None:
+    """A decode rank reads whole head groups from prefill ranks: the group with fewer
+    ranks holds (larger size / its size) head groups a cache."""
+    for prefill, decode in ((4, 2), (2, 8)):
+        r = render(
+            chart,
+            {
+                "workers": {
+                    "prefill": {"gpus": prefill, "tensorParallelSize": prefill},
+                    "decode": {"gpus": decode, "tensorParallelSize": decode},
+                }
+            },
+        )
+        got = {}
+        for role, g in worker_groups(r).items():
+            (container,) = g["template"]["spec"]["containers"]
+            args = parse_tandem(["worker", *container["args"]])
+            got[role] = (args.tensor_parallel_size, args.kv_head_groups)
+        larger = max(prefill, decode)
+        want = {"prefill": (prefill, larger // prefill), "decode": (decode, larger // decode)}
+        assert got == want
 
 
 def test_worker_probes_are_grpc_health_checks(release: Rendered) -> None:

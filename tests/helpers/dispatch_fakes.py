@@ -72,7 +72,9 @@ def dispatcher(
 ) -> tuple[Dispatcher, RouterMetrics]:
     workers = WorkerSet(registry=None)  # type: ignore[arg-type]  # never refreshed
     for worker_id, fake in fakes.items():
-        record = WorkerRecord(worker_id=worker_id, role=worker_id.split("-")[0], block_size=4)
+        record = WorkerRecord(
+            worker_id=worker_id, role=worker_id.split("-")[0], block_size=4, kv_heads=2
+        )
         workers.workers[worker_id] = WorkerRef(record, fake)  # type: ignore[arg-type]
     metrics = RouterMetrics("test-model")
     config = DispatchConfig(

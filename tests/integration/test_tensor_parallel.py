@@ -28,14 +28,14 @@ from tests.helpers.hf_reference import build_tiny_checkpoint, hf_greedy, load_hf
 NEW_TOKENS = 12
 
 
-def _engine(path: Path, tp: int, expert_parallel: bool = False) -> Engine:
+def _engine(path: Path, tp: int, expert_parallel: bool = False, head_groups: int = 1) -> Engine:
     cfg = EngineConfig(
         model=str(path),
         dtype="float32",
         num_threads=1,
         tensor_parallel_size=tp,
         enable_expert_parallel=expert_parallel,
-        cache=CacheConfig(block_size=16, num_blocks=128),
+        cache=CacheConfig(block_size=16, num_blocks=128, kv_head_groups=head_groups),
         scheduler=SchedulerConfig(max_num_batched_tokens=64),  # prompts prefill in chunks
     )
     return Engine(cfg, load_tokenizer_files=False)
@@ -68,6 +68,25 @@ def test_two_ranks_give_transformers_greedy_tokens(
         assert max(abs(a - b) for a, b in zip(out.logprobs, want_lps, strict=True)) < 1e-4
     engine.pool.check_integrity()
     assert engine.pool.is_idle() and not engine.requests
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "minimax_m2"])
+def test_a_cache_in_head_groups_gives_transformers_greedy_tokens(
+    tiny_checkpoints: dict[str, Path], kind: str
+) -> None:
+    """One rank holding its two KV heads in two head groups (as a decode worker reading
+    from a prefill pool of two ranks does): each group a cache of its own, attended
+    apart (engine/attention/grouped.py)."""
+    path = tiny_checkpoints[kind]
+    rng = random.Random(33)
+    prompts = [[rng.randrange(512) for _ in range(n)] for n in (7, 50, 90)]
+    engine = _engine(path, tp=1, head_groups=2)
+    assert engine.runner.kv_cache.shape[0] == 2 and engine.runner.kv_cache.shape[-2] == 1
+    got = engine.generate(prompts, SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True))
+    hf = load_hf(path)
+    for prompt, out in zip(prompts, got, strict=True):
+        assert list(out.token_ids) == hf_greedy(hf, prompt, NEW_TOKENS)[0]
+    engine.pool.check_integrity()
 
 
 def test_a_size_that_does_not_divide_the_heads_is_refused(

@@ -4,10 +4,10 @@ from dataclasses import replace
 
 import pytest
 
-from engine import EngineConfig
+from engine import CacheConfig, EngineConfig
 from services.cli import build_parser
+from services.cluster.cluster_config import ClusterConfig
 from services.cluster.pools import PoolSpec, assign_cores, placement, reachable_from_other_nodes
-from services.cluster.serve import ClusterConfig
 from services.served_name import served_model_name
 from services.worker.engine_flags import engine_config
 from services.worker.process import WorkerNetConfig
@@ -38,6 +38,25 @@ def test_a_tensor_parallel_worker_takes_a_gpu_per_rank() -> None:
         "prefill: 1 worker, 4 CPUs each, 2 tensor-parallel ranks each, 2 torch threads a "
         "rank, 2 GPUs each, cores shared"
     )
+
+
+def test_pools_of_different_sizes_lay_the_smaller_ones_kv_out_in_head_groups() -> None:
+    """A decode rank reads whole head groups from prefill ranks (engine/transfer/heads.py):
+    the pool with fewer ranks holds (larger size / its size) head groups a cache."""
+    cfg = _cluster(prefill_tp=4, decode_tp=2, decode_workers=2)
+    specs = cfg.specs(cpus=16, gpus=8)
+    assert specs == [PoolSpec("prefill", 1, 5.0, 4.0, 4, 1), PoolSpec("decode", 2, 5.0, 2.0, 2, 2)]
+    assert placement(specs, {})[1] == (
+        "decode: 2 workers, 5 CPUs each, 2 tensor-parallel ranks each, 2 torch threads a "
+        "rank, KV in 2 head groups, 2 GPUs each, cores shared"
+    )
+    assert _cluster(prefill_tp=1, decode_tp=2).pool_sizes() == {
+        "prefill": (1, 2),
+        "decode": (2, 1),
+        "both": (1, 1),
+    }
+    with pytest.raises(ValueError, match="sets --kv-head-groups from the pools"):
+        ClusterConfig(EngineConfig(model="m", cache=CacheConfig(kv_head_groups=2)))
 
 
 def test_more_workers_than_cpus_share_them_with_one_torch_thread_each() -> None:
@@ -86,6 +105,9 @@ def test_colocated_runs_as_many_workers_with_both_roles() -> None:
         ({"prefill_workers": 0}, "needs --prefill-workers >= 1"),
         ({"decode_workers": 0}, "at least one decode worker"),
         ({"mode": "mixed"}, "disagg or colocated"),
+        ({"prefill_tp": 2, "decode_tp": 3}, "2 and 3: one must divide the other"),
+        ({"prefill_tp": 0}, "must be positive"),
+        ({"mode": "colocated", "decode_tp": 2}, "colocated workers all have"),
     ],
 )
 def test_bad_cluster_shapes_are_refused(kwargs: dict[str, object], message: str) -> None:

@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator
 import pytest
 
 from engine.sampling_params import SamplingParams
+from services.pb.events_pb2 import WorkerRecord
 from services.router.backend import GenerateRequest
 from services.wire import DecodeCall, DecodeReply, PrefillCall, PrefillReply
 from tests.helpers.dispatch_fakes import HANDLE, PROMPT, FakeWorker, chunk, dispatcher, run
@@ -62,17 +63,25 @@ def test_a_longer_prefill_queue_sends_the_prompt_to_the_decode_worker(
     assert all(w.in_flight_tokens == 0 for w in d.cluster.workers.workers.values())
 
 
+def _two_ranks(record: WorkerRecord) -> None:
+    """The worker's 2 KV heads over two ranks, one head a rank."""
+    record.nixl_ranks.add(agent=f"agent-{record.worker_id}-rank1")
+    record.kv_heads = 1
+
+
 @pytest.mark.parametrize("balance", [True, False])
-def test_only_a_prefill_worker_of_the_decode_workers_tensor_parallel_size_is_asked(
+def test_only_a_prefill_worker_whose_kv_the_decode_worker_can_read_is_asked(
     balance: bool,
 ) -> None:
-    """A decode worker reads rank i's heads from the prefill worker's rank i: a prefill
-    worker of another size would compute the prompt for nothing (the decode worker
-    recomputes it). With none of its size, the decode worker prefills, counted."""
+    """A decode rank reads whole head groups from the prefill ranks that hold them: a
+    prefill worker of two ranks (a head each) for a one-rank decode worker holding both
+    heads in one group would compute the prompt for nothing (the decode worker recomputes
+    it). With none it can read, the decode worker prefills, counted; with its heads in two
+    groups, it reads the two-rank worker."""
     other = FakeWorker(PrefillReply(42, None, 0, None, HANDLE))  # two ranks
     decode = FakeWorker(chunks=[chunk([5], done=True)])
     d, metrics = dispatcher(balance, **{"prefill-0": other, "decode-0": decode})
-    d.cluster.workers.workers["prefill-0"].record.nixl_ranks.add(agent="agent-p0-rank1")
+    _two_ranks(d.cluster.workers.workers["prefill-0"].record)
     out = run(d)
     assert other.prefills == [] and decode.decodes[0].handle is None
     assert out[0].route == "local_prefill" and out[0].token_ids == [5]
@@ -82,10 +91,18 @@ def test_only_a_prefill_worker_of_the_decode_workers_tensor_parallel_size_is_ask
     decode = FakeWorker(chunks=[chunk([5], done=True, kv_bytes_read=1)])
     workers = {"prefill-0": FakeWorker(), "prefill-1": same, "decode-0": decode}
     d, metrics = dispatcher(balance, **workers)
-    d.cluster.workers.workers["prefill-0"].record.nixl_ranks.add(agent="agent-p0-rank1")
+    _two_ranks(d.cluster.workers.workers["prefill-0"].record)
     out = run(d)
     assert [o.token_ids for o in out] == [[42], [5]] and out[0].route == "disaggregated"
     assert len(same.prefills) == 1 and decode.decodes[0].handle == HANDLE
+
+    two_ranks = FakeWorker(PrefillReply(42, None, 0, None, HANDLE))
+    decode = FakeWorker(chunks=[chunk([5], done=True, kv_bytes_read=1)])
+    d, metrics = dispatcher(balance, **{"prefill-0": two_ranks, "decode-0": decode})
+    _two_ranks(d.cluster.workers.workers["prefill-0"].record)
+    d.cluster.workers.workers["decode-0"].record.kv_head_groups = 2
+    out = run(d)
+    assert out[0].route == "disaggregated" and len(two_ranks.prefills) == 1
 
 
 def test_a_local_prefill_counts_as_queued_on_the_decode_worker_until_its_first_token() -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from engine import EngineConfig
 from services.cluster import ray_auth
+from services.cluster.cluster_config import ClusterConfig
 from services.cluster.record_signing import DIGEST_BYTES, VERSION, sign, signing_key, verify
 from services.cluster.redis_url import (
     REDIS_URL_ENV,
@@ -17,7 +18,7 @@ from services.cluster.redis_url import (
     redis_url_from,
     url_with_password,
 )
-from services.cluster.serve import Cluster, ClusterConfig
+from services.cluster.serve import Cluster
 from services.pb.events_pb2 import WorkerRecord
 
 SECRET = "s3cr3t-Pa55"

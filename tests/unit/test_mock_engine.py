@@ -21,8 +21,8 @@ from engine.output import Lengths
 from engine.request import Request, Status
 from engine.scheduler import ScheduledChunk
 from services.cli import build_parser
+from services.cluster.cluster_config import ClusterConfig
 from services.cluster.pools import PoolSpec
-from services.cluster.serve import ClusterConfig
 from tests.helpers.engine_steps import drain as _drain
 from tests.helpers.mock_model import write_config_only
 

@@ -284,6 +284,16 @@ the grace period must cover the drain, or Kubernetes kills the pod mid-drain. */
 {{- end }}
 {{- end }}
 
+{{/* (list $ "prefill"): the KV head groups of a group's caches: the larger group's
+tensor-parallel size over its own (engine/transfer/heads.py), so a decode rank reads whole
+groups from the prefill ranks that hold them. */}}
+{{- define "tandem.kvHeadGroups" -}}
+{{- $root := index . 0 }}
+{{- $p := int $root.Values.workers.prefill.tensorParallelSize }}
+{{- $d := int $root.Values.workers.decode.tensorParallelSize }}
+{{- div (max $p $d) (int (index $root.Values.workers (index . 1)).tensorParallelSize) }}
+{{- end }}
+
 {{/* (list $ "prefill"): one worker group's numbers. */}}
 {{- define "tandem.checkGroup" -}}
 {{- $root := index . 0 }}
@@ -302,10 +312,10 @@ the grace period must cover the drain, or Kubernetes kills the pod mid-drain. */
 {{- define "tandem.validate" -}}
 {{- include "tandem.checkGroup" (list . "prefill") }}
 {{- include "tandem.checkGroup" (list . "decode") }}
-{{- $p := .Values.workers.prefill.tensorParallelSize }}
-{{- $d := .Values.workers.decode.tensorParallelSize }}
-{{- if ne (int $p) (int $d) }}
-{{- fail (printf "workers.prefill.tensorParallelSize (%d) and workers.decode.tensorParallelSize (%d) differ: a decode worker reads a prompt's KV rank by rank from a prefill worker of its own size (reads between sizes are not built yet)" (int $p) (int $d)) }}
+{{- $p := int .Values.workers.prefill.tensorParallelSize }}
+{{- $d := int .Values.workers.decode.tensorParallelSize }}
+{{- if or (mod (max $p $d) $p) (mod (max $p $d) $d) }}
+{{- fail (printf "workers.prefill.tensorParallelSize (%d) and workers.decode.tensorParallelSize (%d): one must divide the other (a decode rank reads whole head groups from prefill ranks)" $p $d) }}
 {{- end }}
 {{- if eq .Values.workers.prefill.groupName .Values.workers.decode.groupName }}
 {{- fail (printf "workers.prefill.groupName and workers.decode.groupName are both %q: the groups of a RayCluster need distinct names" .Values.workers.prefill.groupName) }}
