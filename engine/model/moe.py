@@ -9,11 +9,14 @@ and the token's output is the weighted sum of its experts' outputs. The (token, 
 pairs are grouped by expert, so an expert with t tokens costs two GEMMs of t rows, never t
 GEMMs of one; experts nobody chose cost nothing. The outputs are summed into each token's
 row expert by expert in ascending order, as transformers does, so float32 results match.
+Where torch's grouped GEMM runs (a CPU, or CUDA from Ampere in bfloat16) all experts' GEMMs
+are two calls; elsewhere a loop over the experts chosen.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from engine.model.config import ModelConfig
@@ -72,16 +75,39 @@ def grouped_experts(
     k, local = experts.shape[1], gate_up.shape[0]
     flat = experts.flatten()
     order = flat.argsort(stable=True)  # (token, slot) pairs, by expert
-    start = int((flat < 0).sum())  # pairs of experts before this rank's come first
-    counts = torch.bincount(flat[(flat >= 0) & (flat < local)], minlength=local).tolist()
-    tokens, pair_weights = order // k, weights.flatten()[order]
+    first = int((flat < 0).sum())  # pairs of experts before this rank's come first
+    counts = torch.bincount(flat[(flat >= 0) & (flat < local)], minlength=local)
+    pairs = order[first : first + int(counts.sum())]  # this rank's, by expert
     out = torch.zeros_like(h)
-    for e, count in enumerate(counts):
-        if not count:
-            continue
-        rows = tokens[start : start + count]
-        y = ops.linear(ops.silu_and_mul(ops.linear(h[rows], gate_up[e])), down[e])
-        # weighted in the weights' dtype, rounded to h's once (transformers' order)
-        out.index_add_(0, rows, (y * pair_weights[start : start + count, None]).to(out.dtype))
-        start += count
+    if not len(pairs):
+        return out
+    tokens = pairs // k
+    if grouped_mm_fits(h, gate_up, down):
+        # every expert's two GEMMs in two calls: torch's grouped GEMM (CUTLASS on CUDA)
+        offs = counts.cumsum(0).to(torch.int32)  # where each expert's rows end
+        x = F.grouped_mm(h[tokens], gate_up.transpose(1, 2), offs=offs)
+        y = F.grouped_mm(ops.silu_and_mul(x), down.transpose(1, 2), offs=offs)
+    else:
+        y = torch.cat(
+            [
+                ops.linear(ops.silu_and_mul(ops.linear(h[rows], gate_up[e])), down[e])
+                for e, rows in enumerate(tokens.split(counts.tolist()))
+                if len(rows)
+            ]
+        )
+    # weighted in the weights' dtype, rounded to h's once (transformers' order); the rows
+    # go in by expert, ascending, as transformers sums them (index_add_ on a CPU adds in
+    # index order)
+    out.index_add_(0, tokens, (y * weights.flatten()[pairs, None]).to(out.dtype))
     return out
+
+
+def grouped_mm_fits(h: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> bool:
+    """Where torch's grouped GEMM runs these experts: on a CPU in float32 or bfloat16, on
+    CUDA in bfloat16 from compute capability 8.0 (Ampere); rows 16-byte aligned."""
+    if h.device.type == "cuda":
+        ok = h.dtype == torch.bfloat16 and torch.cuda.get_device_capability(h.device) >= (8, 0)
+    else:
+        ok = h.device.type == "cpu" and h.dtype in (torch.float32, torch.bfloat16)
+    row_bytes = (gate_up.shape[-1] * gate_up.element_size(), down.shape[-1] * down.element_size())
+    return ok and h.dtype == gate_up.dtype and all(b % 16 == 0 for b in row_bytes)

@@ -3,9 +3,11 @@ token-by-token loop over each token's chosen experts computes; and which layers 
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from engine.model import moe as moe_module
 from engine.model.config import ModelConfig
 from engine.model.moe import SparseMoE
 from engine.model.ops import TorchOps
@@ -47,7 +49,14 @@ def _per_token(moe: SparseMoE, h: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def test_grouped_experts_equal_a_per_token_loop() -> None:
+@pytest.mark.parametrize("grouped_mm", [True, False])
+def test_grouped_experts_equal_a_per_token_loop(
+    grouped_mm: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch's grouped GEMM where it runs (here: a CPU in float32), a loop over the
+    experts elsewhere: the same sums."""
+    if not grouped_mm:
+        monkeypatch.setattr(moe_module, "grouped_mm_fits", lambda *_: False)
     moe = _moe()
     h = torch.randn(37, 32, generator=torch.Generator().manual_seed(1))
     weights, experts = moe.route(h, TorchOps())
