@@ -167,9 +167,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--sample-every-s", type=float, default=0.5)
     ap.add_argument(
-        "--prefill-balance",
-        action="store_true",
-        help="let the router give decode workers prompts too (default: prefill pool only)",
+        "--no-prefill-balance",
+        dest="prefill_balance",
+        action="store_false",
+        help="strict: prompts go to the prefill pool only while it has workers (default: "
+        "the router's, which gives decode workers the prompt work it cannot take in time)",
     )
     args = ap.parse_args(argv)
     unknown = set(args.clusters.split(",")) - set(clusters.KINDS)

@@ -55,11 +55,10 @@ class Setup:
     pacing: Pacing = Pacing()
     timing: str = TIMING
     drain_s: float = 30.0
-    # Off (as tests/e2e/test_autoscale.py): every prompt is the prefill pool's while it has
-    # workers. On, the router also gives decode workers prompts, as the autoscaler's sizing
-    # assumes (sizing.py), but a 256-token prompt in a decode step costs 128 ms here, and
-    # TPOT misses its 60 ms SLO on every cluster, the static maximum's included.
-    prefill_balance: bool = False
+    # The router's default: decode workers also take the prompt work the prefill pool
+    # cannot take in time (as the autoscaler's sizing assumes, sizing.py). Off (strict, as
+    # tests/e2e/test_autoscale.py): every prompt is the prefill pool's while it has workers.
+    prefill_balance: bool = True
 
     def __post_init__(self) -> None:
         for lo, hi in (self.prefill, self.decode):

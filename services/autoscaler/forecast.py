@@ -85,7 +85,9 @@ def describe(panic: Rates | None, stable: Rates | None, ahead: Forecast | None) 
 def _as_demand(need: Demand, ahead: Forecast) -> Demand:
     # KV blocks, batch slots and a long request's room are today's: the forecast is of
     # requests and prompt work; held requests are today's too (the wake path has them)
-    return replace(need, prefill_tok_s=ahead.prefill_tok_s, requests=ahead.requests, held=0)
+    return replace(
+        need, prefill_tok_s=ahead.prefill_tok_s, backlog_tok_s=0.0, requests=ahead.requests, held=0
+    )
 
 
 def _per_s(rates: Rates | None) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prometheus_client import Gauge
 
@@ -50,9 +50,13 @@ def size_pools(
     does not shrink what the minute before needed)."""
     panic, stable = rates
     ahead_up, ahead_down = forecast(need, panic), forecast(need, stable)
-    up = sized(need, ahead_up, cap, targets, bounds)
-    down = sized(need, ahead_down, cap, eased, bounds)
+    up = sized(_arriving(need, panic), ahead_up, cap, targets, bounds)
+    down = sized(_arriving(need, stable), ahead_down, cap, eased, bounds)
     return Needs(need, up, down, panic, stable, ahead_up)
+
+
+def _arriving(need: Demand, rates: Rates | None) -> Demand:
+    return need if rates is None else replace(need, arriving_tok_s=rates.prompt_tokens)
 
 
 def export(signal: Gauge, needs: Needs, cap: Capacity) -> None:

@@ -74,6 +74,13 @@ class Demand:
     # the router gives decode workers the prompt work the prefill pool cannot take (its
     # prefill balance, on by default); off, they prefill only while that pool is empty
     decode_prefills: bool = True
+    # of prefill_tok_s, the rate that clears the prompt tokens queued now within the TTFT
+    # target: a backlog, gone once the pools catch up, where the rest goes on
+    backlog_tok_s: float = 0.0
+    # prompt tokens/s arriving at the routers (their counts, forecast.py); None without
+    # figures. What goes on: while a backlog drains, the tokens computed a second are the
+    # pools' speed, not the demand
+    arriving_tok_s: float | None = None
 
     @property
     def idle(self) -> bool:
@@ -114,6 +121,7 @@ def demand(
         tail_blocks=tail,
         lifetime_s=lifetime,
         decode_prefills=decode_prefills,
+        backlog_tok_s=backlog / targets.ttft_s,
     )
 
 
@@ -138,8 +146,8 @@ def size(d: Demand, cap: Capacity, targets: Targets, bounds: Mapping[str, Bounds
         most = {serving: bounds[serving].max}
         if serving == "decode":
             most["prefill"] = _covering(d, cap, targets, prefill)
-            if most["prefill"] > 0 and not d.decode_prefills:  # no prompt work reaches it
-                most["decode"] = _decoding_alone(d, cap, targets, bounds["decode"])
+            if most["prefill"] > 0:
+                most["decode"] = _decode_beside(d, cap, targets, most["prefill"], bounds["decode"])
         return Sizing(most, "the targets cannot be met within the bounds: " + _why(d, cap, None))
     _, itl, p, n = best
     replicas = {serving: n} if serving == "both" else {"prefill": p, "decode": n}
@@ -172,13 +180,22 @@ def _tail(d: Demand, t: Targets) -> int:
     return d.tail_blocks if d.tail_blocks < t.kv_usage * d.blocks_per_worker else 0
 
 
-def _decoding_alone(d: Demand, cap: Capacity, t: Targets, b: Bounds) -> int:
-    """The fewest decode workers meeting the targets for the decoding alone (its max where
-    none does): what the pool needs when the router sends it no prompts. Growing it for
-    prompt work it never gets cost bench-autoscale's ramp 17 worker-seconds a run."""
-    decoding = replace(d, prefill_tok_s=0.0)
+def _decode_beside(d: Demand, cap: Capacity, t: Targets, p: int, b: Bounds) -> int:
+    """The fewest decode workers meeting the targets beside `p` prefill workers (the
+    pool's max where none does), for the prompt work that reaches them: none when the
+    router sends them no prompts (growing them for it cost bench-autoscale's ramp 17
+    worker-seconds a run), else what goes on past the prefill pool (the prompt work
+    arriving), not the backlog: a decode worker started for a backlog serves seconds
+    later, when the prefill pool (grown at once) has taken it, and then idles."""
+    if d.decode_prefills:
+        arriving = d.arriving_tok_s
+        if arriving is None:
+            arriving = max(0.0, d.prefill_tok_s - d.backlog_tok_s)
+        load = replace(d, prefill_tok_s=arriving)
+    else:
+        load, p = replace(d, prefill_tok_s=0.0), 0
     n = range(max(b.min, 1), b.max + 1)
-    return next((k for k in n if _predicted_itl(decoding, cap, t, 0, k) is not None), b.max)
+    return next((k for k in n if _predicted_itl(load, cap, t, p, k) is not None), b.max)
 
 
 def _covering(d: Demand, cap: Capacity, t: Targets, b: Bounds) -> int:

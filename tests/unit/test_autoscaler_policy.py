@@ -170,6 +170,15 @@ def test_prompt_work_out_of_reach_grows_the_decode_pool_only_where_it_takes_prom
     assert "cannot be met" in balanced.reason  # decode workers would take prompts too
     alone = size(replace(flood, decode_prefills=False), _cap(), Targets(), small)
     assert alone is not None and alone.replicas == {"prefill": 8, "decode": 1}
+    # the same 20,000 as 2,000 tok/s arriving and a backlog to clear: the prefill pool
+    # grows for it all, the decode pool not for the backlog (gone before a worker starts)
+    backlog = size(replace(flood, backlog_tok_s=18_000.0), _cap(), Targets(), small)
+    assert backlog is not None and backlog.replicas == {"prefill": 8, "decode": 1}
+    # where the routers count what arrives, that is what goes on (the tokens computed a
+    # second while a backlog drains are the pools' speed)
+    for arriving, decode in ((2_000.0, 1), (20_000.0, 3)):
+        got = size(replace(flood, arriving_tok_s=arriving), _cap(), Targets(), small)
+        assert got is not None and got.replicas == {"prefill": 8, "decode": decode}
     # and what decoding alone needs where it needs more: 60 requests, a step of 0.02 s +
     # 0.002 s a sequence, are 0.14 s on one worker and 0.08 s on two (target 0.1 s)
     busy = replace(flood, requests=60, decode_prefills=False)
