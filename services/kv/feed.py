@@ -14,7 +14,9 @@
 A worker that leaves the registry is unfollowed and purged (`sync`); one whose stream is
 silent for `expiry_s` (it writes a keepalive every second) is purged until it speaks
 again. A Redis that restarts (its run_id changes) starts empty: streams are read from
-the start again, where each worker's first write is a snapshot of its cache.
+the start again, where each worker's first write is a snapshot of its cache. The feed
+asks for the run_id every `restart_check_s` rather than waiting for a connection error:
+redis-py (from 6) reconnects and retries by itself, so a restart may raise nothing.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class KVFeed:
         prefix: str = "tandem",
         expiry_s: float = 10.0,
         block_ms: int = 100,
+        restart_check_s: float = 1.0,
     ) -> None:
         self._r = client
         self.index = index
@@ -71,7 +74,10 @@ class KVFeed:
         self._block_ms = block_ms
         self._follows: dict[str, _Follow] = {}
         self._by_stream: dict[str, _Follow] = {}
+        self.restart_check_s = restart_check_s
         self._run_id: str | None = None
+        self._next_restart_check = 0.0
+        self.redis_restarts = 0
         self.resyncs: Counter[str] = Counter()  # by reason: gap, restart, unknown
         self.expired = 0
         self.events = 0
@@ -122,8 +128,8 @@ class KVFeed:
                 await self.poll()
             except redis.ConnectionError as e:
                 log.warning("KV feed lost Redis (%s); retrying", e)
+                self._next_restart_check = 0.0  # the server the feed finds next may be new
                 await asyncio.sleep(0.5)
-                await self._check_restart()
             except Exception:
                 log.exception("KV feed poll failed")
                 await asyncio.sleep(0.5)
@@ -134,8 +140,7 @@ class KVFeed:
         if not self._follows:
             await asyncio.sleep(self._block_ms / 1000)
             return 0
-        if self._run_id is None:
-            self._run_id = await self._server_run_id()
+        await self._check_restart()
         streams = {f.keys.stream: f.last_id for f in self._follows.values()}
         reply: Any = await self._r.xread(streams, count=1000, block=self._block_ms)  # type: ignore[arg-type]
         n = 0
@@ -222,12 +227,14 @@ class KVFeed:
         return str(info["run_id"])
 
     async def _check_restart(self) -> None:
-        try:
-            run_id = await self._server_run_id()
-        except redis.ConnectionError:
+        now = time.monotonic()
+        if now < self._next_restart_check:
             return
+        run_id = await self._server_run_id()
+        self._next_restart_check = now + self.restart_check_s
         if self._run_id is not None and run_id != self._run_id:
             log.warning("Redis restarted: reading every KV stream from its start")
+            self.redis_restarts += 1
             for f in self._follows.values():
                 f.last_id = "0-0"
         self._run_id = run_id
