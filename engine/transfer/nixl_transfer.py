@@ -194,17 +194,17 @@ class NixlKVTransfer:
                 remote.append(
                     (at(rank.base_addr, rank.num_blocks, s.remote_group, r.remote_start), n)
                 )
-        with self._lock:
-            return Descriptors(
-                self._agent.get_xfer_descs(
+        try:
+            with self._lock:
+                ours_d = self._agent.get_xfer_descs(
                     [(a, n, self.device_id) for a, n in local], self.mem_type
-                ),
-                self._agent.get_xfer_descs(
+                )
+                theirs_d = self._agent.get_xfer_descs(
                     [(a, n, rank.device_id) for a, n in remote], self.mem_type
-                ),
-                sum(n for _, n in local),
-                len(local),
-            )
+                )
+        except Exception as e:  # NIXL's own error types: the caller cancels parts posted
+            raise TransferError(f"NIXL refused the descriptors for {rank.agent_name}: {e}") from e
+        return Descriptors(ours_d, theirs_d, sum(n for _, n in local), len(local))
 
     def progress(self) -> None:
         """Progress the agent (answering peers' reads of our memory); any thread. The

@@ -64,8 +64,9 @@ class ClusterConfig:
                 f"{sizes['decode']}: one must divide the other (a decode rank reads whole "
                 "head groups from prefill ranks)"
             )
-        sizes["both"] = default
-        return {role: (n, larger // n if role != "both" else 1) for role, n in sizes.items()}
+        pools = {role: (n, larger // n) for role, n in sizes.items()}
+        pools["both"] = (default, 1)  # colocated workers read no other pool's KV
+        return pools
 
     def specs(self, cpus: float, gpus: float) -> list[PoolSpec]:
         """Pools with the node shared out evenly; colocated mode runs the same number of

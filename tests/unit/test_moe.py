@@ -55,14 +55,33 @@ def test_grouped_experts_equal_a_per_token_loop(
 ) -> None:
     """torch's grouped GEMM where it runs (here: a CPU in float32), a loop over the
     experts elsewhere: the same sums."""
-    if not grouped_mm:
-        monkeypatch.setattr(moe_module, "grouped_mm_fits", lambda *_: False)
     moe = _moe()
     h = torch.randn(37, 32, generator=torch.Generator().manual_seed(1))
+    if grouped_mm:
+        assert moe_module.grouped_mm_fits(h, moe.gate_up, moe.down)
+    else:
+        monkeypatch.setattr(moe_module, "grouped_mm_fits", lambda *_: False)
     weights, experts = moe.route(h, TorchOps())
     assert experts.shape == (37, 3) and len(set(experts.flatten().tolist())) > 3
     torch.testing.assert_close(weights.sum(-1), torch.ones(37))  # norm_topk_prob
     torch.testing.assert_close(moe(h, TorchOps()), _per_token(moe, h), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here; the CUDA grouped GEMM runs on GPUs"
+)
+def test_grouped_experts_on_cuda_equal_the_loop_in_bfloat16(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a GPU from Ampere, bfloat16 experts take torch's grouped GEMM: the loop's sums to
+    bfloat16's precision."""
+    moe = _moe().to("cuda", torch.bfloat16)
+    h = torch.randn(37, 32, generator=torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16)
+    if not moe_module.grouped_mm_fits(h, moe.gate_up, moe.down):
+        pytest.skip("this GPU is older than Ampere: torch's grouped GEMM does not run on it")
+    grouped = moe(h, TorchOps())
+    monkeypatch.setattr(moe_module, "grouped_mm_fits", lambda *_: False)
+    torch.testing.assert_close(grouped, moe(h, TorchOps()), rtol=2e-2, atol=2e-2)
 
 
 def test_sparse_layers_follow_transformers_rule() -> None:
