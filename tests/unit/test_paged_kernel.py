@@ -29,9 +29,10 @@ def _reference(q, cache, layer, tables, lens, scale):  # noqa: ANN001, ANN202
     for b, n in enumerate(lens.tolist()):
         if n == 0:
             continue
+        group = q.shape[1] // cache.shape[4]
         rows = cache[tables[b], layer].double()  # [blocks, 2, bs, kvh, D]
-        k = rows[:, 0].flatten(0, 1)[:n].repeat_interleave(GROUP, dim=1)  # [n, heads, D]
-        v = rows[:, 1].flatten(0, 1)[:n].repeat_interleave(GROUP, dim=1)
+        k = rows[:, 0].flatten(0, 1)[:n].repeat_interleave(group, dim=1)  # [n, heads, D]
+        v = rows[:, 1].flatten(0, 1)[:n].repeat_interleave(group, dim=1)
         scores = torch.einsum("hd,nhd->hn", q[b].double() * scale, k)
         out[b] = torch.einsum("hn,nhd->hd", scores.softmax(-1), v)
     return out
@@ -57,3 +58,25 @@ def test_paged_decode_matches_reference(dtype: torch.dtype, head_dim: int, batch
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(out.double(), want, atol=tol, rtol=tol)
     assert out.dtype == dtype
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("group", [1, 2, 4, 5, 8])
+def test_paged_decode_takes_any_group_of_query_heads(head_dim: int, group: int) -> None:
+    """The bfloat16 walk attends a kv head's query heads together, as many at once as
+    their accumulators fit in registers (4 at head size 64, 2 at 128), the rest after:
+    every group size gives each head its own attention."""
+    g = torch.Generator().manual_seed(group * 1000 + head_dim)
+    batch, max_blocks, kv_heads = 5, 4, 2
+    num_blocks = batch * max_blocks
+    cache = torch.randn(num_blocks, LAYERS, 2, BLOCK, kv_heads, head_dim, generator=g)
+    cache = cache.to(torch.bfloat16)
+    tables = torch.randperm(num_blocks, generator=g).view(batch, -1)
+    lens = torch.randint(1, max_blocks * BLOCK + 1, (batch,), generator=g)
+    q = torch.randn(batch, kv_heads * group, head_dim, generator=g).to(torch.bfloat16)
+    scale = head_dim**-0.5
+
+    out = torch.ops.tandem.paged_decode(q, cache, 0, tables, lens, scale)
+
+    want = _reference(q, cache, 0, tables, lens, scale)
+    torch.testing.assert_close(out.double(), want, atol=2e-2, rtol=2e-2)

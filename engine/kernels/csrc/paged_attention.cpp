@@ -158,8 +158,8 @@ inline void online_softmax(float* pi, int64_t n, int64_t dim, float& m, float& l
 }
 
 #ifdef TANDEM_PAGED_BF16
-// attend_blocks for a bf16 cache: each block in runs of up to 16 tokens, a query head at a
-// time (its K and V rows stay in L1 across the heads of a group).
+// attend_blocks for a bf16 cache: each block in runs of up to 16 tokens, a kv head at a
+// time, its group of query heads together (paged_bf16.h attend_heads).
 template <int DIM>
 void attend_blocks_bf16(const Geometry& g, const uint16_t* kv, const int64_t* table,
                         int64_t len, int64_t blk0, int64_t blk1, int64_t h0, int64_t h1,
@@ -173,9 +173,9 @@ void attend_blocks_bf16(const Geometry& g, const uint16_t* kv, const int64_t* ta
       for (int64_t h = h0; h < h1; ++h) {
         ahead.slice(blk, t0 / 16 * (h1 - h0) + h - h0, runs * (h1 - h0));
         const uint16_t* k = base + t0 * g.row + h * DIM;
-        for (int64_t j = (h - h0) * g.group; j < (h - h0 + 1) * g.group; ++j)
-          attend_run<DIM>(s.qb.data() + j * DIM, k, k + g.half, g.row, std::min<int64_t>(16, n - t0),
-                          s.scale, s.m[j], s.l[j], s.acc + j * DIM);
+        const int64_t j = (h - h0) * g.group;  // the kv head's first query head
+        attend_heads<DIM>(g.group, s.qb.data() + j * DIM, k, k + g.half, g.row,
+                          std::min<int64_t>(16, n - t0), s.scale, s.m + j, s.l + j, s.acc + j * DIM);
       }
   }
 }
