@@ -4,9 +4,12 @@
 
 A decode step's attention over the paged cache (`torch.ops.tandem.paged_decode`, the
 default model's geometry: 30 layers, 9 query heads on 3 kv heads of 64, blocks of 16, in
-bfloat16) for one batch, four ways, best of `--rounds` interleaved rounds:
+bfloat16) for one batch, five ways, best of `--rounds` interleaved rounds:
 
-    scattered   the sequences' blocks at random places in a ~1.2 GiB cache (a served step)
+    scattered   the sequences' blocks at random places in a ~1.2 GiB cache (a worker's
+                cache after much churn)
+    in order    each sequence's blocks side by side, the sequences far apart (a prompt's
+                blocks taken from the pool at once)
     in cache    every sequence on the same few blocks: the kernel's own arithmetic
     gather      the scattered blocks' bytes copied out with index_select (the rate of
                 reads of that shape here; it writes as much again)
@@ -31,12 +34,14 @@ CACHE_BLOCKS = 40_000  # ~1.2 GiB in bfloat16, as a worker's cache
 
 
 def cases(batch: int, context: int) -> tuple[dict[str, Callable[[], object]], int]:
-    """The four ways, and the bytes of K and V one step reads."""
+    """The ways, and the bytes of K and V one step reads."""
     g = torch.Generator().manual_seed(0)
     per = -(-context // BLOCK)
     cache = torch.empty(CACHE_BLOCKS, LAYERS, 2, BLOCK, KV_HEADS, DIM, dtype=torch.bfloat16)
     cache.normal_(0.0, 0.5, generator=g)  # written pages, as a serving worker's cache
     scattered = torch.randperm(CACHE_BLOCKS, generator=g)[: batch * per].view(batch, per)
+    in_order = torch.randperm(CACHE_BLOCKS // per, generator=g)[:batch, None] * per
+    in_order = in_order + torch.arange(per)
     hot = torch.arange(per).repeat(batch, 1)
     lens = torch.full((batch,), context, dtype=torch.int64)
     q = torch.randn(batch, KV_HEADS * GROUP, DIM, generator=g).to(torch.bfloat16)
@@ -55,7 +60,8 @@ def cases(batch: int, context: int) -> tuple[dict[str, Callable[[], object]], in
         for layer in range(LAYERS):
             torch.index_select(cache[:, layer], 0, scattered.flatten(), out=copied)
 
-    ways = {"scattered": step(scattered), "in cache": step(hot), "gather": gather}
+    ways = {"scattered": step(scattered), "in order": step(in_order), "in cache": step(hot)}
+    ways["gather"] = gather
     ways["sweep"] = sweep.sum
     return ways, nbytes
 
