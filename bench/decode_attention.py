@@ -22,12 +22,12 @@ is near "in cache".
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import torch
 
 from engine.kernels import cpu
+from engine.model.probe import fastest
 
 LAYERS, BLOCK, KV_HEADS, GROUP, DIM = 30, 16, 3, 3, 64
 CACHE_BLOCKS = 40_000  # ~1.2 GiB in bfloat16, as a worker's cache
@@ -77,12 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("the C++ kernels did not build here: nothing to measure")
     torch.set_num_threads(args.threads)
     ways, nbytes = cases(args.batch, args.context)
-    best = dict.fromkeys(ways, float("inf"))
-    for _ in range(args.rounds):  # interleaved: a noisy minute hits every way alike
-        for name, run in ways.items():
-            start = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - start)
+    best = dict(zip(ways, fastest(list(ways.values()), args.rounds), strict=True))
     print(f"batch {args.batch}, context {args.context}, {nbytes / 1e6:.0f} MB of K/V a step")
     for name, s in best.items():
         print(f"{name:<10} {s * 1e3:7.2f} ms  {nbytes / s / 1e9:5.1f} GB/s")
