@@ -27,6 +27,15 @@ if TYPE_CHECKING:  # for annotations only: the policy calls no network (.importl
 class Rates:
     requests: float  # requests/s
     prompt_tokens: float  # their prompts' tokens/s: the prefill work arriving
+    # the output tokens/s they ask for at most; None where a router does not count them
+    max_output_tokens: float | None = None
+
+    @property
+    def asked_output(self) -> float | None:
+        """The mean output an arriving request asks for at most (its max_tokens)."""
+        if self.max_output_tokens is None or self.requests <= 0:
+            return None
+        return self.max_output_tokens / self.requests
 
 
 class ArrivalRate:
@@ -56,7 +65,12 @@ class ArrivalRate:
         rates = [r for kept in self._seen.values() if (r := _rate(kept, window_s)) is not None]
         if not rates:
             return None
-        return Rates(sum(r.requests for r in rates), sum(r.prompt_tokens for r in rates))
+        asked = [r.max_output_tokens for r in rates]
+        return Rates(
+            sum(r.requests for r in rates),
+            sum(r.prompt_tokens for r in rates),
+            None if None in asked else sum(a for a in asked if a is not None),
+        )
 
 
 def _rate(kept: deque[ArrivalCount], window_s: float) -> Rates | None:
@@ -67,7 +81,11 @@ def _rate(kept: deque[ArrivalCount], window_s: float) -> Rates | None:
     # the latest count at or before the window's start, or the oldest there is
     first = next((c for c in reversed(kept) if c.stamp_ms <= since), kept[0])
     span_s = (last.stamp_ms - first.stamp_ms) / 1000
+    asked = None
+    if last.max_output_tokens is not None and first.max_output_tokens is not None:
+        asked = max(last.max_output_tokens - first.max_output_tokens, 0) / span_s
     return Rates(
         max(last.total - first.total, 0) / span_s,
         max(last.prompt_tokens - first.prompt_tokens, 0) / span_s,
+        asked,
     )

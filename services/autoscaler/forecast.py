@@ -7,7 +7,11 @@ request's lifetime).
        window's for scale-up, the stable window's for scale-down (a lull of seconds does
        not shrink what a minute needed)
     decode    requests in flight  L = λ x lifetime   (Little's law; lifetime: the TTFT
-              target, then the p90 output at the ITL target, as sizing.Demand has it)
+              target, then the p90 output at the ITL target, as sizing.Demand has it, but
+              never longer than the arrivals' own asks allow: the mean max_tokens they
+              ask for at that ITL. The p90 is of requests each worker finished lately, so
+              after long answers give way to short ones it keeps the long ones' lifetime
+              for as long as its history; what arrives says at once how short they are)
     prefill   prompt tokens/s arriving, as counted (against the pool's measured speed, as
               the sizing weighs all prompt work). Counted, not λ x the p90 prompt of
               finished requests: that p90 lags a change of prompt lengths by as long as
@@ -34,6 +38,19 @@ from services.autoscaler.sizing import Bounds, Demand, Sizing, Targets, size
 class Forecast:
     requests: int  # in flight in the serving pool, once the rate has filled it
     prefill_tok_s: float  # prompt tokens/s to compute
+
+
+def arriving(need: Demand, rates: Rates | None, targets: Targets) -> Demand:
+    """`need` as what arrives says it: the prompt tokens arriving (as counted), and a
+    lifetime no longer than the outputs the arrivals ask for allow (an answer is never
+    longer than its max_tokens). Unchanged without figures."""
+    if rates is None:
+        return need
+    lifetime = need.lifetime_s
+    asked = rates.asked_output
+    if asked is not None:
+        lifetime = min(lifetime, targets.ttft_s + asked * targets.itl_s)
+    return replace(need, arriving_tok_s=rates.prompt_tokens, lifetime_s=lifetime)
 
 
 def forecast(need: Demand, rates: Rates | None) -> Forecast | None:

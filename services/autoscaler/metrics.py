@@ -33,7 +33,9 @@ class AutoscalerMetrics:
             "The figures of the last decision: prefill_tok_s (demand), requests, used_blocks, "
             "worker_prefill_tok_s, predicted_itl_s, held_requests, tail_blocks (a p90 request's), "
             "arrival_rate_panic and arrival_rate_stable (requests/s; NaN: no figures), "
-            "forecast_requests and forecast_prefill_tok_s (what the panic window's rate brings).",
+            "forecast_requests and forecast_prefill_tok_s (what the panic window's rate brings), "
+            "arrival_asked_output_tokens (the mean max_tokens arriving), request_lifetime_s "
+            "(a long request's, as the stable window's asks bound it).",
             ["name"],
             registry=r,
         )

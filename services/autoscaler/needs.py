@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from prometheus_client import Gauge
 
 from services.autoscaler.arrival_rate import Rates
 from services.autoscaler.capacity import Capacity
-from services.autoscaler.forecast import Forecast, describe, forecast, sized
+from services.autoscaler.forecast import Forecast, arriving, describe, forecast, sized
 from services.autoscaler.sizing import Bounds, Demand, Sizing, Targets
 
 
@@ -24,6 +24,9 @@ class Needs:
     panic_rate: Rates | None  # what arrives a second over the panic window; None: no figures
     stable_rate: Rates | None  # ... over the stable window
     ahead: Forecast | None  # what the panic window's rate brings (what `up` weighed)
+    # how long a request lives as the stable window's arrivals bound it (forecast.arriving):
+    # how long a need to shrink must hold (pacing)
+    lifetime_s: float = 0.0
 
     @property
     def idle(self) -> bool:
@@ -34,6 +37,7 @@ class Needs:
     def inputs(self) -> str:
         """The figures the sizing saw, for the decision's log line."""
         arrivals = describe(self.panic_rate, self.stable_rate, self.ahead)
+        arrivals += f"; a long request lives {self.lifetime_s:.1f} s"
         return f"{self.up.reason}; {arrivals}" if self.up else arrivals
 
 
@@ -49,14 +53,11 @@ def size_pools(
     window's (a step is met within seconds), down the stable window's (a lull of seconds
     does not shrink what the minute before needed)."""
     panic, stable = rates
-    ahead_up, ahead_down = forecast(need, panic), forecast(need, stable)
-    up = sized(_arriving(need, panic), ahead_up, cap, targets, bounds)
-    down = sized(_arriving(need, stable), ahead_down, cap, eased, bounds)
-    return Needs(need, up, down, panic, stable, ahead_up)
-
-
-def _arriving(need: Demand, rates: Rates | None) -> Demand:
-    return need if rates is None else replace(need, arriving_tok_s=rates.prompt_tokens)
+    need_up, need_down = arriving(need, panic, targets), arriving(need, stable, targets)
+    ahead_up, ahead_down = forecast(need_up, panic), forecast(need_down, stable)
+    up = sized(need_up, ahead_up, cap, targets, bounds)
+    down = sized(need_down, ahead_down, cap, eased, bounds)
+    return Needs(need, up, down, panic, stable, ahead_up, need_down.lifetime_s)
 
 
 def export(signal: Gauge, needs: Needs, cap: Capacity) -> None:
@@ -73,6 +74,9 @@ def export(signal: Gauge, needs: Needs, cap: Capacity) -> None:
     s.labels("arrival_rate_panic").set(_requests(needs.panic_rate))
     s.labels("arrival_rate_stable").set(_requests(needs.stable_rate))
     s.labels("forecast_requests").set(ahead.requests if ahead else 0)
+    asked = needs.panic_rate.asked_output if needs.panic_rate else None
+    s.labels("arrival_asked_output_tokens").set(math.nan if asked is None else asked)
+    s.labels("request_lifetime_s").set(needs.lifetime_s)
     s.labels("forecast_prefill_tok_s").set(ahead.prefill_tok_s if ahead else 0)
 
 

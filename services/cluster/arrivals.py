@@ -2,11 +2,13 @@
 router in Redis, which the autoscaler turns into an arrival rate (services/autoscaler/
 arrival_rate.py).
 
-    tandem:arrivals:<router_id>  ->  "<total> <prompt_tokens> <started_ms> <stamp_ms>"
-                                     (PX ttl, renewed at each publish)
+    tandem:arrivals:<router_id>  ->  "<total> <prompt_tokens> <started_ms> <stamp_ms>
+                                      <max_output_tokens>"   (PX ttl, renewed at each publish)
 
-`total` (requests) and `prompt_tokens` (their prompts' tokens) only grow while the router
-lives; `started_ms` names the router's life (a new value: it restarted and counts from 0
+`total` (requests), `prompt_tokens` (their prompts' tokens) and `max_output_tokens` (the
+outputs they asked for at most: max_tokens, or the rest of the context) only grow while the
+router lives (a value of four fields, from a router without the last, is read as not
+knowing it); `started_ms` names the router's life (a new value: it restarted and counts from 0
 again); `stamp_ms` is when the router read its
 counter, on its own clock, so the rate is measured between two of its stamps however late
 the autoscaler reads them (as worker heartbeats are). Arrivals are counted at the router,
@@ -32,6 +34,9 @@ class ArrivalCount:
     prompt_tokens: int  # their prompts' tokens: the prefill work arriving, known at once
     started_ms: int
     stamp_ms: int
+    # the outputs they asked for at most (each one's max_tokens): an answer is never longer,
+    # so it bounds how long they live (autoscaler/forecast.py); None: not counted
+    max_output_tokens: int | None = None
 
 
 class Arrivals:
@@ -41,6 +46,8 @@ class Arrivals:
 
     def publish(self, count: ArrivalCount, ttl_s: float = DEFAULT_TTL_S) -> None:
         value = f"{count.total} {count.prompt_tokens} {count.started_ms} {count.stamp_ms}"
+        if count.max_output_tokens is not None:
+            value += f" {count.max_output_tokens}"
         self._r.set(self._prefix + count.router_id, value, px=int(ttl_s * 1000))
 
     def read(self) -> list[ArrivalCount]:
@@ -56,8 +63,9 @@ class Arrivals:
 
 
 def parse(router_id: str, value: str) -> ArrivalCount:
-    total, prompt_tokens, started_ms, stamp_ms = (int(v) for v in value.split())
-    return ArrivalCount(router_id, total, prompt_tokens, started_ms, stamp_ms)
+    total, prompt_tokens, started_ms, stamp_ms, *rest = (int(v) for v in value.split())
+    asked = rest[0] if rest else None
+    return ArrivalCount(router_id, total, prompt_tokens, started_ms, stamp_ms, asked)
 
 
 def _text(v: bytes | str) -> str:

@@ -21,18 +21,25 @@ class ArrivalCounter:
         """`publish` None: count, tell no one (a router without an autoscaler's Redis)."""
         self.total = 0
         self.prompt_tokens = 0
+        self.max_output_tokens = 0
         self._publish = publish
         self._router_id = uuid.uuid4().hex[:12]
         self._started_ms = _now_ms()
         self._failing = False
 
-    def arrived(self, prompt_tokens: int) -> None:
+    def arrived(self, prompt_tokens: int, max_output_tokens: int) -> None:
         self.total += 1
         self.prompt_tokens += prompt_tokens
+        self.max_output_tokens += max_output_tokens
 
     def count(self) -> ArrivalCount:
         return ArrivalCount(
-            self._router_id, self.total, self.prompt_tokens, self._started_ms, _now_ms()
+            self._router_id,
+            self.total,
+            self.prompt_tokens,
+            self._started_ms,
+            _now_ms(),
+            self.max_output_tokens,
         )
 
     async def run(self) -> None:

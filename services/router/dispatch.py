@@ -108,7 +108,8 @@ class Dispatcher:
     # ---- requests --------------------------------------------------------------------
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
         pool, prompt = self._serving_pool, len(request.prompt_token_ids)
-        self.arrivals.arrived(prompt)  # before admission: a request refused is demand too
+        # before admission: a request refused is demand too
+        self.arrivals.arrived(prompt, request.params.max_tokens)
         workers = await self.cold_start.workers(pool, lambda: self.cluster.serving(pool))
         with self.admission.place(pool, workers, prompt) as place:
             async with aclosing(self._stream(request)) as deltas:

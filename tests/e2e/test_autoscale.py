@@ -176,6 +176,8 @@ def test_each_pool_follows_its_own_load(scaled: Served) -> None:
     _until(lambda: _pools(scaled)["prefill"] >= 1, "a prefill worker to come back", 30)
     # the router's counts reach the autoscaler through Redis: its forecast sees the prompts
     _until(lambda: _signal(scaled, "forecast_prefill_tok_s") > 0, "a prompt forecast", 15)
+    # and the outputs they ask for (max_tokens 4), which bound how long they live
+    _until(lambda: _signal(scaled, "arrival_asked_output_tokens") == 4, "the asks counted", 15)
     answers = prompts.join()
     assert answers == [(200, 4)] * 48
 

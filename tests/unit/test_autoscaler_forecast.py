@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import pytest
 
 from services.autoscaler.arrival_rate import ArrivalRate, Rates
-from services.autoscaler.forecast import Forecast, forecast, sized
+from services.autoscaler.forecast import Forecast, arriving, forecast, sized
 from services.autoscaler.loop import Autoscaler, Decision
 from services.autoscaler.sizing import Bounds, Demand, Targets, size
 from services.cluster.arrivals import ArrivalCount, Arrivals
@@ -21,10 +21,16 @@ from tests.unit.test_autoscaler_policy import DISAGG, _cap
 
 
 def _count(
-    total: int, at_s: float, router: str = "r-0", started: int = 1, prompt: int = 100
+    total: int,
+    at_s: float,
+    router: str = "r-0",
+    started: int = 1,
+    prompt: int = 100,
+    asked: int | None = None,
 ) -> ArrivalCount:
-    """`total` requests of `prompt` tokens each so far."""
-    return ArrivalCount(router, total, total * prompt, started, int(at_s * 1000))
+    """`total` requests of `prompt` tokens each so far, having asked for `asked` output
+    tokens in all (None: a router that does not count them)."""
+    return ArrivalCount(router, total, total * prompt, started, int(at_s * 1000), asked)
 
 
 def _requests(rates: Rates | None) -> float | None:
@@ -58,6 +64,22 @@ def test_a_restarted_router_begins_again_and_a_lapsed_one_is_forgotten() -> None
     assert ArrivalRate(keep_s=10).per_s(5) is None  # no routers: no figures
 
 
+def test_the_outputs_asked_for_are_a_rate_only_where_every_router_counts_them() -> None:
+    rate = ArrivalRate(keep_s=10)
+    for t in range(3):  # r-0: 2 req/s asking 64 tokens each; r-1: 1 req/s asking 256
+        rate.update(
+            [_count(2 * t, float(t), asked=128 * t), _count(t, float(t), "r-1", asked=256 * t)]
+        )
+    got = rate.per_s(2)
+    assert got is not None and got.max_output_tokens == pytest.approx(128 + 256)
+    assert got.asked_output == pytest.approx((128 + 256) / 3)
+    rate.update([_count(6, 3.0, asked=384), _count(3, 3.0, "r-2")])  # r-2 counts no asks
+    rate.update([_count(8, 4.0, asked=512), _count(5, 4.0, "r-2")])
+    got = rate.per_s(1)
+    assert got is not None and got.max_output_tokens is None and got.asked_output is None
+    assert got.requests == pytest.approx(2 + 2)
+
+
 def test_the_counts_go_through_redis_as_published() -> None:
     store = _FakeRedis()
     Arrivals(store).publish(_count(42, 3.5, "abc", started=7))  # type: ignore[arg-type]
@@ -78,6 +100,20 @@ def test_littles_law_gives_the_requests_in_flight_and_the_prompt_work_is_as_coun
     assert forecast(NEED, _arriving(2.0)) == Forecast(22, 2000.0)
     assert forecast(NEED, _arriving(0.01)) == Forecast(1, 10.0)  # a trickle: one
     assert forecast(NEED, Rates(0.0, 0.0)) is None and forecast(NEED, None) is None
+
+
+def test_a_lifetime_is_never_longer_than_the_outputs_arriving_ask_for() -> None:
+    """NEED's requests live 11 s (TTFT 1 s, then a p90 output of 200 tokens at 50 ms): a
+    p90 of requests finished lately. An answer is never longer than its max_tokens, so
+    arrivals asking for 40 on average live 1 + 40 x 0.05 s; asking for more bounds nothing."""
+    t = Targets(ttft_s=1.0, itl_s=0.05)
+    short = arriving(NEED, Rates(2.0, 2000.0, 2.0 * 40), t)
+    assert short.lifetime_s == pytest.approx(3.0) and short.arriving_tok_s == 2000.0
+    assert forecast(short, Rates(2.0, 2000.0, 80.0)) == Forecast(6, 2000.0)
+    assert arriving(NEED, Rates(2.0, 2000.0, 2.0 * 1000), t).lifetime_s == 11.0
+    assert arriving(NEED, Rates(2.0, 2000.0), t).lifetime_s == 11.0  # asks not counted
+    assert arriving(NEED, Rates(0.0, 0.0, 0.0), t).lifetime_s == 11.0  # nothing arrived
+    assert arriving(NEED, None, t) == NEED
 
 
 def test_the_prompt_work_follows_the_prompts_arriving_now() -> None:
@@ -139,6 +175,8 @@ class ArrivingSim(Sim):
     rate: float = 0.0
     arrived: float = 0.0
     unreadable: bool = False  # the arrival counts cannot be read
+    asks: int | None = None  # the max_tokens each request arriving asks for (None: uncounted)
+    asked: float = 0.0
 
     def _record(self, pool: str, wid: str, n: int) -> WorkerRecord:
         rec = super()._record(pool, wid, n)
@@ -148,7 +186,8 @@ class ArrivingSim(Sim):
     def arrivals(self) -> list[ArrivalCount]:
         if self.unreadable:
             raise ConnectionError("redis is down")
-        return [_count(int(self.arrived), self.t, prompt=0)]  # decode's load alone
+        asked = None if self.asks is None else int(self.asked)
+        return [_count(int(self.arrived), self.t, prompt=0, asked=asked)]  # decode's load alone
 
 
 def _scaler(sim: ArrivingSim) -> Autoscaler:
@@ -160,6 +199,7 @@ def _run(sim: ArrivingSim, scaler: Autoscaler, until: float) -> list[Decision]:
     while sim.t < until:
         sim.t += 1.0
         sim.arrived += sim.rate
+        sim.asked += sim.rate * (sim.asks or 0)
         decisions += scaler.tick()
         sim.ready = dict(sim.set_to)
     return decisions
@@ -207,6 +247,29 @@ def test_a_falling_rate_shrinks_no_sooner_than_the_stable_window_allows() -> Non
     first_down_at = dropped_at + 1 + decisions.index(downs[0]) // 2  # two pools a tick
     assert first_down_at >= dropped_at + window
     assert [d.desired for d in downs] == [3, 2, 1]  # one at a time, a cooldown apart
+
+
+def test_short_answers_asked_for_shrink_what_the_long_ones_finished_grew() -> None:
+    """The workers' p90 output is 200 tokens (22 s a request), of requests they finished
+    lately. When the arrivals ask for one token each (max_tokens), a request lives 2.1 s
+    and the rate's 6 a second are 13 in flight: the pool shrinks by what they ask, a step a
+    cooldown, once the stable window's arrivals and then its needs say so (30 s each),
+    not once the finished requests' history has caught up."""
+    for asks, shrinks in ((200, []), (None, []), (1, [(128, 3), (158, 2)])):
+        sim = ArrivingSim(requests=4, rate=6.0, asks=200)
+        scaler = _scaler(sim)
+        _run(sim, scaler, until=70)
+        assert sim.set_to["decode"] == 4
+        sim.asks = asks
+        decisions = _run(sim, scaler, until=170)
+        downs = [
+            (71 + i // 2, d.desired)  # two pools a tick, from 71 s
+            for i, d in enumerate(decisions)
+            if d.pool == "decode" and d.direction == "down"
+        ]
+        assert downs == shrinks, asks
+        lives = "2.1" if asks == 1 else "22.0"
+        assert f"a long request lives {lives} s" in decisions[-1].inputs
 
 
 def test_zero_traffic_goes_to_the_floor_with_or_without_arrival_figures() -> None:
