@@ -31,6 +31,7 @@ from engine.output import (
     RequestLengths,
     RequestOutput,
     StepTotals,
+    p90,
 )
 from engine.prompt_logprobs import score_prompts
 from engine.request import FinishReason, Request, Status
@@ -201,7 +202,8 @@ class Engine:
             out.prompt_logprobs = req.prompt_logprobs
             out.prompt_top_logprobs = req.prompt_top_logprobs
         if out.finished:  # ended, or held for a peer: its lengths are known
-            self.lengths.add(req.num_prompt_tokens, req.num_output_tokens)
+            at_limit = req.finish_reason is FinishReason.LENGTH
+            self.lengths.add(req.num_prompt_tokens, req.num_output_tokens, at_limit)
         if req.finished:
             self._forget(req.request_id)
         return out
@@ -270,6 +272,7 @@ class Engine:
             cached_blocks=pool.num_cached_blocks,
             held_blocks=sum(len(r.block_ids) for r in sched.held.values()),
             idle=pool.is_idle() and not sched.has_unfinished() and not sched.held,
+            running_output_p90=p90(r.num_output_tokens for r in sched.running),
         )
 
     def admission_counts(self) -> AdmissionCounts:

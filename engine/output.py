@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from engine.request import FinishReason, StartTiming, TopLogprobs
@@ -59,6 +60,9 @@ class EngineLoad:
     cached_blocks: int
     held_blocks: int  # blocks of prompts held for a peer to read (prefill role)
     idle: bool  # no request anywhere, every block free
+    # the 90th percentile of the tokens the running requests have output so far: a floor
+    # under what they will output, which shows long answers before any has finished
+    running_output_p90: int = 0
 
     @property
     def used_blocks(self) -> int:
@@ -111,11 +115,14 @@ class RequestLengths:
     def __init__(self, window: int = 256) -> None:
         self._prompts: deque[int] = deque(maxlen=window)
         self._outputs: deque[int] = deque(maxlen=window)
+        self._at_limit: deque[bool] = deque(maxlen=window)
         self._cached: Lengths | None = Lengths()
 
-    def add(self, prompt_tokens: int, output_tokens: int) -> None:
+    def add(self, prompt_tokens: int, output_tokens: int, at_limit: bool = False) -> None:
+        """`at_limit`: the answer ended at its max_tokens (not at a stop)."""
         self._prompts.append(prompt_tokens)
         self._outputs.append(output_tokens)
+        self._at_limit.append(at_limit)
         self._cached = None
 
     def percentiles(self) -> Lengths:
@@ -123,7 +130,8 @@ class RequestLengths:
         if self._cached is None:
             p50, p90 = _percentiles(self._prompts)
             o50, o90 = _percentiles(self._outputs)
-            self._cached = Lengths(p50, p90, o50, o90)
+            at_limit = sum(self._at_limit) / len(self._at_limit) if self._at_limit else 0.0
+            self._cached = Lengths(p50, p90, o50, o90, at_limit)
         return self._cached
 
 
@@ -135,15 +143,23 @@ class Lengths:
     prompt_p90: int = 0
     output_p50: int = 0
     output_p90: int = 0
+    # of them, the share whose answers ended at their max_tokens: where nearly all do, what
+    # arriving requests ask for is how long they will answer (the autoscaler's forecast)
+    at_limit: float = 0.0
 
 
-def _percentiles(values: deque[int]) -> tuple[int, int]:
-    """The median and the 90th percentile (nearest rank)."""
-    if not values:
-        return 0, 0
+def _percentiles(values: Iterable[int]) -> tuple[int, int]:
+    """The median and the 90th percentile (nearest rank); 0, 0 of none."""
     ranked = sorted(values)
+    if not ranked:
+        return 0, 0
     n = len(ranked)
     return ranked[math.ceil(0.5 * n) - 1], ranked[math.ceil(0.9 * n) - 1]
+
+
+def p90(values: Iterable[int]) -> int:
+    """The 90th percentile (nearest rank); 0 of none."""
+    return _percentiles(values)[1]
 
 
 @dataclass(frozen=True, slots=True)

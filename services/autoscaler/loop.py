@@ -178,7 +178,6 @@ class Autoscaler:
                 needs.idle,
                 starting,
                 others_starting,
-                needs.lifetime_s,
             )
         return self._act(Decision(pool, current, ready, step.desired, step.reason, needs.inputs))
 

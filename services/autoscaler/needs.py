@@ -24,8 +24,8 @@ class Needs:
     panic_rate: Rates | None  # what arrives a second over the panic window; None: no figures
     stable_rate: Rates | None  # ... over the stable window
     ahead: Forecast | None  # what the panic window's rate brings (what `up` weighed)
-    # how long a request lives as the stable window's arrivals bound it (forecast.arriving):
-    # how long a need to shrink must hold (pacing)
+    # how long a long request lives, as the stable window's arrivals say (forecast.arriving):
+    # what shrinking weighed (for the log and the metrics)
     lifetime_s: float = 0.0
 
     @property

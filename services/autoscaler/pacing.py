@@ -7,10 +7,10 @@ eased by the hysteresis margin (a smaller pool must be comfortably enough, not j
                 one reading), at most x max_up_factor or + max_up_step a step (whichever
                 is more, as the Kubernetes HPA's default: x2 or +4), once per up cooldown
     scale down  to the greatest `down` need of the stable window (every reading in it
-                agreed), or of a long request's lifetime where that is longer (a request
-                that came in the window may still run after it: requests of 20 s are not
-                averaged by a window of 5), at most max_down_step a step, once per down
-                cooldown; a window of no load at all goes to the floor in one step
+                agreed; each the larger of the load of now and what the window's arrivals
+                bring for a long request's lifetime, forecast.py: requests that outlive the
+                window are in both), at most max_down_step a step, once per down cooldown;
+                a window of no load at all goes to the floor in one step
     wake        a pool at zero that requests wait for (held by the router): one worker,
                 at once
     hold        otherwise; while the pool has not been watched for a whole stable window
@@ -88,17 +88,14 @@ class PoolPacer:
         idle: bool,
         starting: int = 0,
         others_starting: bool = False,
-        lifetime_s: float = 0.0,
     ) -> Step:
         """What to do with a pool of `current` workers, given this tick's needs. While
         `starting` of them are not serving yet, the figures do not show them: hold. While
         another pool's workers are starting (`others_starting`), grow but never shrink:
         the sizing counts them as serving, and this pool does their work until they are
-        (the decode pool prefills while the prefill pool comes back from zero).
-        `lifetime_s`: how long a long request lives (sizing.Demand): shrinking waits for
-        needs that held that long, when it is longer than the stable window."""
-        down_window_s = max(self.pacing.stable_window_s, lifetime_s)
-        self._remember(_Need(now, up, down, idle), down_window_s)
+        (the decode pool prefills while the prefill pool comes back from zero)."""
+        stable_s = self.pacing.stable_window_s
+        self._remember(_Need(now, up, down, idle), stable_s)
         if starting > 0:
             return Step(current, f"hold: {starting} worker(s) starting")
         outside = self.bounded(current)
@@ -110,16 +107,16 @@ class PoolPacer:
             if self._needs[0].at > now - self.pacing.panic_window_s:
                 return Step(current, f"hold: {wanted_up} needed for less than the panic window")
             return self._up(now, current, wanted_up)
-        if now - self._watched_since < self.pacing.stable_window_s:
+        if now - self._watched_since < stable_s:
             return Step(current, "hold: not watched for a whole stable window yet")
         if others_starting:
             return Step(current, "hold: another pool's workers are starting")
-        if all(n.idle for n in self._within(now, self.pacing.stable_window_s)) and current > b.min:
+        if all(n.idle for n in self._within(now, stable_s)) and current > b.min:
             return self._down(now, current, b.min, "no load for a whole stable window")
-        wanted_down = max(n.down for n in self._within(now, down_window_s))
+        wanted_down = max(n.down for n in self._within(now, stable_s))
         if wanted_down < current:
             step = min(current - wanted_down, self.pacing.max_down_step)
-            why = f"{wanted_down} enough for {down_window_s:.0f} s"
+            why = f"{wanted_down} enough for the stable window"
             return self._down(now, current, current - step, why)
         return Step(current, f"hold: {current} needed")
 

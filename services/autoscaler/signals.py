@@ -54,6 +54,10 @@ class PoolLoad:
     # percentiles do not average, and the pool's own is never above their greatest.
     prompt_p90: int
     output_p90: int
+    # ... and of the outputs of the requests running now, so far (a floor under theirs)
+    running_output_p90: int = 0
+    # the least share of answers ending at their max_tokens among workers that finished any
+    answers_at_limit: float = 0.0
 
 
 @dataclass(slots=True)
@@ -139,4 +143,6 @@ def _pool_load(pool: str, rs: list[Reading], delivered: float) -> PoolLoad:
         block_size=max(r.block_size for r in recs),
         prompt_p90=max(r.prompt_tokens_p90 for r in recs),
         output_p90=max(r.output_tokens_p90 for r in recs),
+        running_output_p90=max(r.running_output_tokens_p90 for r in recs),
+        answers_at_limit=min((r.answers_at_limit for r in recs if r.output_tokens_p90), default=0),
     )

@@ -71,6 +71,9 @@ class Demand:
     # how long a long request lives at the targets: the TTFT target, then its output (the
     # 90th percentile) at the ITL target; what came in a window may run this long after it
     lifetime_s: float = 0.0
+    # the share of answers that end at their max_tokens (signals.PoolLoad): near 1, the
+    # max_tokens arriving say how long requests will live (forecast.arriving)
+    answers_at_limit: float = 0.0
     # the router gives decode workers the prompt work the prefill pool cannot take (its
     # prefill balance, on by default); off, they prefill only while that pool is empty
     decode_prefills: bool = True
@@ -106,11 +109,14 @@ def demand(
     backlog = sum(p.queued_prefill_tokens for p in loads.values())
     rate = sum(p.prefill_tokens_per_s for p in loads.values())
     s = loads.get(serving)
+    # a p90 answer: of the requests finished lately, or longer where those running now
+    # have already output more (the finished ones lag a change to longer answers)
+    output = max(s.output_p90, s.running_output_p90) if s is not None else 0
     tail = 0
     if s is not None and s.block_size:  # prompts: every pool sees them; outputs: this one
         prompt = max(p.prompt_p90 for p in loads.values())
-        tail = math.ceil((prompt + s.output_p90) / s.block_size)
-    lifetime = targets.ttft_s + s.output_p90 * targets.itl_s if s is not None else 0.0
+        tail = math.ceil((prompt + output) / s.block_size)
+    lifetime = targets.ttft_s + output * targets.itl_s if s is not None else 0.0
     return Demand(
         prefill_tok_s=rate + backlog / targets.ttft_s,
         requests=s.requests if s else 0,
@@ -120,6 +126,7 @@ def demand(
         held=held,
         tail_blocks=tail,
         lifetime_s=lifetime,
+        answers_at_limit=s.answers_at_limit if s is not None else 0.0,
         decode_prefills=decode_prefills,
         backlog_tok_s=backlog / targets.ttft_s,
     )

@@ -61,7 +61,7 @@ class KVEventBatch(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., started_at_unix_ms: _Optional[int] = ..., events: _Optional[_Iterable[_Union[KVEvent, _Mapping]]] = ..., seq: _Optional[int] = ..., snapshot: _Optional[bool] = ..., block_hashes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class WorkerRecord(_message.Message):
-    __slots__ = ("worker_id", "role", "grpc_address", "model", "block_size", "num_blocks", "nixl_agent", "nixl_metadata", "kv_base_addr", "kv_block_bytes", "kv_device_id", "free_blocks", "running", "waiting", "queued_prefill_tokens", "started_at_unix_ms", "heartbeat_unix_ms", "max_model_len", "used_blocks", "held_blocks", "max_num_seqs", "prefill_steps_total", "prefill_tokens_total", "prefill_busy_us_total", "decode_steps_total", "decode_tokens_total", "decode_busy_us_total", "prompt_tokens_p50", "prompt_tokens_p90", "output_tokens_p50", "output_tokens_p90", "metrics_address", "nixl_ranks", "stream_address", "kv_heads", "kv_head_groups")
+    __slots__ = ("worker_id", "role", "grpc_address", "model", "block_size", "num_blocks", "nixl_agent", "nixl_metadata", "kv_base_addr", "kv_block_bytes", "kv_device_id", "free_blocks", "running", "waiting", "queued_prefill_tokens", "started_at_unix_ms", "heartbeat_unix_ms", "max_model_len", "used_blocks", "held_blocks", "max_num_seqs", "prefill_steps_total", "prefill_tokens_total", "prefill_busy_us_total", "decode_steps_total", "decode_tokens_total", "decode_busy_us_total", "prompt_tokens_p50", "prompt_tokens_p90", "output_tokens_p50", "output_tokens_p90", "metrics_address", "nixl_ranks", "stream_address", "kv_heads", "kv_head_groups", "running_output_tokens_p90", "answers_at_limit")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     GRPC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,8 @@ class WorkerRecord(_message.Message):
     STREAM_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     KV_HEADS_FIELD_NUMBER: _ClassVar[int]
     KV_HEAD_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_OUTPUT_TOKENS_P90_FIELD_NUMBER: _ClassVar[int]
+    ANSWERS_AT_LIMIT_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     role: str
     grpc_address: str
@@ -134,7 +136,9 @@ class WorkerRecord(_message.Message):
     stream_address: str
     kv_heads: int
     kv_head_groups: int
-    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[str] = ..., grpc_address: _Optional[str] = ..., model: _Optional[str] = ..., block_size: _Optional[int] = ..., num_blocks: _Optional[int] = ..., nixl_agent: _Optional[str] = ..., nixl_metadata: _Optional[bytes] = ..., kv_base_addr: _Optional[int] = ..., kv_block_bytes: _Optional[int] = ..., kv_device_id: _Optional[int] = ..., free_blocks: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., queued_prefill_tokens: _Optional[int] = ..., started_at_unix_ms: _Optional[int] = ..., heartbeat_unix_ms: _Optional[int] = ..., max_model_len: _Optional[int] = ..., used_blocks: _Optional[int] = ..., held_blocks: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., prefill_steps_total: _Optional[int] = ..., prefill_tokens_total: _Optional[int] = ..., prefill_busy_us_total: _Optional[int] = ..., decode_steps_total: _Optional[int] = ..., decode_tokens_total: _Optional[int] = ..., decode_busy_us_total: _Optional[int] = ..., prompt_tokens_p50: _Optional[int] = ..., prompt_tokens_p90: _Optional[int] = ..., output_tokens_p50: _Optional[int] = ..., output_tokens_p90: _Optional[int] = ..., metrics_address: _Optional[str] = ..., nixl_ranks: _Optional[_Iterable[_Union[NixlRank, _Mapping]]] = ..., stream_address: _Optional[str] = ..., kv_heads: _Optional[int] = ..., kv_head_groups: _Optional[int] = ...) -> None: ...
+    running_output_tokens_p90: int
+    answers_at_limit: float
+    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[str] = ..., grpc_address: _Optional[str] = ..., model: _Optional[str] = ..., block_size: _Optional[int] = ..., num_blocks: _Optional[int] = ..., nixl_agent: _Optional[str] = ..., nixl_metadata: _Optional[bytes] = ..., kv_base_addr: _Optional[int] = ..., kv_block_bytes: _Optional[int] = ..., kv_device_id: _Optional[int] = ..., free_blocks: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., queued_prefill_tokens: _Optional[int] = ..., started_at_unix_ms: _Optional[int] = ..., heartbeat_unix_ms: _Optional[int] = ..., max_model_len: _Optional[int] = ..., used_blocks: _Optional[int] = ..., held_blocks: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., prefill_steps_total: _Optional[int] = ..., prefill_tokens_total: _Optional[int] = ..., prefill_busy_us_total: _Optional[int] = ..., decode_steps_total: _Optional[int] = ..., decode_tokens_total: _Optional[int] = ..., decode_busy_us_total: _Optional[int] = ..., prompt_tokens_p50: _Optional[int] = ..., prompt_tokens_p90: _Optional[int] = ..., output_tokens_p50: _Optional[int] = ..., output_tokens_p90: _Optional[int] = ..., metrics_address: _Optional[str] = ..., nixl_ranks: _Optional[_Iterable[_Union[NixlRank, _Mapping]]] = ..., stream_address: _Optional[str] = ..., kv_heads: _Optional[int] = ..., kv_head_groups: _Optional[int] = ..., running_output_tokens_p90: _Optional[int] = ..., answers_at_limit: _Optional[float] = ...) -> None: ...
 
 class NixlRank(_message.Message):
     __slots__ = ("agent", "metadata", "base_addr", "device_id")

@@ -139,6 +139,8 @@ def set_load(record: events_pb2.WorkerRecord, s: WorkerStats) -> None:
     n = s.lengths
     record.prompt_tokens_p50, record.prompt_tokens_p90 = n.prompt_p50, n.prompt_p90
     record.output_tokens_p50, record.output_tokens_p90 = n.output_p50, n.output_p90
+    record.running_output_tokens_p90 = s.running_output_p90
+    record.answers_at_limit = n.at_limit
 
 
 def peer_from_record(record: events_pb2.WorkerRecord) -> PeerKV:

@@ -29,6 +29,7 @@ class WorkerStats:
     integrity_error: str  # empty when the block pool's books balance (or not audited)
     totals: StepTotals  # what the engine computed so far, and in how long (the autoscaler's)
     lengths: Lengths = Lengths()  # of the requests it finished lately (the autoscaler's)
+    running_output_p90: int = 0  # EngineLoad's (the autoscaler's)
     admissions: AdmissionCounts = AdmissionCounts()  # for its /metrics
 
 
@@ -55,6 +56,7 @@ def collect_stats(
         integrity_error=_integrity_error(engine) if integrity else "",
         totals=engine.totals.copy(),
         lengths=engine.lengths.percentiles(),
+        running_output_p90=load.running_output_p90,
         admissions=engine.admission_counts(),
     )
 

@@ -138,6 +138,11 @@ def _p90_lengths(c: Served) -> tuple[int, int]:
     return max((r.prompt_tokens_p90, r.output_tokens_p90) for r in records)
 
 
+def _running_output_p90(c: Served) -> int:
+    records = Registry(redis.Redis.from_url(c.redis_url), token=CLUSTER_TOKEN).workers("decode")
+    return max((r.running_output_tokens_p90 for r in records), default=0)
+
+
 def _until(ok: Callable[[], bool], what: str, timeout_s: float) -> float:
     start = time.monotonic()
     while not ok():
@@ -168,6 +173,9 @@ def test_each_pool_follows_its_own_load(scaled: Served) -> None:
 
     # decode-heavy: 24 streams are over the ITL target on one decode worker
     heavy = Load(scaled, prompt_len=40, max_tokens=150, threads=24, each=1)
+    # while they run, the heartbeats say how long their answers are already (the p90 of
+    # finished ones still says 8)
+    _until(lambda: _running_output_p90(scaled) > 8, "the running answers' lengths", 20)
     _until(lambda: _pools(scaled)["decode"] >= 2, "the decode pool to grow", 30)
     assert heavy.join() == [(200, 150)] * 24
 
@@ -192,8 +200,8 @@ def test_a_scale_down_in_the_middle_of_8_streams_completes_all_8(scaled: Served)
     heavy.join()
     downs = scaled.metric("tandem_autoscaler_decisions_total", pool="decode", direction="down")
     # 8 streams fit one decode worker (36 ms a step): the pool shrinks while they run, once
-    # the arrivals' forecast and a long request's lifetime (10 s at the p90 output of 150)
-    # have passed: ~5 s from 3 workers, ~15 s from 2 (it stops at either on the way up)
+    # their arrivals have left the stable window, with its forecast of 800-token answers
+    # (every answer so far ran to its max_tokens: the asks are its length): ~5-10 s
     eight = Load(scaled, prompt_len=40, max_tokens=800, threads=8, each=1)
     _until(
         lambda: (

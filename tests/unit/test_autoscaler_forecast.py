@@ -114,6 +114,14 @@ def test_a_lifetime_is_never_longer_than_the_outputs_arriving_ask_for() -> None:
     assert arriving(NEED, Rates(2.0, 2000.0), t).lifetime_s == 11.0  # asks not counted
     assert arriving(NEED, Rates(0.0, 0.0, 0.0), t).lifetime_s == 11.0  # nothing arrived
     assert arriving(NEED, None, t) == NEED
+    # where (nearly) every answer runs to its max_tokens, the asks are how long they answer,
+    # longer than the finished ones' p90 too (a change to longer answers, seen at once)
+    fixed = replace(NEED, answers_at_limit=0.95)
+    assert arriving(fixed, Rates(2.0, 2000.0, 2.0 * 1000), t).lifetime_s == pytest.approx(51.0)
+    assert arriving(fixed, Rates(2.0, 2000.0, 2.0 * 40), t).lifetime_s == pytest.approx(3.0)
+    assert arriving(fixed, Rates(2.0, 2000.0), t).lifetime_s == 11.0  # asks not counted
+    stopping = replace(NEED, answers_at_limit=0.5)  # half end at a stop: asks only bound
+    assert arriving(stopping, Rates(2.0, 2000.0, 2.0 * 1000), t).lifetime_s == 11.0
 
 
 def test_the_prompt_work_follows_the_prompts_arriving_now() -> None:

@@ -7,7 +7,7 @@ hand is kept. Real workers and Ray: tests/integration/test_autoscaler.py."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -99,6 +99,38 @@ def _run(sim: Sim, scaler: Autoscaler, until: float, every: float = 1.0) -> list
 
 def _scaler(sim: Sim, config: AutoscalerConfig = CONFIG) -> Autoscaler:
     return Autoscaler(config, sim.records, sim, clock=lambda: sim.t)
+
+
+def test_long_answers_running_do_not_stretch_the_stable_window() -> None:
+    """Requests of a p90 output of 200 tokens live 22 s at the targets, past a stable window
+    of 5 s. Once nothing arrives, each pool shrinks on the needs of the stable window: the
+    requests still running are in each of them (the load of now), and what arrivals would
+    bring for a lifetime is the forecast's part (forecast.py), not a longer window's, which
+    would keep a pool from shrinking under a few long answers for as long as they run."""
+    short = replace(PACE, stable_window_s=5, panic_window_s=2, down_cooldown_s=5)
+    sim = _LongAnswers(set_to={"prefill": 3, "decode": 4}, ready={"prefill": 3, "decode": 4})
+    sim.prompt_tok_s, sim.requests = 2400.0, 150  # 3 prefill workers' work, 4 decode's
+    scaler = _scaler(sim, replace(CONFIG, pacing=short))
+    _run(sim, scaler, until=30)
+    assert sim.scaled == []
+    sim.prompt_tok_s, sim.requests = 0.0, 4  # no prompts; one decode worker's load
+    _run(sim, scaler, until=35)
+    assert sim.scaled == []  # the stable window's needs still say so
+    reasons = _run(sim, scaler, until=46)
+    # 36, 41, 46 s: a stable window, then a step a down cooldown, both pools
+    assert sim.scaled == [("prefill", 2), ("decode", 3), ("prefill", 1), ("decode", 2)] + [
+        ("prefill", 0),
+        ("decode", 1),
+    ]
+    assert "decode:down: 1 enough for the stable window" in reasons
+
+
+@dataclass
+class _LongAnswers(Sim):
+    def _record(self, pool: str, wid: str, n: int) -> WorkerRecord:
+        rec = super()._record(pool, wid, n)
+        rec.output_tokens_p90 = 200  # 2 s + 200 x 0.1 s at CONFIG's targets
+        return rec
 
 
 def test_each_pool_grows_on_its_own_signal_and_shrinks_when_the_load_drops() -> None:

@@ -4,6 +4,7 @@ hand; nothing sleeps."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -106,24 +107,39 @@ def test_each_worker_keeps_room_for_a_p90_request() -> None:
 
 
 def test_the_pools_p90_lengths_are_their_workers_greatest() -> None:
-    def record(wid: str, role: str, prompt_p90: int, output_p90: int) -> WorkerRecord:
+    def record(
+        wid: str, role: str, prompt_p90: int, output_p90: int, running: int = 0
+    ) -> WorkerRecord:
         return WorkerRecord(
             worker_id=wid, role=role, block_size=16, num_blocks=512,
             prompt_tokens_p90=prompt_p90, output_tokens_p90=output_p90,
+            running_output_tokens_p90=running,
         )  # fmt: skip
 
     now = readings(
         [
             record("p-0", "prefill", 3000, 1),
-            record("d-0", "decode", 200, 100),
-            record("d-1", "decode", 100, 500),
+            record("d-0", "decode", 200, 100, running=300),
+            record("d-1", "decode", 100, 500, running=20),
         ]
     )
     loads, _, _ = read_pools({}, now)
     assert (loads["decode"].prompt_p90, loads["decode"].output_p90) == (200, 500)
+    assert loads["decode"].running_output_p90 == 300
+    assert loads["decode"].answers_at_limit == 0.0  # no worker says
+    said = [record("d-0", "decode", 200, 100), record("d-1", "decode", 100, 500)]
+    said[0].answers_at_limit, said[1].answers_at_limit = 1.0, 0.5
+    fresh = record("d-2", "decode", 0, 0)  # finished nothing yet: it says nothing
+    mixed, _, _ = read_pools({}, readings([*said, fresh]))
+    assert mixed["decode"].answers_at_limit == 0.5  # the least of those that know
+    assert demand(mixed, "decode", Targets()).answers_at_limit == 0.5
     # the prompts' tail from every pool (the prefill pool sees them whole), the outputs'
     # from the serving pool: (3000 + 500) / 16 blocks
     assert demand(loads, "decode", Targets()).tail_blocks == 219
+    # answers running now that are already longer than the finished ones' p90 count
+    longer = readings([record("d-0", "decode", 200, 100, running=900)])
+    loads, _, _ = read_pools({}, longer)
+    assert demand(loads, "decode", Targets()).tail_blocks == math.ceil((200 + 900) / 16)
 
 
 def test_reads_faster_than_the_heartbeat_see_a_steady_rate() -> None:
@@ -278,25 +294,11 @@ def test_a_size_outside_the_bounds_is_brought_inside() -> None:
     assert pacer.step(0.0, 0, up=0, down=0, idle=True).desired == 1
 
 
-def test_shrinking_waits_for_a_long_requests_lifetime_beyond_the_stable_window() -> None:
-    # requests living 20 s, a stable window of 5: a lull of 5 s is no reason to shrink,
-    # what came before it is still running; needs that held 20 s are
-    pacing = Pacing(stable_window_s=5, panic_window_s=1, up_cooldown_s=1, down_cooldown_s=1)
-    pacer = PoolPacer(Bounds(1, 10), pacing, now=0.0)
-    pacer.step(0.0, 3, up=3, down=3, idle=False, lifetime_s=20.0)
-    for t in range(1, 21):
-        step = pacer.step(float(t), 3, up=2, down=2, idle=False, lifetime_s=20.0)
-        assert step.desired == 3, (t, step.reason)
-    step = pacer.step(21.0, 3, up=2, down=2, idle=False, lifetime_s=20.0)
-    assert (step.desired, step.reason) == (2, "down: 2 enough for 20 s")
-    # shorter than the stable window: the window rules, as before
-    short = PoolPacer(Bounds(1, 10), pacing, now=0.0)
-    for t in range(6):
-        short.step(float(t), 3, up=2, down=2, idle=False, lifetime_s=1.0)
-    assert short.step(6.0, 3, up=2, down=2, idle=False, lifetime_s=1.0).desired == 2
-
-
 def test_a_requests_lifetime_is_its_ttft_then_its_p90_output_at_the_itl_target() -> None:
     load = PoolLoad("decode", 2, 4, 0, 0.0, 10, 100, 64, 16, 256, 200)
     d = demand({"decode": load}, "decode", Targets(ttft_s=1.0, itl_s=0.05))
     assert d.lifetime_s == pytest.approx(1.0 + 200 * 0.05)
+    # the requests running have output 300 tokens so far: they live at least that long
+    running = replace(load, running_output_p90=300)
+    d = demand({"decode": running}, "decode", Targets(ttft_s=1.0, itl_s=0.05))
+    assert d.lifetime_s == pytest.approx(1.0 + 300 * 0.05)

@@ -17,7 +17,7 @@ from engine.mock import MOCK_NUM_BLOCKS, MockRunner, step_seconds
 from engine.model.config import ModelLoadError
 from engine.model.gguf_loader import read_gguf, read_gguf_config
 from engine.model.loader import read_model_config
-from engine.output import Lengths
+from engine.output import Lengths, RequestLengths
 from engine.request import Request, Status
 from engine.scheduler import ScheduledChunk
 from services.cli import build_parser
@@ -145,8 +145,39 @@ def test_the_lengths_of_finished_requests_give_their_percentiles(config_only: Pa
             f"r{i}", list(range(100, 100 + prompt)), SamplingParams(max_tokens=output)
         )
     _drain(engine)
-    # nearest rank of 5: the median is the 3rd, the 90th percentile the 5th
-    assert engine.lengths.percentiles() == Lengths(30, 200, 3, 9)
+    # nearest rank of 5: the median is the 3rd, the 90th percentile the 5th; every answer
+    # ran to its max_tokens
+    assert engine.lengths.percentiles() == Lengths(30, 200, 3, 9, at_limit=1.0)
+    _idle(engine)
+
+
+def test_the_share_of_answers_ending_at_their_max_tokens_is_of_the_window() -> None:
+    lengths = RequestLengths(window=4)
+    assert lengths.percentiles().at_limit == 0.0  # none finished
+    for at_limit in (True, False, True, True):  # a stop ended the second
+        lengths.add(10, 5, at_limit)
+    assert lengths.percentiles().at_limit == 0.75
+    lengths.add(10, 5, True)  # the window keeps the last 4: the first is gone
+    assert lengths.percentiles().at_limit == 0.75
+    lengths.add(10, 5, True)  # and now the stopped one
+    assert lengths.percentiles().at_limit == 1.0
+
+
+def test_the_running_requests_outputs_so_far_give_a_floor_under_theirs(
+    config_only: Path,
+) -> None:
+    engine = _engine(config_only)
+    assert engine.load().running_output_p90 == 0  # nothing running
+    for i, max_tokens in enumerate([2, 50, 50, 50, 50]):
+        engine.add_request(f"r{i}", list(range(100, 140)), SamplingParams(max_tokens=max_tokens))
+    for _ in range(6):  # one prefill step (a token each), five decode steps
+        engine.step()
+    # r0 finished at 2 tokens; the four running have output 6 each so far, long before
+    # any of their 50 is known from a finished request
+    assert engine.load().running == 4 and engine.load().running_output_p90 == 6
+    assert engine.lengths.percentiles().output_p90 == 2
+    _drain(engine)
+    assert engine.load().running_output_p90 == 0
     _idle(engine)
 
 
