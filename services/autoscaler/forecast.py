@@ -7,11 +7,13 @@ request's lifetime).
        window's for scale-up, the stable window's for scale-down (a lull of seconds does
        not shrink what a minute needed)
     decode    requests in flight  L = λ x lifetime   (Little's law; lifetime: the TTFT
-              target, then the p90 output at the ITL target, as sizing.Demand has it, but
-              never longer than the arrivals' own asks allow: the mean max_tokens they
-              ask for at that ITL. The p90 is of requests each worker finished lately, so
-              after long answers give way to short ones it keeps the long ones' lifetime
-              for as long as its history; what arrives says at once how short they are)
+              target, then a p90 answer at the ITL target, as sizing.Demand has it: the
+              longer of the p90 of answers each worker finished lately and of what its
+              running ones have output so far. That p90 is of minutes of history: after
+              long answers give way to short ones it keeps the long ones' length, after
+              short to long it shows them only as they run. So the mean max_tokens
+              arriving bound it (an answer never outgrows its max_tokens), and where
+              nearly every answer runs to its max_tokens, they are its length: `arriving`)
     prefill   prompt tokens/s arriving, as counted (against the pool's measured speed, as
               the sizing weighs all prompt work). Counted, not λ x the p90 prompt of
               finished requests: that p90 lags a change of prompt lengths by as long as

@@ -35,7 +35,7 @@ class AutoscalerMetrics:
             "arrival_rate_panic and arrival_rate_stable (requests/s; NaN: no figures), "
             "forecast_requests and forecast_prefill_tok_s (what the panic window's rate brings), "
             "arrival_asked_output_tokens (the mean max_tokens arriving), request_lifetime_s "
-            "(a long request's, as the stable window's asks bound it).",
+            "(a long request's, as the stable window's arrivals say: forecast.arriving).",
             ["name"],
             registry=r,
         )
