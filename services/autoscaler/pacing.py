@@ -95,7 +95,7 @@ class PoolPacer:
         the sizing counts them as serving, and this pool does their work until they are
         (the decode pool prefills while the prefill pool comes back from zero)."""
         stable_s = self.pacing.stable_window_s
-        self._remember(_Need(now, up, down, idle), stable_s)
+        self._remember(_Need(now, up, down, idle))
         if starting > 0:
             return Step(current, f"hold: {starting} worker(s) starting")
         outside = self.bounded(current)
@@ -153,9 +153,10 @@ class PoolPacer:
         self._last_down = now
         return Step(desired, f"down: {why}")
 
-    def _remember(self, need: _Need, keep_s: float) -> None:
+    def _remember(self, need: _Need) -> None:
+        """Keep the needs of the last stable window (the panic window is inside it)."""
         self._needs.append(need)
-        while self._needs[0].at < need.at - keep_s:
+        while self._needs[0].at < need.at - self.pacing.stable_window_s:
             self._needs.popleft()
 
     def _within(self, now: float, window_s: float) -> list[_Need]:
