@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.stamp-install
 PROMPT ?= What is the capital of France?
 
-.PHONY: install redis-server test lint typecheck run generate pull proto bench-engine bench-profile bench-transfer bench-disagg bench-disagg-scale bench-autoscale bench-routing bench-router bench-grammar bench-moe bench-serve soak tcmalloc clean
+.PHONY: install redis-server test lint typecheck run generate pull proto bench-engine bench-profile bench-transfer bench-disagg bench-disagg-scale bench-autoscale bench-routing bench-router bench-grammar bench-moe bench-cuda-graph bench-serve soak tcmalloc clean
 
 install: $(STAMP) redis-server
 
@@ -94,6 +94,11 @@ bench-grammar: pull
 # A small random MoE model: grouped experts against a per-token loop and transformers.
 bench-moe: install
 	$(PY) -m bench.moe $(ARGS)
+
+# On a GPU (CUDA + flashinfer): the decode step from CUDA graphs against the same engine
+# run eagerly and transformers, a SmolLM2-shaped model: bench-results/cuda_graph.json.
+bench-cuda-graph: install
+	$(PY) -m bench.cuda_graph $(ARGS)
 
 # The request path alone: router + one mock worker with zero step time, concurrency 1, 16
 # and 64; TTFT, req/s and each process's CPU per request.

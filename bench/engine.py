@@ -48,8 +48,8 @@ def run_engine(engine: Engine, prompts: list[list[int]], output_len: int) -> flo
 def run_hf(model, prompts: list[list[int]], output_len: int, pad_id: int) -> float:
     width = max(len(p) for p in prompts)
     # Left padding, as transformers expects for batched generation.
-    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts]).to(model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts]).to(ids.device)
     start = time.perf_counter()
     out = model.generate(
         input_ids=ids,
@@ -59,6 +59,8 @@ def run_hf(model, prompts: list[list[int]], output_len: int, pad_id: int) -> flo
         do_sample=False,
         pad_token_id=pad_id,
     )
+    if out.is_cuda:
+        torch.cuda.synchronize(out.device)
     elapsed = time.perf_counter() - start
     assert out.shape[1] - width == output_len
     return len(prompts) * output_len / elapsed

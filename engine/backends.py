@@ -57,18 +57,19 @@ def make_runner(
     tp: TPGroup | None = None,
 ) -> Runner:
     if model is not None:
+        eager = config.eager_on(device.type)
         runner = ModelRunner(
             model,
             num_blocks,
             block_size,
             config.attention_backend,
-            eager_gemms=config.enforce_eager,
+            eager_gemms=eager,
             heads=HeadSlice(0, model.cfg.num_kv_heads, config.cache.kv_head_groups),
         )
         if tp is not None:
             tp.send((num_blocks, block_size))  # the followers' caches, sized as rank 0's
             runner.tp = tp
-        if not config.enforce_eager:
+        if not eager:
             runner.compile_decode(config.scheduler.max_num_seqs, config.compile_sizes)
         _log_memory(model, runner.kv_cache, num_blocks)
         return runner

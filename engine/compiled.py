@@ -11,9 +11,9 @@ and attend to nothing (context length 0), so they cost a little compute and no s
     tables:    [ block ids, padded to max_blocks columns with 0 ]
 
 On the CPU the graph is inductor's C++ backend with frozen (pre-packed) weights, and the
-attention is our C++ kernels (torch.ops.tandem.*), opaque inside the graph. Other
-devices run eagerly for now: a CUDA capture (CUDA graphs around the same function) needs
-an attention op that CUDA graphs can hold, which is not written yet. Inductor keeps an
+attention is our C++ kernels (torch.ops.tandem.*), opaque inside the graph. CUDA has its
+own capture (engine/cuda_graph.py: CUDA graphs around the eager forward, with flashinfer's
+decode kernel). Inductor keeps an
 on-disk cache (/tmp/torchinductor_*), but a second start-up measured no faster here (45 s
 cold, 60 s warm for batch size 1, both on a busy machine): tracing dominates.
 """
@@ -45,6 +45,12 @@ def capture_sizes(max_num_seqs: int, sizes: Sequence[int] | None = None) -> tupl
     if sizes is not None:
         return tuple(sorted({s for s in sizes if s <= max_num_seqs}))
     return tuple(sorted({s for s in DEFAULT_SIZES if s < max_num_seqs} | {max_num_seqs}))
+
+
+def decode_only(chunks: Sequence[ScheduledChunk], largest: int) -> bool:
+    """A step a captured graph can run: decodes only (one new token each, all sampling),
+    no more of them than the largest captured size."""
+    return 0 < len(chunks) <= largest and all(c.num_tokens == 1 and c.samples for c in chunks)
 
 
 class _DecodeAttention(AttentionBackend):
@@ -103,16 +109,12 @@ class CompiledDecode:
     @staticmethod
     def supported(model: LlamaModel, kv_cache: torch.Tensor) -> bool:
         """The graph calls our C++ attention: CPU models running NativeOps with plain GEMMs
-        only. (A CUDA capture needs a CUDA attention op inside the graph; not written.)"""
+        only (CUDA: engine/cuda_graph.py)."""
         plain_gemms = model.ops.linear is F.linear  # UpcastLinear's weight cache won't trace
         return kv_cache.device.type == "cpu" and isinstance(model.ops, NativeOps) and plain_gemms
 
     def fits(self, chunks: Sequence[ScheduledChunk]) -> bool:
-        """A step of decodes only (one new token each, all sampling), no larger than the
-        largest captured size."""
-        return 0 < len(chunks) <= self.sizes[-1] and all(
-            c.num_tokens == 1 and c.samples for c in chunks
-        )
+        return decode_only(chunks, self.sizes[-1])
 
     def _forward(
         self,

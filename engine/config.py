@@ -114,11 +114,12 @@ class EngineConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     attention_backend: str = "auto"  # auto: flashinfer on CUDA when installed, else torch
     num_threads: int | None = None  # torch intra-op threads on CPU; None = leave as is
-    # vLLM's name: True runs every step eagerly; False captures the decode step
-    # (engine/compiled.py) for `compile_sizes` batch sizes at start-up. Eager by default
-    # for now: with the fused C++ ops a CPU step has few Python ops left, and capturing
-    # costs tens of seconds per size at start-up (docs/benchmarks.md has the figures).
-    enforce_eager: bool = True
+    # vLLM's name: True runs every step eagerly; False captures the decode step for
+    # `compile_sizes` batch sizes at start-up: CUDA graphs on a GPU (engine/cuda_graph.py),
+    # inductor on a CPU (engine/compiled.py). None: captured on CUDA (about a second at
+    # start-up), eager on a CPU, where the fused C++ ops leave a step few Python ops and
+    # capturing costs tens of seconds per size (docs/benchmarks.md has the figures).
+    enforce_eager: bool | None = None
     compile_sizes: tuple[int, ...] | None = None  # None: engine.compiled.DEFAULT_SIZES
     max_model_len: int | None = None  # None = the model's own context length
     # vLLM's name: processes one worker's model is sharded over (engine/parallel)
@@ -153,9 +154,17 @@ class EngineConfig:
             raise ValueError("kv_head_groups > 1 lays out a model's KV heads: not with the mock")
         if self.enable_expert_parallel and self.tensor_parallel_size == 1:
             raise ValueError("enable_expert_parallel shares experts over tensor_parallel_size > 1")
-        if self.tensor_parallel_size > 1 and (self.backend == "mock" or not self.enforce_eager):
+        if self.tensor_parallel_size > 1 and (
+            self.backend == "mock" or self.enforce_eager is False
+        ):
             # not built yet: a compiled step over ranks (the mock has no model to shard)
             raise ValueError(
                 "tensor_parallel_size > 1 runs the model eagerly: not with backend mock or "
                 "a compiled decode step yet"
             )
+
+    def eager_on(self, device_type: str) -> bool:
+        """Whether every step runs eagerly on this kind of device (`enforce_eager`)."""
+        if self.enforce_eager is None:
+            return device_type != "cuda" or self.tensor_parallel_size > 1
+        return self.enforce_eager

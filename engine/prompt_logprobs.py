@@ -46,7 +46,9 @@ def _record(chunk: ScheduledChunk, logits: torch.Tensor) -> None:
         if positions.stop <= len(req.prompt_logprobs):
             continue  # recorded before a preemption
         lp = torch.log_softmax(logits[lo : lo + len(positions)].float(), dim=-1)
-        nxt = torch.tensor(req.prompt_token_ids[positions.start + 1 : positions.stop + 1])
+        nxt = torch.tensor(
+            req.prompt_token_ids[positions.start + 1 : positions.stop + 1], device=lp.device
+        )
         chosen = lp.gather(1, nxt[:, None])[:, 0].tolist()
         tops: list[tuple[tuple[int, float], ...]] = [()] * len(positions)
         if k:

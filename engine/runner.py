@@ -11,6 +11,7 @@ import torch
 from engine import hugepages
 from engine.attention import AttentionBackend, BatchLayout, SeqSlice, create_backend
 from engine.compiled import CompiledDecode
+from engine.cuda_graph import CudaGraphDecode
 from engine.model.choose import choose_gemms
 from engine.model.llama import LlamaModel
 from engine.model.ops import NativeOps
@@ -101,19 +102,20 @@ class ModelRunner:
         if _native_kernels(self.kv_cache):
             model.ops = NativeOps()
         choose_gemms(model, eager_gemms, bf16_panels=_bf16_panels(self.kv_cache))
-        self.compiled: CompiledDecode | None = None
+        self.compiled: CompiledDecode | CudaGraphDecode | None = None
         # rank 0 of a tensor-parallel worker (engine/parallel): its followers get each step
         self.tp: TPGroup | None = None
 
     def compile_decode(self, max_num_seqs: int, sizes: Sequence[int] | None) -> None:
-        """Capture the decode step now, where it can be (engine/compiled.py says how): not
-        over a cache in head groups, whose step is one kernel call a group."""
-        if self.heads.groups > 1 or not CompiledDecode.supported(self.model, self.kv_cache):
-            log.info("decode step not compiled: it runs eagerly")
+        """Capture the decode step now, where it can be: CUDA graphs on a GPU
+        (engine/cuda_graph.py), inductor on a CPU (engine/compiled.py); not over a cache in
+        head groups, whose step is one kernel call a group."""
+        kinds = (CudaGraphDecode, CompiledDecode)
+        kind = next((k for k in kinds if k.supported(self.model, self.kv_cache)), None)
+        if self.heads.groups > 1 or kind is None:
+            log.info("decode step not captured: it runs eagerly")
             return
-        self.compiled = CompiledDecode(
-            self.model, self.kv_cache, self.block_size, max_num_seqs, sizes
-        )
+        self.compiled = kind(self.model, self.kv_cache, self.block_size, max_num_seqs, sizes)
         self.compiled.capture()
 
     @property

@@ -43,7 +43,7 @@ def sample(logits: torch.Tensor, rows: Sequence[SampleRow]) -> tuple[list[int], 
         logits = logits.clone()
         for i, r in enumerate(rows):
             if changed[i]:
-                _change(logits[i], r, raw[i])
+                _change_on_host(logits[i], r, raw[i])
     # A row with bans alone (EOS before min_tokens: every row of such a batch, every step)
     # is not copied: its draw bans on its own copy, and a greedy row looks again only
     # when its best token is banned.
@@ -55,12 +55,23 @@ def sample(logits: torch.Tensor, rows: Sequence[SampleRow]) -> tuple[list[int], 
     logprobs: list[float | None] = [None] * len(rows)
     wanted = [i for i, r in enumerate(rows) if r.params.logprobs]
     if wanted:
-        idx = torch.tensor(wanted)
-        chosen = torch.tensor([token_list[i] for i in wanted])
+        idx = torch.tensor(wanted, device=raw.device)
+        chosen = torch.tensor([token_list[i] for i in wanted], device=raw.device)
         lp = torch.log_softmax(raw[idx], dim=-1).gather(1, chosen[:, None]).squeeze(1)
         for i, v in zip(wanted, lp.tolist(), strict=True):
             logprobs[i] = v
     return token_list, logprobs
+
+
+def _change_on_host(row: torch.Tensor, r: SampleRow, raw: torch.Tensor) -> None:
+    """`_change`, where a request's bias, token counts and grammar mask live: on the CPU. A
+    GPU's row goes there and back (rows with changes only: one row of floats each way)."""
+    if row.is_cpu:
+        _change(row, r, raw)
+        return
+    host = row.cpu()
+    _change(host, r, raw.cpu())
+    row.copy_(host)
 
 
 def _change(row: torch.Tensor, r: SampleRow, raw: torch.Tensor) -> None:
@@ -127,5 +138,7 @@ def _draw(
         drop = probs.cumsum(-1) - probs >= p.top_p
         sorted_logits[drop] = float("-inf")
         scaled = torch.full_like(scaled, float("-inf")).scatter(0, order, sorted_logits)
-    probs = torch.softmax(scaled, dim=-1)
+    # drawn where the request's generator lives (the CPU), so a seed gives the same draws
+    # whatever the device
+    probs = torch.softmax(scaled, dim=-1).to(gen.device)
     return int(torch.multinomial(probs, 1, generator=gen).item())

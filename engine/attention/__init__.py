@@ -11,11 +11,19 @@ from engine.attention.torch_backend import TorchAttention
 __all__ = ["AttentionBackend", "BatchLayout", "SeqSlice", "create_backend", "resolve_backend"]
 
 
-def resolve_backend(name: str, device: torch.device) -> str:
-    """`auto` picks flashinfer on CUDA when it is installed, else the torch reference."""
+# flashinfer's kernels read and write 16-bit caches (and FP8, which we do not keep), of
+# the head sizes it builds kernels for
+FLASHINFER_DTYPES = (torch.float16, torch.bfloat16)
+FLASHINFER_HEAD_DIMS = (64, 128, 256)
+
+
+def resolve_backend(name: str, kv_cache: torch.Tensor) -> str:
+    """`auto` picks flashinfer for a cache it has kernels for on CUDA, when it is
+    installed, else the torch reference."""
     if name != "auto":
         return name
-    if device.type == "cuda":
+    fits = kv_cache.dtype in FLASHINFER_DTYPES and kv_cache.shape[-1] in FLASHINFER_HEAD_DIMS
+    if kv_cache.device.type == "cuda" and fits:
         try:
             import flashinfer  # noqa: F401
         except ImportError:
@@ -40,7 +48,7 @@ def create_backend(
             for group in kv_cache.unbind(0)
         ]
         return GroupedAttention(kv_cache, parts)
-    resolved = resolve_backend(name, kv_cache.device)
+    resolved = resolve_backend(name, kv_cache)
     if resolved == "torch":
         return TorchAttention(kv_cache, block_size, num_heads, scale)
     if resolved == "flashinfer":

@@ -23,9 +23,10 @@ def add_engine_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument(
         "--enforce-eager",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run every step eagerly; --no-enforce-eager captures the decode step with "
-        "torch.compile at start-up (engine/compiled.py)",
+        default=None,
+        help="run every step eagerly; --no-enforce-eager captures the decode step at "
+        "start-up (CUDA graphs on a GPU, torch.compile on a CPU); default: captured on "
+        "CUDA, eager on a CPU",
     )
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument(

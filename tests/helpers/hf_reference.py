@@ -148,7 +148,7 @@ def load_hf(path: Path | str, dtype: torch.dtype = torch.float32, gguf_file: str
 def hf_greedy(model, prompt: Sequence[int], max_new_tokens: int) -> tuple[list[int], list[float]]:
     """Greedy decoding with transformers' own KV cache, one sequence at a time (no padding).
     Returns the tokens and the logprob of each chosen token."""
-    ids = torch.tensor([list(prompt)])
+    ids = torch.tensor([list(prompt)], device=model.device)
     out = model(ids, use_cache=True)
     tokens: list[int] = []
     logprobs: list[float] = []
@@ -157,7 +157,7 @@ def hf_greedy(model, prompt: Sequence[int], max_new_tokens: int) -> tuple[list[i
         tok = int(logits.argmax())
         tokens.append(tok)
         logprobs.append(float(torch.log_softmax(logits, -1)[tok]))
-        out = model(torch.tensor([[tok]]), past_key_values=out.past_key_values, use_cache=True)
+        out = model(ids.new_tensor([[tok]]), past_key_values=out.past_key_values, use_cache=True)
     return tokens, logprobs
 
 

@@ -183,7 +183,7 @@ def test_prefill_logits_match(model: tuple[Path, Reference]) -> None:
     with torch.inference_mode():
         expected = ref.model(torch.tensor([prompt])).logits[0, -1].float()
     ours = [t for t in captured if t.shape[0]][-1][0]
-    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.cpu(), expected, atol=1e-4, rtol=1e-4)
     assert_idle(engine)
 
 
@@ -218,9 +218,9 @@ def test_fp8_block_checkpoint_matches_transformers(
     engine = make_engine(path)
     ours = engine.runner.model.layers[0].qkv_weight[: 4 * 24]  # q_proj: 4 heads of 24
     theirs = ref.model.model.layers[0].self_attn.q_proj.weight
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    torch.testing.assert_close(ours.cpu(), theirs, rtol=0, atol=0)
     original = load_hf(src).model.layers[0].self_attn.q_proj.weight
-    assert not torch.equal(ours, original)  # it was quantized: FP8 lost some bits
+    assert not torch.equal(ours.cpu(), original)  # it was quantized: FP8 lost some bits
     assert_matches(run(engine, {0: prompts_of([3, 16, 77], seed=12)}), ref)
     assert_idle(engine)
 

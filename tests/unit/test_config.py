@@ -193,6 +193,20 @@ def test_engine_config_rejects(kwargs: dict[str, object], match: str) -> None:
         EngineConfig(model="m", **kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "cpu", "cuda"),
+    [
+        ({}, True, False),  # default: CUDA graphs on a GPU, eager on a CPU
+        ({"enforce_eager": True}, True, True),
+        ({"enforce_eager": False}, False, False),
+        ({"tensor_parallel_size": 2}, True, True),  # no captured step over ranks yet
+    ],
+)
+def test_engine_config_eager_by_device(kwargs: dict[str, object], cpu: bool, cuda: bool) -> None:
+    c = EngineConfig(model="m", **kwargs)  # type: ignore[arg-type]
+    assert (c.eager_on("cpu"), c.eager_on("cuda")) == (cpu, cuda)
+
+
 @pytest.mark.parametrize("role", ["prefill", "decode", "both"])
 @pytest.mark.parametrize("dtype", ["auto", "float32", "bfloat16", "float16"])
 def test_engine_config_accepts_roles_and_dtypes(role: str, dtype: str) -> None:
