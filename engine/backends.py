@@ -57,7 +57,8 @@ def make_runner(
     tp: TPGroup | None = None,
 ) -> Runner:
     if model is not None:
-        eager = config.eager_on(device.type)
+        # a prefill worker samples each request's first token only: no step to capture
+        eager = config.eager_on(device.type) or config.role == "prefill"
         runner = ModelRunner(
             model,
             num_blocks,

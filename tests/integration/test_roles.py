@@ -64,3 +64,16 @@ def test_failed_transfer_recomputes_locally(tiny_checkpoints: dict[str, Path]) -
     assert _drain(decode) == expected
     decode.pool.check_integrity()
     assert decode.pool.is_idle()
+
+
+def test_a_prefill_worker_captures_no_decode_step(tiny_checkpoints: dict[str, Path]) -> None:
+    """It samples each request's first token only (engine/backends.py); the decode role's
+    capture is test_hf_parity.py's test_compiled_decode_step."""
+    cfg = EngineConfig(
+        model=str(tiny_checkpoints["llama"]),
+        role="prefill",
+        dtype="float32",
+        enforce_eager=False,
+        compile_sizes=(1,),
+    )
+    assert Engine(cfg, load_tokenizer_files=False).runner.compiled is None  # type: ignore[attr-defined]
