@@ -4,8 +4,9 @@ once the queues have grown (requests in flight, queued prompt tokens lag the ste
 request's lifetime).
 
     λ  requests/s arriving, and their prompt tokens/s (arrival_rate.py): the panic
-       window's for scale-up, the stable window's for scale-down (a lull of seconds does
-       not shrink what a minute needed)
+       window's for scale-up, as far as its count is sure of and never under the stable
+       window's (Rates.at_least: a chance burst of arrivals is no step), the stable
+       window's for scale-down (a lull of seconds does not shrink what a minute needed)
     decode    requests in flight  L = λ x lifetime   (Little's law; lifetime: the TTFT
               target, then a p90 answer at the ITL target, as sizing.Demand has it: the
               longer of the p90 of answers each worker finished lately and of what its
@@ -96,11 +97,17 @@ def sized(
     return Sizing(replicas, f"{now.reason}; the forecast needs {wants}", now.itl_s)
 
 
-def describe(panic: Rates | None, stable: Rates | None, ahead: Forecast | None) -> str:
-    """The arrival figures a decision saw, for its log line."""
+def describe(
+    panic: Rates | None, stable: Rates | None, ahead: Forecast | None, sure: Rates | None = None
+) -> str:
+    """The arrival figures a decision saw, for its log line; `sure`: the panic window's
+    rates as far as its count is sure of (Rates.at_least), where they differ."""
     if panic is None and stable is None:
         return "arrivals: no figures (no forecast)"
-    rates = f"arrivals {_per_s(panic)} (panic window), {_per_s(stable)} (stable window)"
+    weighed = ""
+    if sure is not None and panic is not None and abs(sure.requests - panic.requests) >= 0.005:
+        weighed = f", up weighs {_per_s(sure)}"
+    rates = f"arrivals {_per_s(panic)} (panic window{weighed}), {_per_s(stable)} (stable window)"
     if ahead is None:
         return rates + ": no forecast"
     return (

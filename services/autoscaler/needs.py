@@ -27,6 +27,8 @@ class Needs:
     # how long a long request lives, as the stable window's arrivals say (forecast.arriving):
     # what shrinking weighed (for the log and the metrics)
     lifetime_s: float = 0.0
+    # what `up` weighed: the panic window's rates as far as its count is sure of
+    up_rate: Rates | None = None
 
     @property
     def idle(self) -> bool:
@@ -36,7 +38,7 @@ class Needs:
     @property
     def inputs(self) -> str:
         """The figures the sizing saw, for the decision's log line."""
-        arrivals = describe(self.panic_rate, self.stable_rate, self.ahead)
+        arrivals = describe(self.panic_rate, self.stable_rate, self.ahead, self.up_rate)
         arrivals += f"; a long request lives {self.lifetime_s:.1f} s"
         return f"{self.up.reason}; {arrivals}" if self.up else arrivals
 
@@ -50,14 +52,17 @@ def size_pools(
     bounds: Mapping[str, Bounds],
 ) -> Needs:
     """`rates`: what arrives a second over the panic and the stable window. Up weighs the panic
-    window's (a step is met within seconds), down the stable window's (a lull of seconds
-    does not shrink what the minute before needed)."""
+    window's (a step is met within seconds) as far as its count is sure of, and never
+    less than the stable window's (a chance burst in a short window would grow a pool
+    for seconds), down the stable window's (a lull of seconds does not shrink what the
+    minute before needed)."""
     panic, stable = rates
-    need_up, need_down = arriving(need, panic, targets), arriving(need, stable, targets)
-    ahead_up, ahead_down = forecast(need_up, panic), forecast(need_down, stable)
+    sure = panic.at_least(stable) if panic is not None else None
+    need_up, need_down = arriving(need, sure, targets), arriving(need, stable, targets)
+    ahead_up, ahead_down = forecast(need_up, sure), forecast(need_down, stable)
     up = sized(need_up, ahead_up, cap, targets, bounds)
     down = sized(need_down, ahead_down, cap, eased, bounds)
-    return Needs(need, up, down, panic, stable, ahead_up, need_down.lifetime_s)
+    return Needs(need, up, down, panic, stable, ahead_up, need_down.lifetime_s, sure)
 
 
 def export(signal: Gauge, needs: Needs, cap: Capacity) -> None:

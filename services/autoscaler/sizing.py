@@ -206,10 +206,16 @@ def _decode_beside(d: Demand, cap: Capacity, t: Targets, p: int, b: Bounds) -> i
 
 
 def _covering(d: Demand, cap: Capacity, t: Targets, b: Bounds) -> int:
-    """Prefill workers that take all of the prompt work at the utilization target."""
+    """Prefill workers for the prompt work at the utilization target, beside a decode pool
+    at its max. Where decode workers take the prompts the prefill pool cannot (the
+    router's prefill balance), whole workers' worth only: a prefill worker that would be
+    busy less than half its time gives the decode pool back less than half a worker's time,
+    and their share of that work (a few % of a step each) stays with them. Without the
+    balance, decode workers prefill only while the prefill pool is empty: all of it."""
     if d.prefill_tok_s == 0 or cap.prefill_tok_s is None:
         return b.min
-    need = math.ceil(d.prefill_tok_s / (cap.prefill_tok_s * t.utilization))
+    workers = d.prefill_tok_s / (cap.prefill_tok_s * t.utilization)
+    need = math.floor(workers + 0.5) if d.decode_prefills else math.ceil(workers)
     return min(max(need, b.min), b.max)
 
 

@@ -44,12 +44,31 @@ def test_the_rate_is_the_counters_change_over_the_window_summed_over_routers() -
     assert _requests(rate.per_s(2)) is None  # one stamp: no rate yet
     for t in range(1, 11):  # r-0: 1 req/s for 6 s, then 5 req/s
         rate.update([_count(t if t <= 6 else 6 + 5 * (t - 6), float(t))])
-    assert rate.per_s(2) == Rates(pytest.approx(5.0), pytest.approx(500.0))  # type: ignore[arg-type]
+    assert rate.per_s(2) == Rates(pytest.approx(5.0), pytest.approx(500.0), arrived=10)  # type: ignore[arg-type]
     assert _requests(rate.per_s(10)) == pytest.approx((26 - 0) / 10)
     assert _requests(rate.per_s(60)) == pytest.approx(2.6)  # the history kept is the window covered
     rate.update([_count(26, 10.0), _count(0, 10.0, "r-1")])  # r-0 not published since
     rate.update([_count(28, 11.0), _count(3, 11.0, "r-1")])
     assert _requests(rate.per_s(1)) == pytest.approx(2.0 + 3.0)
+
+
+def test_the_panic_window_counts_for_what_it_is_sure_of_over_the_stable_window() -> None:
+    """A Poisson count of k arrivals is k +- sqrt(k): up weighs one standard deviation
+    under the panic window's count, never under the stable window's rate."""
+    stable = Rates(4.0, 1000.0, 4.0 * 64, arrived=20)
+    burst = Rates(7.0, 1750.0, 7.0 * 256, arrived=14)  # 14 in 2 s where ~8 are usual
+    sure = burst.at_least(stable)
+    k = 1 - 14**-0.5
+    assert (sure.requests, sure.prompt_tokens) == pytest.approx((7.0 * k, 1750.0 * k))
+    assert sure.asked_output == pytest.approx(256.0)  # the latest window's mean ask
+    lull = Rates(1.0, 250.0, 1.0 * 256, arrived=2).at_least(stable)
+    assert (lull.requests, lull.prompt_tokens) == (4.0, 1000.0)  # the stable window's
+    assert lull.asked_output == pytest.approx(256.0)
+    step = Rates(30.0, 3000.0, arrived=60).at_least(stable)  # a 7x step: 6.3x at once
+    assert step.requests == pytest.approx(30.0 * (1 - 60**-0.5))
+    assert step.max_output_tokens is None  # asks not counted stay not counted
+    none = Rates(0.0, 0.0, arrived=0).at_least(None)
+    assert (none.requests, none.prompt_tokens) == (0.0, 0.0)
 
 
 def test_a_restarted_router_begins_again_and_a_lapsed_one_is_forgotten() -> None:
@@ -132,7 +151,7 @@ def test_the_prompt_work_follows_the_prompts_arriving_now() -> None:
     for t in range(13):
         requests, tokens = requests + 4, tokens + 4 * (100 if t < 10 else 800)
         rate.update([ArrivalCount("r-0", requests, tokens, 1, t * 1000)])
-    assert rate.per_s(2) == Rates(4.0, 3200.0)
+    assert rate.per_s(2) == Rates(4.0, 3200.0, arrived=8)
     ahead = forecast(NEED, rate.per_s(2))
     assert ahead is not None and ahead.prefill_tok_s == 3200.0
 
@@ -219,18 +238,21 @@ def test_a_load_step_grows_the_decode_pool_while_its_requests_are_still_few() ->
     _run(sim, scaler, until=10)
     assert sim.scaled == []
     sim.rate = 6.0  # 132 in flight once they have come: 4 workers; 4 decoding so far
-    decisions = _run(sim, scaler, until=25)
+    decisions = _run(sim, scaler, until=45)
     assert sim.set_to["decode"] == 4 and sim.requests == 4
     ups = [(11 + i // 2, d) for i, d in enumerate(decisions) if d.direction == "up"]
-    # the first once a need grown by the rate held for the panic window (4 s), the next
-    # after the up cooldown (4 s), by which the window's rate had climbed to the step's
+    # the panic window (4 s) counts 24 arrivals once it is past the step: sure of 6.00/s
+    # less one standard deviation (sqrt(24) of 24), 4.78/s x 22 s = 106 in flight, 3
+    # workers; the 4th once the stable window (30 s) has the step's rate too
     assert [(t, d.pool, d.current, d.desired) for t, d in ups] == [
-        (15, "decode", 1, 2),
-        (19, "decode", 2, 4),
+        (16, "decode", 1, 3),
+        (41, "decode", 3, 4),
     ]
-    grew = ups[-1][1]
-    assert "the forecast needs prefill 0, decode 4" in grew.inputs
-    assert "arrivals 6.00/s (panic window)" in grew.inputs
+    first, grew = ups[0][1], ups[-1][1]
+    assert "arrivals 6.00/s (panic window, up weighs 4.78/s)" in first.inputs
+    assert "forecast 106 requests in flight" in first.inputs
+    assert "the forecast needs decode 4, prefill 0" in grew.inputs
+    assert "arrivals 6.00/s (panic window), 6.00/s (stable window)" in grew.inputs
     assert "forecast 132 requests in flight" in grew.inputs
     # the queue signals alone: 4 decoding is one worker's load
     blind = ArrivingSim(requests=4, rate=6.0)

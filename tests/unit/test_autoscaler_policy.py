@@ -205,6 +205,27 @@ def test_prompt_work_out_of_reach_grows_the_decode_pool_only_where_it_takes_prom
     assert got is not None and got.replicas == {"prefill": 3, "decode": 8}
 
 
+@pytest.mark.parametrize(
+    ("tok_s", "balanced", "alone"),
+    [
+        (200.0, 0, 1),  # a quarter of a worker: stays with 8 decode workers (3% of a step)
+        (500.0, 1, 1),  # from half a worker on, a prefill worker takes it
+        (1500.0, 2, 2),  # 1.9 workers' worth
+        (1900.0, 2, 3),  # 2.4: the rest with the decode workers, where they take prompts
+    ],
+)
+def test_out_of_reach_prefill_pool_takes_whole_workers_of_prompt_work(
+    tok_s: float, balanced: int, alone: int
+) -> None:
+    """Decode pool at its max, targets missed: prompt work at 800 tok/s a prefill worker
+    (1,000 at the 0.8 utilization target)."""
+    busy = _demand(tok_s, requests=1000)
+    for prefills, want in ((True, balanced), (False, alone)):
+        got = size(replace(busy, decode_prefills=prefills), _cap(), Targets(itl_s=0.01), DISAGG)
+        assert got is not None and got.replicas["prefill"] == want, (prefills, got.replicas)
+        assert got.replicas["decode"] == 8 and "cannot be met" in got.reason
+
+
 def test_a_colocated_pool_takes_prefill_and_decode_time_both() -> None:
     bounds = {"both": Bounds(1, 8)}
     # 1,500 tok/s: at n workers each spends 1.5/n of its time prefilling (<= 0.8: n >= 2);
