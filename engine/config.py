@@ -112,7 +112,7 @@ class EngineConfig:
     backend: str = "model"
     dtype: str = "auto"  # auto: measured at start-up, see engine.model.dtype
     device: str = "auto"  # auto: cuda when available, else cpu
-    attention_backend: str = "auto"  # auto: flashinfer on CUDA when installed, else torch
+    attention_backend: str = "auto"  # auto: flashinfer where it fits (engine.attention), else torch
     num_threads: int | None = None  # torch intra-op threads on CPU; None = leave as is
     # vLLM's name: True runs every step eagerly; False captures the decode step for
     # `compile_sizes` batch sizes at start-up: CUDA graphs on a GPU (engine/cuda_graph.py),
