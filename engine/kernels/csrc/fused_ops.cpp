@@ -11,13 +11,23 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
-#include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <tuple>
 
 namespace {
+
+// The bits of `x` read as a `To` (std::bit_cast, which is C++20: torch before 2.10 builds
+// extensions as C++17). Compiles to a register move.
+template <typename To, typename From>
+inline To bits_as(From x) {
+  static_assert(sizeof(To) == sizeof(From), "bits_as needs types of one size");
+  To y;
+  std::memcpy(&y, &x, sizeof(y));
+  return y;
+}
 
 // Element access in float32, written with bit operations so that loops over bfloat16
 // vectorise (c10::BFloat16's own conversions do not: measured 5x slower than torch's
@@ -33,15 +43,15 @@ struct Elt {  // float32 (and float64, which the dispatch builds too)
 
 template <>
 struct Elt<c10::BFloat16> {
-  static float ld(c10::BFloat16 x) { return std::bit_cast<float>(uint32_t{x.x} << 16); }
+  static float ld(c10::BFloat16 x) { return bits_as<float>(uint32_t{x.x} << 16); }
   static uint32_t rne(float v) {
-    const uint32_t b = std::bit_cast<uint32_t>(v);
+    const uint32_t b = bits_as<uint32_t>(v);
     return b + 0x7FFFu + ((b >> 16) & 1u);
   }
   static c10::BFloat16 st(float v) {
     return c10::BFloat16(static_cast<uint16_t>(rne(v) >> 16), c10::BFloat16::from_bits());
   }
-  static float rd(float v) { return std::bit_cast<float>(rne(v) & 0xFFFF0000u); }
+  static float rd(float v) { return bits_as<float>(rne(v) & 0xFFFF0000u); }
 };
 
 template <typename T>
