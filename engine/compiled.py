@@ -53,6 +53,16 @@ def decode_only(chunks: Sequence[ScheduledChunk], largest: int) -> bool:
     return 0 < len(chunks) <= largest and all(c.num_tokens == 1 and c.samples for c in chunks)
 
 
+def decode_rows(
+    chunks: Sequence[ScheduledChunk], sizes: Sequence[int]
+) -> tuple[int, list[int], list[int], list[list[int]]]:
+    """A decode-only step's captured size (the smallest of `sizes` it fits) and its rows:
+    each request's newest token, that token's position and the request's block table."""
+    size = next(s for s in sizes if s >= len(chunks))
+    ids = [c.request.token_ids[c.start] for c in chunks]
+    return size, ids, [c.start for c in chunks], [c.request.block_ids for c in chunks]
+
+
 class _DecodeAttention(AttentionBackend):
     """Attention for one-token queries, built inside the compiled function from its tensor
     arguments (so they are graph inputs, not constants)."""
@@ -140,11 +150,7 @@ class CompiledDecode:
 
     def run(self, chunks: Sequence[ScheduledChunk]) -> torch.Tensor:
         """One decode step (`fits(chunks)`): float32 logits [len(chunks), vocab]."""
-        ids = [c.request.token_ids[c.start] for c in chunks]
-        positions = [c.start for c in chunks]
-        tables = [c.request.block_ids for c in chunks]
-        size = next(s for s in self.sizes if s >= len(chunks))
-        out = self._fn(*self._inputs(size, ids, positions, tables))
+        out = self._fn(*self._inputs(*decode_rows(chunks, self.sizes)))
         return out[: len(chunks)]
 
     def _inputs(

@@ -30,7 +30,7 @@ import torch
 
 from engine.attention import resolve_backend
 from engine.attention.base import AttentionBackend, BatchLayout
-from engine.compiled import capture_sizes, decode_only
+from engine.compiled import capture_sizes, decode_only, decode_rows
 from engine.model.llama import LlamaModel
 from engine.scheduler import ScheduledChunk
 
@@ -219,17 +219,9 @@ class CudaGraphDecode:
     @torch.inference_mode()
     def run(self, chunks: Sequence[ScheduledChunk]) -> torch.Tensor:
         """One decode step (`fits(chunks)`): float32 logits [len(chunks), vocab]."""
-        size = next(s for s in self.sizes if s >= len(chunks))
+        size, ids, positions, tables = decode_rows(chunks, self.sizes)
         graph = self._graphs[size]
-        graph.load(
-            DecodeRows.pad(
-                size,
-                [c.request.token_ids[c.start] for c in chunks],
-                [c.start for c in chunks],
-                [c.request.block_ids for c in chunks],
-                self.block_size,
-            )
-        )
+        graph.load(DecodeRows.pad(size, ids, positions, tables, self.block_size))
         graph.graph.replay()
         # a copy: the graph's output buffer is overwritten by the next replay
         return graph.logits[: len(chunks)].clone()

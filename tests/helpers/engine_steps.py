@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from engine import Engine
 
 
@@ -12,3 +14,17 @@ def drain(engine: Engine) -> list[int]:
         for out in engine.step():
             tokens += out.new_token_ids
     return tokens
+
+
+def record_batch_sizes(captured: Any) -> list[int]:
+    """Wrap a captured decode step's `run` (engine/compiled.py, engine/cuda_graph.py) so it
+    records each step's batch size into the list returned, as steps run."""
+    sizes: list[int] = []
+    replay = captured.run
+
+    def recording_run(chunks: Any) -> Any:
+        sizes.append(len(chunks))
+        return replay(chunks)
+
+    captured.run = recording_run
+    return sizes

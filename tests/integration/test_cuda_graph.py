@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.cuda_graph import CudaGraphDecode
+from tests.helpers.engine_steps import record_batch_sizes
 from tests.helpers.gpu import (
     GREEDY_TOP5,
     Greedy,
@@ -34,14 +35,7 @@ def test_graph_decode_matches_eager(tmp_path: Path, kind: str) -> None:
     engine = cuda_engine(path, eager=False)
     graphs = engine.runner.compiled  # type: ignore[attr-defined]
     assert isinstance(graphs, CudaGraphDecode) and graphs.sizes == (1, 2, 4)
-    sizes: list[int] = []
-    replay = graphs.run
-
-    def recording_run(chunks):  # noqa: ANN001, ANN202
-        sizes.append(len(chunks))
-        return replay(chunks)
-
-    graphs.run = recording_run  # type: ignore[method-assign]
+    sizes = record_batch_sizes(graphs)
     got = [Greedy.of(o) for o in run_steps(engine, batch, GREEDY_TOP5)]
     assert_greedy_close(got, want)
     assert {3, 4} <= set(sizes), sizes  # a full batch and a padded one replayed

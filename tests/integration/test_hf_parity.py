@@ -13,6 +13,7 @@ import torch
 from engine import CacheConfig, Engine, EngineConfig, SamplingParams, SchedulerConfig
 from engine.attention.torch_backend import TorchAttention
 from engine.model.ops import TorchOps
+from tests.helpers.engine_steps import record_batch_sizes
 from tests.helpers.hf_reference import fp8_checkpoint, hf_greedy, load_hf
 
 NEW_TOKENS = 64
@@ -253,14 +254,7 @@ def test_compiled_decode_step(tiny_checkpoints: dict[str, Path]) -> None:
     engine = make_engine(path, max_seqs=4, compile_sizes=(1, 2, 4))
     compiled = engine.runner.compiled
     assert compiled is not None and compiled.sizes == (1, 2, 4)
-    sizes: list[int] = []
-    real_run = compiled.run
-
-    def recording_run(chunks):  # noqa: ANN001, ANN202
-        sizes.append(len(chunks))
-        return real_run(chunks)
-
-    compiled.run = recording_run  # type: ignore[method-assign]
+    sizes = record_batch_sizes(compiled)
     assert_matches(run(engine, {0: prompts_of([3, 16, 31, 77, 150, 5, 9], seed=11)}), ref)
     assert_idle(engine)
     assert {3, 4} <= set(sizes), sizes  # a full batch and a padded one ran compiled
