@@ -31,6 +31,9 @@ class Rates:
     # the output tokens/s they ask for at most; None where a router does not count them
     max_output_tokens: float | None = None
     arrived: int = 0  # the requests counted: how far the rate is from chance
+    # of prompt_tokens, those the serving pool prefills whatever the prefill pool's state
+    # (short prompts: services/router/local_prefill.always_local); None: not counted
+    local_prompt_tokens: float | None = None
 
     def at_least(self, floor: Rates | None) -> Rates:
         """These rates one standard deviation under their count (a Poisson count of k
@@ -42,7 +45,19 @@ class Rates:
         requests = max(self.requests * k, floor.requests if floor else 0.0)
         prompt = max(self.prompt_tokens * k, floor.prompt_tokens if floor else 0.0)
         ask = self.asked_output
-        return Rates(requests, prompt, None if ask is None else ask * requests, self.arrived)
+        local = self.local_prompt_tokens
+        if local is not None:
+            local = max(local * k, (floor.local_prompt_tokens or 0.0) if floor else 0.0)
+        asked = None if ask is None else ask * requests
+        return Rates(requests, prompt, asked, self.arrived, local)
+
+    @property
+    def local_share(self) -> float:
+        """The share of the prompt tokens arriving that the serving pool prefills whatever
+        the prefill pool's size; 0 where not counted."""
+        if self.local_prompt_tokens is None or self.prompt_tokens <= 0:
+            return 0.0
+        return min(1.0, self.local_prompt_tokens / self.prompt_tokens)
 
     @property
     def asked_output(self) -> float | None:
@@ -79,13 +94,24 @@ class ArrivalRate:
         rates = [r for kept in self._seen.values() if (r := _rate(kept, window_s)) is not None]
         if not rates:
             return None
-        asked = [r.max_output_tokens for r in rates]
         return Rates(
             sum(r.requests for r in rates),
             sum(r.prompt_tokens for r in rates),
-            None if None in asked else sum(a for a in asked if a is not None),
+            _sum_counted([r.max_output_tokens for r in rates]),
             sum(r.arrived for r in rates),
+            _sum_counted([r.local_prompt_tokens for r in rates]),
         )
+
+
+def _sum_counted(rates: list[float | None]) -> float | None:
+    """Their sum; None where a router does not count it (a partial sum would mislead)."""
+    return None if None in rates else sum(r for r in rates if r is not None)
+
+
+def _change_per_s(last: int | None, first: int | None, span_s: float) -> float | None:
+    if last is None or first is None:
+        return None
+    return max(last - first, 0) / span_s
 
 
 def _rate(kept: deque[ArrivalCount], window_s: float) -> Rates | None:
@@ -96,13 +122,11 @@ def _rate(kept: deque[ArrivalCount], window_s: float) -> Rates | None:
     # the latest count at or before the window's start, or the oldest there is
     first = next((c for c in reversed(kept) if c.stamp_ms <= since), kept[0])
     span_s = (last.stamp_ms - first.stamp_ms) / 1000
-    asked = None
-    if last.max_output_tokens is not None and first.max_output_tokens is not None:
-        asked = max(last.max_output_tokens - first.max_output_tokens, 0) / span_s
     arrived = max(last.total - first.total, 0)
     return Rates(
         arrived / span_s,
         max(last.prompt_tokens - first.prompt_tokens, 0) / span_s,
-        asked,
+        _change_per_s(last.max_output_tokens, first.max_output_tokens, span_s),
         arrived,
+        _change_per_s(last.local_prompt_tokens, first.local_prompt_tokens, span_s),
     )

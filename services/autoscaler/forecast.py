@@ -49,11 +49,12 @@ AT_LIMIT = 0.9
 
 
 def arriving(need: Demand, rates: Rates | None, targets: Targets) -> Demand:
-    """`need` as what arrives says it: the prompt tokens arriving (as counted), and a
-    lifetime no longer than the outputs the arrivals ask for allow (an answer is never
-    longer than its max_tokens); where nearly every answer runs to its max_tokens, as
-    long as they ask, longer too (the p90 of finished answers lags a change to longer
-    ones by their whole length). Unchanged without figures."""
+    """`need` as what arrives says it: the prompt tokens arriving (as counted), the share
+    of them the serving pool prefills itself (short prompts), and a lifetime no longer
+    than the outputs the arrivals ask for allow (an answer is never longer than its
+    max_tokens); where nearly every answer runs to its max_tokens, as long as they ask,
+    longer too (the p90 of finished answers lags a change to longer ones by their whole
+    length). Unchanged without figures."""
     if rates is None:
         return need
     lifetime = need.lifetime_s
@@ -61,7 +62,12 @@ def arriving(need: Demand, rates: Rates | None, targets: Targets) -> Demand:
     if asked is not None:
         by_asks = targets.ttft_s + asked * targets.itl_s
         lifetime = by_asks if need.answers_at_limit >= AT_LIMIT else min(lifetime, by_asks)
-    return replace(need, arriving_tok_s=rates.prompt_tokens, lifetime_s=lifetime)
+    return replace(
+        need,
+        arriving_tok_s=rates.prompt_tokens,
+        lifetime_s=lifetime,
+        local_share=rates.local_share,
+    )
 
 
 def forecast(need: Demand, rates: Rates | None) -> Forecast | None:

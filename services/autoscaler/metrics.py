@@ -35,7 +35,9 @@ class AutoscalerMetrics:
             "arrival_rate_panic and arrival_rate_stable (requests/s; NaN: no figures), "
             "forecast_requests and forecast_prefill_tok_s (what the panic window's rate brings), "
             "arrival_asked_output_tokens (the mean max_tokens arriving), request_lifetime_s "
-            "(a long request's, as the stable window's arrivals say: forecast.arriving).",
+            "(a long request's, as the stable window's arrivals say: forecast.arriving), "
+            "arrival_local_prompt_share (of the prompt tokens arriving over the stable window, "
+            "those the serving pool prefills whatever the prefill pool's size: short prompts).",
             ["name"],
             registry=r,
         )

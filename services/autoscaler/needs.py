@@ -82,6 +82,8 @@ def export(signal: Gauge, needs: Needs, cap: Capacity) -> None:
     asked = needs.panic_rate.asked_output if needs.panic_rate else None
     s.labels("arrival_asked_output_tokens").set(math.nan if asked is None else asked)
     s.labels("request_lifetime_s").set(needs.lifetime_s)
+    local = needs.stable_rate.local_share if needs.stable_rate else math.nan
+    s.labels("arrival_local_prompt_share").set(local)
     s.labels("forecast_prefill_tok_s").set(ahead.prefill_tok_s if ahead else 0)
 
 

@@ -6,9 +6,11 @@ short prompts), which then decode more slowly. So the sizing tries every (prefil
 pair within the bounds and keeps the one with the fewest workers whose predicted latencies
 meet the targets:
 
-    demand   λ  = prompt tokens/s computed now (all pools) + backlog / TTFT target
-    prefill  p workers cover  min(λ, p · r · u)       r: tokens/s a worker, u: utilization
-    decode   the rest, λ - p·r·u, takes a share f = rest / (d · r) of each decode worker
+    demand   λ  = prompt tokens/s computed now (all pools) + backlog / TTFT target,
+             of which a share s never reaches a prefill worker (short prompts: the
+             routers count them arriving, services/router/local_prefill.always_local)
+    prefill  p workers cover  min(λ(1-s), p · r · u)  r: tokens/s a worker, u: utilization
+    decode   the rest, λ - p·r·u (λs at least), takes f = rest / (d · r) of each decode worker
              ITL  = step(requests / d) / (1 - f)      step(): the learned decode line
              need f <= u, ITL <= target, requests / d <= max_num_seqs,
                   (used KV blocks / d + a p90 request's) / blocks a worker <= the KV
@@ -84,6 +86,17 @@ class Demand:
     # figures. What goes on: while a backlog drains, the tokens computed a second are the
     # pools' speed, not the demand
     arriving_tok_s: float | None = None
+    # of prefill_tok_s, the share the serving pool computes whatever the prefill pool's
+    # size (short prompts, as the routers counted them arriving): no prefill worker takes
+    # it, so none is kept for it (bench-autoscale's ramp with the router's default
+    # --local-prefill-tokens: its decode-heavy phase of 64-token prompts kept one ~11 s
+    # longer, as taking them would have sped the decode pool up)
+    local_share: float = 0.0
+
+    @property
+    def remote_tok_s(self) -> float:
+        """The prompt work a prefill worker can take."""
+        return self.prefill_tok_s * (1.0 - self.local_share)
 
     @property
     def idle(self) -> bool:
@@ -170,8 +183,8 @@ def _predicted_itl(d: Demand, cap: Capacity, t: Targets, p: int, n: int) -> floa
     share = 0.0
     if d.prefill_tok_s > 0:
         assert cap.prefill_tok_s is not None
-        rest = max(0.0, d.prefill_tok_s - p * cap.prefill_tok_s * t.utilization)
-        share = rest / (n * cap.prefill_tok_s)
+        covered = min(d.remote_tok_s, p * cap.prefill_tok_s * t.utilization)
+        share = (d.prefill_tok_s - covered) / (n * cap.prefill_tok_s)
         if share > t.utilization:
             return None
     if d.requests == 0:
@@ -189,18 +202,19 @@ def _tail(d: Demand, t: Targets) -> int:
 
 def _decode_beside(d: Demand, cap: Capacity, t: Targets, p: int, b: Bounds) -> int:
     """The fewest decode workers meeting the targets beside `p` prefill workers (the
-    pool's max where none does), for the prompt work that reaches them: none when the
-    router sends them no prompts (growing them for it cost bench-autoscale's ramp 17
-    worker-seconds a run), else what goes on past the prefill pool (the prompt work
-    arriving), not the backlog: a decode worker started for a backlog serves seconds
-    later, when the prefill pool (grown at once) has taken it, and then idles."""
+    pool's max where none does), for the prompt work that reaches them: their short
+    prompts alone when the router sends them no others (growing them for the rest cost
+    bench-autoscale's ramp 17 worker-seconds a run), else what goes on past the prefill
+    pool (the prompt work arriving), not the backlog: a decode worker started for a
+    backlog serves seconds later, when the prefill pool (grown at once) has taken it,
+    and then idles."""
     if d.decode_prefills:
         arriving = d.arriving_tok_s
         if arriving is None:
             arriving = max(0.0, d.prefill_tok_s - d.backlog_tok_s)
         load = replace(d, prefill_tok_s=arriving)
-    else:
-        load, p = replace(d, prefill_tok_s=0.0), 0
+    else:  # theirs alone
+        load, p = replace(d, prefill_tok_s=d.prefill_tok_s - d.remote_tok_s, local_share=1.0), 0
     n = range(max(b.min, 1), b.max + 1)
     return next((k for k in n if _predicted_itl(load, cap, t, p, k) is not None), b.max)
 
@@ -211,10 +225,11 @@ def _covering(d: Demand, cap: Capacity, t: Targets, b: Bounds) -> int:
     router's prefill balance), whole workers' worth only: a prefill worker that would be
     busy less than half its time gives the decode pool back less than half a worker's time,
     and their share of that work (a few % of a step each) stays with them. Without the
-    balance, decode workers prefill only while the prefill pool is empty: all of it."""
+    balance, decode workers prefill only while the prefill pool is empty: all of it (but
+    the short prompts, which are theirs either way)."""
     if d.prefill_tok_s == 0 or cap.prefill_tok_s is None:
         return b.min
-    workers = d.prefill_tok_s / (cap.prefill_tok_s * t.utilization)
+    workers = d.remote_tok_s / (cap.prefill_tok_s * t.utilization)
     need = math.floor(workers + 0.5) if d.decode_prefills else math.ceil(workers)
     return min(max(need, b.min), b.max)
 
@@ -222,8 +237,11 @@ def _covering(d: Demand, cap: Capacity, t: Targets, b: Bounds) -> int:
 def _why(d: Demand, cap: Capacity, itl: float | None) -> str:
     rate = "-" if cap.prefill_tok_s is None else f"{cap.prefill_tok_s:.0f}"
     predicted = "" if itl is None else f", predicted ITL {1000 * itl:.1f} ms"
+    local = ""
+    if d.local_share > 0:
+        local = f", {d.prefill_tok_s - d.remote_tok_s:.0f}/s of them local (short prompts)"
     return (
-        f"prompt tokens {d.prefill_tok_s:.0f}/s to compute (a worker: {rate}/s); "
+        f"prompt tokens {d.prefill_tok_s:.0f}/s to compute (a worker: {rate}/s{local}); "
         f"{d.requests} requests decoding{predicted}; KV blocks in use {d.used_blocks}, "
         f"a p90 request's {d.tail_blocks}"
     )

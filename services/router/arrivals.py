@@ -22,15 +22,20 @@ class ArrivalCounter:
         self.total = 0
         self.prompt_tokens = 0
         self.max_output_tokens = 0
+        self.local_prompt_tokens = 0
         self._publish = publish
         self._router_id = uuid.uuid4().hex[:12]
         self._started_ms = _now_ms()
         self._failing = False
 
-    def arrived(self, prompt_tokens: int, max_output_tokens: int) -> None:
+    def arrived(self, prompt_tokens: int, max_output_tokens: int, local: bool) -> None:
+        """`local`: the serving worker prefills this prompt whatever the prefill pool's state
+        (services/router/local_prefill.always_local)."""
         self.total += 1
         self.prompt_tokens += prompt_tokens
         self.max_output_tokens += max_output_tokens
+        if local:
+            self.local_prompt_tokens += prompt_tokens
 
     def count(self) -> ArrivalCount:
         return ArrivalCount(
@@ -40,6 +45,7 @@ class ArrivalCounter:
             self._started_ms,
             _now_ms(),
             self.max_output_tokens,
+            self.local_prompt_tokens,
         )
 
     async def run(self) -> None:

@@ -45,7 +45,7 @@ from services.router.backend import (
 from services.router.cluster_view import ClusterView
 from services.router.cold_start import ColdStart
 from services.router.dispatch_config import DispatchConfig
-from services.router.local_prefill import local_route
+from services.router.local_prefill import always_local, local_route
 from services.router.metrics import RouterMetrics
 from services.router.picking import Picker
 from services.router.prefill_deadline import PrefillDeadline
@@ -109,7 +109,8 @@ class Dispatcher:
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
         pool, prompt = self._serving_pool, len(request.prompt_token_ids)
         # before admission: a request refused is demand too
-        self.arrivals.arrived(prompt, request.params.max_tokens)
+        local = always_local(prompt, request.params, self.config)
+        self.arrivals.arrived(prompt, request.params.max_tokens, local)
         workers = await self.cold_start.workers(pool, lambda: self.cluster.serving(pool))
         with self.admission.place(pool, workers, prompt) as place:
             async with aclosing(self._stream(request)) as deltas:

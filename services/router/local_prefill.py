@@ -14,6 +14,7 @@ counted under in `tandem_requests_total`), instead of a prefill worker:
 
 from __future__ import annotations
 
+from engine.sampling_params import SamplingParams
 from services.router.backend import (
     ROUTE_LOCAL,
     ROUTE_LOCAL_NO_POOL,
@@ -24,6 +25,19 @@ from services.router.backend import (
 from services.router.cluster_view import ClusterView
 from services.router.dispatch_config import DispatchConfig
 from services.router.routing import Choice
+
+
+def always_local(prompt_tokens: int, params: SamplingParams, config: DispatchConfig) -> bool:
+    """Whether the serving worker prefills this prompt whatever the prefill pool's state:
+    colocated, a prompt no longer than `local_prefill_tokens`, or one whose logprobs were
+    asked for. Known when the request arrives (before routing: a cache hit can make a
+    longer prompt local too), and counted with its arrival (arrivals.py), so that the
+    autoscaler does not keep a prefill worker for prompt work it would never get."""
+    return (
+        config.mode == "colocated"
+        or prompt_tokens <= config.local_prefill_tokens
+        or params.prompt_logprobs is not None
+    )
 
 
 def local_route(

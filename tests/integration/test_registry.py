@@ -104,11 +104,13 @@ def test_held_requests_add_up_over_routers_and_lapse_with_a_dead_one(redis_url: 
 def test_arrival_counts_go_through_redis_and_lapse_with_a_dead_router(redis_url: str) -> None:
     arrivals = Arrivals(redis.Redis.from_url(redis_url), prefix=f"test-{uuid.uuid4().hex[:8]}")
     assert arrivals.read() == []
-    a = ArrivalCount("router-a", 12, 3_072, 1_000, 5_000, max_output_tokens=768)
+    a = ArrivalCount("router-a", 12, 3_072, 1_000, 5_000, 768, local_prompt_tokens=192)
     b = ArrivalCount("router-b", 4, 256, 2_000, 5_100)  # a router that does not count asks
+    c = ArrivalCount("router-c", 2, 64, 3_000, 5_200, 40)  # nor short prompts
     arrivals.publish(a)
     arrivals.publish(b, ttl_s=0.3)  # then dies: no renewal
-    assert sorted(arrivals.read(), key=lambda c: c.router_id) == [a, b]
+    arrivals.publish(c, ttl_s=0.3)
+    assert sorted(arrivals.read(), key=lambda c: c.router_id) == [a, b, c]
     later = ArrivalCount("router-a", 15, 3_840, 1_000, 6_000, max_output_tokens=960)
     arrivals.publish(later)  # a publish replaces the count it had
     deadline = time.monotonic() + 5

@@ -27,10 +27,13 @@ def _count(
     started: int = 1,
     prompt: int = 100,
     asked: int | None = None,
+    local: int | None = None,
 ) -> ArrivalCount:
     """`total` requests of `prompt` tokens each so far, having asked for `asked` output
-    tokens in all (None: a router that does not count them)."""
-    return ArrivalCount(router, total, total * prompt, started, int(at_s * 1000), asked)
+    tokens in all, `local` of the prompt tokens short ones (None: a router that does not
+    count them)."""
+    at_ms = int(at_s * 1000)
+    return ArrivalCount(router, total, total * prompt, started, at_ms, asked, local)
 
 
 def _requests(rates: Rates | None) -> float | None:
@@ -99,11 +102,42 @@ def test_the_outputs_asked_for_are_a_rate_only_where_every_router_counts_them() 
     assert got.requests == pytest.approx(2 + 2)
 
 
+def test_short_prompts_are_a_share_only_where_every_router_counts_them() -> None:
+    rate = ArrivalRate(keep_s=10)
+    for t in range(3):  # r-0: 2 req/s of 100 tokens, 1 of them short; r-1: 1 req/s, long
+        rate.update(
+            [
+                _count(2 * t, float(t), asked=0, local=100 * t),
+                _count(t, float(t), "r-1", asked=0, local=0),
+            ]
+        )
+    got = rate.per_s(2)
+    assert got is not None and got.local_prompt_tokens == pytest.approx(100.0)
+    assert got.local_share == pytest.approx(100 / 300)
+    sure = got.at_least(None)  # up's: scaled with the rest, so the same share
+    assert sure.local_share == pytest.approx(100 / 300)
+    assert sure.local_prompt_tokens is not None and sure.local_prompt_tokens < 100
+    rate.update([_count(6, 3.0, asked=0, local=300), _count(3, 3.0, "r-2", asked=0)])
+    rate.update([_count(8, 4.0, asked=0, local=400), _count(5, 4.0, "r-2", asked=0)])
+    got = rate.per_s(1)  # r-2 counts no short prompts: none counted at all
+    assert got is not None and got.local_prompt_tokens is None and got.local_share == 0.0
+    t = Targets(ttft_s=1.0, itl_s=0.05)
+    assert arriving(NEED, Rates(3.0, 300.0, local_prompt_tokens=100.0), t).local_share == (
+        pytest.approx(1 / 3)
+    )
+    assert arriving(NEED, Rates(3.0, 300.0), t).local_share == 0.0
+
+
 def test_the_counts_go_through_redis_as_published() -> None:
     store = _FakeRedis()
-    Arrivals(store).publish(_count(42, 3.5, "abc", started=7))  # type: ignore[arg-type]
-    assert store.ttl_ms["tandem:arrivals:abc"] == 10_000
-    assert Arrivals(store).read() == [_count(42, 3.5, "abc", started=7)]  # type: ignore[arg-type]
+    for count in (
+        _count(42, 3.5, "abc", started=7),
+        _count(42, 3.5, "abc", started=7, asked=900),
+        _count(42, 3.5, "abc", started=7, asked=900, local=640),
+    ):
+        Arrivals(store).publish(count)  # type: ignore[arg-type]
+        assert store.ttl_ms["tandem:arrivals:abc"] == 10_000
+        assert Arrivals(store).read() == [count]  # type: ignore[arg-type]
 
 
 # ---- the forecast --------------------------------------------------------------------------

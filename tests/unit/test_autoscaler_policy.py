@@ -77,6 +77,24 @@ def test_both_pools_are_chosen_together() -> None:
     assert tight is not None and tight.replicas == {"prefill": 4, "decode": 1}
 
 
+def test_no_prefill_worker_is_kept_for_short_prompts_the_decode_workers_prefill_anyway() -> None:
+    # 300 prompt tokens/s beside 20 requests decoding on at most 2 decode workers (ITL
+    # target 0.045 s): on 2 a step of 0.04 s / (1 - 300 / 2,000) = 0.047 s, and a prefill
+    # worker taking the prompts would make it 0.04 s: (1, 2)
+    load, bounds = _demand(300.0, requests=20), {**DISAGG, "decode": Bounds(1, 2)}
+    keeps = size(load, _cap(), Targets(itl_s=0.045), bounds)
+    assert keeps is not None and keeps.replicas == {"prefill": 1, "decode": 2}
+    # ... but where the routers count them all as short prompts (no prefill worker gets
+    # one), that worker would take nothing and the target is out of reach either way
+    short = size(replace(load, local_share=1.0), _cap(), Targets(itl_s=0.045), bounds)
+    assert short is not None and short.replicas == {"prefill": 0, "decode": 2}
+    assert "cannot be met" in short.reason and "300/s of them local" in short.reason
+    # half of them short: 150 tok/s for a prefill worker, 0.04 / (1 - 150 / 2,000) = 0.043
+    half = size(replace(load, local_share=0.5), _cap(), Targets(itl_s=0.045), bounds)
+    assert half is not None and half.replicas == {"prefill": 1, "decode": 2}
+    assert half.itl_s == pytest.approx(0.04 / (1 - 150 / 2000))
+
+
 def test_a_trickle_of_prompts_needs_no_prefill_worker() -> None:
     got = size(_demand(100.0, requests=4), _cap(), Targets(), DISAGG)
     assert got is not None and got.replicas == {"prefill": 0, "decode": 1}
@@ -224,6 +242,10 @@ def test_out_of_reach_prefill_pool_takes_whole_workers_of_prompt_work(
         got = size(replace(busy, decode_prefills=prefills), _cap(), Targets(itl_s=0.01), DISAGG)
         assert got is not None and got.replicas["prefill"] == want, (prefills, got.replicas)
         assert got.replicas["decode"] == 8 and "cannot be met" in got.reason
+        # short prompts all: nothing a prefill worker would get
+        short = replace(busy, decode_prefills=prefills, local_share=1.0)
+        got = size(short, _cap(), Targets(itl_s=0.01), DISAGG)
+        assert got is not None and got.replicas == {"prefill": 0, "decode": 8}
 
 
 def test_a_colocated_pool_takes_prefill_and_decode_time_both() -> None:

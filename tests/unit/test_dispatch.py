@@ -40,6 +40,19 @@ def test_short_prompts_prefill_on_the_decode_worker() -> None:
     assert prefill.prefills == [] and decode.decodes[0].handle is None
 
 
+def test_arrivals_count_the_prompt_work_no_prefill_worker_gets() -> None:
+    """For the autoscaler's sizing (services/autoscaler/sizing.py: Demand.local_share)."""
+    # at most local_prefill_tokens (8): the decode worker's; 20 tokens: a prefill worker's
+    for prompt, local, prefills in (([1, 2, 3], 3, 0), (PROMPT, 0, 1)):
+        prefill = FakeWorker(PrefillReply(42, None, 0, None, HANDLE))
+        decode = FakeWorker(chunks=[chunk([5], done=True, kv_bytes_read=1)])
+        d, _ = dispatcher(**{"prefill-0": prefill, "decode-0": decode})
+        run(d, prompt)
+        count = d.arrivals.count()
+        assert (count.total, count.prompt_tokens) == (1, len(prompt))
+        assert count.local_prompt_tokens == local and len(prefill.prefills) == prefills
+
+
 @pytest.mark.parametrize(
     ("prefill_queued", "decode_queued", "balance", "route"),
     [
