@@ -40,15 +40,14 @@ class Rates:
         arrivals is k +- sqrt(k)), never under `floor`'s: what a short window shows for
         sure over a longer one's. A chance burst of 14 arrivals in 2 s where 8 are usual
         reads 5.1/s, not 7/s; a steady rate reads as the longer window has it; a step to
-        3x reads 2.4x at once. The mean ask stays this window's (the latest)."""
+        3x reads 2.4x at once. The mean ask and the share of short prompts stay this
+        window's (the latest)."""
         k = 1.0 - math.sqrt(self.arrived) / self.arrived if self.arrived > 0 else 1.0
         requests = max(self.requests * k, floor.requests if floor else 0.0)
         prompt = max(self.prompt_tokens * k, floor.prompt_tokens if floor else 0.0)
         ask = self.asked_output
-        local = self.local_prompt_tokens
-        if local is not None:
-            local = max(local * k, (floor.local_prompt_tokens or 0.0) if floor else 0.0)
         asked = None if ask is None else ask * requests
+        local = None if self.local_prompt_tokens is None else self.local_share * prompt
         return Rates(requests, prompt, asked, self.arrived, local)
 
     @property

@@ -94,9 +94,14 @@ class Demand:
     local_share: float = 0.0
 
     @property
+    def local_tok_s(self) -> float:
+        """The prompt work no prefill worker gets."""
+        return self.prefill_tok_s * self.local_share
+
+    @property
     def remote_tok_s(self) -> float:
         """The prompt work a prefill worker can take."""
-        return self.prefill_tok_s * (1.0 - self.local_share)
+        return self.prefill_tok_s - self.local_tok_s
 
     @property
     def idle(self) -> bool:
@@ -214,7 +219,7 @@ def _decode_beside(d: Demand, cap: Capacity, t: Targets, p: int, b: Bounds) -> i
             arriving = max(0.0, d.prefill_tok_s - d.backlog_tok_s)
         load = replace(d, prefill_tok_s=arriving)
     else:  # theirs alone
-        load, p = replace(d, prefill_tok_s=d.prefill_tok_s - d.remote_tok_s, local_share=1.0), 0
+        load, p = replace(d, prefill_tok_s=d.local_tok_s, local_share=1.0), 0
     n = range(max(b.min, 1), b.max + 1)
     return next((k for k in n if _predicted_itl(load, cap, t, p, k) is not None), b.max)
 
@@ -237,9 +242,7 @@ def _covering(d: Demand, cap: Capacity, t: Targets, b: Bounds) -> int:
 def _why(d: Demand, cap: Capacity, itl: float | None) -> str:
     rate = "-" if cap.prefill_tok_s is None else f"{cap.prefill_tok_s:.0f}"
     predicted = "" if itl is None else f", predicted ITL {1000 * itl:.1f} ms"
-    local = ""
-    if d.local_share > 0:
-        local = f", {d.prefill_tok_s - d.remote_tok_s:.0f}/s of them local (short prompts)"
+    local = f", {d.local_tok_s:.0f}/s of them local (short prompts)" if d.local_share else ""
     return (
         f"prompt tokens {d.prefill_tok_s:.0f}/s to compute (a worker: {rate}/s{local}); "
         f"{d.requests} requests decoding{predicted}; KV blocks in use {d.used_blocks}, "
