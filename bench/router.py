@@ -30,7 +30,10 @@ and cores) is inflated, so compare runs made side by side. Bounded: each level s
 its time cap, and the processes are stopped by pid at the end. Writes bench-results/router.json.
 
     python -m bench.router [--levels 1:200,16:800,64:1600] [--time-cap-s 120] [--out DIR]
-                           [--disaggregated]
+                           [--disaggregated] [--prompt-len 64]
+
+`--prompt-len` sends longer prompts (the issue's figures are at 64): what a long prompt
+costs the router (its body validated, its blocks hashed, the KV events of its blocks read).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +148,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also run the levels through a prefill and a decode worker",
     )
+    ap.add_argument("--prompt-len", type=int, default=PROMPT_LEN, help="token ids a prompt")
     args = ap.parse_args(argv)
-    levels = parse_levels(args.levels)
+    if args.prompt_len < 1:
+        ap.error("--prompt-len must be at least 1")
+    levels = [replace(level, prompt_len=args.prompt_len) for level in parse_levels(args.levels)]
     out = Path(args.out)
     logs = out / "router-runs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -194,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
             "worker": f"tandem worker --engine mock --mock-timing {ZERO_TIMING}",
             "floor": "bench/router_floor.py front + worker (own processes)",
             "tcp_floor": "bench/router_floor.py tcp-front + tcp-worker (own processes)",
-            "prompt_len": PROMPT_LEN,
+            "prompt_len": args.prompt_len,
             "output_len": OUTPUT_LEN,
             "warmup_requests": WARMUP,
             "cpus": os.cpu_count(),

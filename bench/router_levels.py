@@ -1,7 +1,8 @@
 """bench.router's levels: closed-loop senders of streamed /v1/completions requests (64
-random prompt token ids, exactly 8 output tokens), each sender with a connection of its
-own, and a level's figures: TTFT, req/s, and the CPU milliseconds per request of each
-process named, from their /proc counters before and after (bench/proc_cpu.py).
+random prompt token ids unless a level says otherwise, exactly 8 output tokens), each
+sender with a connection of its own, and a level's figures: TTFT, req/s, and the CPU
+milliseconds per request of each process named, from their /proc counters before and
+after (bench/proc_cpu.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ TOKEN_RANGE = (1000, 40000)  # ordinary tokens of SmolLM2's 49152: no special on
 class Level:
     concurrency: int
     requests: int
+    prompt_len: int = PROMPT_LEN  # token ids: the router validates and hashes each
 
 
 def parse_levels(spec: str) -> list[Level]:
@@ -46,7 +48,7 @@ def parse_levels(spec: str) -> list[Level]:
 
 
 async def _senders(
-    clients: list[Client], bodies: BodyMaker, n: int, deadline: float
+    clients: list[Client], bodies: BodyMaker, n: int, deadline: float, prompt_len: int
 ) -> list[RequestOutput]:
     """One closed-loop sender per client shares `n` requests; none starts after `deadline`."""
     rng = random.Random(n * 1000 + len(clients))
@@ -57,9 +59,9 @@ async def _senders(
         nonlocal left
         while left > 0 and time.perf_counter() < deadline:
             left -= 1
-            prompt = tuple(rng.randrange(*TOKEN_RANGE) for _ in range(PROMPT_LEN))
+            prompt = tuple(rng.randrange(*TOKEN_RANGE) for _ in range(prompt_len))
             body = bodies.single(prompt, OUTPUT_LEN)
-            outputs.append(await client.send(bodies.path, body, "router", PROMPT_LEN))
+            outputs.append(await client.send(bodies.path, body, "router", prompt_len))
 
     await asyncio.gather(*(sender(c) for c in clients))
     return outputs
@@ -85,10 +87,11 @@ async def run_level(
             extra_body={},
         )
         # Warm-up: connections open, caches and code paths warm; not counted.
-        await _senders(clients, bodies, max(WARMUP, level.concurrency), time.perf_counter() + 30)
+        warmup = max(WARMUP, level.concurrency)
+        await _senders(clients, bodies, warmup, time.perf_counter() + 30, level.prompt_len)
         before = {name: read_cpu_ticks(pid) for name, pid in pids.items()}
         t0 = time.perf_counter()
-        outputs = await _senders(clients, bodies, level.requests, t0 + time_cap_s)
+        outputs = await _senders(clients, bodies, level.requests, t0 + time_cap_s, level.prompt_len)
         duration = time.perf_counter() - t0
         after = {name: read_cpu_ticks(pid) for name, pid in pids.items()}
     row = level_figures(level, outputs, duration, before, after, ticks_per_second())

@@ -37,8 +37,17 @@ _U64 = struct.Struct("<Q")
 
 def hash_block(parent: int, tokens: Sequence[int], extra: bytes = b"") -> int:
     """One link of the chain; `parent` is SEED for the first block."""
+    return _link(parent, _packed(tokens), extra)
+
+
+def _packed(tokens: Sequence[int]) -> bytes:
+    """Token ids as little-endian uint32s, the chain's byte encoding of a block."""
+    return struct.pack(f"<{len(tokens)}I", *tokens)
+
+
+def _link(parent: int, packed: bytes | memoryview, extra: bytes) -> int:
     h = hashlib.sha256(_U64.pack(parent))
-    h.update(struct.pack(f"<{len(tokens)}I", *tokens))
+    h.update(packed)
     if extra:
         h.update(extra)
     return _U64.unpack(h.digest()[:8])[0]
@@ -61,8 +70,13 @@ def chain_hashes(
     `parent` must be the hash of block `start_block - 1` (SEED when starting at 0), which
     lets a caller extend a chain as a sequence grows without rehashing its prefix.
     """
+    end_block = len(tokens) // block_size
+    # Packed once for all blocks (a 4k-token prompt's router-side hashing took 0.33 ms
+    # packing block by block, 0.2 ms of it the packing), then read block by block.
+    packed = memoryview(_packed(tokens[start_block * block_size : end_block * block_size]))
+    step = 4 * block_size
     out: list[int] = []
-    for i in range(start_block, len(tokens) // block_size):
-        parent = hash_block(parent, tokens[i * block_size : (i + 1) * block_size], extra)
+    for at in range(0, len(packed), step):
+        parent = _link(parent, packed[at : at + step], extra)
         out.append(parent)
     return out

