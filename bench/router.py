@@ -188,8 +188,11 @@ def main(argv: list[str] | None = None) -> None:
         print("tandem router + a mock prefill and a mock decode worker (every prompt remote):")
         print(table(disagg, procs=("router", "prefill", "decode", "client")))
     print()
-    for line in goals(rows, floor, tcp_floor):
-        print(line)
+    if args.prompt_len == PROMPT_LEN:
+        for line in goals(rows, floor, tcp_floor):
+            print(line)
+    else:  # the goals are a 64-token prompt's
+        print(f"no goal judged: the goals are for {PROMPT_LEN}-token prompts")
     print(
         "with no request running: "
         + ", ".join(f"{name} {ms:.1f} CPU ms/s" for name, ms in idle.items())
