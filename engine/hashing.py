@@ -71,8 +71,8 @@ def chain_hashes(
     lets a caller extend a chain as a sequence grows without rehashing its prefix.
     """
     end_block = len(tokens) // block_size
-    # Packed once for all blocks (a 4k-token prompt's router-side hashing took 0.33 ms
-    # packing block by block, 0.2 ms of it the packing), then read block by block.
+    # Packed once for all blocks, then read block by block: packing a block at a time cost
+    # a 4k-token prompt's hashing ~0.1 ms of its 0.33 (the router hashes every prompt).
     packed = memoryview(_packed(tokens[start_block * block_size : end_block * block_size]))
     step = 4 * block_size
     out: list[int] = []

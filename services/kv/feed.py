@@ -191,7 +191,11 @@ class KVFeed:
         if (events[0].seq if events else batch.seq) > f.seq + 1:
             self._start_resync(f, "gap", batch)
             return
-        fresh = [e for e in events if e.seq > f.seq]
+        # A batch overlaps what is known only after a resync: a long prompt's batch holds
+        # hundreds of events, so the common case is not filtered one by one.
+        fresh = (
+            events if not events or events[0].seq > f.seq else [e for e in events if e.seq > f.seq]
+        )
         self.index.apply(f.worker_id, fresh)
         self.events += len(fresh)
         f.seq = last

@@ -56,7 +56,7 @@ StopList = Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)]
 # A prompt's token id. The served tokenizer's vocabulary bounds it further (prompts.py), and
 # the served schema says so (openapi_doc.served_openapi fills in the bound this key marks).
 BELOW_VOCAB = "x-below-vocab-size"
-# (A list of them takes WHOLE_ITEMS.)
+# No WHOLE of its own: a list of them takes WHOLE_ITEMS (one call a list, not one an id).
 TokenId = Annotated[int, Field(ge=0, lt=UINT32, json_schema_extra={BELOW_VOCAB: True})]
 TextPrompt = Annotated[str, served(minLength=1)]  # "" has no token to start from
 IdsPrompt = Annotated[list[TokenId], served(minItems=1), WHOLE_ITEMS]

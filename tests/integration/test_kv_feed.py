@@ -154,6 +154,41 @@ def test_a_gap_resyncs_from_the_worker(redis_url: str) -> None:
     _run(go())
 
 
+def test_a_batch_straddling_the_resync_applies_only_its_newer_events(redis_url: str) -> None:
+    async def go() -> None:
+        prefix = _prefix()
+        client = redis.Redis.from_url(redis_url)
+        w = KVWorker(client, "p-0", prefix)
+
+        async def dump_then_more(worker_id: str) -> KVDump:
+            state = await w.dump(worker_id)
+            w.run_prompt(_prompt(3, 3))  # after the dump, before the next flush
+            return state
+
+        await w.flush()
+        feed = _feed(redis_url, prefix, dump_then_more)
+        await feed.sync(["p-0"])
+        w.run_prompt(_prompt(0, 0))
+        await w.flush()
+        lost = client.xrevrange(KVKeys.of("p-0", prefix).stream, count=1)[0][0]
+        client.xdel(KVKeys.of("p-0", prefix).stream, lost)
+        w.run_prompt(_prompt(1, 1))
+        await w.flush()
+        w.run_prompt(_prompt(2, 2))  # in the dump, not flushed yet
+        await _poll_until(feed, lambda: feed.resyncs["gap"] == 1)
+        await _poll_until(feed, lambda: feed._follows["p-0"].resync is None)
+        dumped, applied = feed._follows["p-0"].seq, feed.events
+        await w.flush()  # one batch: prompt 2's events (dumped already), then prompt 3's
+        await _poll_until(feed, lambda: feed._follows["p-0"].seq == w.pool.event_seq)
+        assert dumped is not None and dumped < w.pool.event_seq
+        assert feed.events - applied == w.pool.event_seq - dumped  # the newer ones alone
+        _assert_matches(feed.index, w, [_prompt(s, s) for s in range(4)])
+        assert sum(feed.resyncs.values()) == 1
+        feed.index.check_integrity()
+
+    _run(go())
+
+
 def test_a_late_router_and_an_early_one_agree(redis_url: str) -> None:
     async def go() -> None:
         prefix = _prefix()
