@@ -106,6 +106,8 @@ class Autoscaler:
         self._last: dict[str, Reading] = {}
         self._set: dict[str, int] = {}  # what we last set each pool to
         self._short_since: dict[str, float] = {}  # set above what is ready, since
+        # how long its last start took, as the ticks saw it (up to an interval short)
+        self._start_s: dict[str, float] = {}
 
     def tick(self) -> list[Decision]:
         now = self._clock()
@@ -119,7 +121,8 @@ class Autoscaler:
         self.capacity.learn(obs)
         cfg = self.config
         eased = cfg.targets.eased(cfg.pacing.hysteresis)
-        need = demand(loads, cfg.serving, cfg.targets, held, cfg.decode_prefills)
+        start_s = self._start_s.get(cfg.serving, 0.0)
+        need = demand(loads, cfg.serving, cfg.targets, held, cfg.decode_prefills, start_s)
         rates = self._arrival_rates()
         needs = size_pools(need, rates, self.capacity, cfg.targets, eased, cfg.bounds)
         export(self.metrics.signal, needs, self.capacity)
@@ -179,7 +182,10 @@ class Autoscaler:
                 starting,
                 others_starting,
             )
-        return self._act(Decision(pool, current, ready, step.desired, step.reason, needs.inputs))
+        done = self._act(Decision(pool, current, ready, step.desired, step.reason, needs.inputs))
+        if done.desired > max(done.current, ready):  # a start begins: timed from now
+            self._short_since.setdefault(pool, now)
+        return done
 
     def _act(self, d: Decision) -> Decision:
         """Carry `d` out; an actuator that fails (refused, unreachable) makes it a hold."""
@@ -202,7 +208,9 @@ class Autoscaler:
 
     def _stuck(self, pool: str, now: float, current: int, ready: int) -> bool:
         if ready >= current:
-            self._short_since.pop(pool, None)
+            since = self._short_since.pop(pool, None)
+            if since is not None:  # the workers it waited for serve
+                self._start_s[pool] = now - since
             return False
         since = self._short_since.setdefault(pool, now)
         if now - since < self.config.ready_timeout_s:

@@ -17,7 +17,11 @@ meet the targets:
                   target (a p90 request: prompt and output at their 90th percentiles)
 
 A colocated cluster is the same with one pool of `both` workers. Ties go to the pair with
-the lower predicted ITL. Nothing measured yet means nothing to size: the pools hold.
+the lower predicted ITL. Beside the prefill workers chosen, the decode pool is then the
+fewest workers that meet the targets with the backlog cleared over a decode worker's start
+(as last timed) where that is longer than the TTFT target: a worker asked for now takes
+none of a backlog gone before it serves. Nothing measured yet means nothing to size: the
+pools hold.
 """
 
 from __future__ import annotations
@@ -92,6 +96,9 @@ class Demand:
     # --local-prefill-tokens: its decode-heavy phase of 64-token prompts kept one ~11 s
     # longer, as taking them would have sped the decode pool up)
     local_share: float = 0.0
+    # seconds from asking for a decode worker to its serving, as last seen (0: none seen):
+    # a backlog the pools drain sooner than that asks no decode worker (size())
+    start_s: float = 0.0
 
     @property
     def local_tok_s(self) -> float:
@@ -121,9 +128,11 @@ def demand(
     targets: Targets,
     held: int = 0,
     decode_prefills: bool = True,
+    start_s: float = 0.0,
 ) -> Demand:
     """`serving`: the pool that decodes (`decode`, or `both` when colocated); `held`: the
-    requests routers hold for it while it has no worker; `decode_prefills`: Demand's."""
+    requests routers hold for it while it has no worker; `decode_prefills`, `start_s`:
+    Demand's."""
     backlog = sum(p.queued_prefill_tokens for p in loads.values())
     rate = sum(p.prefill_tokens_per_s for p in loads.values())
     s = loads.get(serving)
@@ -147,6 +156,7 @@ def demand(
         answers_at_limit=s.answers_at_limit if s is not None else 0.0,
         decode_prefills=decode_prefills,
         backlog_tok_s=backlog / targets.ttft_s,
+        start_s=start_s,
     )
 
 
@@ -175,8 +185,12 @@ def size(d: Demand, cap: Capacity, targets: Targets, bounds: Mapping[str, Bounds
                 most["decode"] = _decode_beside(d, cap, targets, most["prefill"], bounds["decode"])
         return Sizing(most, "the targets cannot be met within the bounds: " + _why(d, cap, None))
     _, itl, p, n = best
-    replicas = {serving: n} if serving == "both" else {"prefill": p, "decode": n}
-    return Sizing(replicas, _why(d, cap, itl), itl)
+    if serving == "both":
+        return Sizing({serving: n}, _why(d, cap, itl), itl)
+    fewer = _decode_past_backlog(d, cap, targets, p, range(max(bounds[serving].min, 1), n))
+    if fewer is not None:
+        n, itl = fewer
+    return Sizing({"prefill": p, "decode": n}, _why(d, cap, itl), itl)
 
 
 def _predicted_itl(d: Demand, cap: Capacity, t: Targets, p: int, n: int) -> float | None:
@@ -197,6 +211,28 @@ def _predicted_itl(d: Demand, cap: Capacity, t: Targets, p: int, n: int) -> floa
     assert cap.decode is not None
     itl = cap.decode.step_s(d.requests / n) / (1.0 - share)
     return itl if itl <= t.itl_s else None
+
+
+def _decode_past_backlog(
+    d: Demand, cap: Capacity, t: Targets, p: int, fewer: range
+) -> tuple[int, float] | None:
+    """The fewest decode workers of `fewer` (and their ITL) meeting the targets beside `p`
+    prefill workers with the prompt backlog cleared over a decode worker's start instead of
+    the TTFT target: one asked for now serves only after that, so it takes none of a backlog
+    gone sooner, and then idles (bench-autoscale's prefill-heavy step grew the decode pool
+    for 5-14 s for it). The prefill pool is still sized on the whole backlog: there it is
+    the first sign of a step in prompt work. None where the backlog changes nothing."""
+    if d.backlog_tok_s == 0 or d.start_s <= t.ttft_s:
+        return None
+    spread = d.backlog_tok_s * (1.0 - t.ttft_s / d.start_s)  # what the longer horizon spares
+    load = replace(
+        d, prefill_tok_s=d.prefill_tok_s - spread, backlog_tok_s=d.backlog_tok_s - spread
+    )
+    for k in fewer:
+        itl = _predicted_itl(load, cap, t, p, k)
+        if itl is not None:
+            return k, itl
+    return None
 
 
 def _tail(d: Demand, t: Targets) -> int:
@@ -243,8 +279,10 @@ def _why(d: Demand, cap: Capacity, itl: float | None) -> str:
     rate = "-" if cap.prefill_tok_s is None else f"{cap.prefill_tok_s:.0f}"
     predicted = "" if itl is None else f", predicted ITL {1000 * itl:.1f} ms"
     local = f", {d.local_tok_s:.0f}/s of them local (short prompts)" if d.local_share else ""
+    backlog = f", {d.backlog_tok_s:.0f}/s of them the backlog" if d.backlog_tok_s else ""
+    start = f"; a decode worker starts in {d.start_s:.1f} s" if d.start_s else ""
     return (
-        f"prompt tokens {d.prefill_tok_s:.0f}/s to compute (a worker: {rate}/s{local}); "
+        f"prompt tokens {d.prefill_tok_s:.0f}/s to compute (a worker: {rate}/s{local}{backlog}); "
         f"{d.requests} requests decoding{predicted}; KV blocks in use {d.used_blocks}, "
-        f"a p90 request's {d.tail_blocks}"
+        f"a p90 request's {d.tail_blocks}{start}"
     )

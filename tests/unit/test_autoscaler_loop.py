@@ -218,6 +218,25 @@ def test_a_scale_up_that_never_becomes_ready_is_cancelled() -> None:
     assert "not ready after 20 s" in cancelled[0].reason
 
 
+def test_a_start_is_timed_from_the_ask_to_the_workers_serving() -> None:
+    sim = Sim(requests=150)
+    scaler = _scaler(sim)
+    asked = None
+    while sim.t < 30 and asked is None:
+        sim.t += 1.0
+        if any(d.pool == "decode" and d.direction == "up" for d in scaler.tick()):
+            asked = sim.t
+    assert asked is not None
+    while sim.t < asked + 5:
+        sim.t += 1.0
+        assert all("a decode worker starts in" not in d.inputs for d in scaler.tick())
+    sim.ready = dict(sim.set_to)  # its workers serve 6 s after they were asked for
+    sim.t += 1.0
+    scaler.tick()
+    sim.t += 1.0
+    assert all("a decode worker starts in 6.0 s" in d.inputs for d in scaler.tick())
+
+
 def test_a_count_changed_by_hand_is_the_new_current_size(caplog: pytest.LogCaptureFixture) -> None:
     sim = Sim(requests=40)
     scaler = _scaler(sim)

@@ -223,6 +223,24 @@ def test_prompt_work_out_of_reach_grows_the_decode_pool_only_where_it_takes_prom
     assert got is not None and got.replicas == {"prefill": 3, "decode": 8}
 
 
+@pytest.mark.parametrize(("start_s", "decode"), [(0.0, 3), (2.0, 3), (3.0, 2), (8.0, 1)])
+def test_a_backlog_gone_before_a_decode_worker_starts_grows_only_the_prefill_pool(
+    start_s: float, decode: int
+) -> None:
+    # 1,600 prompt tokens/s computed and 3,200 queued (1,600/s over the 2 s TTFT target)
+    # beside at most 2 prefill workers of 1,000 (800 at the utilization target): the decode
+    # workers take the other 1,600/s, on 3 of them. A decode worker that starts in 3 s
+    # serves when a third of the backlog is left to clear over the TTFT target (2 enough);
+    # in 8 s, a quarter (1). Within the TTFT target (2 s) nothing changes; the prefill pool
+    # is sized on the whole backlog throughout.
+    bounds = {"prefill": Bounds(0, 2), "decode": Bounds(1, 8)}
+    need = replace(_demand(3200.0, requests=10), backlog_tok_s=1600.0, start_s=start_s)
+    got = size(need, _cap(), Targets(), bounds)
+    assert got is not None and got.replicas == {"prefill": 2, "decode": decode}
+    assert got.itl_s is not None and got.itl_s <= Targets().itl_s
+    assert ("a decode worker starts in" in got.reason) == (start_s > 0)
+
+
 @pytest.mark.parametrize(
     ("tok_s", "balanced", "alone"),
     [
