@@ -56,10 +56,12 @@ StopList = Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)]
 # A prompt's token id. The served tokenizer's vocabulary bounds it further (prompts.py), and
 # the served schema says so (openapi_doc.served_openapi fills in the bound this key marks).
 BELOW_VOCAB = "x-below-vocab-size"
-# No WHOLE of its own: a list of them takes WHOLE_ITEMS (one call a list, not one an id).
+# No WHOLE of its own: TokenIds takes whole floats for the list at once (one call a list,
+# not one an id), so a list of ids is always TokenIds.
 TokenId = Annotated[int, Field(ge=0, lt=UINT32, json_schema_extra={BELOW_VOCAB: True})]
+TokenIds = Annotated[list[TokenId], WHOLE_ITEMS]
 TextPrompt = Annotated[str, served(minLength=1)]  # "" has no token to start from
-IdsPrompt = Annotated[list[TokenId], served(minItems=1), WHOLE_ITEMS]
+IdsPrompt = Annotated[TokenIds, served(minItems=1)]
 
 
 class Body(BaseModel):

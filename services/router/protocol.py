@@ -36,11 +36,10 @@ from services.router.body_types import (
     INT64,
     UINT32,
     WHOLE,
-    WHOLE_ITEMS,
     Body,
     StopList,
     StopString,
-    TokenId,
+    TokenIds,
     served,
 )
 from services.router.errors import APIError
@@ -166,9 +165,7 @@ class SamplingBody(Body):
         | None
     ) = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    stop_token_ids: (
-        Annotated[list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS), WHOLE_ITEMS] | None
-    ) = None
+    stop_token_ids: Annotated[TokenIds, Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
     # vLLM's: the text ends after the stop string that ended it, not before; special tokens
     # (e.g. <|im_end|>) in the text or not
     include_stop_str_in_output: bool = False
