@@ -30,10 +30,13 @@ and cores) is inflated, so compare runs made side by side. Bounded: each level s
 its time cap, and the processes are stopped by pid at the end. Writes bench-results/router.json.
 
     python -m bench.router [--levels 1:200,16:800,64:1600] [--time-cap-s 120] [--out DIR]
-                           [--disaggregated] [--prompt-len 64]
+                           [--disaggregated] [--prompt-len 64] [--output-len 8]
 
 `--prompt-len` sends longer prompts (the issue's figures are at 64): what a long prompt
 costs the router (its body validated, its blocks hashed, the KV events of its blocks read).
+`--output-len` asks for more or fewer tokens (the issue's figures are at 8): two runs at
+different lengths split a request's cost into what each token costs (its frame from the
+worker, its chunk to the client) and what the request costs once.
 """
 
 from __future__ import annotations
@@ -122,10 +125,13 @@ def start_disaggregated(logs: Path, redis_url: str) -> tuple[list[Proc], dict[st
     return procs, {**pids, "client": os.getpid()}, url
 
 
-def measure_floor(levels: list[Level], time_cap_s: float, leg: str) -> list[dict[str, Any]]:
+def measure_floor(
+    levels: list[Level], time_cap_s: float, leg: str, output_len: int
+) -> list[dict[str, Any]]:
     """The same levels against bench/router_floor.py's front and worker, the two joined by
-    gRPC (`leg` "") or by one TCP connection (`leg` "tcp-")."""
-    worker = FloorProc(leg + "worker", str(OUTPUT_LEN))
+    gRPC (`leg` "") or by one TCP connection (`leg` "tcp-"); the worker streams
+    `output_len` tokens a request."""
+    worker = FloorProc(leg + "worker", str(output_len))
     try:
         front = FloorProc(leg + "front", str(worker.port))
         try:
@@ -149,15 +155,19 @@ def main(argv: list[str] | None = None) -> None:
         help="also run the levels through a prefill and a decode worker",
     )
     ap.add_argument("--prompt-len", type=int, default=PROMPT_LEN, help="token ids a prompt")
+    ap.add_argument("--output-len", type=int, default=OUTPUT_LEN, help="tokens a request")
     args = ap.parse_args(argv)
-    if args.prompt_len < 1:
-        ap.error("--prompt-len must be at least 1")
-    levels = [replace(level, prompt_len=args.prompt_len) for level in parse_levels(args.levels)]
+    if args.prompt_len < 1 or args.output_len < 1:
+        ap.error("--prompt-len and --output-len must be at least 1")
+    levels = [
+        replace(level, prompt_len=args.prompt_len, output_len=args.output_len)
+        for level in parse_levels(args.levels)
+    ]
     out = Path(args.out)
     logs = out / "router-runs"
     logs.mkdir(parents=True, exist_ok=True)
-    floor = measure_floor(levels, args.time_cap_s, "")
-    tcp_floor = measure_floor(levels, args.time_cap_s, "tcp-")
+    floor = measure_floor(levels, args.time_cap_s, "", args.output_len)
+    tcp_floor = measure_floor(levels, args.time_cap_s, "tcp-", args.output_len)
     idle: dict[str, float] = {}
     with RedisServer() as redis_server:
         worker, router, url = start_cluster(logs, redis_server.url)
@@ -188,11 +198,11 @@ def main(argv: list[str] | None = None) -> None:
         print("tandem router + a mock prefill and a mock decode worker (every prompt remote):")
         print(table(disagg, procs=("router", "prefill", "decode", "client")))
     print()
-    if args.prompt_len == PROMPT_LEN:
+    if (args.prompt_len, args.output_len) == (PROMPT_LEN, OUTPUT_LEN):
         for line in goals(rows, floor, tcp_floor):
             print(line)
-    else:  # the issue's goals are a 64-token prompt's
-        print(f"no goal judged: the goals are for {PROMPT_LEN}-token prompts")
+    else:  # the issue's goals are a 64-token prompt's with 8 tokens out
+        print(f"no goal judged: the goals are for {PROMPT_LEN}-token prompts, {OUTPUT_LEN} out")
     print(
         "with no request running: "
         + ", ".join(f"{name} {ms:.1f} CPU ms/s" for name, ms in idle.items())
@@ -205,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
             "floor": "bench/router_floor.py front + worker (own processes)",
             "tcp_floor": "bench/router_floor.py tcp-front + tcp-worker (own processes)",
             "prompt_len": args.prompt_len,
-            "output_len": OUTPUT_LEN,
+            "output_len": args.output_len,
             "warmup_requests": WARMUP,
             "cpus": os.cpu_count(),
         },

@@ -1,5 +1,5 @@
 """bench.router's levels: closed-loop senders of streamed /v1/completions requests (64
-random prompt token ids unless a level says otherwise, exactly 8 output tokens), each
+random prompt token ids and exactly 8 output tokens unless a level says otherwise), each
 sender with a connection of its own, and a level's figures: TTFT, req/s, and the CPU
 milliseconds per request of each process named, from their /proc counters before and
 after (bench/proc_cpu.py).
@@ -33,6 +33,7 @@ class Level:
     concurrency: int
     requests: int
     prompt_len: int = PROMPT_LEN  # token ids: the router validates and hashes each
+    output_len: int = OUTPUT_LEN  # tokens streamed from the worker on to the client
 
 
 def parse_levels(spec: str) -> list[Level]:
@@ -48,7 +49,7 @@ def parse_levels(spec: str) -> list[Level]:
 
 
 async def _senders(
-    clients: list[Client], bodies: BodyMaker, n: int, deadline: float, prompt_len: int
+    clients: list[Client], bodies: BodyMaker, n: int, deadline: float, level: Level
 ) -> list[RequestOutput]:
     """One closed-loop sender per client shares `n` requests; none starts after `deadline`."""
     rng = random.Random(n * 1000 + len(clients))
@@ -59,9 +60,9 @@ async def _senders(
         nonlocal left
         while left > 0 and time.perf_counter() < deadline:
             left -= 1
-            prompt = tuple(rng.randrange(*TOKEN_RANGE) for _ in range(prompt_len))
-            body = bodies.single(prompt, OUTPUT_LEN)
-            outputs.append(await client.send(bodies.path, body, "router", prompt_len))
+            prompt = tuple(rng.randrange(*TOKEN_RANGE) for _ in range(level.prompt_len))
+            body = bodies.single(prompt, level.output_len)
+            outputs.append(await client.send(bodies.path, body, "router", level.prompt_len))
 
     await asyncio.gather(*(sender(c) for c in clients))
     return outputs
@@ -88,10 +89,10 @@ async def run_level(
         )
         # Warm-up: connections open, caches and code paths warm; not counted.
         warmup = max(WARMUP, level.concurrency)
-        await _senders(clients, bodies, warmup, time.perf_counter() + 30, level.prompt_len)
+        await _senders(clients, bodies, warmup, time.perf_counter() + 30, level)
         before = {name: read_cpu_ticks(pid) for name, pid in pids.items()}
         t0 = time.perf_counter()
-        outputs = await _senders(clients, bodies, level.requests, t0 + time_cap_s, level.prompt_len)
+        outputs = await _senders(clients, bodies, level.requests, t0 + time_cap_s, level)
         duration = time.perf_counter() - t0
         after = {name: read_cpu_ticks(pid) for name, pid in pids.items()}
     row = level_figures(level, outputs, duration, before, after, ticks_per_second())

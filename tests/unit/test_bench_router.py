@@ -8,7 +8,7 @@ import pytest
 
 from bench import router as bench_router
 from bench.proc_cpu import cpu_ms_per_request, cpu_ms_per_second, cpu_ticks, read_cpu_ticks
-from bench.router_levels import PROMPT_LEN, Level, level_figures, parse_levels
+from bench.router_levels import OUTPUT_LEN, PROMPT_LEN, Level, level_figures, parse_levels
 from bench.router_report import against_floor
 from loadtest.records import RequestOutput
 
@@ -44,13 +44,18 @@ def test_cpu_ms_per_second_while_idle() -> None:
 def test_parse_levels() -> None:
     assert parse_levels("1:200, 16:800,") == [Level(1, 200), Level(16, 800)]
     assert parse_levels("1:200")[0].prompt_len == PROMPT_LEN
+    assert parse_levels("1:200")[0].output_len == OUTPUT_LEN
     with pytest.raises(ValueError):
         parse_levels("0:10")
 
 
-def test_a_prompt_of_no_tokens_is_refused_before_anything_starts() -> None:
+@pytest.mark.parametrize("flag", ["--prompt-len", "--output-len"])
+def test_no_tokens_in_or_out_is_refused_before_anything_starts(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit):
-        bench_router.main(["--prompt-len", "0", "--out", "/nonexistent/never-written"])
+        bench_router.main([flag, "0", "--out", "/nonexistent/never-written"])
+    assert "must be at least 1" in capsys.readouterr().err
 
 
 def _ok(ttft: float) -> RequestOutput:
