@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -58,13 +59,17 @@ def build_tiny_checkpoint(
             },
         ),
         # 8 experts of intermediate_size, 2 a token by sigmoid score plus correction bias;
-        # q and k normed across heads; RoPE on half of each head (rotary_dim, as the Hub's)
+        # q and k normed across heads; RoPE on half of each head: `rotary_dim`, as the
+        # Hub's config says it, and the same as a factor, the field transformers reads
+        # (5.17 ignored `rotary_dim` and turned whole heads, so a reference built there
+        # departed from the engine at the first token, on any device; 5.25 reads both)
         "minimax_m2": (
             MiniMaxM2Config,
             MiniMaxM2ForCausalLM,
             {
                 "head_dim": 24,
                 "rotary_dim": 12,
+                "partial_rotary_factor": 0.5,
                 "intermediate_size": 48,
                 "num_local_experts": 8,
                 "num_experts_per_tok": 2,
@@ -76,6 +81,7 @@ def build_tiny_checkpoint(
     cfg_cls, model_cls, extra = classes[kind]
     torch.manual_seed(seed)
     model = model_cls(cfg_cls(**(common | extra | overrides)))
+    check_partial_rotary(model.config)
     if kind == "qwen2":  # Qwen2's q/k/v biases start at zero; make them count
         for layer in model.model.layers:
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
@@ -93,6 +99,28 @@ def build_tiny_checkpoint(
             torch.nn.init.normal_(layer.self_attn.k_norm.weight, 1.0, 0.2)
     model.save_pretrained(path, safe_serialization=True)
     return path
+
+
+def check_partial_rotary(config: Any) -> None:
+    """The reference turns as many dims of a head as the config's `rotary_dim` says (the
+    engine reads it so): a transformers that did not would fail every parity test at the
+    first token, for no fault of the engine."""
+    rotary_dim = getattr(config, "rotary_dim", None)
+    if rotary_dim is None:
+        return
+    factor = (getattr(config, "rope_parameters", None) or {}).get("partial_rotary_factor", 1.0)
+    turned = int(config.head_dim * factor)
+    if turned != rotary_dim:
+        raise RuntimeError(
+            f"transformers {_version()} turns {turned} dims of a head where the config's "
+            f"rotary_dim says {rotary_dim}: not a reference for it"
+        )
+
+
+def _version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 def fp8_checkpoint(src: Path, dst: Path, block: int) -> Path:

@@ -3,6 +3,8 @@ token-by-token loop over each token's chosen experts computes; and which layers 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,7 @@ from engine.model import moe as moe_module
 from engine.model.config import ModelConfig
 from engine.model.moe import SparseMoE
 from engine.model.ops import TorchOps
+from tests.helpers.hf_reference import check_partial_rotary
 
 HF_CONFIG = {
     "architectures": ["Qwen3MoeForCausalLM"],
@@ -129,6 +132,19 @@ def test_minimax_m2_config_reads_the_hubs_fields() -> None:
     assert ModelConfig.from_hf(saved, "test").rotary_dim == 8
     full = {**MINIMAX_HUB_CONFIG, "rotary_dim": 16}
     assert ModelConfig.from_hf(full, "test").rotary_dim == 0  # 0: the whole head turns
+
+
+def test_a_reference_that_turns_whole_heads_despite_rotary_dim_is_refused() -> None:
+    # transformers up to 5.17 kept the Hub's rotary_dim but turned whole heads: every
+    # MiniMax-M2 parity test then failed at the first token, whatever the engine did
+    def saved(factor: float | None) -> SimpleNamespace:
+        rope = {"rope_theta": 5e6} | ({} if factor is None else {"partial_rotary_factor": factor})
+        return SimpleNamespace(rotary_dim=12, head_dim=24, rope_parameters=rope)
+
+    check_partial_rotary(saved(0.5))
+    check_partial_rotary(SimpleNamespace(head_dim=24, rope_parameters={}))  # no rotary_dim
+    with pytest.raises(RuntimeError, match="rotary_dim says 12"):
+        check_partial_rotary(saved(None))
 
 
 def test_sigmoid_routing_chooses_by_biased_score_and_weighs_by_score() -> None:
