@@ -111,16 +111,12 @@ def check_partial_rotary(config: Any) -> None:
     factor = (getattr(config, "rope_parameters", None) or {}).get("partial_rotary_factor", 1.0)
     turned = int(config.head_dim * factor)
     if turned != rotary_dim:
+        import transformers
+
         raise RuntimeError(
-            f"transformers {_version()} turns {turned} dims of a head where the config's "
-            f"rotary_dim says {rotary_dim}: not a reference for it"
+            f"transformers {transformers.__version__} turns {turned} dims of a head where "
+            f"the config's rotary_dim says {rotary_dim}: not a reference for it"
         )
-
-
-def _version() -> str:
-    import transformers
-
-    return transformers.__version__
 
 
 def fp8_checkpoint(src: Path, dst: Path, block: int) -> Path:
