@@ -18,7 +18,9 @@ import torch
 
 log = logging.getLogger(__name__)
 _CSRC = Path(__file__).parent / "csrc"
-_SOURCES = tuple(
+# -fopenmp: at::parallel_for is inlined here and splits work with OpenMP pragmas.
+CFLAGS = ("-O3", "-ffast-math", "-fopenmp")
+SOURCES = tuple(
     _CSRC / name
     for name in (
         "paged_attention.cpp",
@@ -40,16 +42,23 @@ def _cpu_flags() -> set[str]:
     return set(line.split(":", 1)[-1].split())
 
 
-def _isa_flags() -> tuple[str, list[str]]:
+# The vector ISAs the kernels are built for, widest first: a build-name suffix, the CPU
+# flags it needs and the compiler's. AVX-512 adds -mavx512bf16 where the CPU has it.
+ISAS: tuple[tuple[str, frozenset[str], tuple[str, ...]], ...] = (
+    ("_avx512", frozenset({"avx512f", "avx512bw", "avx512vl", "fma"}),
+     ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mf16c")),
+    ("_avx2", frozenset({"avx2", "fma", "f16c"}), ("-mavx2", "-mfma", "-mf16c")),
+    ("", frozenset(), ()),
+)  # fmt: skip
+
+
+def isa_flags() -> tuple[str, list[str]]:
     """The widest vector ISA this CPU has, as a build-name suffix and compiler flags. The
     build is cached per name, so a cached binary never runs on a CPU lacking its ISA."""
     cpu = _cpu_flags()
-    if {"avx512f", "avx512bw", "avx512vl", "fma"} <= cpu:
-        bf16 = ["-mavx512bf16"] if "avx512_bf16" in cpu else []
-        return "_avx512", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mf16c", *bf16]
-    if {"avx2", "fma", "f16c"} <= cpu:
-        return "_avx2", ["-mavx2", "-mfma", "-mf16c"]
-    return "", []
+    suffix, _, flags = next(isa for isa in ISAS if isa[1] <= cpu)
+    bf16 = ["-mavx512bf16"] if suffix == "_avx512" and "avx512_bf16" in cpu else []
+    return suffix, [*flags, *bf16]
 
 
 @functools.cache
@@ -59,19 +68,18 @@ def load() -> bool:
     from torch.utils.cpp_extension import _get_build_directory
     from torch.utils.cpp_extension import load as build
 
-    suffix, isa = _isa_flags()
+    suffix, isa = isa_flags()
     # torch's builder rebuilds when a listed source changes, not a header: the name carries
     # a digest of every file in csrc/, so an edited header builds afresh too.
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(_CSRC.iterdir()))).hexdigest()
-    # -fopenmp: at::parallel_for is inlined here and splits work with OpenMP pragmas.
-    flags = ["-O3", "-ffast-math", "-fopenmp", *isa]
+    flags = [*CFLAGS, *isa]
     name = f"tandem_ops{suffix}_{digest[:10]}"
     try:
         build_dir = Path(_get_build_directory(name, verbose=False))  # torch's own cache path
         with build_lock(build_dir):
             build(
                 name=name,
-                sources=[str(p) for p in _SOURCES],
+                sources=[str(p) for p in SOURCES],
                 extra_cflags=flags,
                 extra_ldflags=["-fopenmp"],
                 build_directory=str(build_dir),
@@ -105,12 +113,12 @@ def build_lock(build_dir: Path) -> Iterator[None]:
 def vectorised() -> bool:
     """The kernels are built for AVX2 or wider: those that exist only in vector form
     (paged_prefill) can run."""
-    return load() and _isa_flags()[0] != ""
+    return load() and isa_flags()[0] != ""
 
 
 def bf16_panels() -> bool:
     """The bfloat16 panel GEMM (bf16_panels.cpp) is built: this CPU has AVX-512 BF16."""
-    return load() and "-mavx512bf16" in _isa_flags()[1]
+    return load() and "-mavx512bf16" in isa_flags()[1]
 
 
 def _register_fakes() -> None:

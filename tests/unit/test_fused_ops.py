@@ -73,3 +73,16 @@ def test_silu_and_mul(dtype: torch.dtype, rows: int) -> None:
     gate_up = (3 * torch.randn(rows, 2 * INTER, generator=g)).to(dtype)
     got, want = _both(lambda ops: ops.silu_and_mul(gate_up))
     _same(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_and_mul_at_the_exponential_edges(dtype: torch.dtype) -> None:
+    """Gates far past where exp(-gate) overflows or underflows float32: silu is ~gate
+    there, or ~0 (HF's exactly 0 from gate / inf; ours ~1e-35 from a capped exponential),
+    never inf or NaN (the float32 loop gave NaN below -88.7 before the cap)."""
+    gate = torch.tensor([-1e4, -500.0, -90.0, -88.5, 0.0, 88.5, 90.0, 500.0, 1e4] * 4)
+    up = torch.linspace(-2, 2, gate.numel())
+    gate_up = torch.cat((gate, up)).unsqueeze(0).to(dtype)
+    got, want = _both(lambda ops: ops.silu_and_mul(gate_up))
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.float(), want.float(), rtol=2**-6, atol=1e-6)

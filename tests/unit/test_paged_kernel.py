@@ -80,3 +80,24 @@ def test_paged_decode_takes_any_group_of_query_heads(head_dim: int, group: int) 
 
     want = _reference(q, cache, 0, tables, lens, scale)
     torch.testing.assert_close(out.double(), want, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize(("block", "max_blocks"), [(16, 40), (48, 14), (512, 2)])
+@pytest.mark.parametrize("batch", [1, 2, 9])
+def test_paged_decode_over_long_contexts(block: int, max_blocks: int, batch: int) -> None:
+    """The bfloat16 walk takes a context 256 tokens at a time (whole blocks, at least
+    one), each chunk's softmax folded into the last's: contexts of several chunks, block
+    sizes that do not divide 256 or exceed it, and scores spread wide enough that a later
+    chunk raises the maximum."""
+    g = torch.Generator().manual_seed(batch * 10 + block)
+    num_blocks = batch * max_blocks + 1
+    cache = torch.randn(num_blocks, LAYERS, 2, block, KV_HEADS, 64, generator=g)
+    cache = cache.to(torch.bfloat16)
+    tables = torch.randperm(num_blocks, generator=g)[: batch * max_blocks].view(batch, -1)
+    lens = torch.randint(block * max_blocks // 2, block * max_blocks + 1, (batch,), generator=g)
+    q = (3 * torch.randn(batch, KV_HEADS * GROUP, 64, generator=g)).to(torch.bfloat16)
+
+    out = torch.ops.tandem.paged_decode(q, cache, 1, tables, lens, 0.125)
+
+    want = _reference(q, cache, 1, tables, lens, 0.125)
+    torch.testing.assert_close(out.double(), want, atol=2e-2, rtol=2e-2)

@@ -11,11 +11,15 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <optional>
 #include <tuple>
+#include <type_traits>
+
+#include "simd_math.h"
 
 namespace {
 
@@ -111,6 +115,25 @@ void rope_rows(const torch::Tensor& x, const T* cos, const T* sin, torch::Tensor
   });
 }
 
+#if defined(__AVX512BF16__)
+// One row of silu_and_mul in bfloat16, 16 lanes at a time (the tail masked), on CPUs with
+// AVX-512 BF16: the same arithmetic and roundings as the loop below, which vectorises too
+// but through libmvec's expf and integer rounding: 0.26 against 0.22 ms for [256, 3072]
+// on one Zen 4 core.
+inline void silu_and_mul_row_bf16(const uint16_t* g, const uint16_t* u, uint16_t* o,
+                                  int64_t inter) {
+  using namespace tandem_simd;
+  for (int64_t d = 0; d < inter; d += 16) {
+    const __mmask16 m = lanes_below(inter - d);
+    const __m512 gv = bf16_to_f32(_mm256_maskz_loadu_epi16(m, g + d));
+    const __m512 uv = bf16_to_f32(_mm256_maskz_loadu_epi16(m, u + d));
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+    const __m512 act = round_bf16(_mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.f), e)));
+    _mm256_mask_storeu_epi16(o + d, m, f32_to_bf16(_mm512_mul_ps(act, uv)));
+  }
+}
+#endif
+
 template <typename T>
 void silu_and_mul_impl(const T* gu, T* out, int64_t rows, int64_t inter) {
   at::parallel_for(0, rows, 4, [&](int64_t begin, int64_t end) {
@@ -118,11 +141,21 @@ void silu_and_mul_impl(const T* gu, T* out, int64_t rows, int64_t inter) {
       const T* g = gu + r * 2 * inter;
       const T* u = g + inter;
       T* o = out + r * inter;
+#if defined(__AVX512BF16__)
+      if constexpr (std::is_same_v<T, c10::BFloat16>) {
+        silu_and_mul_row_bf16(reinterpret_cast<const uint16_t*>(g),
+                              reinterpret_cast<const uint16_t*>(u), reinterpret_cast<uint16_t*>(o),
+                              inter);
+        continue;
+      }
+#endif
 #pragma omp simd
       for (int64_t d = 0; d < inter; ++d) {
         const float gv = f32(g[d]);
-        // HF: act_fn(gate) * up, the activation rounded to the dtype first
-        o[d] = to<T>(rd<T>(gv / (1.f + std::exp(-gv))) * f32(u[d]));
+        // HF: act_fn(gate) * up, the activation rounded to the dtype first. exp's argument
+        // is capped where float32 would overflow: under -ffast-math the division is a
+        // reciprocal estimate, and gate / (1 + inf) came out NaN for gates below -88.7.
+        o[d] = to<T>(rd<T>(gv / (1.f + std::exp(std::min(-gv, 88.f)))) * f32(u[d]));
       }
     }
   });

@@ -48,6 +48,11 @@ inline float dot(const float* a, const float* b, int64_t dim) {
 struct Scratch {
   std::vector<float> buf;
   std::vector<uint16_t> qb;  // the bf16 walk's q: the heads' raw bf16 values, unscaled
+  // the bf16 walk's chunk (sized by its first call): scores and their probabilities,
+  // [nh][ld] each, and each block's first V row of a kv head
+  std::vector<float> sc;
+  std::vector<uint16_t> pb;
+  std::vector<const uint16_t*> vrows;
   float *qf, *acc, *m, *l, *p, *kf;
   float scale = 1.f;
   Scratch(int64_t nh, int64_t dim, int64_t bs)
@@ -158,25 +163,47 @@ inline void online_softmax(float* pi, int64_t n, int64_t dim, float& m, float& l
 }
 
 #ifdef TANDEM_PAGED_BF16
-// attend_blocks for a bf16 cache: each block in runs of up to 16 tokens, a kv head at a
-// time, its group of query heads together (paged_bf16.h attend_heads).
+// attend_blocks for a bf16 cache, a chunk of blocks at a time (paged_bf16.h): the scores of
+// every kv head's group of query heads, run by run (16 tokens of a block) as the blocks lie
+// in memory; then each query head's softmax over the chunk; then p . V, a kv head at a time.
+// The prefetch runs in the first pass and brings each block's K and V, so the second finds
+// V in L2.
 template <int DIM>
 void attend_blocks_bf16(const Geometry& g, const uint16_t* kv, const int64_t* table,
                         int64_t len, int64_t blk0, int64_t blk1, int64_t h0, int64_t h1,
                         Scratch& s) {
   const BlockPrefetch ahead = prefetch_for(g, kv, table, blk1, h0, h1);
   ahead.begin(blk0);
-  for (int64_t blk = blk0; blk < blk1; ++blk) {
-    const uint16_t* base = kv + table[blk] * g.block_stride;
-    const int64_t n = std::min(g.bs, len - blk * g.bs), runs = (n + 15) / 16;
-    for (int64_t t0 = 0; t0 < n; t0 += 16)
-      for (int64_t h = h0; h < h1; ++h) {
-        ahead.slice(blk, t0 / 16 * (h1 - h0) + h - h0, runs * (h1 - h0));
-        const uint16_t* k = base + t0 * g.row + h * DIM;
-        const int64_t j = (h - h0) * g.group;  // the kv head's first query head
-        attend_heads<DIM>(g.group, s.qb.data() + j * DIM, k, k + g.half, g.row,
-                          std::min<int64_t>(16, n - t0), s.scale, s.m + j, s.l + j, s.acc + j * DIM);
-      }
+  // a chunk: whole blocks, at least one; a scratch row: whole 16-lane vectors
+  const int64_t per = std::max<int64_t>(1, kChunkTokens / g.bs), ld = (per * g.bs + 15) / 16 * 16;
+  const int64_t nh = (h1 - h0) * g.group;
+  s.sc.resize(nh * ld);
+  s.pb.resize(nh * ld);
+  s.vrows.resize(per);
+  for (int64_t c0 = blk0; c0 < blk1; c0 += per) {
+    const int64_t c1 = std::min(blk1, c0 + per), n = std::min(len, c1 * g.bs) - c0 * g.bs;
+    for (int64_t blk = c0; blk < c1; ++blk) {
+      const uint16_t* base = kv + table[blk] * g.block_stride;
+      const int64_t nb = std::min(g.bs, len - blk * g.bs), runs = (nb + 15) / 16;
+      for (int64_t t0 = 0; t0 < nb; t0 += 16)
+        for (int64_t h = h0; h < h1; ++h) {
+          ahead.slice(blk, t0 / 16 * (h1 - h0) + h - h0, runs * (h1 - h0));
+          const int64_t j = (h - h0) * g.group;  // the kv head's first query head
+          scores_run<DIM>(s.qb.data() + j * DIM, g.group, base + t0 * g.row + h * DIM, g.row,
+                          std::min<int64_t>(16, nb - t0), s.scale,
+                          s.sc.data() + j * ld + (blk - c0) * g.bs + t0, ld);
+        }
+    }
+    for (int64_t i = 0; i < nh; ++i)
+      softmax_chunk<DIM>(s.sc.data() + i * ld, n, s.m[i], s.l[i], s.acc + i * DIM,
+                         s.pb.data() + i * ld);
+    for (int64_t h = h0; h < h1; ++h) {
+      for (int64_t blk = c0; blk < c1; ++blk)
+        s.vrows[blk - c0] = kv + table[blk] * g.block_stride + g.half + h * DIM;
+      const int64_t j = (h - h0) * g.group;
+      values_heads<DIM>(g.group, s.pb.data() + j * ld, ld, s.vrows.data(), c1 - c0, g.bs, n,
+                        g.row, s.acc + j * DIM);
+    }
   }
 }
 #endif
@@ -187,11 +214,13 @@ template <typename T, int DIM>
 void attend_blocks(const Geometry& g, const T* kv, const int64_t* table, int64_t len,
                    int64_t blk0, int64_t blk1, int64_t h0, int64_t h1, Scratch& s) {
   const int64_t nh = (h1 - h0) * g.group, bs = g.bs, D = head_size<DIM>(g.dim);
+#ifdef TANDEM_PAGED_BF16  // elsewhere the name does not exist, and if constexpr still looks it up
   if constexpr (bf16_walk<T, DIM>()) {
     attend_blocks_bf16<DIM>(g, reinterpret_cast<const uint16_t*>(kv), table, len, blk0, blk1,
                             h0, h1, s);
     return;
   }
+#endif
   const BlockPrefetch ahead = prefetch_for(g, kv, table, blk1, h0, h1);
   ahead.begin(blk0);
   for (int64_t blk = blk0; blk < blk1; ++blk) {

@@ -126,10 +126,6 @@ PackedContext<DIM> pack_context(const Geometry& g, const uint16_t* kv, const int
   return ctx;
 }
 
-inline __mmask16 lanes_below(int64_t n) {
-  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
-}
-
 // A query vector's 64 scores (s; the first `visible` are seen) folded into its running max
 // m and sum l: acc (DIM floats) rescaled to the new max, the probabilities written to pp
 // as 32 bf16 pairs, zero past `visible`.
