@@ -45,7 +45,7 @@ Inputs = dict[int, torch.Tensor]  # a GEMM's input, by its row length
 def kernels(weights: list[torch.Tensor]) -> dict[str, Callable[[Inputs], object]]:
     """Each kernel as one pass over `weights`."""
     ours = [(w, panels.pack(w)) for w in weights]
-    dnn = onednn.PackedLinear({w.data_ptr(): onednn.pack(w) for w in weights}, F.linear)
+    dnn = onednn.PackedLinear({id(w): onednn.pack(w) for w in weights}, F.linear)
 
     def on_panels(prefetch: bool) -> Callable[[Inputs], object]:
         return lambda xs: [panels.linear(xs[w.shape[1]], p, prefetch) for w, p in ours]

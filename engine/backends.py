@@ -64,7 +64,6 @@ def make_runner(
             num_blocks,
             block_size,
             config.attention_backend,
-            eager_gemms=eager,
             heads=HeadSlice(0, model.cfg.num_kv_heads, config.cache.kv_head_groups),
         )
         if tp is not None:

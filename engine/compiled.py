@@ -10,12 +10,18 @@ and attend to nothing (context length 0), so they cost a little compute and no s
     lens:      [ context lengths    |  0  ..  0  ]
     tables:    [ block ids, padded to max_blocks columns with 0 ]
 
-On the CPU the graph is inductor's C++ backend with frozen (pre-packed) weights, and the
-attention is our C++ kernels (torch.ops.tandem.*), opaque inside the graph. CUDA has its
-own capture (engine/cuda_graph.py: CUDA graphs around the eager forward, with flashinfer's
-decode kernel). Inductor keeps an
-on-disk cache (/tmp/torchinductor_*), but a second start-up measured no faster here (45 s
-cold, 60 s warm for batch size 1, both on a busy machine): tracing dominates.
+On the CPU the graph is inductor's C++ backend with frozen weights; the GEMMs are the ones
+the eager step uses (engine/model/choose.py: a GGUF's blocks and our bf16 panels, each
+looked up by the weight's id(), a constant to the tracer, and chosen by row count, which
+a captured size fixes; where the eager step has oneDNN on its packed weights, the graph
+has the plain GEMM and inductor packs it), and the attention is our C++ kernels
+(torch.ops.tandem.*), opaque inside the graph: what the graph removes is the Python
+between them. Tracing plain F.linear everywhere (before 2026-12-05) had made the step
+slower than eager here; with the eager step's GEMMs it is on par (docs/benchmarks.md).
+CUDA has its own capture (engine/cuda_graph.py: CUDA graphs around the eager forward,
+with flashinfer's decode kernel). Inductor keeps an on-disk cache (/tmp/torchinductor_*),
+but a second start-up measured no faster here (45 s cold, 60 s warm for batch size 1,
+both on a busy machine): tracing dominates.
 """
 
 from __future__ import annotations
@@ -30,7 +36,10 @@ import torch.nn.functional as F
 
 from engine.attention.base import AttentionBackend, BatchLayout
 from engine.model.llama import LlamaModel
+from engine.model.onednn import PackedLinear
 from engine.model.ops import NativeOps
+from engine.model.panels import PanelLinear
+from engine.model.quant import QuantLinear
 from engine.scheduler import ScheduledChunk
 
 log = logging.getLogger(__name__)
@@ -45,6 +54,14 @@ def capture_sizes(max_num_seqs: int, sizes: Sequence[int] | None = None) -> tupl
     if sizes is not None:
         return tuple(sorted({s for s in sizes if s <= max_num_seqs}))
     return tuple(sorted({s for s in DEFAULT_SIZES if s < max_num_seqs} | {max_num_seqs}))
+
+
+def traceable(linear: object) -> bool:
+    """A GEMM chain a graph can trace: our kernels on copies looked up by id() down to
+    F.linear. Not UpcastLinear, whose float32 copies are made on first use."""
+    while isinstance(linear, (QuantLinear, PanelLinear, PackedLinear)):
+        linear = linear.fallback
+    return linear is F.linear
 
 
 def decode_only(chunks: Sequence[ScheduledChunk], largest: int) -> bool:
@@ -118,10 +135,10 @@ class CompiledDecode:
 
     @staticmethod
     def supported(model: LlamaModel, kv_cache: torch.Tensor) -> bool:
-        """The graph calls our C++ attention: CPU models running NativeOps with plain GEMMs
-        only (CUDA: engine/cuda_graph.py)."""
-        plain_gemms = model.ops.linear is F.linear  # UpcastLinear's weight cache won't trace
-        return kv_cache.device.type == "cpu" and isinstance(model.ops, NativeOps) and plain_gemms
+        """The graph calls our C++ attention: CPU models running NativeOps, on GEMMs it
+        can trace (CUDA: engine/cuda_graph.py)."""
+        cpu_native = kv_cache.device.type == "cpu" and isinstance(model.ops, NativeOps)
+        return cpu_native and traceable(model.ops.linear)
 
     def fits(self, chunks: Sequence[ScheduledChunk]) -> bool:
         return decode_only(chunks, self.sizes[-1])

@@ -56,14 +56,12 @@ class ModelRunner:
         num_blocks: int,
         block_size: int,
         attention_backend: str,
-        eager_gemms: bool = True,
         heads: HeadSlice | None = None,
     ) -> None:
-        """`eager_gemms`: pick GEMM kernels for eager steps (engine/model/choose.py: a
-        GGUF's blocks, our bf16 panels, oneDNN on packed weights) where they measure
-        faster; False for a compiled decode step, whose graph packs its own weights and
-        traces plain F.linear only. `heads`: the model's KV heads this rank holds and the
-        head groups its cache is laid out in (None: all of them, one group)."""
+        """GEMM kernels are picked where they measure faster (engine/model/choose.py: a
+        GGUF's blocks, our bf16 panels, oneDNN on packed weights). `heads`: the model's KV
+        heads this rank holds and the head groups its cache is laid out in (None: all of
+        them, one group)."""
         cfg = model.cfg
         self.model = model
         self.block_size = block_size
@@ -101,7 +99,7 @@ class ModelRunner:
         )
         if _native_kernels(self.kv_cache):
             model.ops = NativeOps()
-        choose_gemms(model, eager_gemms, bf16_panels=_bf16_panels(self.kv_cache))
+        choose_gemms(model, bf16_panels=_bf16_panels(self.kv_cache))
         self.compiled: CompiledDecode | CudaGraphDecode | None = None
         # rank 0 of a tensor-parallel worker (engine/parallel): its followers get each step
         self.tp: TPGroup | None = None

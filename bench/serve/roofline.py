@@ -137,12 +137,12 @@ def _linear(kernel: str, weights: list[Any]) -> Any:
         return F.linear
     from engine.model import onednn, panels
 
-    packed = onednn.PackedLinear({w.data_ptr(): onednn.pack(w) for w in weights}, F.linear)
+    packed = onednn.PackedLinear({id(w): onednn.pack(w) for w in weights}, F.linear)
     if kernel == "oneDNN packed":
         return packed
-    ours = {w.data_ptr(): panels.pack(w) for w in weights if panels.eligible(w)}
+    ours = {id(w): panels.pack(w) for w in weights if panels.eligible(w)}
     # the rows up to which the panels win, probed as the engine probes them (ten layers)
-    probe = [(w, ours[w.data_ptr()]) for w in weights[:70] if w.data_ptr() in ours]
+    probe = [(w, ours[id(w)]) for w in weights[:70] if id(w) in ours]
     rows, prefetch = panels.choose(probe, packed)
     return panels.PanelLinear(ours, rows, packed, prefetch)
 

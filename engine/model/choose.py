@@ -25,21 +25,21 @@ from engine.model.quant import QuantLinear, choose_quant_rows
 log = logging.getLogger(__name__)
 
 
-def choose_gemms(model: LlamaModel, eager_gemms: bool, bf16_panels: bool) -> None:
-    """Set `model.ops.linear` to the fastest GEMMs here for eager steps (`eager_gemms`;
-    a compiled step traces plain F.linear), and drop a GGUF's blocks where no GEMM reads
-    them. `bf16_panels`: our panel kernel is built (engine.kernels.cpu.bf16_panels)."""
+def choose_gemms(model: LlamaModel, bf16_panels: bool) -> None:
+    """Set `model.ops.linear` to the fastest GEMMs here (eager steps and a compiled decode
+    step alike: engine/compiled.py traces the chain), and drop a GGUF's blocks where no
+    GEMM reads them. `bf16_panels`: our panel kernel is built (engine.kernels.cpu)."""
     param = next(model.parameters())
     upcast_rows = choose_upcast_rows(_layers(model)[0].widest_weight)
     if upcast_rows is not None:
         model.ops.linear = UpcastLinear(upcast_rows)
         log.info("bfloat16 GEMMs of %d rows or more run in float32 here", upcast_rows)
     packable = param.device.type == "cpu" and onednn.packable(param.dtype)
-    if eager_gemms and packable and upcast_rows is None:
+    if packable and upcast_rows is None:
         packed = _packed_linear(model)
         if packed is not None:
             model.ops.linear = packed
-    native = eager_gemms and isinstance(model.ops, NativeOps)
+    native = isinstance(model.ops, NativeOps)
     if native and bf16_panels and param.dtype == torch.bfloat16 and upcast_rows is None:
         panel = _panel_linear(model)
         if panel is not None:
@@ -69,7 +69,7 @@ def _packed_linear(model: LlamaModel) -> onednn.PackedLinear | None:
         log.info("GEMMs run on F.linear: oneDNN's packed weights measured no faster here")
         return None
     weights = [_head(model)] + [w for layer in layers for w in layer.dense_weights()]
-    linear = onednn.PackedLinear({w.data_ptr(): onednn.pack(w) for w in weights}, model.ops.linear)
+    linear = onednn.PackedLinear({id(w): onednn.pack(w) for w in weights}, model.ops.linear)
     took = time.perf_counter() - start
     log.info("GEMMs run on oneDNN, weights packed (measured and packed in %.1f s)", took)
     return linear
@@ -89,18 +89,18 @@ def _panel_linear(model: LlamaModel) -> panels.PanelLinear | None:
     if rows == 0:
         log.info("GEMMs skip the bf16 panels: they measured no faster here")
         return None
-    packed = {w.data_ptr(): p for w, p in probe}  # the probe's panels are kept, not redone
-    packed.update((w.data_ptr(), panels.pack(w)) for w in weights[len(probe) :])
+    packed = {id(w): p for w, p in probe}  # the probe's panels are kept, not redone
+    packed.update((id(w), panels.pack(w)) for w in weights[len(probe) :])
     head = _head(model)
     if panels.eligible(head):
         head_panels = panels.pack(head)
         if _panels_win(head, head_panels, model.ops.linear, min(rows, 32), prefetch):
-            packed[head.data_ptr()] = head_panels
+            packed[id(head)] = head_panels
     took = time.perf_counter() - start
     log.info(
         "GEMMs of up to %d rows run on bf16 panels%s, the next panel prefetched %s "
         "(measured and packed in %.1f s)",
-        rows, ", the vocabulary head too" if head.data_ptr() in packed else "",
+        rows, ", the vocabulary head too" if id(head) in packed else "",
         "by hand" if prefetch else "by the hardware alone", took,
     )  # fmt: skip
     return panels.PanelLinear(packed, rows, model.ops.linear, prefetch)
@@ -130,5 +130,5 @@ def _quant_linear(model: LlamaModel) -> QuantLinear | None:
         log.info("GEMMs run on dense weights: the GGUF's blocks measured no faster here")
         return None
     log.info("GEMMs of up to %d rows read the GGUF's blocks (measured in %.1f s)", rows, took)
-    weights = {params[name].data_ptr(): q for name, q in model.quantized.items()}
+    weights = {id(params[name]): q for name, q in model.quantized.items()}
     return QuantLinear(weights, rows, model.ops.linear)

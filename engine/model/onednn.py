@@ -50,14 +50,16 @@ class PackedLinear:
     with an input of the weight's dtype, go to oneDNN; all others to `fallback`."""
 
     def __init__(self, packed: Mapping[int, torch.Tensor], fallback: Linear) -> None:
-        self.packed = dict(packed)  # a weight's data_ptr -> its packed copy
+        self.packed = dict(packed)  # a weight's id() -> its packed copy
         self.fallback = fallback
 
     def __call__(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     ) -> torch.Tensor:
-        p = self.packed.get(weight.data_ptr())
-        if p is None or x.dtype != weight.dtype:
+        p = self.packed.get(id(weight))
+        # A compiled graph (engine/compiled.py) takes the plain GEMM: inductor lowers
+        # oneDNN's linear only on weights it packed itself, and packs this one (freezing).
+        if p is None or x.dtype != weight.dtype or torch.compiler.is_compiling():
             return self.fallback(x, weight, bias)
         y: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
             x.contiguous(), p, bias, "none", [None], ""
@@ -72,7 +74,7 @@ def packs_faster(weights: Iterable[torch.Tensor], reps: int = 3) -> bool:
     count alike: probed at 256 rows alone, the answer was a coin toss on a 2-core EPYC
     with avx512_bf16 (0.97-1.08x), and a toss lost cost decode steps 1.3x at 32 rows."""
     pairs = [(w, pack(w)) for w in weights]
-    linear = PackedLinear({w.data_ptr(): p for w, p in pairs}, F.linear)
+    linear = PackedLinear({id(w): p for w, p in pairs}, F.linear)
     gain = 1.0
     for rows in _PROBE_ROWS:
         gain *= _speedup(linear, pairs, rows, reps)

@@ -56,7 +56,7 @@ class PanelLinear:
     def __init__(
         self, packed: Mapping[int, torch.Tensor], max_rows: int, fallback: Linear, prefetch: bool
     ) -> None:
-        self.packed = dict(packed)  # a weight's data_ptr -> its panels
+        self.packed = dict(packed)  # a weight's id() -> its panels
         self.max_rows = max_rows
         self.fallback = fallback
         self.prefetch = prefetch
@@ -64,7 +64,7 @@ class PanelLinear:
     def __call__(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     ) -> torch.Tensor:
-        p = self.packed.get(weight.data_ptr()) if x.shape[0] <= self.max_rows else None
+        p = self.packed.get(id(weight)) if x.shape[0] <= self.max_rows else None
         if p is None or x.dtype != torch.bfloat16 or x.dim() != 2:
             return self.fallback(x, weight, bias)
         y = linear(x, p, self.prefetch)

@@ -67,14 +67,14 @@ class QuantLinear:
     def __init__(
         self, weights: Mapping[int, QuantizedWeight], max_rows: int, fallback: Linear
     ) -> None:
-        self.weights = dict(weights)  # a model weight's data_ptr -> its blocks
+        self.weights = dict(weights)  # a model weight's id() -> its blocks
         self.max_rows = max_rows
         self.fallback = fallback
 
     def __call__(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     ) -> torch.Tensor:
-        q = self.weights.get(weight.data_ptr()) if x.shape[0] <= self.max_rows else None
+        q = self.weights.get(id(weight)) if x.shape[0] <= self.max_rows else None
         if q is None:
             return self.fallback(x, weight, bias)
         return quant_matmul(x, q, bias)

@@ -214,7 +214,7 @@ template <typename T, int DIM>
 void attend_blocks(const Geometry& g, const T* kv, const int64_t* table, int64_t len,
                    int64_t blk0, int64_t blk1, int64_t h0, int64_t h1, Scratch& s) {
   const int64_t nh = (h1 - h0) * g.group, bs = g.bs, D = head_size<DIM>(g.dim);
-#ifdef TANDEM_PAGED_BF16  // elsewhere the name does not exist, and if constexpr still looks it up
+#ifdef TANDEM_PAGED_BF16  // the walk exists only there (C++17 would look its name up anyway)
   if constexpr (bf16_walk<T, DIM>()) {
     attend_blocks_bf16<DIM>(g, reinterpret_cast<const uint16_t*>(kv), table, len, blk0, blk1,
                             h0, h1, s);
