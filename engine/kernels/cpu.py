@@ -43,22 +43,23 @@ def _cpu_flags() -> set[str]:
 
 
 # The vector ISAs the kernels are built for, widest first: a build-name suffix, the CPU
-# flags it needs and the compiler's. AVX-512 adds -mavx512bf16 where the CPU has it.
+# flags it needs and the compiler's. Each its own name, so a cached build never runs on a
+# CPU lacking what it was built for (AVX-512 BF16 included).
+_AVX512 = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mf16c")
 ISAS: tuple[tuple[str, frozenset[str], tuple[str, ...]], ...] = (
-    ("_avx512", frozenset({"avx512f", "avx512bw", "avx512vl", "fma"}),
-     ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mf16c")),
+    ("_avx512bf16", frozenset({"avx512f", "avx512bw", "avx512vl", "fma", "avx512_bf16"}),
+     (*_AVX512, "-mavx512bf16")),
+    ("_avx512", frozenset({"avx512f", "avx512bw", "avx512vl", "fma"}), _AVX512),
     ("_avx2", frozenset({"avx2", "fma", "f16c"}), ("-mavx2", "-mfma", "-mf16c")),
     ("", frozenset(), ()),
 )  # fmt: skip
 
 
 def isa_flags() -> tuple[str, list[str]]:
-    """The widest vector ISA this CPU has, as a build-name suffix and compiler flags. The
-    build is cached per name, so a cached binary never runs on a CPU lacking its ISA."""
+    """The widest vector ISA this CPU has, as a build-name suffix and compiler flags."""
     cpu = _cpu_flags()
     suffix, _, flags = next(isa for isa in ISAS if isa[1] <= cpu)
-    bf16 = ["-mavx512bf16"] if suffix == "_avx512" and "avx512_bf16" in cpu else []
-    return suffix, [*flags, *bf16]
+    return suffix, list(flags)
 
 
 @functools.cache
