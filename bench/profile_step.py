@@ -55,11 +55,12 @@ def forward_case(engine: Engine, seqs: tuple[SeqSlice, ...], n_tokens: int) -> C
     ids = torch.tensor([rng.randrange(100, 40000) for _ in range(n_tokens)])
     pos = torch.tensor([p for s in seqs for p in range(s.context_len - s.query_len, s.context_len)])
     last = torch.tensor([s.query_start + s.query_len - 1 for s in seqs])
+    keep = None if len(seqs) == n_tokens else last  # as the runner asks for them
 
     @torch.inference_mode()
     def run() -> None:
         runner.attn.prepare(BatchLayout(seqs, n_tokens))
-        model.logits(model(ids, pos, runner.attn)[last])
+        model.logits(model(ids, pos, runner.attn, keep))
 
     return run
 

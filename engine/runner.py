@@ -133,8 +133,6 @@ class ModelRunner:
         hidden = self._forward(plan)
         if not plan.logit_rows:
             return hidden.new_empty((0, self.model.cfg.vocab_size), dtype=torch.float32)
-        if len(plan.logit_rows) != hidden.shape[0]:
-            hidden = hidden[torch.tensor(plan.logit_rows, device=self.device)]
         return self.model.logits(hidden)
 
     @torch.inference_mode()
@@ -144,12 +142,15 @@ class ModelRunner:
         self._forward(plan)
 
     def _forward(self, plan: StepPlan) -> torch.Tensor:
+        """The final hidden states of the plan's logit rows, in their order."""
         self.attn.prepare(plan.layout)
         dev = self.device
+        every_row = plan.logit_rows == list(range(len(plan.ids)))
         return self.model(
             torch.tensor(plan.ids, dtype=torch.long, device=dev),
             torch.tensor(plan.positions, dtype=torch.long, device=dev),
             self.attn,
+            None if every_row else torch.tensor(plan.logit_rows, dtype=torch.long, device=dev),
         )
 
     def finish_step(self, started: float) -> None:
