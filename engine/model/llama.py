@@ -195,8 +195,8 @@ class LlamaModel(nn.Module):
         """input_ids, positions: [N] -> final hidden states [N, hidden] (normed), or only
         the rows `keep` indexes, in its order. Nothing reads the other rows' last-layer
         outputs (the cache's keys and values come from that layer's qkv GEMM), so they
-        skip its output projection and MLP, as llama.cpp's graphs do: for a prefill, one
-        layer of 30 in SmolLM2 less GEMM work than everywhere else."""
+        skip its output projection and MLP (llama.cpp's graphs drop them after the output
+        projection): for a prefill, 2.8% less GEMM work in SmolLM2."""
         x = F.embedding(input_ids, self.embed)
         freqs = positions.float()[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)

@@ -52,9 +52,10 @@ def test_kept_rows_match_a_full_forward(
     assert torch.equal(runner.kv_cache, cache), "every row's keys and values are written"
 
 
-def test_no_rows_kept(tiny_checkpoints: dict[str, Path]) -> None:
+@pytest.mark.parametrize("kind", ["llama", "qwen3_moe"])
+def test_no_rows_kept(tiny_checkpoints: dict[str, Path], kind: str) -> None:
     """A prefill chunk that samples nothing: the cache is written, no hidden state made."""
-    runner = _runner(tiny_checkpoints["llama"], torch.float32)
+    runner = _runner(tiny_checkpoints[kind], torch.float32)
     ids = torch.arange(27) % runner.model.cfg.vocab_size
     pos = torch.cat([torch.arange(20), torch.arange(7)])
     out = _forward(runner, ids, pos, torch.tensor([], dtype=torch.long))
