@@ -33,24 +33,31 @@ namespace tandem_paged {
 using tandem_simd::exp16;
 using tandem_simd::lanes_below;
 
-// r[i] = the sum of v[i]'s 16 lanes, for i < 16:
-//   pairs within 128-bit lanes, then quads, then the four lanes transposed and added.
-inline __m512 hsum16(const __m512* v) {
+// r[i] = v[i]'s 16 lanes folded by `op` (add, max: associative and commutative), i < 16:
+//   pairs within 128-bit lanes, then quads, then the four lanes transposed and folded.
+template <typename Op>
+inline __m512 fold16(const __m512* v, Op op) {
   __m512 t[8], u[4];
   for (int i = 0; i < 8; ++i)  // lane: [a0+a2, b0+b2, a1+a3, b1+b3]
-    t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
-                         _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    t[i] = op(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
   for (int i = 0; i < 4; ++i) {  // lane L: this lane's part of vectors 4i .. 4i+3
     const __m512d a = _mm512_castps_pd(t[2 * i]), b = _mm512_castps_pd(t[2 * i + 1]);
-    u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
-                         _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    u[i] = op(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
   }
-  const __m512 x01 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(1, 0, 1, 0)),
-                                   _mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(3, 2, 3, 2)));
-  const __m512 x23 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(1, 0, 1, 0)),
-                                   _mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(3, 2, 3, 2)));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(x01, x23, _MM_SHUFFLE(2, 0, 2, 0)),
-                       _mm512_shuffle_f32x4(x01, x23, _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512 x01 = op(_mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                        _mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512 x23 = op(_mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                        _mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(3, 2, 3, 2)));
+  return op(_mm512_shuffle_f32x4(x01, x23, _MM_SHUFFLE(2, 0, 2, 0)),
+            _mm512_shuffle_f32x4(x01, x23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+inline __m512 hsum16(const __m512* v) {
+  return fold16(v, [](__m512 a, __m512 b) { return _mm512_add_ps(a, b); });
+}
+
+inline __m512 hmax16(const __m512* v) {
+  return fold16(v, [](__m512 a, __m512 b) { return _mm512_max_ps(a, b); });
 }
 
 // The PV product takes two tokens a vdpbf16ps: rows t and t+1 interleaved 16 bits at a

@@ -47,13 +47,15 @@ inline void scores_rows(const uint32_t* q, const uint32_t* kp, float scale, floa
       _mm512_storeu_ps(s + r * kKeys + 16 * c, _mm512_mul_ps(acc[r][c], sc));
 }
 
-// acc[R rows][64 dims from d0] += P (pairs pp: R rows of 32) @ V (vp rows of DIM pairs).
+// acc[R rows][64 dims from d0] = acc * corr (a row's rescale to its new max) + P (pairs
+// pp: R rows of 32) @ V (vp rows of DIM pairs).
 template <int DIM, int R>
 inline void values_rows(const uint32_t* pp, int64_t pairs, const uint32_t* vp, int64_t d0,
-                        float* acc) {
+                        const float* corr, float* acc) {
   __m512 a[R][4];
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < 4; ++c) a[r][c] = _mm512_loadu_ps(acc + r * DIM + d0 + 16 * c);
+    for (int c = 0; c < 4; ++c)
+      a[r][c] = _mm512_mul_ps(_mm512_loadu_ps(acc + r * DIM + d0 + 16 * c), _mm512_set1_ps(corr[r]));
   for (int64_t u = 0; u < pairs; ++u) {
     __m512bh v[4];
     for (int c = 0; c < 4; ++c) v[c] = (__m512bh)_mm512_loadu_si512(vp + u * DIM + d0 + 16 * c);
@@ -126,46 +128,61 @@ PackedContext<DIM> pack_context(const Geometry& g, const uint16_t* kv, const int
   return ctx;
 }
 
-// A query vector's 64 scores (s; the first `visible` are seen) folded into its running max
-// m and sum l: acc (DIM floats) rescaled to the new max, the probabilities written to pp
-// as 32 bf16 pairs, zero past `visible`.
-template <int DIM>
-inline void softmax_pairs(const float* s, int64_t visible, float& m, float& l, float* acc,
-                          uint32_t* pp) {
-  __m512 x[4];
-  __m512 mx = _mm512_set1_ps(m);
-  for (int c = 0; c < 4; ++c) {
-    x[c] = _mm512_mask_loadu_ps(_mm512_set1_ps(kNegInf), lanes_below(visible - 16 * c), s + 16 * c);
-    mx = _mm512_max_ps(mx, x[c]);
+// Query vectors [0, k) (k <= 16) of a chunk: their 64 scores each (s, 64 apart; the first
+// visible[j] seen) folded into their running maxima m and sums l, the probabilities
+// written to pp as 32 bf16 pairs each (zero past what a vector sees), and corr[j] set to
+// the factor its output row takes to the new max (values_rows applies it). Sixteen at a
+// time, the maxima and the sums each come out of one transpose tree and the rescales out
+// of one exp16; a vector at a time (two horizontal reductions, a branch and a scalar exp
+// each), the softmax was most of the quarter of the kernel's cycles outside its products
+// (docs/benchmarks.md).
+inline void softmax16(const float* s, const int64_t* visible, int k, float* m, float* l,
+                      float* corr, uint32_t* pp) {
+  const __mmask16 live = lanes_below(k);
+  __m512 fold[16];
+  for (int j = 0; j < 16; ++j) {
+    fold[j] = _mm512_set1_ps(kNegInf);
+    if (j >= k) continue;
+    for (int c = 0; c < 4; ++c)
+      fold[j] = _mm512_max_ps(fold[j], _mm512_mask_loadu_ps(_mm512_set1_ps(kNegInf),
+                                                            lanes_below(visible[j] - 16 * c),
+                                                            s + j * kKeys + 16 * c));
   }
-  const float bmax = _mm512_reduce_max_ps(mx);
-  if (bmax > m) {
-    if (m != kNegInf) {  // exp's argument kept above -80: std::exp's underflow path is slow
-      const __m512 corr = _mm512_set1_ps(std::exp(std::max(m - bmax, -80.f)));
-      for (int d = 0; d < DIM; d += 16)
-        _mm512_storeu_ps(acc + d, _mm512_mul_ps(_mm512_loadu_ps(acc + d), corr));
-      l *= _mm512_cvtss_f32(corr);
+  const __m512 old_max = _mm512_mask_loadu_ps(_mm512_set1_ps(kNegInf), live, m);
+  const __m512 new_max = _mm512_max_ps(old_max, hmax16(fold));
+  const __m512 rescale = exp16(_mm512_sub_ps(old_max, new_max));  // ~0 for a first chunk
+  alignas(64) float b[16];
+  _mm512_store_ps(b, new_max);
+  for (int j = 0; j < 16; ++j) {
+    fold[j] = _mm512_setzero_ps();
+    if (j >= k) continue;
+    __m512 p[4];
+    for (int c = 0; c < 4; ++c) {
+      const __mmask16 seen = lanes_below(visible[j] - 16 * c);
+      p[c] = _mm512_maskz_mov_ps(
+          seen, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(seen, s + j * kKeys + 16 * c),
+                                    _mm512_set1_ps(b[j]))));
+      fold[j] = _mm512_add_ps(fold[j], p[c]);
     }
-    m = bmax;
+    _mm512_storeu_si512(pp + j * (kKeys / 2), (__m512i)_mm512_cvtne2ps_pbh(p[1], p[0]));
+    _mm512_storeu_si512(pp + j * (kKeys / 2) + 16, (__m512i)_mm512_cvtne2ps_pbh(p[3], p[2]));
   }
-  const __m512 b = _mm512_set1_ps(m);
-  __m512 p[4], sum = _mm512_setzero_ps();
-  for (int c = 0; c < 4; ++c) {
-    p[c] = _mm512_maskz_mov_ps(lanes_below(visible - 16 * c), exp16(_mm512_sub_ps(x[c], b)));
-    sum = _mm512_add_ps(sum, p[c]);
-  }
-  l += _mm512_reduce_add_ps(sum);
-  _mm512_storeu_si512(pp, (__m512i)_mm512_cvtne2ps_pbh(p[1], p[0]));
-  _mm512_storeu_si512(pp + 16, (__m512i)_mm512_cvtne2ps_pbh(p[3], p[2]));
+  const __m512 old_sum = _mm512_maskz_loadu_ps(live, l);
+  _mm512_mask_storeu_ps(l, live, _mm512_fmadd_ps(old_sum, rescale, hsum16(fold)));
+  _mm512_mask_storeu_ps(m, live, new_max);
+  _mm512_mask_storeu_ps(corr, live, rescale);
 }
 
 // One thread's scratch for items of up to nq query vectors.
 template <int DIM>
 struct PairScratch {
   std::vector<uint32_t> qb, pp;  // [nq][DIM/2] the queries; [nq][32] probabilities
-  std::vector<float> s, m, l, acc;  // [nq][64] scores; [nq] max, sum; [nq][DIM] output
+  // [nq][64] scores; [nq] max, sum, rescale; [nq][DIM] output
+  std::vector<float> s, m, l, corr, acc;
+  std::vector<int64_t> visible;  // [nq] the chunk's keys each query vector sees
   explicit PairScratch(int64_t nq)
-      : qb(nq * DIM / 2), pp(nq * kKeys / 2), s(nq * kKeys), m(nq), l(nq), acc(nq * DIM) {}
+      : qb(nq * DIM / 2), pp(nq * kKeys / 2), s(nq * kKeys), m(nq), l(nq), corr(nq),
+        acc(nq * DIM), visible(nq) {}
 };
 
 // One item over its packed context: query vector i is position first_query + i / group of
@@ -178,11 +195,13 @@ void attend_item_bf16(const Geometry& g, const Item& it, const uint16_t* qp,
   const int64_t group = g.group;
   const int64_t rows = std::min(kTile, query_len - it.first_query), nq = rows * group;
   const int64_t offset = context_len - query_len;  // positions before the chunk
-  auto row = [&](int64_t i) {  // query vector i's offset in q and out
-    return ((start + it.first_query + i / group) * g.heads + it.kv_head * group + i % group) * DIM;
+  // Query vectors r * group .. (r + 1) * group - 1, the kv head's query heads at position
+  // first_query + r, lie together in q and out: one copy a position, no division a vector.
+  auto at = [&](int64_t r) {
+    return ((start + it.first_query + r) * g.heads + it.kv_head * group) * DIM;
   };
-  for (int64_t i = 0; i < nq; ++i)
-    std::memcpy(&st.qb[i * (DIM / 2)], qp + row(i), DIM * sizeof(uint16_t));
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(&st.qb[r * group * (DIM / 2)], qp + at(r), group * DIM * sizeof(uint16_t));
   std::fill(st.m.begin(), st.m.begin() + nq, kNegInf);
   std::fill(st.l.begin(), st.l.begin() + nq, 0.f);
   std::fill(st.acc.begin(), st.acc.begin() + nq * DIM, 0.f);
@@ -197,23 +216,26 @@ void attend_item_bf16(const Geometry& g, const Item& it, const uint16_t* qp,
     for (; i + 4 <= nq; i += 4)
       scores_rows<DIM, 4>(&st.qb[i * (DIM / 2)], kp, scale, &st.s[i * kKeys]);
     for (; i < nq; ++i) scores_rows<DIM, 1>(&st.qb[i * (DIM / 2)], kp, scale, &st.s[i * kKeys]);
-    for (i = from; i < nq; ++i) {
-      const int64_t visible = std::min(n, offset + it.first_query + i / group - p0 + 1);
-      softmax_pairs<DIM>(&st.s[i * kKeys], visible, st.m[i], st.l[i], &st.acc[i * DIM],
-                         &st.pp[i * (kKeys / 2)]);
-    }
+    for (int64_t r = from / group; r < rows; ++r)
+      std::fill_n(&st.visible[r * group], group, std::min(n, offset + it.first_query + r - p0 + 1));
+    for (i = from; i < nq; i += 16)
+      softmax16(&st.s[i * kKeys], &st.visible[i], static_cast<int>(std::min<int64_t>(16, nq - i)),
+                &st.m[i], &st.l[i], &st.corr[i], &st.pp[i * (kKeys / 2)]);
     for (int64_t d0 = 0; d0 < DIM; d0 += 64) {
       for (i = from; i + 4 <= nq; i += 4)
-        values_rows<DIM, 4>(&st.pp[i * (kKeys / 2)], (n + 1) / 2, vp, d0, &st.acc[i * DIM]);
+        values_rows<DIM, 4>(&st.pp[i * (kKeys / 2)], (n + 1) / 2, vp, d0, &st.corr[i],
+                            &st.acc[i * DIM]);
       for (; i < nq; ++i)
-        values_rows<DIM, 1>(&st.pp[i * (kKeys / 2)], (n + 1) / 2, vp, d0, &st.acc[i * DIM]);
+        values_rows<DIM, 1>(&st.pp[i * (kKeys / 2)], (n + 1) / 2, vp, d0, &st.corr[i],
+                            &st.acc[i * DIM]);
     }
   }
   for (int64_t i = 0; i < nq; ++i) {
     const __m512 inv = _mm512_set1_ps(1.f / st.l[i]);
+    uint16_t* out = op + at(i / group) + (i % group) * DIM;
     for (int64_t d = 0; d < DIM; d += 16) {
       const __m512 o = _mm512_mul_ps(_mm512_loadu_ps(&st.acc[i * DIM + d]), inv);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(op + row(i) + d), (__m256i)_mm512_cvtneps_pbh(o));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + d), (__m256i)_mm512_cvtneps_pbh(o));
     }
   }
 }
