@@ -212,11 +212,16 @@ void decode_whole(const Geometry& g, int64_t batch, int64_t per_item, const T* q
   const int64_t splits = g.kv_heads / per_item, nh = per_item * g.group;
   at::parallel_for(0, batch * splits, 1, [&](int64_t begin, int64_t end) {
     Scratch s(nh, g.dim, g.bs);
+    const auto blocks_of = [&](int64_t b) { return (lp[b] + g.bs - 1) / g.bs; };
     for (int64_t w = begin; w < end; ++w) {
       const int64_t b = w / splits, h0 = (w % splits) * per_item;
+      if (w + 1 < end) {  // the next item's first blocks, while this one is walked
+        const int64_t b1 = (w + 1) / splits, h1 = ((w + 1) % splits) * per_item;
+        prefetch_for(g, kvp, tp + b1 * g.max_blocks, blocks_of(b1), h1, h1 + per_item).lead();
+      }
       const int64_t first = (b * g.heads + h0 * g.group) * g.dim;
       start_state(qp + first, nh, g.dim, scale, s);
-      const int64_t nblocks = (lp[b] + g.bs - 1) / g.bs;
+      const int64_t nblocks = blocks_of(b);
       attend_blocks<T, DIM>(g, kvp, tp + b * g.max_blocks, lp[b], 0, nblocks, h0, h0 + per_item, s);
       write_out(s.acc, s.l, nh, g.dim, op + first);
     }
